@@ -1,0 +1,1 @@
+//! TruthTable capture filter.
