@@ -1,1 +1,16 @@
-//! TruthTable capture filter.
+//! TruthTable capture filter: records every HTTP exchange passing through Envoy and ships the
+//! records to an audit cluster.
+//!
+//! The modules are plain Rust, tested natively; `host` (wasm32 only) translates Envoy's
+//! callbacks into calls on them.
+
+pub mod batcher;
+pub mod body;
+pub mod clock;
+pub mod config;
+pub mod headers;
+pub mod outcome;
+pub mod record;
+
+#[cfg(target_arch = "wasm32")]
+mod host;

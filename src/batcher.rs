@@ -1,0 +1,412 @@
+//! Delivery of records from one worker: batched by size and age, bounded in bytes, retried with
+//! backoff until the audit cluster answers 2xx, and every loss counted.
+//!
+//! The root context owns one `Batcher`; stream contexts append finished records to it. Time comes
+//! in as milliseconds from the caller, so tests drive it.
+
+use crate::config::DeliveryLimits;
+use std::collections::VecDeque;
+
+/// NDJSON lines sent as one callout.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub body: Vec<u8>,
+    pub records: u64,
+    /// Callouts that carried this batch and failed.
+    pub failures: u32,
+    sent_ms: u64,
+}
+
+/// Cumulative counts since the VM started; the host turns them into Envoy metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Records appended (kept for delivery).
+    pub captured: u64,
+    /// Records the audit cluster acknowledged with a 2xx.
+    pub delivered: u64,
+    /// Records sent again after a failed callout.
+    pub retried: u64,
+    /// Records lost because the queue was full.
+    pub dropped: u64,
+    /// Callouts that failed (non-2xx, synthesized 503/504, dispatch refused, no answer).
+    pub failed_callouts: u64,
+}
+
+#[derive(Debug)]
+pub struct Batcher {
+    limits: DeliveryLimits,
+    open: Vec<u8>,
+    open_records: u64,
+    open_since_ms: u64,
+    waiting: VecDeque<Batch>,
+    inflight: Vec<(u32, Batch)>,
+    held_bytes: usize,
+    held_records: u64,
+    failures_in_a_row: u32,
+    paused_until_ms: u64,
+    stats: Stats,
+}
+
+impl Batcher {
+    pub fn new(limits: DeliveryLimits) -> Batcher {
+        Batcher {
+            limits,
+            open: Vec::new(),
+            open_records: 0,
+            open_since_ms: 0,
+            waiting: VecDeque::new(),
+            inflight: Vec::new(),
+            held_bytes: 0,
+            held_records: 0,
+            failures_in_a_row: 0,
+            paused_until_ms: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Appends the record that `write` puts after the buffer's end. Returns false, and counts a
+    /// drop, when holding it would exceed `queue_max_bytes`.
+    pub fn append(&mut self, now_ms: u64, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let mark = self.open.len();
+        write(&mut self.open);
+        let added = self.open.len() - mark;
+        if added == 0 {
+            return false;
+        }
+        if self.held_bytes + added > self.limits.queue_max_bytes {
+            self.open.truncate(mark);
+            self.stats.dropped += 1;
+            return false;
+        }
+        if self.open_records == 0 {
+            self.open_since_ms = now_ms;
+        }
+        self.open_records += 1;
+        self.held_bytes += added;
+        self.held_records += 1;
+        self.stats.captured += 1;
+        if self.open.len() >= self.limits.batch_max_bytes {
+            self.seal();
+        }
+        true
+    }
+
+    fn seal(&mut self) {
+        if self.open_records == 0 {
+            return;
+        }
+        self.waiting.push_back(Batch {
+            body: std::mem::take(&mut self.open),
+            records: std::mem::take(&mut self.open_records),
+            failures: 0,
+            sent_ms: 0,
+        });
+    }
+
+    /// The next batch to send now, if any: a full batch, or one whose oldest record has waited
+    /// `flush_interval_ms`, unless a backoff is running or enough callouts are open. After a
+    /// failure only one callout is open at a time, so a down audit cluster sees one probe.
+    pub fn next_due(&mut self, now_ms: u64) -> Option<Batch> {
+        if now_ms < self.paused_until_ms {
+            return None;
+        }
+        let open_limit = if self.failures_in_a_row > 0 {
+            1
+        } else {
+            self.limits.max_inflight
+        };
+        if self.inflight.len() >= open_limit {
+            return None;
+        }
+        if self.waiting.is_empty()
+            && self.open_records > 0
+            && now_ms.saturating_sub(self.open_since_ms) >= self.limits.flush_interval_ms
+        {
+            self.seal();
+        }
+        self.waiting.pop_front()
+    }
+
+    /// The host dispatched `batch` as callout `token`.
+    pub fn sent(&mut self, token: u32, mut batch: Batch, now_ms: u64) {
+        batch.sent_ms = now_ms;
+        if batch.failures > 0 {
+            self.stats.retried += batch.records;
+        }
+        self.inflight.push((token, batch));
+    }
+
+    /// The host could not dispatch `batch` at all (for example the cluster is unknown).
+    pub fn not_sent(&mut self, batch: Batch, now_ms: u64) {
+        self.fail(batch, now_ms);
+    }
+
+    /// The answer to callout `token` arrived; `stored` is true exactly for a 2xx `:status`.
+    pub fn answered(&mut self, token: u32, stored: bool, now_ms: u64) {
+        let Some(i) = self.inflight.iter().position(|(t, _)| *t == token) else {
+            return;
+        };
+        let (_, batch) = self.inflight.swap_remove(i);
+        if stored {
+            self.held_bytes -= batch.body.len();
+            self.held_records -= batch.records;
+            self.stats.delivered += batch.records;
+            self.failures_in_a_row = 0;
+            self.paused_until_ms = 0;
+        } else {
+            self.fail(batch, now_ms);
+        }
+    }
+
+    /// Fails callouts open longer than `timeout_ms` plus a grace second: Envoy answers every
+    /// callout from the root context, so this only guards against an answer that never comes.
+    pub fn expire(&mut self, now_ms: u64, timeout_ms: u64) {
+        let deadline = timeout_ms.saturating_add(1000);
+        while let Some(i) = self
+            .inflight
+            .iter()
+            .position(|(_, b)| now_ms.saturating_sub(b.sent_ms) > deadline)
+        {
+            let (_, batch) = self.inflight.swap_remove(i);
+            self.fail(batch, now_ms);
+        }
+    }
+
+    fn fail(&mut self, mut batch: Batch, now_ms: u64) {
+        batch.failures += 1;
+        self.stats.failed_callouts += 1;
+        self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+        self.paused_until_ms = now_ms.saturating_add(self.backoff_ms());
+        // Oldest first: the failed batch goes ahead of those that never left.
+        self.waiting.push_front(batch);
+    }
+
+    /// `retry_initial_ms` doubled for each failure in a row after the first, up to `retry_max_ms`.
+    fn backoff_ms(&self) -> u64 {
+        let doublings = self.failures_in_a_row.saturating_sub(1).min(32);
+        self.limits
+            .retry_initial_ms
+            .saturating_mul(1u64 << doublings)
+            .min(self.limits.retry_max_ms)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Bytes of records held: open, waiting, in flight.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
+    pub fn held_records(&self) -> u64 {
+        self.held_records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn limits() -> DeliveryLimits {
+        DeliveryLimits {
+            batch_max_bytes: 100,
+            flush_interval_ms: 50,
+            queue_max_bytes: 300,
+            max_inflight: 2,
+            retry_initial_ms: 10,
+            retry_max_ms: 40,
+        }
+    }
+
+    /// Sends the batch due at `now` as callout `token`.
+    fn send(b: &mut Batcher, token: u32, now: u64) {
+        let batch = b.next_due(now).expect("a batch is due");
+        b.sent(token, batch, now);
+    }
+
+    fn record(b: &mut Batcher, now: u64, len: usize) -> bool {
+        b.append(now, |out| {
+            out.extend(std::iter::repeat_n(b'x', len - 1));
+            out.push(b'\n');
+        })
+    }
+
+    #[test]
+    fn a_young_small_batch_waits_for_the_flush_interval() {
+        let mut b = Batcher::new(limits());
+        assert!(record(&mut b, 0, 10));
+        assert_eq!(b.next_due(49), None);
+        let batch = b.next_due(50).unwrap();
+        assert_eq!(batch.records, 1);
+        assert_eq!(batch.body.len(), 10);
+    }
+
+    #[test]
+    fn a_full_batch_leaves_at_once() {
+        let mut b = Batcher::new(limits());
+        for _ in 0..5 {
+            record(&mut b, 0, 20);
+        }
+        let batch = b.next_due(0).unwrap();
+        assert_eq!(batch.records, 5);
+        assert_eq!(b.next_due(0), None);
+    }
+
+    #[test]
+    fn a_2xx_delivers_and_frees_the_bytes() {
+        let mut b = Batcher::new(limits());
+        record(&mut b, 0, 10);
+        let batch = b.next_due(100).unwrap();
+        b.sent(7, batch, 100);
+        assert_eq!(b.held_bytes(), 10);
+        b.answered(7, true, 120);
+        assert_eq!(b.held_bytes(), 0);
+        assert_eq!(b.held_records(), 0);
+        assert_eq!(b.stats().delivered, 1);
+        assert_eq!(b.stats().retried, 0);
+    }
+
+    #[test]
+    fn a_failure_retries_the_same_bytes_after_a_growing_backoff() {
+        let mut b = Batcher::new(limits());
+        record(&mut b, 0, 10);
+        let first = b.next_due(100).unwrap();
+        let body = first.body.clone();
+        b.sent(1, first, 100);
+        b.answered(1, false, 100);
+        assert_eq!(b.next_due(109), None, "backoff of retry_initial_ms");
+        let again = b.next_due(110).unwrap();
+        assert_eq!(again.body, body);
+        b.sent(2, again, 110);
+        b.answered(2, false, 110);
+        assert_eq!(b.next_due(129), None, "doubled");
+        let third = b.next_due(130).unwrap();
+        b.sent(3, third, 130);
+        b.answered(3, false, 130);
+        send(&mut b, 4, 170);
+        b.answered(4, false, 170);
+        assert_eq!(b.next_due(209), None, "capped at retry_max_ms");
+        let last = b.next_due(210).unwrap();
+        b.sent(5, last, 210);
+        b.answered(5, true, 215);
+        let s = b.stats();
+        assert_eq!(
+            (s.delivered, s.retried, s.failed_callouts, s.dropped),
+            (1, 4, 4, 0)
+        );
+        assert_eq!(b.held_bytes(), 0);
+    }
+
+    #[test]
+    fn a_success_ends_the_backoff() {
+        let mut b = Batcher::new(limits());
+        record(&mut b, 0, 10);
+        send(&mut b, 1, 50);
+        b.answered(1, false, 50);
+        send(&mut b, 2, 60);
+        b.answered(2, true, 61);
+        record(&mut b, 61, 10);
+        assert!(b.next_due(111).is_some(), "no backoff after a success");
+    }
+
+    #[test]
+    fn while_failing_only_one_callout_is_open() {
+        let mut b = Batcher::new(limits());
+        for _ in 0..15 {
+            record(&mut b, 0, 20);
+        }
+        let one = b.next_due(0).unwrap();
+        b.sent(1, one, 0);
+        b.answered(1, false, 0);
+        let probe = b.next_due(10).unwrap();
+        b.sent(2, probe, 10);
+        assert_eq!(b.next_due(10), None);
+        b.answered(2, true, 11);
+        send(&mut b, 3, 11);
+        assert!(
+            b.next_due(11).is_some(),
+            "max_inflight again after a success"
+        );
+    }
+
+    #[test]
+    fn max_inflight_bounds_open_callouts() {
+        let mut b = Batcher::new(limits());
+        for _ in 0..15 {
+            record(&mut b, 0, 20);
+        }
+        send(&mut b, 1, 0);
+        send(&mut b, 2, 0);
+        assert_eq!(b.next_due(0), None);
+    }
+
+    #[test]
+    fn a_full_queue_drops_new_records_and_counts_them() {
+        let mut b = Batcher::new(limits());
+        for _ in 0..6 {
+            assert!(record(&mut b, 0, 50));
+        }
+        assert!(!record(&mut b, 0, 1));
+        assert_eq!(b.stats().dropped, 1);
+        assert_eq!(b.held_bytes(), 300);
+        let all: u64 = std::iter::from_fn(|| b.next_due(1000))
+            .map(|x| x.records)
+            .sum();
+        assert_eq!(all, 6, "the dropped record left no bytes behind");
+    }
+
+    #[test]
+    fn a_callout_that_never_answers_is_retried() {
+        let mut b = Batcher::new(limits());
+        record(&mut b, 0, 10);
+        send(&mut b, 1, 50);
+        b.expire(1000, 5000);
+        assert_eq!(b.next_due(10_000), None, "still within the timeout");
+        b.expire(6051, 5000);
+        let again = b.next_due(10_000).unwrap();
+        assert_eq!(again.failures, 1);
+        b.answered(1, true, 10_000); // a late answer for the expired token changes nothing
+        assert_eq!(b.stats().delivered, 0);
+    }
+
+    #[test]
+    fn a_refused_dispatch_is_retried() {
+        let mut b = Batcher::new(limits());
+        record(&mut b, 0, 10);
+        let batch = b.next_due(50).unwrap();
+        b.not_sent(batch, 50);
+        assert_eq!(b.stats().failed_callouts, 1);
+        assert!(b.next_due(60).is_some());
+    }
+
+    proptest! {
+        /// Whatever the sizes and answers, every record appended is delivered or still held,
+        /// every record refused is counted as dropped, and nothing is delivered twice.
+        #[test]
+        fn records_are_conserved(ops in prop::collection::vec((1usize..120, any::<bool>(), 0u64..80), 1..200)) {
+            let mut b = Batcher::new(limits());
+            let mut now = 0;
+            let mut token = 0;
+            let (mut appended, mut refused) = (0u64, 0u64);
+            for (len, ok, dt) in ops {
+                now += dt;
+                if record(&mut b, now, len) { appended += 1 } else { refused += 1 }
+                while let Some(batch) = b.next_due(now) {
+                    token += 1;
+                    b.sent(token, batch, now);
+                }
+                if let Some((t, _)) = b.inflight.first() {
+                    let t = *t;
+                    b.answered(t, ok, now);
+                }
+                let s = b.stats();
+                prop_assert_eq!(s.captured, appended);
+                prop_assert_eq!(s.dropped, refused);
+                prop_assert_eq!(s.delivered + b.held_records(), appended);
+                prop_assert!(b.held_bytes() <= limits().queue_max_bytes);
+            }
+        }
+    }
+}

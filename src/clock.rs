@@ -1,0 +1,86 @@
+//! Wall-clock instants as the host gives them (nanoseconds since the Unix epoch), written as RFC 3339.
+
+use std::fmt;
+
+/// An instant in nanoseconds since the epoch that displays as `YYYY-MM-DDTHH:MM:SS.ffffffZ`
+/// (microsecond precision, UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rfc3339(pub u64);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let micros = self.0 / 1_000;
+        let secs = micros / 1_000_000;
+        let frac = micros % 1_000_000;
+        let days = (secs / 86_400) as i64;
+        let rem = secs % 86_400;
+        let (y, m, d) = civil_from_days(days);
+        let (hh, mm, ss) = (rem / 3600, (rem / 60) % 60, rem % 60);
+        write!(f, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{frac:06}Z")
+    }
+}
+
+/// Howard Hinnant's days-to-civil: proleptic Gregorian date of a day count since 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Milliseconds between two host instants, with microsecond resolution; 0 if `to` precedes `from`.
+pub fn millis_between(from_ns: u64, to_ns: u64) -> f64 {
+    (to_ns.saturating_sub(from_ns) / 1_000) as f64 / 1_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rfc3339(ns: u64) -> String {
+        Rfc3339(ns).to_string()
+    }
+
+    #[test]
+    fn known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339(1_795_623_040_186_123_456),
+            "2026-11-25T16:10:40.186123Z"
+        );
+        // A leap day.
+        assert_eq!(
+            rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn durations_are_milliseconds_to_the_microsecond() {
+        assert_eq!(millis_between(1_000_000, 1_804_201_999), 1803.201);
+        assert_eq!(millis_between(5, 1), 0.0);
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_the_days_arithmetic_of_a_reference(days in 0i64..200_000) {
+            // Round-trip against the inverse (days-from-civil) computed independently.
+            let (y, m, d) = civil_from_days(days);
+            let y2 = if m <= 2 { y - 1 } else { y };
+            let era = y2.div_euclid(400);
+            let yoe = y2 - era * 400;
+            let mp = if m > 2 { m - 3 } else { m + 9 } as i64;
+            let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+            let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+            prop_assert_eq!(era * 146_097 + doe - 719_468, days);
+            prop_assert!((1..=12).contains(&m) && (1..=31).contains(&d));
+        }
+    }
+}

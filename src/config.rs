@@ -1,0 +1,476 @@
+//! The filter's configuration: parsed once in `on_configure`, every error naming its key.
+//!
+//! Keys and defaults follow `CONTRACT.md` §1; the delivery-tuning keys below them are ours.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Header names whose values never leave the filter, whatever the configuration says.
+pub const DEFAULT_REDACTED: [&str; 6] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+];
+
+/// What `configuration` in the Envoy/Istio YAML becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub audit_cluster: String,
+    pub audit_path: String,
+    pub audit_authority: String,
+    pub audit_timeout_ms: u64,
+    pub audit_headers: Vec<(String, String)>,
+    pub max_body_bytes: usize,
+    /// Lower-case names: the defaults plus `redact_headers`, without repeats.
+    pub redact_headers: Vec<String>,
+    pub delivery: DeliveryLimits,
+}
+
+/// How the root context batches, bounds and retries deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryLimits {
+    /// A batch is sent once it holds this many bytes of NDJSON.
+    pub batch_max_bytes: usize,
+    /// A record waits at most this long before its batch is sent; also the tick period.
+    pub flush_interval_ms: u64,
+    /// Bytes of records a worker holds (waiting, in flight, awaiting retry) before it drops new ones.
+    pub queue_max_bytes: usize,
+    /// Callouts a worker has open at once.
+    pub max_inflight: usize,
+    /// First pause after a failed delivery; doubled on each further failure.
+    pub retry_initial_ms: u64,
+    /// Longest pause between delivery attempts.
+    pub retry_max_ms: u64,
+}
+
+/// Why a configuration was refused. `Display` is the one line Envoy logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "truthtable: invalid configuration: {}: {}",
+            self.key, self.problem
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    audit_cluster: String,
+    #[serde(default = "default_audit_path")]
+    audit_path: String,
+    #[serde(default)]
+    audit_authority: Option<String>,
+    #[serde(default = "default_audit_timeout_ms")]
+    audit_timeout_ms: u64,
+    #[serde(default)]
+    audit_headers: BTreeMap<String, String>,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: u64,
+    #[serde(default)]
+    redact_headers: Vec<String>,
+    #[serde(default = "default_batch_max_bytes")]
+    batch_max_bytes: u64,
+    #[serde(default = "default_flush_interval_ms")]
+    flush_interval_ms: u64,
+    #[serde(default = "default_queue_max_bytes")]
+    queue_max_bytes: u64,
+    #[serde(default = "default_max_inflight")]
+    max_inflight: u64,
+    #[serde(default = "default_retry_initial_ms")]
+    retry_initial_ms: u64,
+    #[serde(default = "default_retry_max_ms")]
+    retry_max_ms: u64,
+}
+
+fn default_audit_path() -> String {
+    "/v1/captures".to_owned()
+}
+fn default_audit_timeout_ms() -> u64 {
+    5000
+}
+fn default_max_body_bytes() -> u64 {
+    1 << 20
+}
+fn default_batch_max_bytes() -> u64 {
+    256 << 10
+}
+fn default_flush_interval_ms() -> u64 {
+    100
+}
+fn default_queue_max_bytes() -> u64 {
+    64 << 20
+}
+fn default_max_inflight() -> u64 {
+    4
+}
+fn default_retry_initial_ms() -> u64 {
+    250
+}
+fn default_retry_max_ms() -> u64 {
+    30_000
+}
+
+const MIB: u64 = 1 << 20;
+
+impl Config {
+    /// Parses and validates the plugin configuration bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let (key, problem) = name_serde_error(key, &inner);
+            ConfigError { key, problem }
+        })?;
+        de.end().map_err(|e| ConfigError {
+            key: "configuration".to_owned(),
+            problem: format!("trailing characters after the JSON object: {e}"),
+        })?;
+        raw.validate()
+    }
+
+    /// Whether a header of this name is recorded as `[REDACTED]` (names compare case-insensitively).
+    pub fn is_redacted(&self, name: &[u8]) -> bool {
+        self.redact_headers
+            .iter()
+            .any(|r| r.len() == name.len() && r.as_bytes().eq_ignore_ascii_case(name))
+    }
+}
+
+/// Turns serde's message into (key, problem), naming the key even when serde's path is the root.
+fn name_serde_error(path: String, e: &serde_json::Error) -> (String, String) {
+    let message = e.to_string();
+    // serde_json appends " at line L column C"; the key already says where.
+    let message = match message.find(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message,
+    };
+    if path != "." && !path.is_empty() {
+        return (path, message);
+    }
+    for marker in ["unknown field `", "missing field `"] {
+        if let Some(start) = message.find(marker) {
+            let rest = &message[start + marker.len()..];
+            if let Some(end) = rest.find('`') {
+                return (rest[..end].to_owned(), message);
+            }
+        }
+    }
+    if e.is_syntax() || e.is_eof() {
+        return (
+            "configuration".to_owned(),
+            format!("not valid JSON: {message}"),
+        );
+    }
+    ("configuration".to_owned(), message)
+}
+
+fn out_of_range(key: &str, value: u64, range: &str) -> ConfigError {
+    ConfigError {
+        key: key.to_owned(),
+        problem: format!("{value} is out of range (expected {range})"),
+    }
+}
+
+fn check(key: &str, value: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    if value < min || value > max {
+        return Err(out_of_range(key, value, &format!("{min}..={max}")));
+    }
+    Ok(value)
+}
+
+/// An HTTP header name as RFC 9110 defines a token, in lower case.
+fn header_name(key: &str, name: &str) -> Result<String, ConfigError> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid {
+        return Err(ConfigError {
+            key: key.to_owned(),
+            problem: format!("{name:?} is not a valid HTTP header name"),
+        });
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        if self.audit_cluster.trim().is_empty() {
+            return Err(ConfigError {
+                key: "audit_cluster".to_owned(),
+                problem: "must name an Envoy cluster, got an empty string".to_owned(),
+            });
+        }
+        if !self.audit_path.starts_with('/') {
+            return Err(ConfigError {
+                key: "audit_path".to_owned(),
+                problem: format!("must start with '/', got {:?}", self.audit_path),
+            });
+        }
+        let audit_authority = match self.audit_authority {
+            Some(a) if a.is_empty() => {
+                return Err(ConfigError {
+                    key: "audit_authority".to_owned(),
+                    problem: "must not be empty".to_owned(),
+                })
+            }
+            Some(a) => a,
+            None => self.audit_cluster.clone(),
+        };
+        let audit_timeout_ms = check("audit_timeout_ms", self.audit_timeout_ms, 1, 600_000)?;
+        let mut audit_headers = Vec::with_capacity(self.audit_headers.len());
+        for (name, value) in self.audit_headers {
+            let key = format!("audit_headers.{name}");
+            let lower = header_name(&key, &name)?;
+            if lower == "content-type" || lower == "content-length" || lower == "host" {
+                return Err(ConfigError {
+                    key,
+                    problem: "is set by the filter itself".to_owned(),
+                });
+            }
+            if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                return Err(ConfigError {
+                    key,
+                    problem: "value must not contain CR, LF or NUL".to_owned(),
+                });
+            }
+            audit_headers.push((lower, value));
+        }
+        let max_body_bytes = check("max_body_bytes", self.max_body_bytes, 0, 64 * MIB)?;
+        let mut redact_headers: Vec<String> =
+            DEFAULT_REDACTED.iter().map(|s| (*s).to_owned()).collect();
+        for (i, name) in self.redact_headers.iter().enumerate() {
+            let lower = header_name(&format!("redact_headers[{i}]"), name)?;
+            if !redact_headers.contains(&lower) {
+                redact_headers.push(lower);
+            }
+        }
+        let batch_max_bytes = check("batch_max_bytes", self.batch_max_bytes, 1024, 16 * MIB)?;
+        let queue_max_bytes = check(
+            "queue_max_bytes",
+            self.queue_max_bytes,
+            64 * 1024,
+            1024 * MIB,
+        )?;
+        if queue_max_bytes < batch_max_bytes {
+            return Err(out_of_range(
+                "queue_max_bytes",
+                queue_max_bytes,
+                "at least batch_max_bytes",
+            ));
+        }
+        let retry_initial_ms = check("retry_initial_ms", self.retry_initial_ms, 10, 60_000)?;
+        let retry_max_ms = check("retry_max_ms", self.retry_max_ms, 10, 3_600_000)?;
+        if retry_max_ms < retry_initial_ms {
+            return Err(out_of_range(
+                "retry_max_ms",
+                retry_max_ms,
+                "at least retry_initial_ms",
+            ));
+        }
+        Ok(Config {
+            audit_cluster: self.audit_cluster,
+            audit_path: self.audit_path,
+            audit_authority,
+            audit_timeout_ms,
+            audit_headers,
+            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            redact_headers,
+            delivery: DeliveryLimits {
+                batch_max_bytes: usize::try_from(batch_max_bytes).unwrap_or(usize::MAX),
+                flush_interval_ms: check("flush_interval_ms", self.flush_interval_ms, 10, 60_000)?,
+                queue_max_bytes: usize::try_from(queue_max_bytes).unwrap_or(usize::MAX),
+                max_inflight: check("max_inflight", self.max_inflight, 1, 64)? as usize,
+                retry_initial_ms,
+                retry_max_ms,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> ConfigError {
+        Config::parse(json.as_bytes()).expect_err("config should be refused")
+    }
+
+    #[test]
+    fn minimal_config_takes_contract_defaults() {
+        let c = Config::parse(br#"{"audit_cluster":"audit"}"#).unwrap();
+        assert_eq!(c.audit_cluster, "audit");
+        assert_eq!(c.audit_path, "/v1/captures");
+        assert_eq!(c.audit_authority, "audit");
+        assert_eq!(c.audit_timeout_ms, 5000);
+        assert!(c.audit_headers.is_empty());
+        assert_eq!(c.max_body_bytes, 1_048_576);
+        assert_eq!(c.redact_headers, DEFAULT_REDACTED.to_vec());
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = Config::parse(
+            br#"{"audit_cluster":"a","audit_path":"/in","audit_authority":"collector.local",
+                "audit_timeout_ms":900,"audit_headers":{"X-Ingest-Token":"t0k"},
+                "max_body_bytes":0,"redact_headers":["X-Secret","cookie"],
+                "batch_max_bytes":2048,"flush_interval_ms":50,"queue_max_bytes":65536,
+                "max_inflight":2,"retry_initial_ms":20,"retry_max_ms":40}"#,
+        )
+        .unwrap();
+        assert_eq!(c.audit_path, "/in");
+        assert_eq!(c.audit_authority, "collector.local");
+        assert_eq!(c.audit_timeout_ms, 900);
+        assert_eq!(
+            c.audit_headers,
+            vec![("x-ingest-token".into(), "t0k".into())]
+        );
+        assert_eq!(c.max_body_bytes, 0);
+        assert_eq!(c.redact_headers.len(), 7);
+        assert!(c.is_redacted(b"X-SECRET"));
+        assert!(c.is_redacted(b"Authorization"));
+        assert!(!c.is_redacted(b"content-type"));
+        assert_eq!(
+            c.delivery,
+            DeliveryLimits {
+                batch_max_bytes: 2048,
+                flush_interval_ms: 50,
+                queue_max_bytes: 65536,
+                max_inflight: 2,
+                retry_initial_ms: 20,
+                retry_max_ms: 40
+            }
+        );
+    }
+
+    #[test]
+    fn missing_audit_cluster_is_named() {
+        let e = err("{}");
+        assert_eq!(e.key, "audit_cluster");
+        assert!(e.problem.contains("missing field"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_value() {
+        let e = err(r#"{"audit_cluster":"a","max_body_bytes":"lots"}"#);
+        assert_eq!(e.key, "max_body_bytes");
+        assert!(e.problem.contains("\"lots\""), "{e}");
+        assert_eq!(
+            e.to_string().lines().count(),
+            1,
+            "the error is one log line"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err(r#"{"audit_cluster":"a","max_body_byte":5}"#);
+        assert_eq!(e.key, "max_body_byte");
+        assert!(e.problem.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn not_json_is_refused() {
+        let e = err("audit_cluster: a");
+        assert_eq!(e.key, "configuration");
+        assert!(e.problem.contains("not valid JSON"), "{e}");
+        assert_eq!(err("").key, "configuration");
+        assert_eq!(err(r#"{"audit_cluster":"a"} x"#).key, "configuration");
+    }
+
+    #[test]
+    fn out_of_range_values_are_named() {
+        for (json, key) in [
+            (
+                r#"{"audit_cluster":"a","audit_timeout_ms":0}"#,
+                "audit_timeout_ms",
+            ),
+            (
+                r#"{"audit_cluster":"a","max_body_bytes":-1}"#,
+                "max_body_bytes",
+            ),
+            (
+                r#"{"audit_cluster":"a","max_body_bytes":1e12}"#,
+                "max_body_bytes",
+            ),
+            (
+                r#"{"audit_cluster":"a","max_body_bytes":99999999999}"#,
+                "max_body_bytes",
+            ),
+            (r#"{"audit_cluster":"a","max_inflight":0}"#, "max_inflight"),
+            (
+                r#"{"audit_cluster":"a","batch_max_bytes":10}"#,
+                "batch_max_bytes",
+            ),
+            (
+                r#"{"audit_cluster":"a","queue_max_bytes":70000,"batch_max_bytes":80000}"#,
+                "queue_max_bytes",
+            ),
+            (
+                r#"{"audit_cluster":"a","retry_initial_ms":500,"retry_max_ms":100}"#,
+                "retry_max_ms",
+            ),
+            (
+                r#"{"audit_cluster":"a","flush_interval_ms":1}"#,
+                "flush_interval_ms",
+            ),
+        ] {
+            assert_eq!(err(json).key, key, "{json}");
+        }
+    }
+
+    #[test]
+    fn bad_strings_are_named() {
+        assert_eq!(err(r#"{"audit_cluster":""}"#).key, "audit_cluster");
+        assert_eq!(
+            err(r#"{"audit_cluster":"a","audit_path":"v1"}"#).key,
+            "audit_path"
+        );
+        assert_eq!(
+            err(r#"{"audit_cluster":"a","audit_authority":""}"#).key,
+            "audit_authority"
+        );
+        assert_eq!(
+            err(r#"{"audit_cluster":"a","redact_headers":["ok","bad name"]}"#).key,
+            "redact_headers[1]"
+        );
+        assert_eq!(
+            err(r#"{"audit_cluster":"a","redact_headers":"authorization"}"#).key,
+            "redact_headers"
+        );
+        assert_eq!(
+            err(r#"{"audit_cluster":"a","audit_headers":{"x-t":"a\nb"}}"#).key,
+            "audit_headers.x-t"
+        );
+        assert_eq!(
+            err(r#"{"audit_cluster":"a","audit_headers":{"content-type":"x"}}"#).key,
+            "audit_headers.content-type"
+        );
+        assert_eq!(
+            err(r#"{"audit_cluster":"a","audit_headers":{"x-t":5}}"#).key,
+            "audit_headers.x-t"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = Config::parse(&bytes);
+        }
+    }
+}
