@@ -195,8 +195,9 @@ fn payload(
     problems: &mut Vec<String>,
 ) -> Payload {
     let decoded = decode::decode_body(body, headers);
-    if let Some(p) = decoded.problem {
-        problems.push(format!("{what} body: {p}"));
+    let decode_problem = decoded.problem.map(|p| format!("{what} body: {p}"));
+    if let Some(p) = &decode_problem {
+        problems.push(p.clone());
     }
     let bytes = decoded.bytes;
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -214,7 +215,10 @@ fn payload(
             } else {
                 format!("{what} body is not JSON: {e}")
             };
-            Payload::Unparseable(why)
+            Payload::Unparseable(match decode_problem {
+                Some(p) => format!("{p}; {why}"),
+                None => why,
+            })
         }
     }
 }

@@ -85,7 +85,7 @@ pub fn read_request(req: &Value, view: &mut AuditView) {
     }
 }
 
-/// Model, usage and finish reason from a `response` object.
+/// Model and usage from a `response` object.
 fn read_envelope(resp: &Value, view: &mut AuditView) {
     if let Some(m) = str_field(resp, "model") {
         view.model = Some(m);
@@ -96,6 +96,11 @@ fn read_envelope(resp: &Value, view: &mut AuditView) {
             output_tokens: count(u, "output_tokens"),
         };
     }
+}
+
+/// Model, usage and finish reason from a finished `response` object.
+fn read_finished(resp: &Value, view: &mut AuditView) {
+    read_envelope(resp, view);
     let status = str_field(resp, "status");
     let incomplete = resp
         .get("incomplete_details")
@@ -139,7 +144,7 @@ fn read_output(resp: &Value) -> (Option<String>, Vec<ToolCall>) {
 
 /// Reads a non-streamed `response`; true when it held an `output` array.
 pub fn read_response(resp: &Value, view: &mut AuditView) -> bool {
-    read_envelope(resp, view);
+    read_finished(resp, view);
     let (answer, calls) = read_output(resp);
     view.answer = answer;
     view.tool_calls = calls;
@@ -249,7 +254,7 @@ pub fn read_stream(
     let Some(resp) = terminal else {
         return false;
     };
-    read_envelope(&resp, view);
+    read_finished(&resp, view);
     if let Some(e) = resp.get("error").filter(|e| !e.is_null()) {
         problems.push(format!("response failed: {}", error_message(e)));
     }
