@@ -55,27 +55,22 @@ pub async fn serve(
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+/// Installs the SIGTERM and SIGINT handlers now, and returns a future that resolves on either.
+pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; finishing requests in flight"),
+            _ = int.recv() => tracing::info!("SIGINT received; finishing requests in flight"),
         }
-    };
-    tokio::select! {
-        _ = term => tracing::info!("SIGTERM received; finishing requests in flight"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; finishing requests in flight"),
-    }
+    })
 }
 
 /// Opens the store, binds the listen address and serves until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     let db = config.db.clone();
     let store = tokio::task::spawn_blocking(move || store::Store::open(&db))
         .await
@@ -92,5 +87,5 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         read_auth = config.read_token.is_some(),
         "truthtable-collector listening on {addr}"
     );
-    serve(listener, state, shutdown_signal()).await
+    serve(listener, state, shutdown).await
 }
