@@ -53,7 +53,45 @@ pub fn app(state: Arc<AppState>) -> Router {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    ApiError::new(status, message).into_response()
+}
+
+/// An error answer: a status and the message of its `{"error": ...}` body.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    www_authenticate: bool,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            www_authenticate: false,
+        }
+    }
+
+    fn unauthorized(message: &str) -> Self {
+        ApiError {
+            www_authenticate: true,
+            ..Self::new(StatusCode::UNAUTHORIZED, message)
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.www_authenticate {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    }
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a guess was right.
@@ -62,7 +100,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `Ok` when no token is configured or the request carries `authorization: Bearer <token>`.
-fn authorize(headers: &HeaderMap, token: Option<&str>) -> Result<(), Response> {
+fn authorize(headers: &HeaderMap, token: Option<&str>) -> Result<(), ApiError> {
     let Some(token) = token else { return Ok(()) };
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -73,32 +111,24 @@ fn authorize(headers: &HeaderMap, token: Option<&str>) -> Result<(), Response> {
         });
     match presented {
         Some(p) if same_secret(p.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "invalid bearer token")),
-        None => Err(error(
-            StatusCode::UNAUTHORIZED,
+        Some(_) => Err(ApiError::unauthorized("invalid bearer token")),
+        None => Err(ApiError::unauthorized(
             "missing `authorization: Bearer <token>` header",
         )),
     }
-    .map_err(|mut r| {
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        r
-    })
 }
 
-fn store_failure(state: &AppState, e: &StoreError) -> Response {
+fn store_failure(state: &AppState, e: &StoreError) -> ApiError {
     state.metrics.store_error();
     tracing::error!(error = %e, "store operation failed");
-    error(StatusCode::INTERNAL_SERVER_ERROR, format!("store: {e}"))
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("store: {e}"))
 }
 
 /// Runs a blocking store call off the async runtime.
 async fn blocking<T: Send + 'static>(
     state: &Arc<AppState>,
     f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, Response> {
+) -> Result<T, ApiError> {
     let store = Arc::clone(&state.store);
     match tokio::task::spawn_blocking(move || f(&store)).await {
         Ok(Ok(v)) => Ok(v),
@@ -106,7 +136,10 @@ async fn blocking<T: Send + 'static>(
         Err(e) => {
             state.metrics.store_error();
             tracing::error!(error = %e, "store task failed");
-            Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            ))
         }
     }
 }
@@ -117,8 +150,8 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
         state.metrics.rejected(why);
         response
     };
-    if let Err(r) = authorize(&headers, state.ingest_token.as_deref()) {
-        return reject(Rejection::Unauthorized, r);
+    if let Err(e) = authorize(&headers, state.ingest_token.as_deref()) {
+        return reject(Rejection::Unauthorized, e.into_response());
     }
     if let Some(ce) = headers.get(header::CONTENT_ENCODING) {
         if !ce.as_bytes().eq_ignore_ascii_case(b"identity") {
@@ -186,7 +219,7 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
             );
             Json(json!({ "stored": o.stored, "duplicates": o.duplicates })).into_response()
         }
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -195,8 +228,8 @@ async fn list(
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&headers, state.read_token.as_deref()) {
-        return r;
+    if let Err(e) = authorize(&headers, state.read_token.as_deref()) {
+        return e.into_response();
     }
     let Ok(Query(params)) = query else {
         return error(StatusCode::BAD_REQUEST, "malformed query string");
@@ -235,7 +268,7 @@ async fn list(
     }
     let rows = match blocking(&state, move |s| s.list(limit + 1, before)).await {
         Ok(rows) => rows,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let more = rows.len() > limit as usize;
     let page: Vec<_> = rows.into_iter().take(limit as usize).collect();
@@ -252,8 +285,8 @@ async fn get_one(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&headers, state.read_token.as_deref()) {
-        return r;
+    if let Err(e) = authorize(&headers, state.read_token.as_deref()) {
+        return e.into_response();
     }
     let lookup = id.clone();
     let raw = match blocking(&state, move |s| s.get(&lookup)).await {
@@ -264,7 +297,7 @@ async fn get_one(
                 format!("no capture with id \"{id}\""),
             )
         }
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let view = match CaptureRecord::parse_line(&raw) {
         Ok(record) => std::panic::catch_unwind(|| audit::derive(&record)).unwrap_or_else(|_| {

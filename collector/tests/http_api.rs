@@ -1,4 +1,6 @@
 //! The HTTP API over loopback, against a server running in the test process.
+// This whole crate is tests; its helpers may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

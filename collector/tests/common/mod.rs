@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests: sample records, an in-process server, the real binary.
 #![allow(dead_code)]
+// Test support: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
