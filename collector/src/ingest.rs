@@ -116,6 +116,28 @@ mod tests {
         assert!(matches!(parse_ndjson(b"\n  \n"), Err(IngestError::Empty)));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = parse_ndjson(&bytes);
+        }
+
+        #[test]
+        fn the_reported_line_is_the_corrupted_one(n in 1usize..8, bad_at in 0usize..8, cut in 1usize..40) {
+            let bad_at = bad_at % n;
+            let body: String = (0..n)
+                .map(|i| {
+                    let line = sample(&format!("id-{i}")).to_string();
+                    if i == bad_at { format!("{}\n", &line[..line.len() - cut]) } else { format!("{line}\n") }
+                })
+                .collect();
+            match parse_ndjson(body.as_bytes()) {
+                Err(IngestError::BadLine { line, .. }) => proptest::prop_assert_eq!(line, bad_at + 1),
+                other => proptest::prop_assert!(false, "expected a bad line, got {:?}", other.map(|v| v.len())),
+            }
+        }
+    }
+
     #[test]
     fn rows_carry_summary_columns_and_the_raw_line() {
         let line = parse_ndjson(sample("a").to_string().as_bytes())
