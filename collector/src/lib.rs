@@ -1,0 +1,91 @@
+//! TruthTable audit collector.
+//!
+//! Receives capture records (schema `truthtable.capture.v1`) as NDJSON, stores them durably and
+//! deduplicated in SQLite, and serves them back with an audit view for faithfulness checks.
+//! [`run`] is the whole program; [`serve`] runs it on a listener the caller bound (tests use
+//! `127.0.0.1:0`).
+
+pub mod audit;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod record;
+pub mod sse;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use http::{app, AppState};
+
+/// Builds the shared state over an opened store.
+pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppState>> {
+    let records = store.count().context("counting stored records")?;
+    Ok(Arc::new(AppState {
+        store: Arc::new(store),
+        metrics: metrics::Metrics::new(records),
+        ingest_token: config.ingest_token.clone(),
+        read_token: config.read_token.clone(),
+        max_body_bytes: config.max_body_bytes,
+    }))
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, lets requests in flight finish, then
+/// closes the store.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, app(Arc::clone(&state)))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")?;
+    let store = Arc::clone(&state.store);
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .context("closing the store")?
+        .context("closing the store")?;
+    tracing::info!("store closed; bye");
+    Ok(())
+}
+
+/// Installs the SIGTERM and SIGINT handlers now, and returns a future that resolves on either.
+pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; finishing requests in flight"),
+            _ = int.recv() => tracing::info!("SIGINT received; finishing requests in flight"),
+        }
+    })
+}
+
+/// Opens the store, binds the listen address and serves until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
+    let db = config.db.clone();
+    let store = tokio::task::spawn_blocking(move || store::Store::open(&db))
+        .await
+        .context("opening the store")?
+        .with_context(|| format!("opening the store at {}", config.db.display()))?;
+    let state = state(&config, store)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(
+        db = %config.db.display(),
+        ingest_auth = config.ingest_token.is_some(),
+        read_auth = config.read_token.is_some(),
+        "truthtable-collector listening on {addr}"
+    );
+    serve(listener, state, shutdown).await
+}

@@ -1,0 +1,175 @@
+//! Counters the collector exposes at `GET /metrics`, in Prometheus text format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why an ingest request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Missing or wrong bearer token (401).
+    Unauthorized,
+    /// A line that is not a valid v1 record, or no record at all (400).
+    Invalid,
+    /// Body over `--max-body-bytes` (413).
+    TooLarge,
+    /// A request `content-encoding` the collector does not accept (415).
+    UnsupportedEncoding,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 4] = [
+        Rejection::Unauthorized,
+        Rejection::Invalid,
+        Rejection::TooLarge,
+        Rejection::UnsupportedEncoding,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Rejection::Unauthorized => "unauthorized",
+            Rejection::Invalid => "invalid",
+            Rejection::TooLarge => "too_large",
+            Rejection::UnsupportedEncoding => "unsupported_encoding",
+        }
+    }
+}
+
+/// Process-lifetime counters, plus the stored-record gauge seeded from the store at start.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    ingest_requests: AtomicU64,
+    records_stored: AtomicU64,
+    duplicates: AtomicU64,
+    rejected: [AtomicU64; 4],
+    store_errors: AtomicU64,
+    records_in_store: AtomicU64,
+}
+
+impl Metrics {
+    /// Counters at zero, with `records_in_store` records already stored.
+    pub fn new(records_in_store: u64) -> Self {
+        Metrics {
+            records_in_store: AtomicU64::new(records_in_store),
+            ..Self::default()
+        }
+    }
+
+    /// One `POST /v1/captures` arrived.
+    pub fn ingest_request(&self) {
+        self.ingest_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A batch committed `stored` new records and skipped `duplicates`.
+    pub fn batch_committed(&self, stored: u64, duplicates: u64) {
+        self.records_stored.fetch_add(stored, Ordering::Relaxed);
+        self.records_in_store.fetch_add(stored, Ordering::Relaxed);
+        self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+    }
+
+    /// An ingest request was refused.
+    pub fn rejected(&self, why: Rejection) {
+        if let Some(c) = self.rejected.get(why as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The store failed an operation.
+    pub fn store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition, with the store's current size in bytes.
+    pub fn render(&self, store_bytes: u64) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        metric(
+            "truthtable_collector_ingest_requests_total",
+            "counter",
+            "Ingest requests received.",
+            &[("", get(&self.ingest_requests))],
+        );
+        metric(
+            "truthtable_collector_records_stored_total",
+            "counter",
+            "Capture records newly stored by this process.",
+            &[("", get(&self.records_stored))],
+        );
+        metric(
+            "truthtable_collector_duplicates_total",
+            "counter",
+            "Capture records received whose id was already stored.",
+            &[("", get(&self.duplicates))],
+        );
+        let labels: Vec<String> = Rejection::ALL
+            .iter()
+            .map(|r| format!("{{reason=\"{}\"}}", r.label()))
+            .collect();
+        let rejected: Vec<(&str, u64)> = Rejection::ALL
+            .iter()
+            .zip(&labels)
+            .map(|(r, l)| {
+                (
+                    l.as_str(),
+                    self.rejected.get(*r as usize).map(get).unwrap_or_default(),
+                )
+            })
+            .collect();
+        metric(
+            "truthtable_collector_rejected_requests_total",
+            "counter",
+            "Ingest requests refused, by reason; nothing of them was stored.",
+            &rejected,
+        );
+        metric(
+            "truthtable_collector_store_errors_total",
+            "counter",
+            "Store operations that failed (answered 500).",
+            &[("", get(&self.store_errors))],
+        );
+        metric(
+            "truthtable_collector_records",
+            "gauge",
+            "Capture records in the store.",
+            &[("", get(&self.records_in_store))],
+        );
+        metric(
+            "truthtable_collector_store_bytes",
+            "gauge",
+            "Size on disk of the database and its write-ahead log, in bytes.",
+            &[("", store_bytes)],
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_reports_every_counter() {
+        let m = Metrics::new(5);
+        m.ingest_request();
+        m.batch_committed(3, 2);
+        m.rejected(Rejection::TooLarge);
+        let text = m.render(4096);
+        for line in [
+            "truthtable_collector_ingest_requests_total 1",
+            "truthtable_collector_records_stored_total 3",
+            "truthtable_collector_duplicates_total 2",
+            "truthtable_collector_rejected_requests_total{reason=\"too_large\"} 1",
+            "truthtable_collector_rejected_requests_total{reason=\"invalid\"} 0",
+            "truthtable_collector_records 8",
+            "truthtable_collector_store_bytes 4096",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+    }
+}

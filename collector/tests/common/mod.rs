@@ -1,0 +1,212 @@
+//! Helpers shared by the integration tests: sample records, an in-process server, the real binary.
+#![allow(dead_code)]
+// Test support: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use truthtable_collector::{config::Cli, store::Store, Config};
+
+/// A valid v1 record of a non-streamed OpenAI chat exchange, with an extra unknown field.
+pub fn record(id: &str) -> Value {
+    let request = json!({"model": "gpt-4o", "messages": [
+        {"role": "system", "content": "Use the documents."},
+        {"role": "user", "content": format!("question for {id}")}]});
+    let response = json!({"object": "chat.completion", "model": "gpt-4o-2024-08-06",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("answer for {id}")}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 4}});
+    json!({
+        "schema": "truthtable.capture.v1",
+        "id": id,
+        "started_at": "2026-11-25T16:10:40.186123Z",
+        "duration_ms": 1804.25,
+        "outcome": "complete",
+        "detail": "via_upstream",
+        "request": {
+            "method": "POST", "scheme": "http", "authority": "api.example.com",
+            "path": "/v1/chat/completions", "query": "",
+            "headers": [["content-type", "application/json"], ["authorization", "[REDACTED]"]],
+            "body": {"encoding": "utf8", "data": request.to_string(), "size": request.to_string().len(), "truncated": false}
+        },
+        "response": {
+            "status": 200,
+            "headers": [["content-type", "application/json"]],
+            "body": {"encoding": "utf8", "data": response.to_string(), "size": response.to_string().len(), "truncated": false},
+            "first_byte_ms": 212.5
+        },
+        "x_future_field": {"kept": true}
+    })
+}
+
+/// NDJSON body of the records with these ids.
+pub fn ndjson(ids: &[String]) -> String {
+    ids.iter().map(|id| format!("{}\n", record(id))).collect()
+}
+
+/// A server running inside the test process on an ephemeral loopback port.
+pub struct InProcess {
+    pub base: String,
+    pub db: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    pub async fn start(
+        ingest_token: Option<&str>,
+        read_token: Option<&str>,
+        max_body_bytes: Option<usize>,
+    ) -> Self {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let mut args = vec![
+            "truthtable-collector".to_owned(),
+            "--db".to_owned(),
+            db.display().to_string(),
+        ];
+        if let Some(n) = max_body_bytes {
+            args.push("--max-body-bytes".to_owned());
+            args.push(n.to_string());
+        }
+        let (it, rt) = (
+            ingest_token.map(str::to_owned),
+            read_token.map(str::to_owned),
+        );
+        let config = Config::new(Cli::parse_from(args), move |name| match name {
+            "TRUTHTABLE_INGEST_TOKEN" => it.clone(),
+            "TRUTHTABLE_READ_TOKEN" => rt.clone(),
+            _ => None,
+        });
+        let store = Store::open(&db).unwrap();
+        let state = truthtable_collector::state(&config, store).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(truthtable_collector::serve(
+            listener,
+            Arc::clone(&state),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        InProcess {
+            base: format!("http://{addr}"),
+            db,
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops the server and waits until the store is closed.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Posts an NDJSON body to the ingest endpoint.
+pub async fn post(
+    client: &reqwest::Client,
+    base: &str,
+    body: String,
+    token: Option<&str>,
+) -> reqwest::Response {
+    let mut req = client
+        .post(format!("{base}/v1/captures"))
+        .header("content-type", "application/x-ndjson")
+        .body(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap()
+}
+
+/// The real binary, started on an ephemeral port over `db`.
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Process {
+    pub fn start(db: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+            .args(["--listen", "127.0.0.1:0", "--db"])
+            .arg(db)
+            .env("RUST_LOG", "info")
+            .env_remove("TRUTHTABLE_INGEST_TOKEN")
+            .env_remove("TRUTHTABLE_READ_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("collector did not report its address")
+            .parse()
+            .unwrap();
+        Process { child, addr }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM failed");
+    }
+
+    /// Waits for exit, at most `secs` seconds.
+    pub fn wait(&mut self, secs: u64) -> std::process::ExitStatus {
+        for _ in 0..secs * 20 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("collector did not exit within {secs}s");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

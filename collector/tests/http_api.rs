@@ -1,0 +1,354 @@
+//! The HTTP API over loopback, against a server running in the test process.
+// This whole crate is tests; its helpers may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{ndjson, post, record, InProcess};
+use serde_json::Value;
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+async fn metric(client: &reqwest::Client, server: &InProcess, name: &str) -> u64 {
+    let text = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+}
+
+#[tokio::test]
+async fn ingest_then_read_back_returns_the_record_verbatim_and_its_audit_view() {
+    let server = InProcess::start(None, None, None).await;
+    let client = reqwest::Client::new();
+    let line = format!("{}", record("r-1"));
+    let resp = post(&client, &server.base, format!("{line}\n"), None).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["stored"], 1);
+    assert_eq!(body["duplicates"], 0);
+
+    let text = client
+        .get(server.url("/v1/captures/r-1"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The capture is spliced in byte for byte, unknown fields included.
+    assert!(
+        text.starts_with(&format!("{{\"capture\":{line},")),
+        "{text}"
+    );
+    let got: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(got["capture"]["x_future_field"]["kept"], true);
+    let audit = &got["audit"];
+    assert_eq!(audit["protocol"], "openai.chat");
+    assert_eq!(audit["question"], "question for r-1");
+    assert_eq!(audit["answer"], "answer for r-1");
+    assert_eq!(audit["context"][0]["source"], "system");
+    assert_eq!(audit["usage"]["output_tokens"], 4);
+
+    let list: Value = client
+        .get(server.url("/v1/captures"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first = &list["captures"][0];
+    assert_eq!(first["id"], "r-1");
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["path"], "/v1/chat/completions");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["outcome"], "complete");
+    assert_eq!(first["duration_ms"], 1804.25);
+    assert_eq!(first["model"], "gpt-4o-2024-08-06");
+    assert_eq!(first["started_at"], "2026-11-25T16:10:40.186123Z");
+    assert!(list["next_before"].is_null());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_ids_are_stored_once_and_counted_in_metrics() {
+    let server = InProcess::start(None, None, None).await;
+    let client = reqwest::Client::new();
+    let batch = ndjson(&ids("d", 3));
+    assert_eq!(
+        post(&client, &server.base, batch.clone(), None)
+            .await
+            .status(),
+        200
+    );
+    let again = post(&client, &server.base, batch, None).await;
+    assert_eq!(again.status(), 200, "a redelivered batch is accepted");
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["stored"], 0);
+    assert_eq!(body["duplicates"], 3);
+
+    let list: Value = client
+        .get(server.url("/v1/captures"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["captures"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        metric(
+            &client,
+            &server,
+            "truthtable_collector_records_stored_total"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        metric(&client, &server, "truthtable_collector_duplicates_total").await,
+        3
+    );
+    assert_eq!(
+        metric(&client, &server, "truthtable_collector_records").await,
+        3
+    );
+    assert!(metric(&client, &server, "truthtable_collector_store_bytes").await > 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_line_3_is_rejected_naming_it_and_nothing_of_the_request_is_stored() {
+    let server = InProcess::start(None, None, None).await;
+    let client = reqwest::Client::new();
+    let mut bad = record("b-2");
+    bad.as_object_mut().unwrap().remove("id");
+    let body = format!(
+        "{}\n{}\n{}\n{}\n",
+        record("b-0"),
+        record("b-1"),
+        bad,
+        record("b-3")
+    );
+    let resp = post(&client, &server.base, body, None).await;
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"], "line 3: missing field \"id\"");
+
+    for id in ["b-0", "b-1", "b-3"] {
+        let r = client
+            .get(server.url(&format!("/v1/captures/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{id} must not be stored");
+    }
+    assert_eq!(
+        metric(
+            &client,
+            &server,
+            "truthtable_collector_rejected_requests_total{reason=\"invalid\"}"
+        )
+        .await,
+        1
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_request_gets_413_and_stores_nothing() {
+    let server = InProcess::start(None, None, Some(4096)).await;
+    let client = reqwest::Client::new();
+    let body = ndjson(&ids("big", 10));
+    assert!(body.len() > 4096);
+    let resp = post(&client, &server.base, body, None).await;
+    assert_eq!(resp.status(), 413);
+    let err: Value = resp.json().await.unwrap();
+    assert!(err["error"].as_str().unwrap().contains("4096"));
+    let small = post(&client, &server.base, ndjson(&ids("small", 1)), None).await;
+    assert_eq!(small.status(), 200, "a request under the limit still works");
+    let list: Value = client
+        .get(server.url("/v1/captures"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["captures"].as_array().unwrap().len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ingest_requires_the_ingest_token_when_set() {
+    let server = InProcess::start(Some("in-secret"), None, None).await;
+    let client = reqwest::Client::new();
+    let none = post(&client, &server.base, ndjson(&ids("a", 1)), None).await;
+    assert_eq!(none.status(), 401);
+    let wrong = post(&client, &server.base, ndjson(&ids("a", 1)), Some("nope")).await;
+    assert_eq!(wrong.status(), 401);
+    let right = post(
+        &client,
+        &server.base,
+        ndjson(&ids("a", 1)),
+        Some("in-secret"),
+    )
+    .await;
+    assert_eq!(right.status(), 200);
+    // Reads are open when only the ingest token is set.
+    let read = client
+        .get(server.url("/v1/captures/a-0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(
+        metric(
+            &client,
+            &server,
+            "truthtable_collector_rejected_requests_total{reason=\"unauthorized\"}"
+        )
+        .await,
+        2
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reads_require_the_read_token_when_set() {
+    let server = InProcess::start(None, Some("rd-secret"), None).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        post(&client, &server.base, ndjson(&ids("a", 1)), None)
+            .await
+            .status(),
+        200
+    );
+    for path in ["/v1/captures", "/v1/captures/a-0"] {
+        let none = client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(none.status(), 401, "{path}");
+        let wrong = client
+            .get(server.url(path))
+            .bearer_auth("in-secret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+        let right = client
+            .get(server.url(path))
+            .bearer_auth("rd-secret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(right.status(), 200, "{path}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn paging_walks_back_through_every_record_newest_first() {
+    let server = InProcess::start(None, None, None).await;
+    let client = reqwest::Client::new();
+    for batch in 0..3 {
+        let body = ndjson(&ids(&format!("p{batch}"), 4));
+        assert_eq!(post(&client, &server.base, body, None).await.status(), 200);
+    }
+    let mut seen = Vec::new();
+    let mut url = server.url("/v1/captures?limit=5");
+    loop {
+        let page: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+        let captures = page["captures"].as_array().unwrap();
+        assert!(captures.len() <= 5);
+        seen.extend(
+            captures
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_before"].as_str() {
+            Some(cursor) => url = server.url(&format!("/v1/captures?limit=5&before={cursor}")),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = (0..3).flat_map(|b| ids(&format!("p{b}"), 4)).collect();
+    expected.reverse();
+    assert_eq!(seen, expected);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_paging_parameters_get_400_with_a_json_error() {
+    let server = InProcess::start(None, None, None).await;
+    let client = reqwest::Client::new();
+    for query in [
+        "limit=0",
+        "limit=1001",
+        "limit=ten",
+        "before=x",
+        "colour=red",
+    ] {
+        let resp = client
+            .get(server.url(&format!("/v1/captures?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{query}");
+        let err: Value = resp.json().await.unwrap();
+        assert!(err["error"].is_string(), "{query}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_id_is_404_and_health_is_ok() {
+    let server = InProcess::start(None, None, None).await;
+    let client = reqwest::Client::new();
+    let resp = client
+        .get(server.url("/v1/captures/missing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let err: Value = resp.json().await.unwrap();
+    assert!(err["error"].as_str().unwrap().contains("missing"));
+    let health = client.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unrecognisable_exchange_is_stored_with_an_unknown_audit_view() {
+    let server = InProcess::start(None, None, None).await;
+    let client = reqwest::Client::new();
+    let mut rec = record("odd");
+    rec["request"]["path"] = "/static/logo.png".into();
+    rec["request"]["method"] = "GET".into();
+    rec["request"]["body"] =
+        serde_json::json!({"encoding": "utf8", "data": "", "size": 0, "truncated": false});
+    rec["response"]["body"] = serde_json::json!({"encoding": "base64", "data": "iVBORw0KGgo=", "size": 8, "truncated": false});
+    assert_eq!(
+        post(&client, &server.base, format!("{rec}\n"), None)
+            .await
+            .status(),
+        200
+    );
+    let got: Value = client
+        .get(server.url("/v1/captures/odd"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["audit"]["protocol"], "unknown");
+    assert!(got["audit"]["reason"].is_string());
+    server.stop().await;
+}
