@@ -103,6 +103,9 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if cfg!(feature = "passthrough") {
+            return Some(Box::new(Idle));
+        }
         Some(Box::new(Stream {
             exchange: Exchange::new(
                 self.worker
@@ -231,6 +234,12 @@ impl Metrics {
         }
     }
 }
+
+/// The benchmark's floor (`--features passthrough`): a stream context that captures nothing.
+struct Idle;
+
+impl Context for Idle {}
+impl HttpContext for Idle {}
 
 /// One HTTP exchange. Reads what passes; the record is written once, in `on_log`.
 struct Stream {
