@@ -1,28 +1,6 @@
-//! A stand-in for an LLM/RAG service behind Envoy: `POST /v1/chat/completions` in OpenAI's shape,
-//! streamed (`"stream": true`, Server-Sent Events, one token per event) or not. It "retrieves" a
-//! passage from a tiny built-in corpus, puts it in the answer, and echoes the model name.
-//!
-//! `truthtable-demo-llm [--listen 127.0.0.1:8000] [--token-delay-ms 30]`
+//! `truthtable-demo-llm [--listen 127.0.0.1:8000] [--token-delay-ms 30]`: the demo upstream.
 
-use axum::body::Body;
-use axum::http::{Response, StatusCode};
-use axum::routing::{get, post};
-use axum::Router;
-use bytes::Bytes;
-use serde_json::{json, Value};
 use std::time::Duration;
-
-const CORPUS: [(&str, &str); 3] = [
-    (
-        "paris",
-        "Paris is the capital of France and its largest city.",
-    ),
-    ("envoy", "Envoy is an L7 proxy originally built at Lyft."),
-    (
-        "wasm",
-        "WebAssembly filters let Envoy run sandboxed extensions.",
-    ),
-];
 
 struct Args {
     listen: String,
@@ -66,13 +44,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let delay = args.token_delay;
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/v1/chat/completions",
-            post(move |body: Bytes| chat(body, delay)),
-        );
+    let app = truthtable_demo_llm::app(args.token_delay);
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -85,103 +57,4 @@ async fn main() {
         eprintln!("server error: {e}");
         std::process::exit(1);
     }
-}
-
-/// The last user message's text, whether `content` is a string or a list of parts.
-fn question(req: &Value) -> String {
-    let Some(messages) = req["messages"].as_array() else {
-        return String::new();
-    };
-    let Some(last) = messages.iter().rev().find(|m| m["role"] == "user") else {
-        return String::new();
-    };
-    match &last["content"] {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    }
-}
-
-fn answer_for(question: &str) -> String {
-    let q = question.to_lowercase();
-    CORPUS
-        .iter()
-        .find(|(key, _)| q.contains(key))
-        .map(|(_, passage)| format!("According to the retrieved passage: {passage}"))
-        .unwrap_or_else(|| "I do not know; nothing relevant was retrieved.".to_owned())
-}
-
-fn response(status: StatusCode, content_type: &str, body: Body) -> Response<Body> {
-    let mut r = Response::new(body);
-    *r.status_mut() = status;
-    if let Ok(v) = content_type.parse() {
-        r.headers_mut().insert("content-type", v);
-    }
-    r
-}
-
-async fn chat(body: Bytes, delay: Duration) -> Response<Body> {
-    let req: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            let err = json!({"error": {"message": format!("invalid JSON: {e}")}});
-            return response(
-                StatusCode::BAD_REQUEST,
-                "application/json",
-                Body::from(err.to_string()),
-            );
-        }
-    };
-    let model = req["model"].as_str().unwrap_or("demo-rag-1").to_owned();
-    let answer = answer_for(&question(&req));
-    let words: Vec<String> = answer.split_inclusive(' ').map(str::to_owned).collect();
-    let usage = json!({"prompt_tokens": body.len() / 4, "completion_tokens": words.len(), "total_tokens": body.len() / 4 + words.len()});
-    if req["stream"] != json!(true) {
-        let out = json!({
-            "id": "chatcmpl-demo", "object": "chat.completion", "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-            "usage": usage,
-        });
-        return response(
-            StatusCode::OK,
-            "application/json",
-            Body::from(out.to_string()),
-        );
-    }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-    tokio::spawn(async move {
-        let chunk = |delta: Value, finish: Value| {
-            let c = json!({"id": "chatcmpl-demo", "object": "chat.completion.chunk", "model": model,
-                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-            Bytes::from(format!("data: {c}\n\n"))
-        };
-        let mut events = vec![chunk(
-            json!({"role": "assistant", "content": ""}),
-            Value::Null,
-        )];
-        events.extend(
-            words
-                .iter()
-                .map(|w| chunk(json!({"content": w}), Value::Null)),
-        );
-        events.push(chunk(json!({}), json!("stop")));
-        let tail = json!({"id": "chatcmpl-demo", "object": "chat.completion.chunk", "model": model, "choices": [], "usage": usage});
-        events.push(Bytes::from(format!("data: {tail}\n\n")));
-        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-        for e in events {
-            if tx.send(Ok(e)).await.is_err() {
-                return; // the client went away
-            }
-            tokio::time::sleep(delay).await;
-        }
-    });
-    response(
-        StatusCode::OK,
-        "text/event-stream",
-        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
-    )
 }
