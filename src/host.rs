@@ -241,7 +241,8 @@ struct Idle;
 impl Context for Idle {}
 impl HttpContext for Idle {}
 
-/// One HTTP exchange. Reads what passes; the record is written once, in `on_log`.
+/// One HTTP exchange. Notes the time of its headers, copies body chunks as they pass, and writes
+/// the record once, in `on_log`.
 struct Stream {
     worker: Option<Rc<RefCell<Worker>>>,
     exchange: Exchange,
@@ -260,7 +261,6 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         if self.worker.is_some() {
             self.exchange.started_ns = Some(abi::now_ns());
-            self.exchange.request_headers = abi::header_block(MapType::HttpRequestHeaders);
         }
         Action::Continue
     }
@@ -277,7 +277,6 @@ impl HttpContext for Stream {
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         if self.worker.is_some() {
             self.exchange.response_headers_ns = Some(abi::now_ns());
-            self.exchange.response_headers = abi::header_block(MapType::HttpResponseHeaders);
             self.exchange.response_ended |= end_of_stream;
         }
         Action::Continue
@@ -313,16 +312,14 @@ impl Stream {
         let Some(worker) = &self.worker else { return };
         let now_ns = abi::now_ns();
         let ex = &mut self.exchange;
-        // on_log can be the first callback (a stream reset or refused before the filter saw it).
-        if ex.request_headers.is_none() {
-            ex.request_headers = abi::header_block(MapType::HttpRequestHeaders);
-        }
-        if ex.response_headers.is_none() {
-            ex.response_headers =
-                abi::header_block(MapType::HttpResponseHeaders).filter(|b| !b.is_empty());
-            if ex.response_headers.is_some() {
-                ex.response_headers_ns = Some(now_ns);
-            }
+        // Headers are read once, here: the request as the router sent it upstream (rewrites
+        // included), the response as the client got it, and both even when on_log is the
+        // stream's first callback.
+        ex.request_headers = abi::header_block(MapType::HttpRequestHeaders);
+        ex.response_headers =
+            abi::header_block(MapType::HttpResponseHeaders).filter(|b| !b.is_empty());
+        if ex.response_headers.is_some() && ex.response_headers_ns.is_none() {
+            ex.response_headers_ns = Some(now_ns);
         }
         let details = abi::property(b"response\0code_details").unwrap_or_default();
         let details = String::from_utf8_lossy(&details);

@@ -2,6 +2,8 @@
 //! Each test names one behaviour a user relies on, and checks what the client, the upstream and
 //! the receiver each saw.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;

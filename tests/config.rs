@@ -1,7 +1,7 @@
 //! Envoy refuses a bad filter configuration at startup with one error line naming the key, and
 //! every Envoy YAML the project ships passes `envoy --mode validate`.
 
-#![allow(clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The whole path: a client talks to the demo LLM service through Envoy running the filter, and the
 //! collector (the audit cluster) ends up holding each exchange with its audit view.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;
