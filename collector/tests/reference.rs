@@ -1,0 +1,144 @@
+//! `docs/reference.md` is checked against the collector's code: every command-line flag (from clap's
+//! own description of the command line) and every environment variable (from the `--help` text and
+//! the constants the config reads) has a row with the real default, every metric `/metrics` renders
+//! is listed, and the example record is one the collector accepts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use clap::CommandFactory;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use truthtable_collector::config::{Cli, INGEST_TOKEN_ENV, READ_TOKEN_ENV};
+use truthtable_collector::metrics::Metrics;
+use truthtable_collector::record::CaptureRecord;
+
+fn reference() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/reference.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The text of the `## title` section, up to the next `## ` heading.
+fn section(doc: &str, title: &str) -> String {
+    let start = doc
+        .find(&format!("\n## {title}\n"))
+        .unwrap_or_else(|| panic!("docs/reference.md has no `## {title}` section"));
+    let body = &doc[start + title.len() + 5..];
+    let end = body.find("\n## ").unwrap_or(body.len());
+    body[..end].to_owned()
+}
+
+/// The row of the collector table whose first cell starts with `` `name`` (followed by a space
+/// or the closing backtick).
+fn row<'a>(table: &'a str, name: &str) -> Option<&'a str> {
+    table.lines().find(|l| {
+        l.strip_prefix(&format!("| `{name}"))
+            .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('`'))
+    })
+}
+
+#[test]
+fn every_collector_flag_has_a_row_with_its_default() {
+    let table = section(&reference(), "Collector flags and environment");
+    let cmd = Cli::command();
+    let mut flags = 0;
+    for arg in cmd.get_arguments() {
+        let Some(long) = arg.get_long() else {
+            continue;
+        };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        let flag = format!("--{long}");
+        let line =
+            row(&table, &flag).unwrap_or_else(|| panic!("{flag} has no row in docs/reference.md"));
+        for value_name in arg.get_value_names().into_iter().flatten() {
+            assert!(
+                line.starts_with(&format!("| `{flag} {value_name}`")),
+                "{flag}: the row should show it as `{flag} {value_name}`: {line}"
+            );
+        }
+        let cells: Vec<&str> = line.split(" | ").collect();
+        for default in arg.get_default_values() {
+            let default = default.to_string_lossy();
+            assert!(
+                cells.get(1) == Some(&format!("`{default}`").as_str()),
+                "{flag}: the default cell should be `{default}`: {line}"
+            );
+        }
+        if let Some(env) = arg.get_env() {
+            let env = env.to_string_lossy();
+            assert!(row(&table, &env).is_some(), "{env} ({flag}) has no row");
+        }
+        flags += 1;
+    }
+    assert!(flags >= 3, "found only {flags} flags");
+}
+
+#[test]
+fn every_collector_variable_has_a_row() {
+    let table = section(&reference(), "Collector flags and environment");
+    // The variables the --help text lists under "Environment:", plus those the config reads.
+    let help = Cli::command()
+        .get_after_help()
+        .map(|h| h.to_string())
+        .unwrap_or_default();
+    let env_block = help
+        .split("Environment:")
+        .nth(1)
+        .expect("--help has an Environment: section");
+    let mut vars: BTreeSet<String> = env_block
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        // "  NAME  text"; continuation lines are indented further.
+        .filter_map(|l| l.strip_prefix("  ").filter(|r| !r.starts_with(' ')))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| {
+            !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .map(str::to_owned)
+        .collect();
+    vars.insert(INGEST_TOKEN_ENV.to_owned());
+    vars.insert(READ_TOKEN_ENV.to_owned());
+    assert!(vars.len() >= 3, "{vars:?}");
+    for var in vars {
+        assert!(
+            row(&table, &var).is_some(),
+            "{var} has no row in docs/reference.md"
+        );
+    }
+}
+
+#[test]
+fn every_collector_metric_is_listed() {
+    let metrics = section(&reference(), "Metrics");
+    let rendered = Metrics::new(0).render(0);
+    let mut names = BTreeSet::new();
+    for line in rendered.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split_whitespace();
+            let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+            let found = metrics.lines().any(|l| {
+                (l.starts_with(&format!("| `{name}` |")) || l.starts_with(&format!("| `{name}{{")))
+                    && l.contains(&format!("| {kind} |"))
+            });
+            assert!(found, "{name} ({kind}) has no row in docs/reference.md");
+            names.insert(name.to_owned());
+        }
+    }
+    assert!(names.len() >= 5, "{names:?}");
+}
+
+#[test]
+fn the_example_record_is_accepted_by_the_collector() {
+    let doc = section(&reference(), "Capture record");
+    let start = doc.find("```json\n").expect("an example record") + 8;
+    let end = start + doc[start..].find("```").expect("end of the example");
+    let value: serde_json::Value = serde_json::from_str(&doc[start..end]).expect("JSON");
+    let line = value.to_string();
+    if let Err(e) = CaptureRecord::parse_line(&line) {
+        panic!("the collector refuses the example record: {e:?}");
+    }
+}
