@@ -8,9 +8,6 @@
 //! - The Istio manifests parse; the `WasmPlugin` pulls an OCI image, pins a checksum (or carries the
 //!   documented placeholder), has a fail strategy and a phase Istio knows, and its `pluginConfig` is a
 //!   configuration the filter accepts, aimed at the collector Service by Istio's cluster name.
-//!
-//! YAML is read with python3's PyYAML (Debian `python3-yaml`, on the project's machines), because
-//! the root crate has no YAML parser among its dev-dependencies.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -24,23 +21,15 @@ use truthtable_filter::config::Config;
 
 /// Every document of a YAML file, as JSON.
 fn yaml_docs(path: &Path) -> Vec<Value> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import json, sys, yaml\n\
-             with open(sys.argv[1]) as f:\n    \
-                 json.dump([d for d in yaml.safe_load_all(f) if d is not None], sys.stdout, default=str)",
-        ])
-        .arg(path)
-        .output()
-        .expect("python3 (with PyYAML: apt-get install python3-yaml) reads the YAML files");
-    assert!(
-        out.status.success(),
-        "{} does not parse as YAML:\n{}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_norway::Deserializer::from_str(&text)
+        .map(|doc| {
+            Value::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{} does not parse as YAML: {e}", path.display()))
+        })
+        .filter(|d| !d.is_null())
+        .collect()
 }
 
 fn yaml(path: &Path) -> Value {
