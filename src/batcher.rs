@@ -204,6 +204,15 @@ impl Batcher {
     }
 }
 
+/// Whether a callout's `:status` means "stored": a 2xx, and nothing else. Envoy reports a failed
+/// callout (connection refused, timeout) as a synthesized 503/504.
+pub fn acknowledged(status: Option<&[u8]>) -> bool {
+    status
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse::<u16>().ok())
+        .is_some_and(|s| (200..300).contains(&s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +240,17 @@ mod tests {
             out.extend(std::iter::repeat_n(b'x', len - 1));
             out.push(b'\n');
         })
+    }
+
+    #[test]
+    fn only_a_2xx_status_acknowledges_a_batch() {
+        for ok in ["200", "201", "204", "299"] {
+            assert!(acknowledged(Some(ok.as_bytes())), "{ok}");
+        }
+        for not in ["199", "300", "400", "413", "503", "504", "", "2xx", "200 OK"] {
+            assert!(!acknowledged(Some(not.as_bytes())), "{not}");
+        }
+        assert!(!acknowledged(None), "no :status at all");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! worker's [`Batcher`] and does all delivery from `on_tick`. Every body callback returns
 //! `Continue`, so Envoy forwards each chunk as it comes.
 
-use crate::batcher::{Batcher, Stats};
+use crate::batcher::{acknowledged, Batcher, Stats};
 use crate::body::BodyTap;
 use crate::config::Config;
 use crate::record::{Ending, Exchange};
@@ -44,11 +44,7 @@ impl Context for Root {
         _trailers: usize,
     ) {
         let status = abi::header_value(MapType::HttpCallResponseHeaders, ":status");
-        let stored = status
-            .as_deref()
-            .and_then(|s| std::str::from_utf8(s).ok())
-            .and_then(|s| s.parse::<u16>().ok())
-            .is_some_and(|s| (200..300).contains(&s));
+        let stored = acknowledged(status.as_deref());
         if let Some(worker) = &self.worker {
             let mut w = worker.borrow_mut();
             if !stored {
