@@ -247,7 +247,9 @@ mod tests {
         for ok in ["200", "201", "204", "299"] {
             assert!(acknowledged(Some(ok.as_bytes())), "{ok}");
         }
-        for not in ["199", "300", "400", "413", "503", "504", "", "2xx", "200 OK"] {
+        for not in [
+            "199", "300", "400", "413", "503", "504", "", "2xx", "200 OK",
+        ] {
             assert!(!acknowledged(Some(not.as_bytes())), "{not}");
         }
         assert!(!acknowledged(None), "no :status at all");

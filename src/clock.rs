@@ -34,11 +34,6 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// Milliseconds between two host instants, with microsecond resolution; 0 if `to` precedes `from`.
-pub fn millis_between(from_ns: u64, to_ns: u64) -> f64 {
-    (to_ns.saturating_sub(from_ns) / 1_000) as f64 / 1_000.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,12 +55,6 @@ mod tests {
             rfc3339(951_782_400_000_000_000),
             "2000-02-29T00:00:00.000000Z"
         );
-    }
-
-    #[test]
-    fn durations_are_milliseconds_to_the_microsecond() {
-        assert_eq!(millis_between(1_000_000, 1_804_201_999), 1803.201);
-        assert_eq!(millis_between(5, 1), 0.0);
     }
 
     proptest! {

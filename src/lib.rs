@@ -9,6 +9,7 @@ pub mod body;
 pub mod clock;
 pub mod config;
 pub mod headers;
+pub mod json;
 pub mod outcome;
 pub mod record;
 

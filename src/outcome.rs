@@ -1,10 +1,7 @@
 //! How an exchange ended, read from Envoy's `response.code_details` and what the filter saw.
 
-use serde::Serialize;
-
 /// The `outcome` field of a capture record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The whole response reached the filter's end of the chain.
     Complete,
@@ -12,6 +9,17 @@ pub enum Outcome {
     ClientAborted,
     /// Connection failure, reset or timeout upstream, including Envoy's own error reply for it.
     UpstreamFailed,
+}
+
+impl Outcome {
+    /// The record's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::ClientAborted => "client_aborted",
+            Outcome::UpstreamFailed => "upstream_failed",
+        }
+    }
 }
 
 /// Details Envoy's router and connection manager give when the upstream side failed.

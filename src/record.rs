@@ -4,14 +4,14 @@
 //! into the delivery buffer as one NDJSON line. Nothing here allocates per header.
 
 use crate::body::BodyTap;
-use crate::clock::{millis_between, Rfc3339};
+use crate::clock::Rfc3339;
 use crate::config::Config;
 use crate::headers::HeaderBlock;
+use crate::json;
 use crate::outcome::{classify, Outcome};
 use base64::Engine;
-use serde::ser::{SerializeSeq, SerializeStruct, Serializer};
-use serde::Serialize;
 use std::borrow::Cow;
+use std::io::Write;
 
 pub const SCHEMA: &str = "truthtable.capture.v1";
 pub const REDACTED: &str = "[REDACTED]";
@@ -62,163 +62,148 @@ impl Exchange {
     /// Appends this exchange's capture record and a newline to `out`.
     pub fn write_record(&self, out: &mut Vec<u8>, end: &Ending<'_>, config: &Config) {
         let started_ns = self.started_ns.unwrap_or(end.now_ns);
-        let id = self.request_id();
-        let record = RecordView {
-            schema: SCHEMA,
-            id: id.as_deref().unwrap_or(end.fallback_id),
-            started_at: Rfc3339(started_ns),
-            duration_ms: millis_between(started_ns, end.now_ns),
-            outcome: self.outcome(end.details),
-            detail: end.details,
-            request: RequestView::new(self.request_headers.as_ref(), &self.request_body, config),
-            response: self.response_headers.as_ref().map(|block| ResponseView {
-                status: block
+        let micros_since_start = |ns: u64| ns.saturating_sub(started_ns) / 1_000;
+        out.reserve(self.request_body.kept().len() + self.response_body.kept().len() + 1024);
+        out.extend_from_slice(b"{\"schema\":\"");
+        out.extend_from_slice(SCHEMA.as_bytes());
+        out.extend_from_slice(b"\",\"id\":");
+        match self.request_id() {
+            Some(id) => json::string(out, &id),
+            None => json::string(out, end.fallback_id),
+        }
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            out,
+            ",\"started_at\":\"{}\",\"duration_ms\":",
+            Rfc3339(started_ns)
+        );
+        json::millis(out, micros_since_start(end.now_ns));
+        out.extend_from_slice(b",\"outcome\":\"");
+        out.extend_from_slice(self.outcome(end.details).as_str().as_bytes());
+        out.extend_from_slice(b"\",\"detail\":");
+        json::string(out, end.details);
+        out.extend_from_slice(b",\"request\":");
+        write_request(
+            out,
+            self.request_headers.as_ref(),
+            &self.request_body,
+            config,
+        );
+        out.extend_from_slice(b",\"response\":");
+        match &self.response_headers {
+            None => out.extend_from_slice(b"null"),
+            Some(block) => {
+                let status = block
                     .get(":status")
                     .and_then(|s| std::str::from_utf8(s).ok())
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0),
-                headers: HeadersView {
-                    block: Some(block),
-                    config,
-                },
-                body: BodyView(&self.response_body),
-                first_byte_ms: millis_between(
-                    started_ns,
-                    self.response_headers_ns.unwrap_or(end.now_ns),
-                ),
-            }),
-        };
-        // Serializing plain data into a Vec cannot fail; should it ever, the line is not emitted.
-        let mark = out.len();
-        if serde_json::to_writer(&mut *out, &record).is_ok() {
-            out.push(b'\n');
-        } else {
-            out.truncate(mark);
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct RecordView<'a> {
-    schema: &'static str,
-    id: &'a str,
-    #[serde(serialize_with = "display")]
-    started_at: Rfc3339,
-    duration_ms: f64,
-    outcome: Outcome,
-    detail: &'a str,
-    request: RequestView<'a>,
-    response: Option<ResponseView<'a>>,
-}
-
-fn display<S: Serializer>(value: &Rfc3339, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(value)
-}
-
-#[derive(Serialize)]
-struct RequestView<'a> {
-    method: Cow<'a, str>,
-    scheme: Cow<'a, str>,
-    authority: Cow<'a, str>,
-    path: Cow<'a, str>,
-    query: Cow<'a, str>,
-    headers: HeadersView<'a>,
-    body: BodyView<'a>,
-}
-
-impl<'a> RequestView<'a> {
-    fn new(block: Option<&'a HeaderBlock>, body: &'a BodyTap, config: &'a Config) -> Self {
-        let (mut method, mut scheme, mut authority, mut target): (&[u8], &[u8], &[u8], &[u8]) =
-            (b"", b"", b"", b"");
-        for (name, value) in block.iter().flat_map(|b| b.iter()) {
-            match name {
-                b":method" => method = value,
-                b":scheme" => scheme = value,
-                b":authority" => authority = value,
-                b":path" => target = value,
-                _ => {}
+                    .and_then(|s| s.parse::<u16>().ok())
+                    .unwrap_or(0);
+                let _ = write!(out, "{{\"status\":{status},\"headers\":");
+                write_headers(out, Some(block), config);
+                out.extend_from_slice(b",\"body\":");
+                write_body(out, &self.response_body);
+                out.extend_from_slice(b",\"first_byte_ms\":");
+                let first_byte_ns = self.response_headers_ns.unwrap_or(end.now_ns);
+                json::millis(out, micros_since_start(first_byte_ns));
+                out.push(b'}');
             }
         }
-        let (path, query) = match target.iter().position(|&b| b == b'?') {
-            Some(i) => (&target[..i], &target[i + 1..]),
-            None => (target, &b""[..]),
-        };
-        RequestView {
-            method: String::from_utf8_lossy(method),
-            scheme: String::from_utf8_lossy(scheme),
-            authority: String::from_utf8_lossy(authority),
-            path: String::from_utf8_lossy(path),
-            query: String::from_utf8_lossy(query),
-            headers: HeadersView { block, config },
-            body: BodyView(body),
-        }
+        out.extend_from_slice(b"}\n");
     }
 }
 
-#[derive(Serialize)]
-struct ResponseView<'a> {
-    status: u16,
-    headers: HeadersView<'a>,
-    body: BodyView<'a>,
-    first_byte_ms: f64,
+/// `{method, scheme, authority, path, query, headers, body}` from the request's header map.
+fn write_request(out: &mut Vec<u8>, block: Option<&HeaderBlock>, body: &BodyTap, config: &Config) {
+    let (mut method, mut scheme, mut authority, mut target): (&[u8], &[u8], &[u8], &[u8]) =
+        (b"", b"", b"", b"");
+    for (name, value) in block.iter().flat_map(|b| b.iter()) {
+        match name {
+            b":method" => method = value,
+            b":scheme" => scheme = value,
+            b":authority" => authority = value,
+            b":path" => target = value,
+            _ => {}
+        }
+    }
+    let (path, query) = match target.iter().position(|&b| b == b'?') {
+        Some(i) => (&target[..i], &target[i + 1..]),
+        None => (target, &b""[..]),
+    };
+    for (key, value) in [
+        (&b"{\"method\":"[..], method),
+        (b",\"scheme\":", scheme),
+        (b",\"authority\":", authority),
+        (b",\"path\":", path),
+        (b",\"query\":", query),
+    ] {
+        out.extend_from_slice(key);
+        json::lossy(out, value);
+    }
+    out.extend_from_slice(b",\"headers\":");
+    write_headers(out, block, config);
+    out.extend_from_slice(b",\"body\":");
+    write_body(out, body);
+    out.push(b'}');
 }
 
 /// Headers as `[name, value]` pairs, pseudo-headers left out, secrets replaced.
-struct HeadersView<'a> {
-    block: Option<&'a HeaderBlock>,
-    config: &'a Config,
-}
-
-impl Serialize for HeadersView<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(None)?;
-        for (name, value) in self.block.iter().flat_map(|b| b.iter()) {
-            if name.first() == Some(&b':') {
-                continue;
-            }
-            let name = lowercase(name);
-            let value = if self.config.is_redacted(name.as_bytes()) {
-                Cow::Borrowed(REDACTED)
-            } else {
-                String::from_utf8_lossy(value)
-            };
-            seq.serialize_element(&(name, value))?;
+fn write_headers(out: &mut Vec<u8>, block: Option<&HeaderBlock>, config: &Config) {
+    out.push(b'[');
+    let mut first = true;
+    for (name, value) in block.iter().flat_map(|b| b.iter()) {
+        if name.first() == Some(&b':') {
+            continue;
         }
-        seq.end()
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.push(b'[');
+        if name.iter().any(u8::is_ascii_uppercase) {
+            // Envoy keeps header names in lower case; anything else is lowered here.
+            json::lossy(out, &name.to_ascii_lowercase());
+        } else {
+            json::lossy(out, name);
+        }
+        out.push(b',');
+        if config.is_redacted(name) {
+            json::string(out, REDACTED);
+        } else {
+            json::lossy(out, value);
+        }
+        out.push(b']');
     }
-}
-
-/// Envoy keeps header names in lower case; anything else is lowered here.
-fn lowercase(name: &[u8]) -> Cow<'_, str> {
-    if name.iter().any(u8::is_ascii_uppercase) {
-        Cow::Owned(String::from_utf8_lossy(name).to_ascii_lowercase())
-    } else {
-        String::from_utf8_lossy(name)
-    }
+    out.push(b']');
 }
 
 /// A body as `{encoding, data, size, truncated}`.
-struct BodyView<'a>(&'a BodyTap);
-
-impl Serialize for BodyView<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let tap = self.0;
-        let mut st = s.serialize_struct("body", 4)?;
-        match text_of(tap.kept(), tap.truncated()) {
-            Some(text) => {
-                st.serialize_field("encoding", "utf8")?;
-                st.serialize_field("data", text)?;
-            }
-            None => {
-                st.serialize_field("encoding", "base64")?;
-                let encoded = base64::engine::general_purpose::STANDARD.encode(tap.kept());
-                st.serialize_field("data", &encoded)?;
-            }
+fn write_body(out: &mut Vec<u8>, tap: &BodyTap) {
+    match text_of(tap.kept(), tap.truncated()) {
+        Some(text) => {
+            out.extend_from_slice(b"{\"encoding\":\"utf8\",\"data\":");
+            json::string(out, text);
         }
-        st.serialize_field("size", &tap.size())?;
-        st.serialize_field("truncated", &tap.truncated())?;
-        st.end()
+        None => {
+            out.extend_from_slice(b"{\"encoding\":\"base64\",\"data\":\"");
+            let start = out.len();
+            let engine = &base64::engine::general_purpose::STANDARD;
+            out.resize(
+                start + base64::encoded_len(tap.kept().len(), true).unwrap_or(0),
+                0,
+            );
+            let written = engine
+                .encode_slice(tap.kept(), &mut out[start..])
+                .unwrap_or(0);
+            out.truncate(start + written);
+            out.push(b'"');
+        }
     }
+    let _ = write!(
+        out,
+        ",\"size\":{},\"truncated\":{}}}",
+        tap.size(),
+        tap.truncated()
+    );
 }
 
 /// The kept bytes as text, if they are UTF-8. A truncated body may end inside a character; that
