@@ -18,50 +18,88 @@ fn needs_escape(word: u64) -> bool {
     (control | quote | backslash) != 0
 }
 
+/// For each byte: 0 when it stands as is, else the letter after the backslash (`u` for `\u00XX`).
+static ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0a] = b'n';
+    table[0x0c] = b'f';
+    table[0x0d] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
 /// Appends `s` as a JSON string, quotes included.
 pub fn string(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
     out.push(b'"');
-    let mut run = 0; // start of the bytes not yet copied
-    let mut i = 0;
-    while i < bytes.len() {
-        while let Some(chunk) = bytes.get(i..i + 8) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            if needs_escape(u64::from_le_bytes(word)) {
-                break;
+    // Blocks of input are escaped straight into the Vec's spare capacity, reserved for the worst
+    // case (6 bytes out per byte in), so the loops neither check capacity nor call memcpy.
+    for block in s.as_bytes().chunks(4096) {
+        out.reserve(block.len() * 6);
+        let start = out.len();
+        let spare = out.spare_capacity_mut();
+        let mut n = 0;
+        let mut words = block.chunks_exact(8);
+        for word in &mut words {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            if needs_escape(u64::from_le_bytes(w)) {
+                for &b in word {
+                    n += escape_into(&mut spare[n..], b);
+                }
+            } else {
+                for (slot, &b) in spare[n..n + 8].iter_mut().zip(word) {
+                    slot.write(b);
+                }
+                n += 8;
             }
-            i += 8;
         }
-        let Some(&b) = bytes.get(i) else { break };
-        let escaped: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => {
-                out.extend_from_slice(&bytes[run..i]);
-                let _ = write!(out, "\\u{b:04x}");
-                i += 1;
-                run = i;
-                continue;
-            }
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        out.extend_from_slice(&bytes[run..i]);
-        out.extend_from_slice(escaped);
-        i += 1;
-        run = i;
+        for &b in words.remainder() {
+            n += escape_into(&mut spare[n..], b);
+        }
+        // SAFETY: the n bytes after `start` were initialised by the loops above, and n is at most
+        // the 6 * block.len() bytes reserved.
+        unsafe { out.set_len(start + n) };
     }
-    out.extend_from_slice(&bytes[run..]);
     out.push(b'"');
+}
+
+/// Writes `b`, escaped if JSON needs it, at the start of `to`; returns the bytes written (1 to 6).
+#[inline(always)]
+fn escape_into(to: &mut [std::mem::MaybeUninit<u8>], b: u8) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match ESCAPE[usize::from(b)] {
+        0 => {
+            to[0].write(b);
+            1
+        }
+        b'u' => {
+            let escaped = [
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ];
+            for (slot, e) in to[..6].iter_mut().zip(escaped) {
+                slot.write(e);
+            }
+            6
+        }
+        letter => {
+            to[0].write(b'\\');
+            to[1].write(letter);
+            2
+        }
+    }
 }
 
 /// Appends bytes as a JSON string: as they are when UTF-8, else with U+FFFD for invalid sequences.
