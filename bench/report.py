@@ -148,6 +148,40 @@ def main() -> None:
         md.append(f"| `{k}` | {v} |")
     md.append("")
 
+    # Where the time goes.
+    import glob
+    runs = sorted(glob.glob(f"{raw}/perf-run-*.json"))
+    if runs:
+        md.append("## Where Envoy's CPU goes (perf, cpu-clock samples of the Envoy process during a 5 s wrk run)\n")
+        md.append("| workload | listener | req/s | Envoy CPU µs/req | Envoy binary (incl. V8 runtime, ABI host side) µs | wasm code (V8 JIT) µs | kernel µs | libc & other µs |")
+        md.append("|---|---|---|---|---|---|---|---|")
+        perf = []
+        for f in runs:
+            d = json.load(open(f))
+            w, l = d["workload"], d["listener"]
+            us = d["ticks"] / d["clk_tck"] * 1e6 / max(d["wrk"]["requests"], 1)
+            share = {"envoy": 0.0, "jit": 0.0, "kernel": 0.0, "other": 0.0}
+            for line in open(f"{raw}/perf-dso-{w}-{l}.txt"):
+                parts = line.split(None, 1)
+                if len(parts) < 2 or not parts[0].endswith("%"):
+                    continue
+                frac, dso = float(parts[0][:-1]) / 100, parts[1].strip()
+                key = ("envoy" if dso == "envoy" else "jit" if dso.startswith("[JIT]")
+                       else "kernel" if dso.startswith("[kernel") else "other")
+                share[key] += frac
+            row = {"workload": w, "listener": l, "rps": d["wrk"]["rps"], "cpu_us_per_req": us,
+                   **{f"{k}_us": v * us for k, v in share.items()}}
+            perf.append(row)
+        order = {l: i for i, l in enumerate(["plain", "passthrough", "capture_headers", "capture", "tap"])}
+        perf.sort(key=lambda r: (r["workload"] != "json", order.get(r["listener"], 9)))
+        for r in perf:
+            md.append(f"| {WORKLOAD[r['workload']]} | {LABEL[r['listener']]} | {r['rps']:.0f} | "
+                      f"{r['cpu_us_per_req']:.0f} | {r['envoy_us']:.0f} | {r['jit_us']:.1f} | "
+                      f"{r['kernel_us']:.0f} | {r['other_us']:.0f} |")
+        md.append("\n(The Envoy binary is stripped, so its share cannot be split by symbol here; "
+                  "raw `perf report` excerpts are in `raw/perf-sym-*.txt`.)\n")
+        summary["perf"] = perf
+
     # The bar.
     if "json" in summary["throughput"]:
         t = summary["throughput"]["json"]
