@@ -39,7 +39,9 @@ def main() -> None:
         f"Machine: {facts['nproc']} CPUs ({facts['cpu']}), kernel {facts['kernel']}. "
         f"Envoy {facts['envoy']} (`--concurrency 1`), nginx {facts['nginx']} upstream, wrk {facts['wrk']}, "
         f"oha {facts['oha']}. Filter commit `{facts['commit']}` (capture wasm sha256 "
-        f"`{facts['capture_wasm_sha256']}`, passthrough `{facts['passthrough_wasm_sha256']}`).\n")
+        f"`{facts['capture_wasm_sha256']}`, passthrough `{facts['passthrough_wasm_sha256']}`). "
+        + ("Envoy pinned alone to CPU 1, load tools and upstreams to CPU 0 (BENCH_PIN=1).\n"
+           if facts.get("pinned") else "Processes not pinned (the OS schedules Envoy, nginx and the load tool on the 2 CPUs).\n"))
 
     # Throughput.
     md.append(f"## Throughput (wrk -t1 -c{facts['connections']} -d{facts['duration']}, "
