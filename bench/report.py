@@ -47,9 +47,9 @@ def main() -> None:
     md.append(f"## Throughput (wrk -t1 -c{facts['connections']} -d{facts['duration']}, "
               f"{facts['rounds']} alternating rounds, median req/s, ratio to plain Envoy)\n")
     head = "| listener | " + " | ".join(
-        f"{WORKLOAD[w]} req/s | x plain | Envoy CPU µs/req" for w in workloads) + " |"
+        f"{WORKLOAD[w]} req/s | x plain | per-round x plain | Envoy CPU µs/req" for w in workloads) + " |"
     md.append(head)
-    md.append("|---" * (1 + 3 * len(workloads)) + "|")
+    md.append("|---" * (1 + 4 * len(workloads)) + "|")
     listeners = LISTENERS + (["capture_headers"] if any(r["listener"] == "capture_headers" for r in rows) else [])
     med = {}
     for w in workloads:
@@ -64,21 +64,34 @@ def main() -> None:
                 "errors": sum(int(r["errors"]) for r in sel),
                 "requests": sum(int(r["requests"]) for r in sel),
             }
+        plain_by_round = {r["round"]: float(r["rps"]) for r in rows
+                          if r["workload"] == w and r["listener"] == "plain"}
         for l in listeners:
             if (w, l) in med:
                 med[(w, l)]["ratio"] = med[(w, l)]["median_rps"] / med[(w, "plain")]["median_rps"]
+                paired = [float(r["rps"]) / plain_by_round[r["round"]] for r in rows
+                          if r["workload"] == w and r["listener"] == l and r["round"] in plain_by_round]
+                med[(w, l)]["paired_ratios"] = paired
+                med[(w, l)]["paired_ratio_median"] = statistics.median(paired)
+                med[(w, l)]["cpu_ratio"] = (med[(w, "plain")]["cpu_us_per_req"]
+                                            / med[(w, l)]["cpu_us_per_req"])
                 summary["throughput"].setdefault(w, {})[l] = med[(w, l)]
     for l in listeners:
         cells = []
         for w in workloads:
             m = med.get((w, l))
             if m is None:
-                cells.append("– | – | –")
+                cells.append("– | – | – | –")
                 continue
             err = f" ({m['errors']} errors)" if m["errors"] else ""
             cells.append(f"{m['median_rps']:.0f} ({m['min_rps']:.0f}–{m['max_rps']:.0f}){err} | "
-                         f"**{m['ratio']:.2f}** | {m['cpu_us_per_req']:.0f}")
+                         f"**{m['ratio']:.2f}** | {m['paired_ratio_median']:.2f} "
+                         f"({min(m['paired_ratios']):.2f}–{max(m['paired_ratios']):.2f}) | "
+                         f"{m['cpu_us_per_req']:.0f}")
         md.append(f"| {LABEL[l]} | " + " | ".join(cells) + " |")
+    md.append("\n(x plain: ratio of the median req/s. Per-round x plain: the median (min–max) of "
+              "the ratios to plain Envoy within each round — paired, so less sensitive to drift "
+              "between rounds.)")
     md.append("\n(min–max over the rounds in brackets. Envoy CPU µs/req: Envoy's user+system CPU "
               "time during the run divided by the requests served — one worker, so the filter's "
               "cost shows here even when the shared 2 cores blur req/s.)\n")
@@ -191,6 +204,8 @@ def main() -> None:
         r = t["capture"]["ratio"]
         md.append(f"- capture + delivery, 1 KiB workload: **{r:.2f}** of plain Envoy "
                   f"(bar: at least 0.72) — {'met' if r >= 0.72 else 'NOT met'}.")
+        md.append(f"  Per-round paired ratio: {t['capture']['paired_ratio_median']:.2f}; ratio of Envoy "
+                  f"CPU per request (plain/capture): {t['capture']['cpu_ratio']:.2f}.")
         md.append(f"- do-nothing wasm: {t['passthrough']['ratio']:.2f}; tap: {t['tap']['ratio']:.2f}.")
     if "capture" in summary["ttfe"]:
         a = summary["ttfe"]["capture"]["added_vs_plain_ms"]
