@@ -319,6 +319,9 @@ impl Stream {
         }
         let details = abi::property(b"response\0code_details").unwrap_or_default();
         let details = String::from_utf8_lossy(&details);
+        if cfg!(feature = "copy-only") {
+            return;
+        }
         let mut w = worker.borrow_mut();
         let fallback_id = if ex.request_id().is_none() {
             w.fallback_ids += 1;
