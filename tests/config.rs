@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 
 fn refused(config: &str) -> String {
     match Envoy::try_start(EnvoyOpts {
@@ -93,18 +92,7 @@ fn every_shipped_envoy_yaml_validates_with_the_built_filter() {
             if !text.contains("static_resources") {
                 continue; // not an Envoy bootstrap (compose, Istio manifests)
             }
-            let out = Command::new(envoy_bin())
-                .args(["--mode", "validate", "--disable-hot-restart", "-c"])
-                .arg(&path)
-                .current_dir(repo())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{} does not validate:\n{}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert_envoy_validates(&path);
             checked += 1;
         }
     }

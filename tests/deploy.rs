@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{envoy_bin, repo, wasm_path};
+use common::{assert_envoy_validates, envoy_bin, repo, wasm_path};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -217,18 +217,7 @@ fn compose_envoy_runs_the_shipped_config_and_finds_the_built_filter() {
             assert_eq!(canonical(source), canonical(&repo().join(rel)), "{target}");
         }
     }
-    let out = Command::new(envoy_bin())
-        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
-        .arg(&config_host)
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{} does not validate:\n{}",
-        config_host.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_envoy_validates(&config_host);
 }
 
 #[test]

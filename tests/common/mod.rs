@@ -47,6 +47,22 @@ pub fn wasm_path() -> PathBuf {
     wasm
 }
 
+/// Asserts that `envoy --mode validate`, run from the repository root, accepts the config at `path`.
+pub fn assert_envoy_validates(path: &Path) {
+    let out = Command::new(envoy_bin())
+        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+        .arg(path)
+        .current_dir(repo())
+        .output()
+        .expect("run envoy --mode validate");
+    assert!(
+        out.status.success(),
+        "{} does not validate:\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
