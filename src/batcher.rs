@@ -5,6 +5,7 @@
 //! in as milliseconds from the caller, so tests drive it.
 
 use crate::config::DeliveryLimits;
+use crate::headers::status_code;
 use std::collections::VecDeque;
 
 /// NDJSON lines sent as one callout.
@@ -208,8 +209,7 @@ impl Batcher {
 /// callout (connection refused, timeout) as a synthesized 503/504.
 pub fn acknowledged(status: Option<&[u8]>) -> bool {
     status
-        .and_then(|s| std::str::from_utf8(s).ok())
-        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(status_code)
         .is_some_and(|s| (200..300).contains(&s))
 }
 

@@ -59,6 +59,11 @@ impl HeaderBlock {
     }
 }
 
+/// A `:status` value as a number, if it is one.
+pub fn status_code(value: &[u8]) -> Option<u16> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
 fn read_u32(raw: &[u8], at: usize) -> Option<u32> {
     let bytes = raw.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))

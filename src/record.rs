@@ -6,7 +6,7 @@
 use crate::body::BodyTap;
 use crate::clock::Rfc3339;
 use crate::config::Config;
-use crate::headers::HeaderBlock;
+use crate::headers::{status_code, HeaderBlock};
 use crate::json;
 use crate::outcome::{classify, Outcome};
 use base64::Engine;
@@ -93,11 +93,7 @@ impl Exchange {
         match &self.response_headers {
             None => out.extend_from_slice(b"null"),
             Some(block) => {
-                let status = block
-                    .get(":status")
-                    .and_then(|s| std::str::from_utf8(s).ok())
-                    .and_then(|s| s.parse::<u16>().ok())
-                    .unwrap_or(0);
+                let status = block.get(":status").and_then(status_code).unwrap_or(0);
                 let _ = write!(out, "{{\"status\":{status},\"headers\":");
                 write_headers(out, Some(block), config);
                 out.extend_from_slice(b",\"body\":");

@@ -675,7 +675,3 @@ pub fn filter_config(extra: &str) -> String {
         format!("{{{base}, {extra}}}")
     }
 }
-
-pub fn path_of(p: &Path) -> String {
-    p.display().to_string()
-}
