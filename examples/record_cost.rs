@@ -1,6 +1,8 @@
 //! What writing one capture record costs, natively: a 1 KiB and a 64 KiB response body, either
-//! escape-dense JSON (`record_cost`) or plain text (`record_cost text`). For repeatable numbers
-//! count instructions: `valgrind --tool=callgrind target/release/examples/record_cost`.
+//! escape-dense JSON (`record_cost`), plain text (`record_cost text`) or the benchmark's chat
+//! answer (`record_cost bench`: a little JSON around a long run of text); a second argument picks
+//! one body size. For repeatable numbers count instructions:
+//! `valgrind --tool=callgrind target/release/examples/record_cost bench 1024`.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Instant;
@@ -10,12 +12,28 @@ use truthtable_filter::record::{Ending, Exchange};
 
 fn main() {
     let config = Config::parse(br#"{"audit_cluster":"a"}"#).unwrap();
-    let pattern: &[u8] = match std::env::args().nth(1).as_deref() {
-        Some("text") => b"plain words of an answer, no quotes at all here. ",
-        _ => br#"{"k":"value value","n":12345},"#,
+    let args: Vec<String> = std::env::args().collect();
+    let body_of = |size: usize| -> Vec<u8> {
+        let cycle = |pattern: &[u8]| pattern.iter().cycle().copied().take(size).collect();
+        match args.get(1).map(String::as_str) {
+            Some("text") => cycle(b"plain words of an answer, no quotes at all here. "),
+            Some("bench") => {
+                let head = br#"{"id":"chatcmpl-bench","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Paris. "#;
+                let tail = br#""},"finish_reason":"stop"}]}"#;
+                let mut body = head.to_vec();
+                body.resize(size.saturating_sub(tail.len()).max(head.len()), b'x');
+                body.extend_from_slice(tail);
+                body
+            }
+            _ => cycle(br#"{"k":"value value","n":12345},"#),
+        }
     };
-    for size in [1024usize, 65536] {
-        let body: Vec<u8> = pattern.iter().cycle().copied().take(size).collect();
+    let sizes: Vec<usize> = match args.get(2).and_then(|s| s.parse().ok()) {
+        Some(size) => vec![size],
+        None => vec![1024, 65536],
+    };
+    for size in sizes {
+        let body = body_of(size);
         let mut ex = Exchange::new(1 << 20);
         ex.started_ns = Some(1);
         ex.request_headers = Some(HeaderBlock::from_pairs(&[
@@ -42,7 +60,7 @@ fn main() {
             fallback_id: "",
         };
         let mut out = Vec::with_capacity(1 << 22);
-        let rounds = 2000;
+        let rounds = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2000u32);
         let t = Instant::now();
         for _ in 0..rounds {
             out.clear();

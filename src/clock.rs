@@ -1,5 +1,6 @@
 //! Wall-clock instants as the host gives them (nanoseconds since the Unix epoch), written as RFC 3339.
 
+use crate::json::digits;
 use std::fmt;
 
 /// An instant in nanoseconds since the epoch that displays as `YYYY-MM-DDTHH:MM:SS.ffffffZ`
@@ -7,8 +8,9 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rfc3339(pub u64);
 
-impl fmt::Display for Rfc3339 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Rfc3339 {
+    /// Appends the instant (27 bytes, no quotes).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
         let micros = self.0 / 1_000;
         let secs = micros / 1_000_000;
         let frac = micros % 1_000_000;
@@ -16,7 +18,28 @@ impl fmt::Display for Rfc3339 {
         let rem = secs % 86_400;
         let (y, m, d) = civil_from_days(days);
         let (hh, mm, ss) = (rem / 3600, (rem / 60) % 60, rem % 60);
-        write!(f, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{frac:06}Z")
+        // Years past 9999 cannot come from a u64 of nanoseconds (that ends in 2554).
+        digits(out, y.unsigned_abs(), 4);
+        for (sep, value, width) in [
+            (b'-', u64::from(m), 2),
+            (b'-', u64::from(d), 2),
+            (b'T', hh, 2),
+            (b':', mm, 2),
+            (b':', ss, 2),
+            (b'.', frac, 6),
+        ] {
+            out.push(sep);
+            digits(out, value, width);
+        }
+        out.push(b'Z');
+    }
+}
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = Vec::with_capacity(27);
+        self.write_to(&mut out);
+        f.write_str(&String::from_utf8_lossy(&out))
     }
 }
 

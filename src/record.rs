@@ -11,7 +11,6 @@ use crate::json;
 use crate::outcome::{classify, Outcome};
 use base64::Engine;
 use std::borrow::Cow;
-use std::io::Write;
 
 pub const SCHEMA: &str = "truthtable.capture.v1";
 pub const REDACTED: &str = "[REDACTED]";
@@ -71,12 +70,9 @@ impl Exchange {
             Some(id) => json::string(out, &id),
             None => json::string(out, end.fallback_id),
         }
-        // Writing into a Vec cannot fail.
-        let _ = write!(
-            out,
-            ",\"started_at\":\"{}\",\"duration_ms\":",
-            Rfc3339(started_ns)
-        );
+        out.extend_from_slice(b",\"started_at\":\"");
+        Rfc3339(started_ns).write_to(out);
+        out.extend_from_slice(b"\",\"duration_ms\":");
         json::millis(out, micros_since_start(end.now_ns));
         out.extend_from_slice(b",\"outcome\":\"");
         out.extend_from_slice(self.outcome(end.details).as_str().as_bytes());
@@ -94,7 +90,9 @@ impl Exchange {
             None => out.extend_from_slice(b"null"),
             Some(block) => {
                 let status = block.get(":status").and_then(status_code).unwrap_or(0);
-                let _ = write!(out, "{{\"status\":{status},\"headers\":");
+                out.extend_from_slice(b"{\"status\":");
+                json::uint(out, u64::from(status));
+                out.extend_from_slice(b",\"headers\":");
                 write_headers(out, Some(block), config);
                 out.extend_from_slice(b",\"body\":");
                 write_body(out, &self.response_body);
@@ -194,12 +192,13 @@ fn write_body(out: &mut Vec<u8>, tap: &BodyTap) {
             out.push(b'"');
         }
     }
-    let _ = write!(
-        out,
-        ",\"size\":{},\"truncated\":{}}}",
-        tap.size(),
-        tap.truncated()
-    );
+    out.extend_from_slice(b",\"size\":");
+    json::uint(out, tap.size());
+    out.extend_from_slice(if tap.truncated() {
+        b",\"truncated\":true}"
+    } else {
+        b",\"truncated\":false}"
+    });
 }
 
 /// The kept bytes as text, if they are UTF-8. A truncated body may end inside a character; that
