@@ -33,7 +33,12 @@ struct Root {
     worker: Option<Rc<RefCell<Worker>>>,
     metrics: Option<Metrics>,
     reported: Reported,
+    #[cfg(feature = "probe")]
+    probe: Option<probe::Plan>,
 }
+
+#[cfg(feature = "probe")]
+mod probe;
 
 impl Context for Root {
     fn on_http_call_response(
@@ -64,6 +69,12 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
         let bytes = abi::buffer(BufferType::PluginConfiguration, size).unwrap_or_default();
+        #[cfg(feature = "probe")]
+        {
+            self.probe = probe::Plan::parse(&bytes);
+            return self.probe.is_some();
+        }
+        #[allow(unreachable_code)]
         let config = match Config::parse(&bytes) {
             Ok(config) => config,
             Err(e) => {
@@ -102,6 +113,10 @@ impl RootContext for Root {
         if cfg!(feature = "passthrough") {
             return Some(Box::new(Idle));
         }
+        #[cfg(feature = "probe")]
+        if let Some(plan) = self.probe {
+            return Some(Box::new(probe::Probe(plan)));
+        }
         Some(Box::new(Stream {
             exchange: Exchange::new(
                 self.worker
@@ -125,6 +140,11 @@ impl Root {
         let mut w = worker.borrow_mut();
         let now = abi::now_ms();
         while let Some(batch) = w.batcher.next_due(now) {
+            if cfg!(feature = "record-only") {
+                w.batcher.sent(0, batch, now);
+                w.batcher.answered(0, true, now);
+                continue;
+            }
             let c = &w.config;
             let mut headers: Vec<(&str, &str)> = Vec::with_capacity(4 + c.audit_headers.len());
             headers.push((":method", "POST"));
