@@ -33,6 +33,9 @@ pub struct Stats {
     pub failed_callouts: u64,
 }
 
+/// Room past `batch_max_bytes` for the record that fills a batch.
+const BATCH_SLACK: usize = 64 << 10;
+
 #[derive(Debug)]
 pub struct Batcher {
     limits: DeliveryLimits,
@@ -68,6 +71,12 @@ impl Batcher {
     /// Appends the record that `write` puts after the buffer's end. Returns false, and counts a
     /// drop, when holding it would exceed `queue_max_bytes`.
     pub fn append(&mut self, now_ms: u64, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        if self.open.capacity() == 0 {
+            // One allocation per batch, sized for a full one, instead of a chain of doublings
+            // that copy the batch each time it grows.
+            self.open
+                .reserve(self.limits.batch_max_bytes.saturating_add(BATCH_SLACK));
+        }
         let mark = self.open.len();
         write(&mut self.open);
         let added = self.open.len() - mark;

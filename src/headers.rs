@@ -33,6 +33,11 @@ impl HeaderBlock {
         HeaderBlock { raw }
     }
 
+    /// The map in the host's serialization.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+
     /// All pairs, pseudo-headers included.
     pub fn iter(&self) -> Pairs<'_> {
         let count = read_u32(&self.raw, 0).unwrap_or(0) as usize;

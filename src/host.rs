@@ -1,26 +1,70 @@
-//! Envoy's side: proxy-wasm callbacks translated into calls on the plain modules.
+//! Envoy's side: the proxy-wasm callbacks this filter exports, translated into calls on the plain
+//! modules.
 //!
-//! Stream contexts only read what Envoy hands them and never call out; the root context owns the
-//! worker's [`Batcher`] and does all delivery from `on_tick`. Every body callback returns
-//! `Continue`, so Envoy forwards each chunk as it comes.
+//! A stream is entered five times: when its context is created (the request headers have just
+//! arrived), for each request body chunk, at the response headers, for each response body chunk,
+//! and in `on_log`, which Envoy runs for every stream (resets and local replies included) and
+//! where the record is written and the stream's state dropped. No other stream callback is
+//! exported, so Envoy does not enter the VM for them (see `abi`). Every callback returns
+//! `Continue`, so Envoy forwards each chunk as it comes. Stream contexts never call out; the root
+//! context owns the worker's [`Batcher`] and does all delivery from `on_tick`.
+
+mod abi;
+mod probe;
 
 use crate::batcher::{acknowledged, Batcher, Stats};
 use crate::body::BodyTap;
 use crate::config::Config;
+use crate::headers::HeaderBlock;
 use crate::record::{Ending, Exchange};
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use abi::{Buffer, Headers, Level, MetricKind};
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
-use std::time::Duration;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root::default()));
-}}
+/// What `proxy_on_*` callbacks that return an action return: always `Continue`.
+const CONTINUE: u32 = 0;
 
-/// What the root context and every stream context of one VM (one Envoy worker) share.
+/// Everything one VM (one Envoy worker) holds: its root contexts (one per plugin configuration
+/// that shares the VM) and its live streams.
+#[derive(Default)]
+struct Vm {
+    roots: HashMap<u32, Root, IdHash>,
+    streams: HashMap<u32, Stream, IdHash>,
+}
+
+thread_local! {
+    static VM: RefCell<Vm> = RefCell::new(Vm::default());
+}
+
+/// Runs `f` on the VM's state. Callbacks never nest (the host calls back into the VM only to
+/// allocate), so the borrow is never contended.
+fn with_vm<R>(f: impl FnOnce(&mut Vm) -> R) -> Option<R> {
+    VM.with(|vm| vm.try_borrow_mut().ok().map(|mut vm| f(&mut vm)))
+}
+
+/// Context ids are small sequential integers: hashing them is a waste.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id);
+    }
+}
+
+type IdHash = BuildHasherDefault<IdHasher>;
+
+/// What the root context and every stream of one plugin configuration share.
 struct Worker {
     config: Config,
     batcher: Batcher,
@@ -33,56 +77,87 @@ struct Root {
     worker: Option<Rc<RefCell<Worker>>>,
     metrics: Option<Metrics>,
     reported: Reported,
-    #[cfg(feature = "probe")]
-    probe: Option<probe::Plan>,
 }
 
-#[cfg(feature = "probe")]
-mod probe;
+// ---- exports: the VM and the root context ------------------------------------------------------
 
-impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        _body: usize,
-        _trailers: usize,
-    ) {
-        let status = abi::header_value(MapType::HttpCallResponseHeaders, ":status");
-        let stored = acknowledged(status.as_deref());
-        if let Some(worker) = &self.worker {
-            let mut w = worker.borrow_mut();
-            if !stored {
-                log::warn!(
-                    "truthtable: audit cluster {} did not store a batch (status {}); it will be retried",
-                    w.config.audit_cluster,
-                    status.as_deref().map(String::from_utf8_lossy).unwrap_or_default()
-                );
-            }
-            w.batcher.answered(token, stored, abi::now_ms());
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_root_id: u32, _vm_configuration_size: usize) -> u32 {
+    1
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(context_id: u32, root_id: u32) {
+    with_vm(|vm| {
+        if root_id == 0 {
+            vm.roots.insert(context_id, Root::default());
+            return;
         }
-        // An answer frees a callout slot: send what is due without waiting for the next tick.
-        self.deliver();
+        if cfg!(feature = "probe") {
+            probe::created();
+            return;
+        }
+        if cfg!(feature = "passthrough") {
+            return;
+        }
+        let Some(worker) = vm.roots.get(&root_id).and_then(|r| r.worker.clone()) else {
+            return;
+        };
+        let max_body_bytes = worker.borrow().config.max_body_bytes;
+        let mut exchange = Exchange::new(max_body_bytes);
+        // Envoy creates a stream's filters when its request headers have arrived.
+        exchange.started_ns = Some(abi::now_ns());
+        vm.streams.insert(context_id, Stream { worker, exchange });
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(root_id: u32, configuration_size: usize) -> u32 {
+    let bytes = abi::buffer(Buffer::PluginConfiguration, configuration_size).unwrap_or_default();
+    if cfg!(feature = "probe") {
+        return u32::from(probe::configure(&bytes));
     }
+    let configured = with_vm(|vm| vm.roots.entry(root_id).or_default().configure(&bytes));
+    u32::from(configured.unwrap_or(false))
 }
 
-impl RootContext for Root {
-    fn on_configure(&mut self, size: usize) -> bool {
-        let bytes = abi::buffer(BufferType::PluginConfiguration, size).unwrap_or_default();
-        #[cfg(feature = "probe")]
-        {
-            self.probe = probe::Plan::parse(&bytes);
-            return self.probe.is_some();
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(root_id: u32) {
+    with_vm(|vm| {
+        if let Some(root) = vm.roots.get_mut(&root_id) {
+            root.on_tick();
         }
-        #[allow(unreachable_code)]
-        let config = match Config::parse(&bytes) {
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_http_call_response(
+    root_id: u32,
+    token: u32,
+    _headers: usize,
+    _body_size: usize,
+    _trailers: usize,
+) {
+    with_vm(|vm| {
+        if let Some(root) = vm.roots.get_mut(&root_id) {
+            root.on_http_call_response(token);
+        }
+    });
+}
+
+impl Root {
+    fn configure(&mut self, bytes: &[u8]) -> bool {
+        let config = match Config::parse(bytes) {
             Ok(config) => config,
             Err(e) => {
-                log::error!("{e}");
+                abi::log(Level::Error, &e.to_string());
                 return false;
             }
         };
-        let tick = Duration::from_millis(config.delivery.flush_interval_ms);
+        let tick = u32::try_from(config.delivery.flush_interval_ms).unwrap_or(u32::MAX);
         if self.metrics.is_none() {
             self.metrics = Metrics::define();
         }
@@ -92,8 +167,11 @@ impl RootContext for Root {
             truncated_bytes: 0,
             fallback_ids: 0,
         })));
-        if let Err(e) = hostcalls::set_tick_period(tick) {
-            log::error!("truthtable: cannot set the tick period: {e:?}");
+        if let Err(status) = abi::set_tick_period_ms(tick) {
+            abi::log(
+                Level::Error,
+                &format!("truthtable: cannot set the tick period (status {status})"),
+            );
             return false;
         }
         true
@@ -109,31 +187,27 @@ impl RootContext for Root {
         self.report();
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        if cfg!(feature = "passthrough") {
-            return Some(Box::new(Idle));
+    fn on_http_call_response(&mut self, token: u32) {
+        let status = abi::header_value(Headers::CallResponse, ":status");
+        let stored = acknowledged(status.as_deref());
+        if let Some(worker) = &self.worker {
+            let mut w = worker.borrow_mut();
+            if !stored {
+                abi::log(
+                    Level::Warn,
+                    &format!(
+                        "truthtable: audit cluster {} did not store a batch (status {}); it will be retried",
+                        w.config.audit_cluster,
+                        status.as_deref().map(String::from_utf8_lossy).unwrap_or_default()
+                    ),
+                );
+            }
+            w.batcher.answered(token, stored, abi::now_ms());
         }
-        #[cfg(feature = "probe")]
-        if let Some(plan) = self.probe {
-            return Some(Box::new(probe::Probe(plan)));
-        }
-        Some(Box::new(Stream {
-            exchange: Exchange::new(
-                self.worker
-                    .as_ref()
-                    .map_or(0, |w| w.borrow().config.max_body_bytes),
-            ),
-            worker: self.worker.clone(),
-            done: false,
-        }))
+        // An answer frees a callout slot: send what is due without waiting for the next tick.
+        self.deliver();
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-impl Root {
     /// Dispatches every batch that is due.
     fn deliver(&mut self) {
         let Some(worker) = &self.worker else { return };
@@ -156,19 +230,17 @@ impl Root {
                     .iter()
                     .map(|(n, v)| (n.as_str(), v.as_str())),
             );
-            let sent = hostcalls::dispatch_http_call(
-                &c.audit_cluster,
-                headers,
-                Some(&batch.body),
-                Vec::new(),
-                Duration::from_millis(c.audit_timeout_ms),
-            );
-            match sent {
+            let timeout = u32::try_from(c.audit_timeout_ms).unwrap_or(u32::MAX);
+            let headers = HeaderBlock::from_pairs(&headers);
+            match abi::http_call(&c.audit_cluster, &headers, &batch.body, timeout) {
                 Ok(token) => w.batcher.sent(token, batch, now),
-                Err(e) => {
-                    log::warn!(
-                        "truthtable: cannot call audit cluster {}: {e:?}; the batch will be retried",
-                        c.audit_cluster
+                Err(status) => {
+                    abi::log(
+                        Level::Warn,
+                        &format!(
+                            "truthtable: cannot call audit cluster {} (status {status}); the batch will be retried",
+                            c.audit_cluster
+                        ),
                     );
                     w.batcher.not_sent(batch, now);
                     break;
@@ -215,7 +287,7 @@ struct Reported {
     held_records: u64,
 }
 
-/// Envoy metric ids, defined once per VM.
+/// Envoy metric ids, defined once per root context.
 struct Metrics {
     captured: u32,
     delivered: u32,
@@ -229,8 +301,8 @@ struct Metrics {
 
 impl Metrics {
     fn define() -> Option<Metrics> {
-        let counter = |name| hostcalls::define_metric(MetricType::Counter, name).ok();
-        let gauge = |name| hostcalls::define_metric(MetricType::Gauge, name).ok();
+        let counter = |name| abi::define_metric(MetricKind::Counter, name);
+        let gauge = |name| abi::define_metric(MetricKind::Gauge, name);
         Some(Metrics {
             captured: counter("truthtable_records_captured")?,
             delivered: counter("truthtable_records_delivered")?,
@@ -246,94 +318,92 @@ impl Metrics {
     fn add(&self, id: u32, now: u64, was: u64) {
         if now != was {
             let delta = (now as i128 - was as i128).clamp(i64::MIN as i128, i64::MAX as i128);
-            let _ = hostcalls::increment_metric(id, delta as i64);
+            abi::increment_metric(id, delta as i64);
         }
     }
 }
 
-/// The benchmark's floor (`--features passthrough`): a stream context that captures nothing.
-struct Idle;
+// ---- exports: streams --------------------------------------------------------------------------
 
-impl Context for Idle {}
-impl HttpContext for Idle {}
-
-/// One HTTP exchange. Notes the time of its headers, copies body chunks as they pass, and writes
-/// the record once, in `on_log`.
+/// One HTTP exchange: body chunks copied as they pass, the record written once, in `on_log`.
 struct Stream {
-    worker: Option<Rc<RefCell<Worker>>>,
+    worker: Rc<RefCell<Worker>>,
     exchange: Exchange,
-    done: bool,
 }
 
-impl Context for Stream {
-    fn on_done(&mut self) -> bool {
-        // Envoy runs on_log before on_done for every stream; this only covers a host that would not.
-        self.finish();
-        true
-    }
+/// Runs `f` on the stream `context_id`, if it is one this filter captures.
+fn with_stream(context_id: u32, f: impl FnOnce(&mut Stream)) {
+    with_vm(|vm| vm.streams.get_mut(&context_id).map(f));
 }
 
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        if self.worker.is_some() {
-            self.exchange.started_ns = Some(abi::now_ns());
-        }
-        Action::Continue
+#[no_mangle]
+pub extern "C" fn proxy_on_request_body(context_id: u32, size: usize, _end: u32) -> u32 {
+    if cfg!(feature = "probe") {
+        probe::request_body(size);
     }
+    with_stream(context_id, |s| {
+        tap(&mut s.exchange.request_body, Buffer::HttpRequestBody, size)
+    });
+    CONTINUE
+}
 
-    fn on_http_request_body(&mut self, size: usize, _end_of_stream: bool) -> Action {
+#[no_mangle]
+pub extern "C" fn proxy_on_response_headers(context_id: u32, _headers: usize, end: u32) -> u32 {
+    if cfg!(feature = "probe") {
+        probe::response_headers();
+    }
+    with_stream(context_id, |s| {
+        s.exchange.response_headers_ns = Some(abi::now_ns());
+        s.exchange.response_ended |= end != 0;
+    });
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_body(context_id: u32, size: usize, end: u32) -> u32 {
+    if cfg!(feature = "probe") {
+        probe::response_body(size);
+    }
+    with_stream(context_id, |s| {
         tap(
-            &mut self.exchange.request_body,
-            BufferType::HttpRequestBody,
+            &mut s.exchange.response_body,
+            Buffer::HttpResponseBody,
             size,
         );
-        Action::Continue
-    }
+        s.exchange.response_ended |= end != 0;
+    });
+    CONTINUE
+}
 
-    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        if self.worker.is_some() {
-            self.exchange.response_headers_ns = Some(abi::now_ns());
-            self.exchange.response_ended |= end_of_stream;
-        }
-        Action::Continue
-    }
+#[no_mangle]
+pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) -> u32 {
+    with_stream(context_id, |s| s.exchange.response_ended = true);
+    CONTINUE
+}
 
-    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        tap(
-            &mut self.exchange.response_body,
-            BufferType::HttpResponseBody,
-            size,
-        );
-        self.exchange.response_ended |= end_of_stream;
-        Action::Continue
+#[no_mangle]
+pub extern "C" fn proxy_on_log(context_id: u32) {
+    if cfg!(feature = "probe") {
+        probe::log();
     }
-
-    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
-        self.exchange.response_ended = true;
-        Action::Continue
-    }
-
-    fn on_log(&mut self) {
-        self.finish();
+    if let Some(Some(stream)) = with_vm(|vm| vm.streams.remove(&context_id)) {
+        stream.finish();
     }
 }
 
 impl Stream {
-    /// Writes the record into the worker's batcher, once.
-    fn finish(&mut self) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        let Some(worker) = &self.worker else { return };
+    /// Writes the record into the worker's batcher.
+    fn finish(self) {
+        let Stream {
+            worker,
+            exchange: mut ex,
+        } = self;
         let now_ns = abi::now_ns();
-        let ex = &mut self.exchange;
         // Headers are read once, here: the request as the router sent it upstream (rewrites
         // included), the response as the client got it, and both even when on_log is the
         // stream's first callback.
-        ex.request_headers = abi::header_block(MapType::HttpRequestHeaders);
-        ex.response_headers =
-            abi::header_block(MapType::HttpResponseHeaders).filter(|b| !b.is_empty());
+        ex.request_headers = abi::header_block(Headers::Request);
+        ex.response_headers = abi::header_block(Headers::Response).filter(|b| !b.is_empty());
         if ex.response_headers.is_some() && ex.response_headers_ns.is_none() {
             ex.response_headers_ns = Some(now_ns);
         }
@@ -363,102 +433,10 @@ impl Stream {
 }
 
 /// Copies the part of a body chunk that fits under the cap; counts the rest.
-fn tap(body: &mut BodyTap, buffer: BufferType, size: usize) {
+fn tap(body: &mut BodyTap, buffer: Buffer, size: usize) {
     let room = body.room(size);
     match (room > 0).then(|| abi::buffer(buffer, room)).flatten() {
         Some(bytes) => body.push(size, bytes),
         None => body.count(size),
-    }
-}
-
-/// The few host calls on the hot path, made directly so that no status the host returns can
-/// panic the VM and no map is copied into per-header strings.
-mod abi {
-    use crate::headers::HeaderBlock;
-    use proxy_wasm::types::{BufferType, MapType};
-    use std::ptr::null_mut;
-
-    const OK: u32 = 0;
-
-    #[link(wasm_import_module = "env")]
-    extern "C" {
-        fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
-        fn proxy_get_header_map_pairs(
-            map_type: MapType,
-            return_data: *mut *mut u8,
-            return_size: *mut usize,
-        ) -> u32;
-        fn proxy_get_header_map_value(
-            map_type: MapType,
-            key_data: *const u8,
-            key_size: usize,
-            return_data: *mut *mut u8,
-            return_size: *mut usize,
-        ) -> u32;
-        fn proxy_get_buffer_bytes(
-            buffer_type: BufferType,
-            start: usize,
-            max_size: usize,
-            return_data: *mut *mut u8,
-            return_size: *mut usize,
-        ) -> u32;
-        fn proxy_get_property(
-            path_data: *const u8,
-            path_size: usize,
-            return_data: *mut *mut u8,
-            return_size: *mut usize,
-        ) -> u32;
-    }
-
-    /// Takes ownership of a buffer the host allocated through the SDK's `proxy_on_memory_allocate`.
-    fn owned(status: u32, data: *mut u8, size: usize) -> Option<Vec<u8>> {
-        if status != OK || data.is_null() {
-            return None;
-        }
-        // SAFETY: the host filled `data` with `size` bytes allocated by this module's allocator
-        // (a boxed slice of exactly `size` bytes), and hands ownership to the caller.
-        Some(unsafe { Vec::from_raw_parts(data, size, size) })
-    }
-
-    pub fn now_ns() -> u64 {
-        let mut t = 0u64;
-        // SAFETY: the host writes one u64 through a valid pointer.
-        unsafe { proxy_get_current_time_nanoseconds(&mut t) };
-        t
-    }
-
-    pub fn now_ms() -> u64 {
-        now_ns() / 1_000_000
-    }
-
-    pub fn header_block(map: MapType) -> Option<HeaderBlock> {
-        let (mut data, mut size) = (null_mut(), 0usize);
-        // SAFETY: out-pointers are valid; see `owned`.
-        let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) };
-        owned(status, data, size).map(HeaderBlock::from_raw)
-    }
-
-    pub fn header_value(map: MapType, key: &str) -> Option<Vec<u8>> {
-        let (mut data, mut size) = (null_mut(), 0usize);
-        // SAFETY: key is a valid slice; out-pointers are valid; see `owned`.
-        let status = unsafe {
-            proxy_get_header_map_value(map, key.as_ptr(), key.len(), &mut data, &mut size)
-        };
-        owned(status, data, size)
-    }
-
-    pub fn buffer(buffer: BufferType, max: usize) -> Option<Vec<u8>> {
-        let (mut data, mut size) = (null_mut(), 0usize);
-        // SAFETY: out-pointers are valid; see `owned`.
-        let status = unsafe { proxy_get_buffer_bytes(buffer, 0, max, &mut data, &mut size) };
-        owned(status, data, size)
-    }
-
-    /// A property by its NUL-separated path, such as `b"response\0code_details"`.
-    pub fn property(path: &[u8]) -> Option<Vec<u8>> {
-        let (mut data, mut size) = (null_mut(), 0usize);
-        // SAFETY: path is a valid slice; out-pointers are valid; see `owned`.
-        let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
-        owned(status, data, size)
     }
 }

@@ -1,15 +1,14 @@
-//! The benchmark's host-call probe (`--features probe`): a stream context that repeats one host
-//! call `n` times at the point of the exchange where the capture makes it, so that `bench/probe`
-//! can price each call by Envoy CPU per request against a stream context that makes none.
+//! The benchmark's host-call probe, used only by the `--features probe` build: streams that repeat
+//! one host call `n` times at the point of the exchange where the capture makes it, so that
+//! `bench/probe` can price each call by Envoy CPU per request against streams that make none.
 //!
 //! The plugin configuration is `"<call> <n>"`, for example `"request_headers 20"`.
 
-use super::abi;
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType, MapType};
+use super::abi::{self, Buffer, Headers};
+use std::cell::Cell;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Call {
+enum Call {
     /// No call: the floor the others are compared with.
     None,
     Clock,
@@ -23,102 +22,93 @@ pub enum Call {
     All,
 }
 
-#[derive(Clone, Copy, Debug)]
-pub struct Plan {
-    call: Call,
-    n: u32,
+thread_local! {
+    static PLAN: Cell<(Call, u32)> = const { Cell::new((Call::None, 0)) };
 }
 
-impl Plan {
-    pub fn parse(config: &[u8]) -> Option<Plan> {
-        let text = std::str::from_utf8(config).ok()?;
-        let mut words = text.split_whitespace();
-        let call = match words.next()? {
-            "none" => Call::None,
-            "clock" => Call::Clock,
-            "request_headers" => Call::RequestHeaders,
-            "response_headers" => Call::ResponseHeaders,
-            "request_body" => Call::RequestBody,
-            "response_body" => Call::ResponseBody,
-            "code_details" => Call::CodeDetails,
-            "request_id_value" => Call::RequestIdValue,
-            "all" => Call::All,
-            _ => return None,
-        };
-        let n = words.next().map_or(Some(0), |w| w.parse().ok())?;
-        Some(Plan { call, n })
+/// Reads the plan from the plugin configuration; false (Envoy refuses it) when it is not one.
+pub fn configure(config: &[u8]) -> bool {
+    let Some(plan) = parse(config) else {
+        return false;
+    };
+    PLAN.with(|p| p.set(plan));
+    true
+}
+
+fn parse(config: &[u8]) -> Option<(Call, u32)> {
+    let text = std::str::from_utf8(config).ok()?;
+    let mut words = text.split_whitespace();
+    let call = match words.next()? {
+        "none" => Call::None,
+        "clock" => Call::Clock,
+        "request_headers" => Call::RequestHeaders,
+        "response_headers" => Call::ResponseHeaders,
+        "request_body" => Call::RequestBody,
+        "response_body" => Call::ResponseBody,
+        "code_details" => Call::CodeDetails,
+        "request_id_value" => Call::RequestIdValue,
+        "all" => Call::All,
+        _ => return None,
+    };
+    let n = words.next().map_or(Some(0), |w| w.parse().ok())?;
+    Some((call, n))
+}
+
+/// Makes `once` n times if the plan is `call` (once if the plan is `all`).
+fn repeat(call: Call, mut once: impl FnMut() -> usize) {
+    let (planned, n) = PLAN.with(Cell::get);
+    let times = match planned {
+        Call::All if call != Call::RequestIdValue => 1,
+        p if p == call => n,
+        _ => 0,
+    };
+    let mut seen = 0usize;
+    for _ in 0..times {
+        seen = seen.wrapping_add(once());
+    }
+    std::hint::black_box(seen);
+}
+
+pub fn created() {
+    repeat(Call::Clock, || abi::now_ns() as usize);
+}
+
+pub fn request_body(size: usize) {
+    if size > 0 {
+        repeat(Call::RequestBody, || {
+            abi::buffer(Buffer::HttpRequestBody, size).map_or(0, |b| b.len())
+        });
     }
 }
 
-pub struct Probe(pub Plan);
+pub fn response_headers() {
+    if PLAN.with(Cell::get).0 == Call::All {
+        std::hint::black_box(abi::now_ns());
+    }
+    repeat(Call::RequestIdValue, || {
+        abi::header_value(Headers::Request, "x-request-id").map_or(0, |v| v.len())
+    });
+}
 
-impl Probe {
-    fn repeat(&self, call: Call, mut once: impl FnMut() -> usize) {
-        if self.0.call == Call::All && call != Call::RequestIdValue {
-            std::hint::black_box(once());
-            return;
-        }
-        if self.0.call != call {
-            return;
-        }
-        let mut seen = 0usize;
-        for _ in 0..self.0.n {
-            seen = seen.wrapping_add(once());
-        }
-        std::hint::black_box(seen);
+pub fn response_body(size: usize) {
+    if size > 0 {
+        repeat(Call::ResponseBody, || {
+            abi::buffer(Buffer::HttpResponseBody, size).map_or(0, |b| b.len())
+        });
     }
 }
 
-impl Context for Probe {}
-
-impl HttpContext for Probe {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        self.repeat(Call::Clock, || abi::now_ns() as usize);
-        self.repeat(Call::RequestIdValue, || {
-            abi::header_value(MapType::HttpRequestHeaders, "x-request-id").map_or(0, |v| v.len())
-        });
-        Action::Continue
+pub fn log() {
+    if PLAN.with(Cell::get).0 == Call::All {
+        std::hint::black_box(abi::now_ns());
     }
-
-    fn on_http_request_body(&mut self, size: usize, _end_of_stream: bool) -> Action {
-        if size > 0 {
-            self.repeat(Call::RequestBody, || {
-                abi::buffer(BufferType::HttpRequestBody, size)
-                    .map_or(0, |b| usize::from(b.is_empty()))
-            });
-        }
-        Action::Continue
-    }
-
-    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        if self.0.call == Call::All {
-            std::hint::black_box(abi::now_ns());
-        }
-        Action::Continue
-    }
-
-    fn on_http_response_body(&mut self, size: usize, _end_of_stream: bool) -> Action {
-        if size > 0 {
-            self.repeat(Call::ResponseBody, || {
-                abi::buffer(BufferType::HttpResponseBody, size)
-                    .map_or(0, |b| usize::from(b.is_empty()))
-            });
-        }
-        Action::Continue
-    }
-
-    fn on_log(&mut self) {
-        if self.0.call == Call::All {
-            std::hint::black_box(abi::now_ns());
-        }
-        self.repeat(Call::RequestHeaders, || {
-            abi::header_block(MapType::HttpRequestHeaders).map_or(0, |b| usize::from(b.is_empty()))
-        });
-        self.repeat(Call::ResponseHeaders, || {
-            abi::header_block(MapType::HttpResponseHeaders).map_or(0, |b| usize::from(b.is_empty()))
-        });
-        self.repeat(Call::CodeDetails, || {
-            abi::property(b"response\0code_details").map_or(0, |v| v.len())
-        });
-    }
+    repeat(Call::RequestHeaders, || {
+        abi::header_block(Headers::Request).map_or(0, |b| usize::from(b.is_empty()))
+    });
+    repeat(Call::ResponseHeaders, || {
+        abi::header_block(Headers::Response).map_or(0, |b| usize::from(b.is_empty()))
+    });
+    repeat(Call::CodeDetails, || {
+        abi::property(b"response\0code_details").map_or(0, |v| v.len())
+    });
 }
