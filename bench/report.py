@@ -16,6 +16,7 @@ LABEL = {
     "capture": "TruthTable capture + delivery",
     "tap": "envoy.filters.http.tap (file per exchange)",
     "copy_only": "copy-only build (headers, bodies, details through the ABI; no record, no delivery)",
+    "record_only": "record-only build (copies + records written, then discarded; no delivery)",
     "direct": "no Envoy (client -> upstream)",
 }
 WORKLOAD = {"json": "1 KiB POST / 1 KiB JSON", "64k": "GET 64 KiB", "sse": "GET SSE 50 events"}
@@ -50,7 +51,8 @@ def main() -> None:
         f"{WORKLOAD[w]} req/s | x plain | per-round x plain | Envoy CPU µs/req" for w in workloads) + " |"
     md.append(head)
     md.append("|---" * (1 + 4 * len(workloads)) + "|")
-    listeners = LISTENERS + (["copy_only"] if any(r["listener"] == "copy_only" for r in rows) else [])
+    listeners = LISTENERS + [extra for extra in ("copy_only", "record_only")
+                             if any(r["listener"] == extra for r in rows)]
     med = {}
     for w in workloads:
         for l in listeners:
@@ -187,7 +189,7 @@ def main() -> None:
             row = {"workload": w, "listener": l, "rps": d["wrk"]["rps"], "cpu_us_per_req": us,
                    **{f"{k}_us": v * us for k, v in share.items()}}
             perf.append(row)
-        order = {l: i for i, l in enumerate(["plain", "passthrough", "copy_only", "capture", "tap"])}
+        order = {l: i for i, l in enumerate(["plain", "passthrough", "copy_only", "record_only", "capture", "tap"])}
         perf.sort(key=lambda r: (r["workload"] != "json", order.get(r["listener"], 9)))
         for r in perf:
             md.append(f"| {WORKLOAD[r['workload']]} | {LABEL[r['listener']]} | {r['rps']:.0f} | "

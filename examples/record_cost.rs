@@ -46,7 +46,8 @@ fn main() {
             ("user-agent", "bench"),
             ("x-request-id", "0123456789abcdef"),
         ]));
-        ex.request_body.push(1024, body[..1024].to_vec());
+        ex.request_body
+            .push(1024.min(size), body[..1024.min(size)].to_vec());
         ex.response_headers = Some(HeaderBlock::from_pairs(&[
             (":status", "200"),
             ("content-type", "application/json"),

@@ -85,9 +85,6 @@ pub fn response_headers() {
     if PLAN.with(Cell::get).0 == Call::All {
         std::hint::black_box(abi::now_ns());
     }
-    repeat(Call::RequestIdValue, || {
-        abi::header_value(Headers::Request, "x-request-id").map_or(0, |v| v.len())
-    });
 }
 
 pub fn response_body(size: usize) {
@@ -107,6 +104,10 @@ pub fn log() {
     });
     repeat(Call::ResponseHeaders, || {
         abi::header_block(Headers::Response).map_or(0, |b| usize::from(b.is_empty()))
+    });
+    // Envoy hands a filter the request headers only inside a request callback and in on_log.
+    repeat(Call::RequestIdValue, || {
+        abi::header_value(Headers::Request, "x-request-id").map_or(0, |v| v.len())
     });
     repeat(Call::CodeDetails, || {
         abi::property(b"response\0code_details").map_or(0, |v| v.len())
