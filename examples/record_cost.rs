@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::time::Instant;
+use truthtable_filter::batcher::Bodies;
 use truthtable_filter::config::Config;
 use truthtable_filter::headers::HeaderBlock;
 use truthtable_filter::record::{Ending, Exchange};
@@ -65,7 +66,7 @@ fn main() {
         let t = Instant::now();
         for _ in 0..rounds {
             out.clear();
-            ex.write_record(&mut out, &end, &config);
+            ex.write_record(&mut out, &end, &config, Bodies::Kept);
         }
         println!(
             "{size} B body: {:?} per record of {} B",

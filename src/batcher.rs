@@ -29,8 +29,30 @@ pub struct Stats {
     pub retried: u64,
     /// Records lost because the queue was full.
     pub dropped: u64,
+    /// Records kept without their bodies because the queue had no room for them whole (also
+    /// counted in `captured`).
+    pub shed: u64,
     /// Callouts that failed (non-2xx, synthesized 503/504, dispatch refused, no answer).
     pub failed_callouts: u64,
+}
+
+/// Whether a record is written with its bodies or, when the queue has no room for it, without.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bodies {
+    Kept,
+    Shed,
+}
+
+/// What became of a record handed to [`Batcher::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Whole,
+    /// Held, but written without its bodies: the queue had no room for them.
+    WithoutBodies,
+    /// Lost: the queue had no room even for the record without its bodies.
+    Dropped,
+    /// The writer wrote nothing.
+    Nothing,
 }
 
 /// Room past `batch_max_bytes` for the record that fills a batch.
@@ -68,9 +90,11 @@ impl Batcher {
         }
     }
 
-    /// Appends the record that `write` puts after the buffer's end. Returns false, and counts a
-    /// drop, when holding it would exceed `queue_max_bytes`.
-    pub fn append(&mut self, now_ms: u64, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+    /// Appends the record that `write` puts after the buffer's end; `write` is told whether to
+    /// include the bodies. When the whole record would take the queue past `queue_max_bytes`, it
+    /// is written again without its bodies (the exchange stays on record, its bodies counted as
+    /// not kept); only when even that does not fit is the record dropped and counted.
+    pub fn append(&mut self, now_ms: u64, mut write: impl FnMut(&mut Vec<u8>, Bodies)) -> Appended {
         if self.open.capacity() == 0 {
             // One allocation per batch, sized for a full one, instead of a chain of doublings
             // that copy the batch each time it grows.
@@ -78,15 +102,26 @@ impl Batcher {
                 .reserve(self.limits.batch_max_bytes.saturating_add(BATCH_SLACK));
         }
         let mark = self.open.len();
-        write(&mut self.open);
-        let added = self.open.len() - mark;
-        if added == 0 {
-            return false;
-        }
-        if self.held_bytes + added > self.limits.queue_max_bytes {
+        let mut appended = Appended::Whole;
+        for bodies in [Bodies::Kept, Bodies::Shed] {
+            write(&mut self.open, bodies);
+            let added = self.open.len() - mark;
+            if added == 0 {
+                return Appended::Nothing;
+            }
+            if self.held_bytes + added <= self.limits.queue_max_bytes {
+                break;
+            }
             self.open.truncate(mark);
-            self.stats.dropped += 1;
-            return false;
+            if bodies == Bodies::Shed {
+                self.stats.dropped += 1;
+                return Appended::Dropped;
+            }
+            appended = Appended::WithoutBodies;
+        }
+        let added = self.open.len() - mark;
+        if appended == Appended::WithoutBodies {
+            self.stats.shed += 1;
         }
         if self.open_records == 0 {
             self.open_since_ms = now_ms;
@@ -98,7 +133,7 @@ impl Batcher {
         if self.open.len() >= self.limits.batch_max_bytes {
             self.seal();
         }
-        true
+        appended
     }
 
     fn seal(&mut self) {
@@ -244,12 +279,19 @@ mod tests {
         b.sent(token, batch, now);
     }
 
-    fn record(b: &mut Batcher, now: u64, len: usize) -> bool {
-        b.append(now, |out| {
+    /// A record of `len` bytes, or of at most `LEAN` bytes when written without its bodies.
+    fn record(b: &mut Batcher, now: u64, len: usize) -> Appended {
+        b.append(now, |out, bodies| {
+            let len = match bodies {
+                Bodies::Kept => len,
+                Bodies::Shed => len.min(LEAN),
+            };
             out.extend(std::iter::repeat_n(b'x', len - 1));
             out.push(b'\n');
         })
     }
+
+    const LEAN: usize = 5;
 
     #[test]
     fn only_a_2xx_status_acknowledges_a_batch() {
@@ -267,7 +309,7 @@ mod tests {
     #[test]
     fn a_young_small_batch_waits_for_the_flush_interval() {
         let mut b = Batcher::new(limits());
-        assert!(record(&mut b, 0, 10));
+        assert_eq!(record(&mut b, 0, 10), Appended::Whole);
         assert_eq!(b.next_due(49), None);
         let batch = b.next_due(50).unwrap();
         assert_eq!(batch.records, 1);
@@ -374,12 +416,31 @@ mod tests {
     }
 
     #[test]
+    fn a_record_without_room_whole_is_kept_without_its_bodies() {
+        let mut b = Batcher::new(limits());
+        for _ in 0..29 {
+            assert_eq!(record(&mut b, 0, 10), Appended::Whole);
+        }
+        assert_eq!(record(&mut b, 0, 50), Appended::WithoutBodies);
+        assert_eq!(b.held_bytes(), 290 + LEAN);
+        let s = b.stats();
+        assert_eq!((s.captured, s.shed, s.dropped), (30, 1, 0));
+        let last = std::iter::from_fn(|| b.next_due(1000)).last().unwrap();
+        assert_eq!(last.records, 10);
+        assert_eq!(
+            last.body.len(),
+            90 + LEAN,
+            "the lean record, no torn whole one"
+        );
+    }
+
+    #[test]
     fn a_full_queue_drops_new_records_and_counts_them() {
         let mut b = Batcher::new(limits());
         for _ in 0..6 {
-            assert!(record(&mut b, 0, 50));
+            assert_eq!(record(&mut b, 0, 50), Appended::Whole);
         }
-        assert!(!record(&mut b, 0, 1));
+        assert_eq!(record(&mut b, 0, 1), Appended::Dropped);
         assert_eq!(b.stats().dropped, 1);
         assert_eq!(b.held_bytes(), 300);
         let all: u64 = std::iter::from_fn(|| b.next_due(1000))
@@ -413,17 +474,23 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the sizes and answers, every record appended is delivered or still held,
-        /// every record refused is counted as dropped, and nothing is delivered twice.
+        /// Whatever the sizes and answers, every record appended (whole or without bodies) is
+        /// delivered or still held, every record refused is counted as dropped, and nothing is
+        /// delivered twice.
         #[test]
         fn records_are_conserved(ops in prop::collection::vec((1usize..120, any::<bool>(), 0u64..80), 1..200)) {
             let mut b = Batcher::new(limits());
             let mut now = 0;
             let mut token = 0;
-            let (mut appended, mut refused) = (0u64, 0u64);
+            let (mut appended, mut shed, mut refused) = (0u64, 0u64, 0u64);
             for (len, ok, dt) in ops {
                 now += dt;
-                if record(&mut b, now, len) { appended += 1 } else { refused += 1 }
+                match record(&mut b, now, len) {
+                    Appended::Whole => appended += 1,
+                    Appended::WithoutBodies => { appended += 1; shed += 1 }
+                    Appended::Dropped => refused += 1,
+                    Appended::Nothing => prop_assert!(false, "the writer always writes"),
+                }
                 while let Some(batch) = b.next_due(now) {
                     token += 1;
                     b.sent(token, batch, now);
@@ -435,6 +502,7 @@ mod tests {
                 let s = b.stats();
                 prop_assert_eq!(s.captured, appended);
                 prop_assert_eq!(s.dropped, refused);
+                prop_assert_eq!(s.shed, shed);
                 prop_assert_eq!(s.delivered + b.held_records(), appended);
                 prop_assert!(b.held_bytes() <= limits().queue_max_bytes);
             }

@@ -12,7 +12,7 @@
 mod abi;
 mod probe;
 
-use crate::batcher::{acknowledged, Batcher, Stats};
+use crate::batcher::{acknowledged, Appended, Batcher, Stats};
 use crate::body::BodyTap;
 use crate::config::Config;
 use crate::headers::HeaderBlock;
@@ -267,6 +267,7 @@ impl Root {
         m.add(m.delivered, now.stats.delivered, was.stats.delivered);
         m.add(m.retried, now.stats.retried, was.stats.retried);
         m.add(m.dropped, now.stats.dropped, was.stats.dropped);
+        m.add(m.shed, now.stats.shed, was.stats.shed);
         m.add(
             m.failed_callouts,
             now.stats.failed_callouts,
@@ -294,6 +295,7 @@ struct Metrics {
     delivered: u32,
     retried: u32,
     dropped: u32,
+    shed: u32,
     failed_callouts: u32,
     truncated_bytes: u32,
     queue_bytes: u32,
@@ -309,6 +311,7 @@ impl Metrics {
             delivered: counter("truthtable_records_delivered")?,
             retried: counter("truthtable_records_retried")?,
             dropped: counter("truthtable_records_dropped")?,
+            shed: counter("truthtable_records_without_bodies")?,
             failed_callouts: counter("truthtable_delivery_failures")?,
             truncated_bytes: counter("truthtable_body_bytes_truncated")?,
             queue_bytes: gauge("truthtable_queue_bytes")?,
@@ -427,9 +430,18 @@ impl Stream {
             fallback_id: &fallback_id,
         };
         let Worker {
-            config, batcher, ..
+            config,
+            batcher,
+            truncated_bytes,
+            ..
         } = &mut *w;
-        batcher.append(now_ns / 1_000_000, |out| ex.write_record(out, &end, config));
+        let appended = batcher.append(now_ns / 1_000_000, |out, bodies| {
+            ex.write_record(out, &end, config, bodies)
+        });
+        if appended == Appended::WithoutBodies {
+            *truncated_bytes +=
+                (ex.request_body.kept().len() + ex.response_body.kept().len()) as u64;
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! A stream context fills an [`Exchange`] as callbacks arrive; `on_log` writes it, once, straight
 //! into the delivery buffer as one NDJSON line. Nothing here allocates per header.
 
+use crate::batcher::Bodies;
 use crate::body::BodyTap;
 use crate::clock::Rfc3339;
 use crate::config::Config;
@@ -59,7 +60,15 @@ impl Exchange {
     }
 
     /// Appends this exchange's capture record and a newline to `out`.
-    pub fn write_record(&self, out: &mut Vec<u8>, end: &Ending<'_>, config: &Config) {
+    /// With [`Bodies::Shed`] both bodies are written with no data (their sizes kept, so
+    /// `truncated` says what is missing).
+    pub fn write_record(
+        &self,
+        out: &mut Vec<u8>,
+        end: &Ending<'_>,
+        config: &Config,
+        bodies: Bodies,
+    ) {
         let started_ns = self.started_ns.unwrap_or(end.now_ns);
         let micros_since_start = |ns: u64| ns.saturating_sub(started_ns) / 1_000;
         out.reserve(self.request_body.kept().len() + self.response_body.kept().len() + 1024);
@@ -84,6 +93,7 @@ impl Exchange {
             self.request_headers.as_ref(),
             &self.request_body,
             config,
+            bodies,
         );
         out.extend_from_slice(b",\"response\":");
         match &self.response_headers {
@@ -95,7 +105,7 @@ impl Exchange {
                 out.extend_from_slice(b",\"headers\":");
                 write_headers(out, Some(block), config);
                 out.extend_from_slice(b",\"body\":");
-                write_body(out, &self.response_body);
+                write_body(out, &self.response_body, bodies);
                 out.extend_from_slice(b",\"first_byte_ms\":");
                 let first_byte_ns = self.response_headers_ns.unwrap_or(end.now_ns);
                 json::millis(out, micros_since_start(first_byte_ns));
@@ -107,7 +117,13 @@ impl Exchange {
 }
 
 /// `{method, scheme, authority, path, query, headers, body}` from the request's header map.
-fn write_request(out: &mut Vec<u8>, block: Option<&HeaderBlock>, body: &BodyTap, config: &Config) {
+fn write_request(
+    out: &mut Vec<u8>,
+    block: Option<&HeaderBlock>,
+    body: &BodyTap,
+    config: &Config,
+    bodies: Bodies,
+) {
     let (mut method, mut scheme, mut authority, mut target): (&[u8], &[u8], &[u8], &[u8]) =
         (b"", b"", b"", b"");
     for (name, value) in block.iter().flat_map(|b| b.iter()) {
@@ -136,7 +152,7 @@ fn write_request(out: &mut Vec<u8>, block: Option<&HeaderBlock>, body: &BodyTap,
     out.extend_from_slice(b",\"headers\":");
     write_headers(out, block, config);
     out.extend_from_slice(b",\"body\":");
-    write_body(out, body);
+    write_body(out, body, bodies);
     out.push(b'}');
 }
 
@@ -171,8 +187,13 @@ fn write_headers(out: &mut Vec<u8>, block: Option<&HeaderBlock>, config: &Config
 }
 
 /// A body as `{encoding, data, size, truncated}`.
-fn write_body(out: &mut Vec<u8>, tap: &BodyTap) {
-    match text_of(tap.kept(), tap.truncated()) {
+fn write_body(out: &mut Vec<u8>, tap: &BodyTap, bodies: Bodies) {
+    let kept = match bodies {
+        Bodies::Kept => tap.kept(),
+        Bodies::Shed => &[],
+    };
+    let truncated = (kept.len() as u64) < tap.size();
+    match text_of(kept, truncated) {
         Some(text) => {
             out.extend_from_slice(b"{\"encoding\":\"utf8\",\"data\":");
             json::string(out, text);
@@ -182,19 +203,17 @@ fn write_body(out: &mut Vec<u8>, tap: &BodyTap) {
             let start = out.len();
             let engine = &base64::engine::general_purpose::STANDARD;
             out.resize(
-                start + base64::encoded_len(tap.kept().len(), true).unwrap_or(0),
+                start + base64::encoded_len(kept.len(), true).unwrap_or(0),
                 0,
             );
-            let written = engine
-                .encode_slice(tap.kept(), &mut out[start..])
-                .unwrap_or(0);
+            let written = engine.encode_slice(kept, &mut out[start..]).unwrap_or(0);
             out.truncate(start + written);
             out.push(b'"');
         }
     }
     out.extend_from_slice(b",\"size\":");
     json::uint(out, tap.size());
-    out.extend_from_slice(if tap.truncated() {
+    out.extend_from_slice(if truncated {
         b",\"truncated\":true}"
     } else {
         b",\"truncated\":false}"
@@ -232,7 +251,7 @@ mod tests {
 
     fn write(ex: &Exchange, end: Ending<'_>) -> Value {
         let mut out = Vec::new();
-        ex.write_record(&mut out, &end, &config());
+        ex.write_record(&mut out, &end, &config(), Bodies::Kept);
         assert_eq!(out.last(), Some(&b'\n'), "one NDJSON line");
         assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
         serde_json::from_slice(&out).unwrap()
@@ -307,6 +326,34 @@ mod tests {
     }
 
     #[test]
+    fn a_record_without_bodies_keeps_everything_else_and_says_what_is_missing() {
+        let ex = chat_exchange();
+        let end = Ending {
+            now_ns: T0 + 1_000_000,
+            details: "via_upstream",
+            fallback_id: "x",
+        };
+        let (mut whole, mut lean) = (Vec::new(), Vec::new());
+        ex.write_record(&mut whole, &end, &config(), Bodies::Kept);
+        ex.write_record(&mut lean, &end, &config(), Bodies::Shed);
+        let (mut whole, lean): (Value, Value) = (
+            serde_json::from_slice(&whole).unwrap(),
+            serde_json::from_slice(&lean).unwrap(),
+        );
+        for side in ["request", "response"] {
+            let body = &lean[side]["body"];
+            assert_eq!(body["data"], "", "{side}");
+            assert_eq!(body["size"], whole[side]["body"]["size"], "{side}");
+            assert_eq!(body["truncated"], true, "{side}");
+            whole[side]["body"] = body.clone();
+        }
+        assert_eq!(
+            lean, whole,
+            "only the bodies' data and truncated flags differ"
+        );
+    }
+
+    #[test]
     fn secrets_never_appear_in_the_record() {
         let mut out = Vec::new();
         chat_exchange().write_record(
@@ -317,6 +364,7 @@ mod tests {
                 fallback_id: "x",
             },
             &config(),
+            Bodies::Kept,
         );
         let text = String::from_utf8(out).unwrap();
         for secret in ["sk-secret", "t-123", "c00kie1", "c00kie2"] {

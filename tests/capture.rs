@@ -534,21 +534,26 @@ async fn an_audit_outage_of_503s_then_refused_connections_loses_no_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_drops_records_and_counts_every_drop() {
-    // The receiver is down; each worker holds at most 64 KiB of records.
+async fn a_full_queue_keeps_records_without_bodies_then_drops_and_counts_every_loss() {
+    // The receiver is down; the one worker holds at most 64 KiB of records. Each exchange's
+    // record is ~5 KiB whole (a 4000-byte request body) and well under 1 KiB without bodies.
     let upstream = Upstream::start().await;
+    let mut receiver = Receiver::start().await;
+    receiver.stop();
     let config = filter_config(r#""queue_max_bytes": 65536, "batch_max_bytes": 4096"#);
     let envoy = Envoy::start(EnvoyOpts {
         upstream: upstream.port,
-        audit: free_port(),
+        audit: receiver.port,
         filter: Some(&config),
         workers: 1,
     });
     let c = client();
     let body = "x".repeat(4000);
-    for _ in 0..60 {
+    let total = 150;
+    for i in 0..total {
         let resp = c
             .post(envoy.url("/json"))
+            .header("x-test-case", format!("q{i}"))
             .body(body.clone())
             .send()
             .await
@@ -558,16 +563,45 @@ async fn a_full_queue_drops_records_and_counts_every_drop() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let captured = envoy.metric("truthtable_records_captured").unwrap();
+    let lean = envoy.metric("truthtable_records_without_bodies").unwrap();
     let dropped = envoy.metric("truthtable_records_dropped").unwrap();
     let queued = envoy.metric("truthtable_queue_records").unwrap();
-    assert!(dropped > 0.0, "drops are counted");
+    assert!(
+        lean > 0.0,
+        "records that do not fit whole are kept without bodies"
+    );
+    assert!(dropped > 0.0, "drops, once not even that fits, are counted");
     assert_eq!(
         captured + dropped,
-        60.0,
+        total as f64,
         "every exchange is either held or counted as dropped"
     );
     assert_eq!(queued, captured);
     assert!(envoy.metric("truthtable_queue_bytes").unwrap() <= 65536.0);
+
+    // Back up: every held record arrives; the lean ones say their bodies were not kept.
+    receiver.resume().await;
+    let records = receiver
+        .wait_count(captured as usize, Duration::from_secs(20))
+        .await;
+    assert_eq!(records.len(), captured as usize);
+    let without_bodies: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["request"]["body"]["data"] == "")
+        .collect();
+    assert_eq!(without_bodies.len(), lean as usize);
+    for r in without_bodies {
+        assert_eq!(r["request"]["body"]["size"], 4000);
+        assert_eq!(r["request"]["body"]["truncated"], true);
+        assert_eq!(r["response"]["status"], 200);
+        assert_eq!(r["outcome"], "complete");
+    }
+    // Records are kept whole while whole ones fit: the lean ones come after the whole ones.
+    let first_lean = records
+        .iter()
+        .position(|r| r["request"]["body"]["data"] == "")
+        .unwrap();
+    assert!(first_lean > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

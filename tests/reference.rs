@@ -10,6 +10,7 @@
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use truthtable_filter::batcher::Bodies;
 use truthtable_filter::body::BodyTap;
 use truthtable_filter::config::{Config, ConfigError};
 use truthtable_filter::headers::HeaderBlock;
@@ -281,6 +282,7 @@ fn real_record() -> Value {
             fallback_id: "unused",
         },
         &config,
+        Bodies::Kept,
     );
     serde_json::from_slice(&out).unwrap()
 }
