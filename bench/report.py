@@ -144,7 +144,8 @@ def main() -> None:
             mm = d["metrics"]
             metr = ", ".join(f"{k.replace('truthtable_', '')}={v}" for k, v in sorted(mm.items())
                              if k in ("truthtable_records_captured", "truthtable_records_delivered",
-                                      "truthtable_records_dropped", "truthtable_body_bytes_truncated")
+                                      "truthtable_records_without_bodies", "truthtable_records_dropped",
+                                      "truthtable_body_bytes_truncated")
                              ) if d["listener"] == "capture" else ""
             md.append(f"| {LABEL[d['listener']]} | {d['before_kib'] / 1024:.0f} | {d['peak_kib'] / 1024:.0f} | "
                       f"{' / '.join(f'{x / 1024:.0f}' for x in d['after_each_wave_kib'])} | "
