@@ -94,7 +94,14 @@ impl Batcher {
     /// include the bodies. When the whole record would take the queue past `queue_max_bytes`, it
     /// is written again without its bodies (the exchange stays on record, its bodies counted as
     /// not kept); only when even that does not fit is the record dropped and counted.
-    pub fn append(&mut self, now_ms: u64, mut write: impl FnMut(&mut Vec<u8>, Bodies)) -> Appended {
+    /// `at_least` is a lower bound of the whole record's size (its bodies' bytes): when not even
+    /// that fits, the whole record is not written at all.
+    pub fn append(
+        &mut self,
+        now_ms: u64,
+        at_least: usize,
+        mut write: impl FnMut(&mut Vec<u8>, Bodies),
+    ) -> Appended {
         if self.open.capacity() == 0 {
             // One allocation per batch, sized for a full one, instead of a chain of doublings
             // that copy the batch each time it grows.
@@ -102,8 +109,13 @@ impl Batcher {
                 .reserve(self.limits.batch_max_bytes.saturating_add(BATCH_SLACK));
         }
         let mark = self.open.len();
-        let mut appended = Appended::Whole;
-        for bodies in [Bodies::Kept, Bodies::Shed] {
+        let room = self.limits.queue_max_bytes.saturating_sub(self.held_bytes);
+        let (mut appended, tries) = if at_least > room {
+            (Appended::WithoutBodies, &[Bodies::Shed][..])
+        } else {
+            (Appended::Whole, &[Bodies::Kept, Bodies::Shed][..])
+        };
+        for &bodies in tries {
             write(&mut self.open, bodies);
             let added = self.open.len() - mark;
             if added == 0 {
@@ -281,7 +293,7 @@ mod tests {
 
     /// A record of `len` bytes, or of at most `LEAN` bytes when written without its bodies.
     fn record(b: &mut Batcher, now: u64, len: usize) -> Appended {
-        b.append(now, |out, bodies| {
+        b.append(now, 0, |out, bodies| {
             let len = match bodies {
                 Bodies::Kept => len,
                 Bodies::Shed => len.min(LEAN),
@@ -432,6 +444,22 @@ mod tests {
             90 + LEAN,
             "the lean record, no torn whole one"
         );
+    }
+
+    #[test]
+    fn a_record_whose_bodies_alone_do_not_fit_is_not_written_whole() {
+        let mut b = Batcher::new(limits());
+        for _ in 0..29 {
+            record(&mut b, 0, 10);
+        }
+        let mut asked = Vec::new();
+        let appended = b.append(0, 11, |out, bodies| {
+            asked.push(bodies);
+            out.extend_from_slice(b"abc\n");
+        });
+        assert_eq!(appended, Appended::WithoutBodies);
+        assert_eq!(asked, [Bodies::Shed]);
+        assert_eq!(b.stats().shed, 1);
     }
 
     #[test]

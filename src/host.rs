@@ -435,12 +435,12 @@ impl Stream {
             truncated_bytes,
             ..
         } = &mut *w;
-        let appended = batcher.append(now_ns / 1_000_000, |out, bodies| {
+        let body_bytes = ex.request_body.kept().len() + ex.response_body.kept().len();
+        let appended = batcher.append(now_ns / 1_000_000, body_bytes, |out, bodies| {
             ex.write_record(out, &end, config, bodies)
         });
         if appended == Appended::WithoutBodies {
-            *truncated_bytes +=
-                (ex.request_body.kept().len() + ex.response_body.kept().len()) as u64;
+            *truncated_bytes += body_bytes as u64;
         }
     }
 }
