@@ -1,8 +1,9 @@
 //! What writing one capture record costs, natively: a 1 KiB and a 64 KiB response body, either
 //! escape-dense JSON (`record_cost`), plain text (`record_cost text`) or the benchmark's chat
 //! answer (`record_cost bench`: a little JSON around a long run of text); a second argument picks
-//! one body size. For repeatable numbers count instructions:
-//! `valgrind --tool=callgrind target/release/examples/record_cost bench 1024`.
+//! one body size, a third the number of rounds. For repeatable numbers count instructions:
+//! `valgrind --tool=callgrind target/release/examples/record_cost bench 1024`; to time it in V8,
+//! build it with `--target wasm32-wasip1` and run it with `bench/wasi-run.mjs`.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Instant;
