@@ -44,7 +44,8 @@ fn with_vm<R>(f: impl FnOnce(&mut Vm) -> R) -> Option<R> {
     VM.with(|vm| vm.try_borrow_mut().ok().map(|mut vm| f(&mut vm)))
 }
 
-/// Context ids are small sequential integers: hashing them is a waste.
+/// Context ids are small sequential integers: one multiplication spreads them over the whole
+/// hash (the table uses its top bits too), where SipHash would spend far more on each lookup.
 #[derive(Default)]
 struct IdHasher(u64);
 
@@ -54,13 +55,16 @@ impl Hasher for IdHasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(FIBONACCI);
         }
     }
     fn write_u32(&mut self, id: u32) {
-        self.0 = u64::from(id);
+        self.0 = u64::from(id).wrapping_mul(FIBONACCI);
     }
 }
+
+/// 2^64 / golden ratio: consecutive ids land far apart.
+const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
 
 type IdHash = BuildHasherDefault<IdHasher>;
 
