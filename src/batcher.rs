@@ -110,31 +110,34 @@ impl Batcher {
         }
         let mark = self.open.len();
         let room = self.limits.queue_max_bytes.saturating_sub(self.held_bytes);
-        let (mut appended, tries) = if at_least > room {
-            (Appended::WithoutBodies, &[Bodies::Shed][..])
+        let mut bodies = if at_least > room {
+            Bodies::Shed
         } else {
-            (Appended::Whole, &[Bodies::Kept, Bodies::Shed][..])
+            Bodies::Kept
         };
-        for &bodies in tries {
+        let added = loop {
             write(&mut self.open, bodies);
             let added = self.open.len() - mark;
             if added == 0 {
                 return Appended::Nothing;
             }
-            if self.held_bytes + added <= self.limits.queue_max_bytes {
-                break;
+            if added <= room {
+                break added;
             }
             self.open.truncate(mark);
             if bodies == Bodies::Shed {
                 self.stats.dropped += 1;
                 return Appended::Dropped;
             }
-            appended = Appended::WithoutBodies;
-        }
-        let added = self.open.len() - mark;
-        if appended == Appended::WithoutBodies {
-            self.stats.shed += 1;
-        }
+            bodies = Bodies::Shed;
+        };
+        let appended = match bodies {
+            Bodies::Kept => Appended::Whole,
+            Bodies::Shed => {
+                self.stats.shed += 1;
+                Appended::WithoutBodies
+            }
+        };
         if self.open_records == 0 {
             self.open_since_ms = now_ms;
         }

@@ -4,8 +4,9 @@
 //! A stream is entered five times: when its context is created (the request headers have just
 //! arrived), for each request body chunk, at the response headers, for each response body chunk,
 //! and in `on_log`, which Envoy runs for every stream (resets and local replies included) and
-//! where the record is written and the stream's state dropped. No other stream callback is
-//! exported, so Envoy does not enter the VM for them (see `abi`). Every callback returns
+//! where the record is written and the stream's state dropped; a response with trailers adds one
+//! more. No other stream callback is exported, so Envoy does not enter the VM for them (see
+//! `abi`). Every callback returns
 //! `Continue`, so Envoy forwards each chunk as it comes. Stream contexts never call out; the root
 //! context owns the worker's [`Batcher`] and does all delivery from `on_tick`.
 
@@ -427,7 +428,6 @@ impl Stream {
         } else {
             String::new()
         };
-        w.truncated_bytes += ex.request_body.dropped() + ex.response_body.dropped();
         let end = Ending {
             now_ns,
             details: &details,
@@ -439,13 +439,17 @@ impl Stream {
             truncated_bytes,
             ..
         } = &mut *w;
-        let body_bytes = ex.request_body.kept().len() + ex.response_body.kept().len();
-        let appended = batcher.append(now_ns / 1_000_000, body_bytes, |out, bodies| {
+        let kept = ex.request_body.kept().len() + ex.response_body.kept().len();
+        let appended = batcher.append(now_ns / 1_000_000, kept, |out, bodies| {
             ex.write_record(out, &end, config, bodies)
         });
-        if appended == Appended::WithoutBodies {
-            *truncated_bytes += body_bytes as u64;
-        }
+        // Bytes past max_body_bytes, and the kept ones too when the record went without bodies.
+        let shed = if appended == Appended::WithoutBodies {
+            kept
+        } else {
+            0
+        };
+        *truncated_bytes += ex.request_body.dropped() + ex.response_body.dropped() + shed as u64;
     }
 }
 

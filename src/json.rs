@@ -1,8 +1,9 @@
 //! The few JSON primitives the record writer needs, written straight into the delivery buffer.
 //!
 //! Bodies dominate a record's size, so string escaping looks at eight bytes at a time (SWAR on a
-//! `u64`): a word that needs no escape is stored whole, and a word that does is stored whole up to
-//! its first escape, which is then written. Numbers are written digit by digit, without `fmt`.
+//! `u64`): a word that needs no escape is stored whole; in one that does, the bytes before the
+//! first escape are kept from a whole-word store and the rest go through a table byte by byte.
+//! Numbers are written digit by digit, without `fmt`.
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;

@@ -188,11 +188,10 @@ fn write_headers(out: &mut Vec<u8>, block: Option<&HeaderBlock>, config: &Config
 
 /// A body as `{encoding, data, size, truncated}`.
 fn write_body(out: &mut Vec<u8>, tap: &BodyTap, bodies: Bodies) {
-    let kept = match bodies {
-        Bodies::Kept => tap.kept(),
-        Bodies::Shed => &[],
+    let (kept, truncated) = match bodies {
+        Bodies::Kept => (tap.kept(), tap.truncated()),
+        Bodies::Shed => (&[][..], tap.size() > 0),
     };
-    let truncated = (kept.len() as u64) < tap.size();
     match text_of(kept, truncated) {
         Some(text) => {
             out.extend_from_slice(b"{\"encoding\":\"utf8\",\"data\":");

@@ -596,7 +596,7 @@ async fn a_full_queue_keeps_records_without_bodies_then_drops_and_counts_every_l
         assert_eq!(r["response"]["status"], 200);
         assert_eq!(r["outcome"], "complete");
     }
-    // Records are kept whole while whole ones fit: the lean ones come after the whole ones.
+    // The first record to arrive was not written without bodies.
     let first_lean = records
         .iter()
         .position(|r| r["request"]["body"]["data"] == "")

@@ -181,7 +181,8 @@ pub fn http_call(
     body: &[u8],
     timeout_ms: u32,
 ) -> Result<u32, u32> {
-    let no_trailers = HeaderBlock::from_pairs::<&str, &str>(&[]);
+    // An empty map in the host's serialization: a pair count of zero.
+    const NO_TRAILERS: [u8; 4] = [0; 4];
     let mut token = 0u32;
     // SAFETY: every pointer/length pair is a valid slice; the token is a valid out-pointer.
     let status = unsafe {
@@ -192,8 +193,8 @@ pub fn http_call(
             headers.as_bytes().len(),
             body.as_ptr(),
             body.len(),
-            no_trailers.as_bytes().as_ptr(),
-            no_trailers.as_bytes().len(),
+            NO_TRAILERS.as_ptr(),
+            NO_TRAILERS.len(),
             timeout_ms,
             &mut token,
         )
