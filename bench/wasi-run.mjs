@@ -1,5 +1,6 @@
 // Runs a wasm32-wasip1 command module (such as examples/record_cost built for that target) in
-// Node's V8, to time code the way Envoy's V8 runs it. The filter library's proxy-wasm imports are
+// Node's V8, to time code the way Envoy's V8 runs it, or to test it there (examples/escape_check);
+// the module's exit status is Node's. The filter library's proxy-wasm imports are
 // stubbed; the example never calls them.
 //
 //   cargo build --release --target wasm32-wasip1 --example record_cost
@@ -19,4 +20,4 @@ const instance = await WebAssembly.instantiate(module, imports);
 // The library also exports a reactor's _initialize; WASI.start wants a command's exports only.
 const exports = Object.fromEntries(
   Object.entries(instance.exports).filter(([name]) => name !== '_initialize'));
-wasi.start({ exports });
+process.exitCode = wasi.start({ exports }) ?? 0;

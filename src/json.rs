@@ -1,24 +1,10 @@
 //! The few JSON primitives the record writer needs, written straight into the delivery buffer.
 //!
-//! Bodies dominate a record's size, so string escaping looks at eight bytes at a time (SWAR on a
-//! `u64`): a word that needs no escape is stored whole; in one that does, the bytes before the
-//! first escape are kept from a whole-word store and the rest go through a table byte by byte.
-//! Numbers are written digit by digit, without `fmt`.
-
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// The high bit of each byte of `word` (little-endian) that is `"`, `\` or a control character
-/// (< 0x20). Only the lowest set bit is exact: bytes above the first match may be flagged
-/// spuriously (a borrow runs into them), which is all the caller relies on.
-#[inline(always)]
-fn escape_mask(word: u64) -> u64 {
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
-    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
-    let quote = has_zero(word ^ (ONES * u64::from(b'"')));
-    let backslash = has_zero(word ^ (ONES * u64::from(b'\\')));
-    control | quote | backslash
-}
+//! Bodies dominate a record's size, so string escaping looks at sixteen bytes at a time: a chunk
+//! is stored whole and scanned with vector compares for the first byte JSON must escape; that byte
+//! goes through a table and the scan resumes after it. The same pass notes whether every byte is
+//! ASCII, so a body that is needs no separate UTF-8 validation. Numbers are written digit by digit,
+//! without `fmt`.
 
 /// For each byte, what JSON makes of it: the bytes to store (little-endian, low 16 bits) and how
 /// many of them count (bits 16 and up): the byte itself (1), a backslash and a letter (2), or 6 for
@@ -59,56 +45,170 @@ const BLOCK: usize = 4096;
 /// Appends `s` as a JSON string, quotes included.
 pub fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
-    for block in s.as_bytes().chunks(BLOCK) {
-        // Worst case 6 bytes out per byte in, plus the 8 bytes a whole-word store may run ahead.
-        out.reserve(block.len() * 6 + 8);
-        // SAFETY: `escape_block` writes at most `6 * block.len() + 8` bytes from `out`'s end, all
-        // inside the capacity just reserved, and returns how many of them it initialised.
-        unsafe {
-            let end = out.as_mut_ptr().add(out.len());
-            let n = escape_block(block, end);
-            out.set_len(out.len() + n);
-        }
-    }
+    escape(out, s.as_bytes());
     out.push(b'"');
 }
 
-/// Writes `block` JSON-escaped at `dst`; returns the bytes written.
+/// Appends `bytes` as a JSON string if they are UTF-8 and returns true; otherwise leaves `out` as it
+/// was and returns false. With `partial_end`, a character cut off at the very end (a body kept up
+/// to a byte cap) is dropped instead of making the whole string invalid.
 ///
-/// A word without escapes is stored whole. A word with one is stored whole too, which puts its
-/// bytes before the first escape in place; the rest of it goes through the table byte by byte.
+/// One pass escapes and notes whether any byte is outside ASCII; only then are the bytes validated
+/// (escaping copies bytes >= 0x80 unchanged, so valid UTF-8 needs no second write).
+pub fn utf8_string(out: &mut Vec<u8>, bytes: &[u8], partial_end: bool) -> bool {
+    let start = out.len();
+    out.push(b'"');
+    if !escape(out, bytes) {
+        match std::str::from_utf8(bytes) {
+            Ok(_) => {}
+            Err(e) if partial_end && e.error_len().is_none() => {
+                // The cut-off bytes are all >= 0x80, written one for one at the end.
+                out.truncate(out.len() - (bytes.len() - e.valid_up_to()));
+            }
+            Err(_) => {
+                out.truncate(start);
+                return false;
+            }
+        }
+    }
+    out.push(b'"');
+    true
+}
+
+/// Appends `bytes` JSON-escaped (no quotes); returns true when all of them are ASCII.
+fn escape(out: &mut Vec<u8>, bytes: &[u8]) -> bool {
+    let mut outside_ascii = false;
+    for block in bytes.chunks(BLOCK) {
+        // Worst case 6 bytes out per byte in, plus the 16 bytes a whole-chunk store may run ahead.
+        out.reserve(block.len() * 6 + 16);
+        // SAFETY: `escape_block` writes at most `6 * block.len() + 16` bytes from `out`'s end, all
+        // inside the capacity just reserved, and returns how many of them it initialised.
+        unsafe {
+            let end = out.as_mut_ptr().add(out.len());
+            let (n, outside) = escape_block(block, end);
+            outside_ascii |= outside;
+            out.set_len(out.len() + n);
+        }
+    }
+    !outside_ascii
+}
+
+/// Sixteen bytes as bit masks (bit i for byte i): which ones JSON must escape (`"`, `\\`, control
+/// characters), and which ones are outside ASCII.
+#[inline(always)]
+fn scan16(chunk: &[u8; 16]) -> (u32, u32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of x86_64; the load reads exactly the 16 bytes of `chunk`.
+        unsafe {
+            let v = _mm_loadu_si128(chunk.as_ptr().cast());
+            let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+            let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+            // Unsigned b < 0x20 exactly when min(b, 0x1f) == b.
+            let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+            let escape = _mm_or_si128(_mm_or_si128(quote, backslash), control);
+            (
+                _mm_movemask_epi8(escape) as u32,
+                _mm_movemask_epi8(v) as u32,
+            )
+        }
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        use std::arch::wasm32::*;
+        // SAFETY: the load reads exactly the 16 bytes of `chunk`.
+        let v = unsafe { v128_load(chunk.as_ptr().cast()) };
+        let escape = v128_or(
+            v128_or(
+                u8x16_eq(v, u8x16_splat(b'"')),
+                u8x16_eq(v, u8x16_splat(b'\\')),
+            ),
+            u8x16_lt(v, u8x16_splat(0x20)),
+        );
+        (
+            u32::from(u8x16_bitmask(escape)),
+            u32::from(u8x16_bitmask(v)),
+        )
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    )))]
+    {
+        scan16_bytewise(chunk)
+    }
+}
+
+/// [`scan16`] a byte at a time: the reference the vector versions are tested against.
+#[cfg_attr(
+    any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    ),
+    allow(dead_code)
+)]
+fn scan16_bytewise(chunk: &[u8; 16]) -> (u32, u32) {
+    let (mut escape, mut high) = (0u32, 0u32);
+    for (i, &b) in chunk.iter().enumerate() {
+        escape |= u32::from(b < 0x20 || b == b'"' || b == b'\\') << i;
+        high |= u32::from(b >= 0x80) << i;
+    }
+    (escape, high)
+}
+
+/// Writes `block` JSON-escaped at `dst`; returns the bytes written and whether any byte was
+/// outside ASCII.
+///
+/// Sixteen bytes at a time: the chunk is stored whole, which puts everything before its first
+/// escape in place; that byte is escaped, and the scan goes on right after it when it was the
+/// chunk's only escape, or the rest of the chunk goes through the table byte by byte when not.
 ///
 /// # Safety
-/// `dst` must be valid for writes of `6 * block.len() + 8` bytes.
+/// `dst` must be valid for writes of `6 * block.len() + 16` bytes.
 #[inline(always)]
-unsafe fn escape_block(block: &[u8], dst: *mut u8) -> usize {
+unsafe fn escape_block(block: &[u8], dst: *mut u8) -> (usize, bool) {
     let (mut i, mut n) = (0usize, 0usize);
-    while i + 8 <= block.len() {
-        // SAFETY: i + 8 <= block.len(). At most 6 bytes were written per byte consumed (n <= 6i),
-        // so the 8-byte store ends by 6i + 8 <= 6 * block.len() + 8.
-        let word = unsafe { block.as_ptr().add(i).cast::<u64>().read_unaligned() };
-        unsafe { dst.add(n).cast::<u64>().write_unaligned(word) };
-        let mask = escape_mask(u64::from_le(word));
-        if mask == 0 {
-            i += 8;
-            n += 8;
+    let mut high = 0u32;
+    while i + 16 <= block.len() {
+        // SAFETY: i + 16 <= block.len(). At most 6 bytes were written per byte consumed (n <= 6i),
+        // so the 16-byte store ends by 6i + 16 <= 6 * block.len() + 16.
+        let chunk = unsafe { block.as_ptr().add(i).cast::<[u8; 16]>().read_unaligned() };
+        unsafe { dst.add(n).cast::<[u8; 16]>().write_unaligned(chunk) };
+        let (escape, outside_ascii) = scan16(&chunk);
+        if escape == 0 {
+            high |= outside_ascii;
+            i += 16;
+            n += 16;
             continue;
         }
-        let clean = (mask.trailing_zeros() / 8) as usize;
-        let word_end = i + 8;
+        let clean = escape.trailing_zeros() as usize;
+        let chunk_end = i + 16;
         i += clean;
         n += clean;
-        while i < word_end {
-            // SAFETY: n <= 6i and each byte writes at most 6, so n + 6 <= 6 * block.len().
+        // SAFETY: n <= 6i and the byte writes at most 6, so n + 6 <= 6 * block.len().
+        n += unsafe { escape_byte(block[i], dst.add(n)) };
+        i += 1;
+        if escape >> (clean + 1) == 0 {
+            // A lone escape: the scan resumes right after it.
+            high |= outside_ascii & ((2 << clean) - 1);
+            continue;
+        }
+        // Escapes are dense here (JSON in a body): the rest of the chunk through the table.
+        high |= outside_ascii;
+        while i < chunk_end {
+            // SAFETY: as above.
             n += unsafe { escape_byte(block[i], dst.add(n)) };
             i += 1;
         }
     }
+    let mut tail = 0u8;
     for &b in &block[i..] {
+        tail |= b;
         // SAFETY: as above.
         n += unsafe { escape_byte(b, dst.add(n)) };
     }
-    n
+    (n, high != 0 || tail >= 0x80)
 }
 
 /// Writes `b`, escaped if JSON needs it, at `to`; returns the bytes written (1, 2 or 6).
@@ -140,9 +240,8 @@ unsafe fn escape_byte(b: u8, to: *mut u8) -> usize {
 
 /// Appends bytes as a JSON string: as they are when UTF-8, else with U+FFFD for invalid sequences.
 pub fn lossy(out: &mut Vec<u8>, bytes: &[u8]) {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => string(out, text),
-        Err(_) => string(out, &String::from_utf8_lossy(bytes)),
+    if !utf8_string(out, bytes, false) {
+        string(out, &String::from_utf8_lossy(bytes));
     }
 }
 
@@ -205,9 +304,9 @@ mod tests {
     }
 
     #[test]
-    fn an_escape_at_any_position_of_a_word_is_found() {
-        for at in 0..24 {
-            let mut s = "x".repeat(24);
+    fn an_escape_at_any_position_of_a_chunk_is_found() {
+        for at in 0..40 {
+            let mut s = "x".repeat(40);
             s.replace_range(at..at + 1, "\"");
             let got: String = serde_json::from_str(&json(&s)).unwrap();
             assert_eq!(got, s, "quote at {at}");
@@ -236,6 +335,35 @@ mod tests {
         out.push(b' ');
         digits(&mut out, 123_456, 6);
         assert_eq!(out, b"0 18446744073709551615 0007 123456");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_leave_the_output_untouched() {
+        for (bytes, partial_end) in [
+            (&b"ab\xffcd"[..], false),
+            (b"ab\xffcd", true),
+            (b"ab\xc3", false),
+            (
+                b"a long text that is cut inside a \xc3 character, not at its end",
+                true,
+            ),
+        ] {
+            let mut out = b"kept".to_vec();
+            assert!(!utf8_string(&mut out, bytes, partial_end), "{bytes:?}");
+            assert_eq!(out, b"kept");
+        }
+    }
+
+    #[test]
+    fn a_character_cut_off_at_the_end_is_dropped_when_allowed() {
+        let text = "naïve \"quoted\" text, then é€😀".repeat(3);
+        for cut in 1..4 {
+            let bytes = &[text.as_bytes(), &"😀".as_bytes()[..cut]].concat();
+            let mut out = Vec::new();
+            assert!(utf8_string(&mut out, bytes, true));
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, text);
+        }
     }
 
     #[test]
@@ -273,6 +401,44 @@ mod tests {
             prop_assert!(s.len() > BLOCK / 2);
             let back: String = serde_json::from_str(&json(&s)).unwrap();
             prop_assert_eq!(back, s);
+        }
+
+        #[test]
+        fn the_vector_scan_agrees_with_the_bytewise_one(
+            chunk in proptest::array::uniform16(
+                prop_oneof![any::<u8>(), Just(b'"'), Just(b'\\'), 0u8..0x21, 0x7fu8..0x81])
+        ) {
+            prop_assert_eq!(scan16(&chunk), scan16_bytewise(&chunk));
+        }
+
+        #[test]
+        fn strings_are_written_exactly_as_serde_json_writes_them(s in any::<String>()) {
+            prop_assert_eq!(json(&s), serde_json::to_string(&s).unwrap());
+        }
+
+        #[test]
+        fn any_bytes_are_written_exactly_when_they_are_utf8(
+            bytes in proptest::collection::vec(
+                prop_oneof![any::<u8>(), Just(b'"'), Just(b'a'), Just(0xc3), Just(0xa9)], 0..80),
+            partial_end in any::<bool>(),
+        ) {
+            let mut out = Vec::new();
+            let written = utf8_string(&mut out, &bytes, partial_end);
+            let valid = match std::str::from_utf8(&bytes) {
+                Ok(text) => Some(text),
+                Err(e) if partial_end && e.error_len().is_none() => {
+                    std::str::from_utf8(&bytes[..e.valid_up_to()]).ok()
+                }
+                Err(_) => None,
+            };
+            prop_assert_eq!(written, valid.is_some());
+            match valid {
+                Some(text) => {
+                    let back: String = serde_json::from_slice(&out).unwrap();
+                    prop_assert_eq!(back, text);
+                }
+                None => prop_assert!(out.is_empty()),
+            }
         }
 
         #[test]

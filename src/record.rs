@@ -192,23 +192,23 @@ fn write_body(out: &mut Vec<u8>, tap: &BodyTap, bodies: Bodies) {
         Bodies::Kept => (tap.kept(), tap.truncated()),
         Bodies::Shed => (&[][..], tap.size() > 0),
     };
-    match text_of(kept, truncated) {
-        Some(text) => {
-            out.extend_from_slice(b"{\"encoding\":\"utf8\",\"data\":");
-            json::string(out, text);
-        }
-        None => {
-            out.extend_from_slice(b"{\"encoding\":\"base64\",\"data\":\"");
-            let start = out.len();
-            let engine = &base64::engine::general_purpose::STANDARD;
-            out.resize(
-                start + base64::encoded_len(kept.len(), true).unwrap_or(0),
-                0,
-            );
-            let written = engine.encode_slice(kept, &mut out[start..]).unwrap_or(0);
-            out.truncate(start + written);
-            out.push(b'"');
-        }
+    out.extend_from_slice(b"{\"encoding\":");
+    let encoding = out.len();
+    out.extend_from_slice(b"\"utf8\",\"data\":");
+    // A truncated body may end inside a character: that partial character is dropped rather than
+    // forcing the whole body into base64.
+    if !json::utf8_string(out, kept, truncated) {
+        out.truncate(encoding);
+        out.extend_from_slice(b"\"base64\",\"data\":\"");
+        let start = out.len();
+        let engine = &base64::engine::general_purpose::STANDARD;
+        out.resize(
+            start + base64::encoded_len(kept.len(), true).unwrap_or(0),
+            0,
+        );
+        let written = engine.encode_slice(kept, &mut out[start..]).unwrap_or(0);
+        out.truncate(start + written);
+        out.push(b'"');
     }
     out.extend_from_slice(b",\"size\":");
     json::uint(out, tap.size());
@@ -217,18 +217,6 @@ fn write_body(out: &mut Vec<u8>, tap: &BodyTap, bodies: Bodies) {
     } else {
         b",\"truncated\":false}"
     });
-}
-
-/// The kept bytes as text, if they are UTF-8. A truncated body may end inside a character; that
-/// partial character is dropped rather than forcing the whole body into base64.
-fn text_of(kept: &[u8], truncated: bool) -> Option<&str> {
-    match std::str::from_utf8(kept) {
-        Ok(text) => Some(text),
-        Err(e) if truncated && e.error_len().is_none() => {
-            std::str::from_utf8(&kept[..e.valid_up_to()]).ok()
-        }
-        Err(_) => None,
-    }
 }
 
 #[cfg(test)]
@@ -454,9 +442,26 @@ mod tests {
 
     #[test]
     fn invalid_utf8_inside_the_kept_bytes_is_base64() {
-        assert_eq!(text_of(b"ab\xffcd", false), None);
-        assert_eq!(text_of(b"ab\xffcd", true), None);
-        assert_eq!(text_of(b"ab\xc3", false), None);
-        assert_eq!(text_of(b"ab\xc3", true), Some("ab"));
+        // Long enough that the text before the bad byte was already written when it was found.
+        let body = [&br#"{"text":""#[..], &[b'a'; 40], b"\xff\"}"].concat();
+        let mut ex = Exchange::new(1024);
+        feed(&mut ex.request_body, &body);
+        let got = write(
+            &ex,
+            Ending {
+                now_ns: T0,
+                details: "",
+                fallback_id: "x",
+            },
+        );
+        assert_eq!(got["request"]["body"]["encoding"], "base64");
+        let data = got["request"]["body"]["data"].as_str().unwrap();
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap(),
+            body
+        );
+        assert_eq!(got["request"]["body"]["size"], body.len());
     }
 }
