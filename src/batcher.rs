@@ -163,19 +163,26 @@ impl Batcher {
         });
     }
 
-    /// The next batch to send now, if any: a full batch, or one whose oldest record has waited
-    /// `flush_interval_ms`, unless a backoff is running or enough callouts are open. After a
-    /// failure only one callout is open at a time, so a down audit cluster sees one probe.
-    pub fn next_due(&mut self, now_ms: u64) -> Option<Batch> {
-        if now_ms < self.paused_until_ms {
-            return None;
-        }
+    /// True when a sealed batch (a full one, or one that failed before) may be sent right now:
+    /// no backoff is running and a callout slot is free.
+    pub fn can_send_sealed(&self, now_ms: u64) -> bool {
+        !self.waiting.is_empty() && self.may_call_out(now_ms)
+    }
+
+    fn may_call_out(&self, now_ms: u64) -> bool {
         let open_limit = if self.failures_in_a_row > 0 {
             1
         } else {
             self.limits.max_inflight
         };
-        if self.inflight.len() >= open_limit {
+        now_ms >= self.paused_until_ms && self.inflight.len() < open_limit
+    }
+
+    /// The next batch to send now, if any: a full batch, or one whose oldest record has waited
+    /// `flush_interval_ms`, unless a backoff is running or enough callouts are open. After a
+    /// failure only one callout is open at a time, so a down audit cluster sees one probe.
+    pub fn next_due(&mut self, now_ms: u64) -> Option<Batch> {
+        if !self.may_call_out(now_ms) {
             return None;
         }
         if self.waiting.is_empty()

@@ -77,6 +77,47 @@ struct Worker {
     fallback_ids: u64,
 }
 
+impl Worker {
+    /// Dispatches every batch that is due. Runs for the root context: from its own callbacks, or
+    /// from a stream's `on_log` with the root made the effective context.
+    fn deliver(&mut self, now: u64) {
+        while let Some(batch) = self.batcher.next_due(now) {
+            if cfg!(feature = "record-only") {
+                self.batcher.sent(0, batch, now);
+                self.batcher.answered(0, true, now);
+                continue;
+            }
+            let c = &self.config;
+            let mut headers: Vec<(&str, &str)> = Vec::with_capacity(4 + c.audit_headers.len());
+            headers.push((":method", "POST"));
+            headers.push((":path", &c.audit_path));
+            headers.push((":authority", &c.audit_authority));
+            headers.push(("content-type", "application/x-ndjson"));
+            headers.extend(
+                c.audit_headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str())),
+            );
+            let timeout = u32::try_from(c.audit_timeout_ms).unwrap_or(u32::MAX);
+            let headers = HeaderBlock::from_pairs(&headers);
+            match abi::http_call(&c.audit_cluster, &headers, &batch.body, timeout) {
+                Ok(token) => self.batcher.sent(token, batch, now),
+                Err(status) => {
+                    abi::log(
+                        Level::Warn,
+                        &format!(
+                            "truthtable: cannot call audit cluster {} (status {status}); the batch will be retried",
+                            c.audit_cluster
+                        ),
+                    );
+                    self.batcher.not_sent(batch, now);
+                    break;
+                }
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Root {
     worker: Option<Rc<RefCell<Worker>>>,
@@ -115,7 +156,14 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_id: u32) {
         let mut exchange = Exchange::new(max_body_bytes);
         // Envoy creates a stream's filters when its request headers have arrived.
         exchange.started_ns = Some(abi::now_ns());
-        vm.streams.insert(context_id, Stream { worker, exchange });
+        vm.streams.insert(
+            context_id,
+            Stream {
+                worker,
+                root_id,
+                exchange,
+            },
+        );
     });
 }
 
@@ -216,42 +264,8 @@ impl Root {
 
     /// Dispatches every batch that is due.
     fn deliver(&mut self) {
-        let Some(worker) = &self.worker else { return };
-        let mut w = worker.borrow_mut();
-        let now = abi::now_ms();
-        while let Some(batch) = w.batcher.next_due(now) {
-            if cfg!(feature = "record-only") {
-                w.batcher.sent(0, batch, now);
-                w.batcher.answered(0, true, now);
-                continue;
-            }
-            let c = &w.config;
-            let mut headers: Vec<(&str, &str)> = Vec::with_capacity(4 + c.audit_headers.len());
-            headers.push((":method", "POST"));
-            headers.push((":path", &c.audit_path));
-            headers.push((":authority", &c.audit_authority));
-            headers.push(("content-type", "application/x-ndjson"));
-            headers.extend(
-                c.audit_headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str())),
-            );
-            let timeout = u32::try_from(c.audit_timeout_ms).unwrap_or(u32::MAX);
-            let headers = HeaderBlock::from_pairs(&headers);
-            match abi::http_call(&c.audit_cluster, &headers, &batch.body, timeout) {
-                Ok(token) => w.batcher.sent(token, batch, now),
-                Err(status) => {
-                    abi::log(
-                        Level::Warn,
-                        &format!(
-                            "truthtable: cannot call audit cluster {} (status {status}); the batch will be retried",
-                            c.audit_cluster
-                        ),
-                    );
-                    w.batcher.not_sent(batch, now);
-                    break;
-                }
-            }
+        if let Some(worker) = &self.worker {
+            worker.borrow_mut().deliver(abi::now_ms());
         }
     }
 
@@ -337,6 +351,8 @@ impl Metrics {
 /// One HTTP exchange: body chunks copied as they pass, the record written once, in `on_log`.
 struct Stream {
     worker: Rc<RefCell<Worker>>,
+    /// The root context whose worker this stream feeds (it sends the batches).
+    root_id: u32,
     exchange: Exchange,
 }
 
@@ -396,15 +412,16 @@ pub extern "C" fn proxy_on_log(context_id: u32) {
         probe::log();
     }
     if let Some(Some(stream)) = with_vm(|vm| vm.streams.remove(&context_id)) {
-        stream.finish();
+        stream.finish(context_id);
     }
 }
 
 impl Stream {
-    /// Writes the record into the worker's batcher.
-    fn finish(self) {
+    /// Writes the record into the worker's batcher, and sends the batch it filled, if any.
+    fn finish(self, context_id: u32) {
         let Stream {
             worker,
+            root_id,
             exchange: mut ex,
         } = self;
         let now_ns = abi::now_ns();
@@ -450,6 +467,15 @@ impl Stream {
             0
         };
         *truncated_bytes += ex.request_body.dropped() + ex.response_body.dropped() + shed as u64;
+        // A full batch leaves now rather than at the next tick: the buffer it came from is
+        // written again while still in cache, and the worker holds fewer bytes. Callouts
+        // belong to the root context (a stream's would be cancelled with the stream), so the
+        // root acts for this one call.
+        let now_ms = now_ns / 1_000_000;
+        if w.batcher.can_send_sealed(now_ms) && abi::set_effective_context(root_id) {
+            w.deliver(now_ms);
+            abi::set_effective_context(context_id);
+        }
     }
 }
 

@@ -692,3 +692,33 @@ async fn audit_headers_and_path_are_sent_on_every_callout() {
     assert_eq!(get("host"), Some("collector.internal"));
     assert_eq!(get("content-type"), Some("application/x-ndjson"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_leaves_as_soon_as_it_is_full_not_at_the_next_flush() {
+    // The tick (= flush_interval_ms) is a minute away: only a batch sent from the stream that
+    // filled it can arrive within the test's few seconds.
+    let r = rig(r#""batch_max_bytes": 1024, "flush_interval_ms": 60000"#).await;
+    for i in 0..3 {
+        client()
+            .post(r.envoy.url("/json"))
+            .header("x-test-case", format!("full-{i}"))
+            .body("q".repeat(2048))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        let rec = r
+            .receiver
+            .wait_for(Duration::from_secs(5), |rec| {
+                header(&rec["request"], "x-test-case") == Some(&format!("full-{i}"))
+            })
+            .await;
+        assert_eq!(rec["request"]["body"]["size"], 2048);
+    }
+    // Each record filled a batch of its own: one POST each.
+    assert_eq!(r.receiver.state.posts.lock().unwrap().len(), 3);
+}

@@ -94,6 +94,7 @@ extern "C" {
         return_id: *mut u32,
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
 }
 
 /// The host's allocator entry point: every buffer a host function returns is allocated here, as a
@@ -217,4 +218,11 @@ pub fn define_metric(kind: MetricKind, name: &str) -> Option<u32> {
 pub fn increment_metric(id: u32, delta: i64) {
     // SAFETY: no pointers.
     unsafe { proxy_increment_metric(id, delta) };
+}
+
+/// Makes the host calls that follow, until the callback returns, act for `context_id` (such as the
+/// root context, from a stream's callback). False when the host knows no such context.
+pub fn set_effective_context(context_id: u32) -> bool {
+    // SAFETY: no pointers.
+    unsafe { proxy_set_effective_context(context_id) == OK }
 }

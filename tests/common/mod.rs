@@ -666,12 +666,14 @@ pub async fn client_view(resp: reqwest::Response) -> ClientView {
     }
 }
 
-/// The default filter configuration of the tests: fast delivery, fast retries.
+/// The default filter configuration of the tests (fast delivery, fast retries), with the keys of
+/// `extra` (`"key": value, ...`) added or replacing those defaults.
 pub fn filter_config(extra: &str) -> String {
     let base = r#""audit_cluster": "truthtable_audit", "flush_interval_ms": 20, "retry_initial_ms": 50, "retry_max_ms": 400, "audit_timeout_ms": 2000"#;
-    if extra.is_empty() {
-        format!("{{{base}}}")
-    } else {
-        format!("{{{base}, {extra}}}")
-    }
+    let object = |keys: &str| -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(&format!("{{{keys}}}")).expect("test filter configuration")
+    };
+    let mut config = object(base);
+    config.extend(object(extra));
+    serde_json::Value::Object(config).to_string()
 }
