@@ -102,19 +102,35 @@ impl Batcher {
         at_least: usize,
         mut write: impl FnMut(&mut Vec<u8>, Bodies),
     ) -> Appended {
-        if self.open.capacity() == 0 {
-            // One allocation per batch, sized for a full one, instead of a chain of doublings
-            // that copy the batch each time it grows.
-            self.open
-                .reserve(self.limits.batch_max_bytes.saturating_add(BATCH_SLACK));
-        }
-        let mark = self.open.len();
         let room = self.limits.queue_max_bytes.saturating_sub(self.held_bytes);
         let mut bodies = if at_least > room {
             Bodies::Shed
         } else {
             Bodies::Kept
         };
+        // A record with large bodies (an estimate: bodies grow a little when escaped) that the
+        // open batch has no room for starts a batch of its own, so the open one is not copied
+        // into a larger buffer.
+        let estimate = match bodies {
+            Bodies::Kept => at_least.saturating_add(at_least / 8).saturating_add(4096),
+            Bodies::Shed => 4096,
+        };
+        if self.open_records > 0 && estimate > self.open.capacity() - self.open.len() {
+            self.seal();
+        }
+        if self.open.capacity() == 0 {
+            // One allocation per batch, sized for a full one, instead of a chain of doublings
+            // that copy the batch each time it grows. Larger ones come in powers of two, so the
+            // buffers of delivered batches fit the next ones.
+            let full = self.limits.batch_max_bytes.saturating_add(BATCH_SLACK);
+            let size = if estimate > full {
+                estimate.checked_next_power_of_two().unwrap_or(estimate)
+            } else {
+                full
+            };
+            self.open.reserve_exact(size);
+        }
+        let mark = self.open.len();
         let added = loop {
             write(&mut self.open, bodies);
             let added = self.open.len() - mark;
@@ -314,6 +330,33 @@ mod tests {
     }
 
     const LEAN: usize = 5;
+
+    #[test]
+    fn a_record_too_large_for_the_open_batch_starts_a_batch_of_its_own() {
+        let mut b = Batcher::new(DeliveryLimits {
+            batch_max_bytes: 1024,
+            queue_max_bytes: 1 << 24,
+            ..limits()
+        });
+        record(&mut b, 0, 10);
+        let big = 200_000;
+        let appended = b.append(0, big, |out, _| {
+            out.extend(std::iter::repeat_n(b'x', big));
+            out.push(b'\n');
+        });
+        assert_eq!(appended, Appended::Whole);
+        let first = b
+            .next_due(0)
+            .expect("the small record's batch, sealed early");
+        assert_eq!((first.records, first.body.len()), (1, 10));
+        let second = b.next_due(0).expect("the large record's batch, full");
+        assert_eq!((second.records, second.body.len()), (1, big + 1));
+        assert!(
+            second.body.capacity().is_power_of_two(),
+            "allocated once, in a size the next large batch can reuse: {}",
+            second.body.capacity()
+        );
+    }
 
     #[test]
     fn only_a_2xx_status_acknowledges_a_batch() {

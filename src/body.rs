@@ -29,9 +29,17 @@ impl BodyTap {
         if self.kept.is_empty() && take == prefix.len() {
             // The common case of a body in one chunk: keep the host's buffer, copy nothing.
             self.kept = prefix;
-        } else {
-            self.kept.extend_from_slice(&prefix[..take]);
+            return;
         }
+        let needed = self.kept.len() + take;
+        if needed > self.kept.capacity() {
+            // Powers of two, never past the cap: every stream's buffers come in the same few
+            // sizes, so the ones freed by finished streams fit the next ones and the VM's memory
+            // stops growing once it has seen the peak of concurrent bodies.
+            let size = needed.next_power_of_two().min(self.cap).max(needed);
+            self.kept.reserve_exact(size - self.kept.len());
+        }
+        self.kept.extend_from_slice(&prefix[..take]);
     }
 
     /// Records a chunk whose bytes were not read (the cap is reached, or the host had none).
@@ -110,6 +118,22 @@ mod tests {
         let mut tap = BodyTap::new(2);
         tap.push(5, b"abcde".to_vec());
         assert_eq!(tap.kept(), b"ab");
+    }
+
+    #[test]
+    fn a_growing_body_is_kept_in_power_of_two_buffers_up_to_the_cap() {
+        let mut tap = BodyTap::new(1 << 20);
+        let mut sizes = Vec::new();
+        for _ in 0..100 {
+            feed(&mut tap, &[b'x'; 16_000]);
+            if sizes.last() != Some(&tap.kept.capacity()) {
+                sizes.push(tap.kept.capacity());
+            }
+        }
+        assert_eq!(sizes[0], 16_000, "one chunk: the host's buffer as it came");
+        assert!(sizes[1..].iter().all(|s| s.is_power_of_two()), "{sizes:?}");
+        assert_eq!(*sizes.last().unwrap(), 1 << 20, "never past the cap");
+        assert_eq!(tap.kept().len(), 1 << 20);
     }
 
     proptest! {
