@@ -7,8 +7,10 @@
 //! where the record is written and the stream's state dropped; a response with trailers adds one
 //! more. No other stream callback is exported, so Envoy does not enter the VM for them (see
 //! `abi`). Every callback returns
-//! `Continue`, so Envoy forwards each chunk as it comes. Stream contexts never call out; the root
-//! context owns the worker's [`Batcher`] and does all delivery from `on_tick`.
+//! `Continue`, so Envoy forwards each chunk as it comes. Every callout belongs to the root context,
+//! which owns the worker's [`Batcher`]: it sends from `on_tick` and after each answer, and a
+//! stream whose record filled a batch sends it from `on_log` with the root made the effective
+//! context (a stream's own callout would be cancelled with the stream).
 
 mod abi;
 mod probe;
