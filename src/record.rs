@@ -246,6 +246,20 @@ mod tests {
 
     const T0: u64 = 1_795_623_040_186_123_456;
 
+    /// An exchange that ended at T0 with no details and no request id of its own.
+    const AT_T0: Ending<'static> = Ending {
+        now_ns: T0,
+        details: "",
+        fallback_id: "x",
+    };
+
+    fn base64_data(body: &Value) -> Vec<u8> {
+        assert_eq!(body["encoding"], "base64");
+        base64::engine::general_purpose::STANDARD
+            .decode(body["data"].as_str().unwrap())
+            .unwrap()
+    }
+
     fn chat_exchange() -> Exchange {
         let mut ex = Exchange::new(8);
         ex.started_ns = Some(T0);
@@ -404,20 +418,9 @@ mod tests {
     fn binary_bodies_are_base64_and_byte_exact() {
         let mut ex = Exchange::new(8);
         feed(&mut ex.request_body, &[0x1f, 0x8b, 0x08, 0x00, 0xff]);
-        let got = write(
-            &ex,
-            Ending {
-                now_ns: T0,
-                details: "",
-                fallback_id: "x",
-            },
-        );
-        assert_eq!(got["request"]["body"]["encoding"], "base64");
-        let data = got["request"]["body"]["data"].as_str().unwrap();
+        let got = write(&ex, AT_T0);
         assert_eq!(
-            base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .unwrap(),
+            base64_data(&got["request"]["body"]),
             vec![0x1f, 0x8b, 0x08, 0x00, 0xff]
         );
     }
@@ -426,14 +429,7 @@ mod tests {
     fn a_cut_through_a_character_keeps_the_text_before_it() {
         let mut ex = Exchange::new(8);
         feed(&mut ex.request_body, "abcdeffé€".as_bytes()); // 'é' straddles the 8-byte cap
-        let got = write(
-            &ex,
-            Ending {
-                now_ns: T0,
-                details: "",
-                fallback_id: "x",
-            },
-        );
+        let got = write(&ex, AT_T0);
         assert_eq!(got["request"]["body"]["encoding"], "utf8");
         assert_eq!(got["request"]["body"]["data"], "abcdeff");
         assert_eq!(got["request"]["body"]["truncated"], true);
@@ -446,22 +442,8 @@ mod tests {
         let body = [&br#"{"text":""#[..], &[b'a'; 40], b"\xff\"}"].concat();
         let mut ex = Exchange::new(1024);
         feed(&mut ex.request_body, &body);
-        let got = write(
-            &ex,
-            Ending {
-                now_ns: T0,
-                details: "",
-                fallback_id: "x",
-            },
-        );
-        assert_eq!(got["request"]["body"]["encoding"], "base64");
-        let data = got["request"]["body"]["data"].as_str().unwrap();
-        assert_eq!(
-            base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .unwrap(),
-            body
-        );
+        let got = write(&ex, AT_T0);
+        assert_eq!(base64_data(&got["request"]["body"]), body);
         assert_eq!(got["request"]["body"]["size"], body.len());
     }
 }
