@@ -2,7 +2,8 @@
 //!
 //! Bodies dominate a record's size, so string escaping looks at sixteen bytes at a time: a chunk
 //! is stored whole and scanned with vector compares for the first byte JSON must escape; that byte
-//! goes through a table and the scan resumes after it. The same pass notes whether every byte is
+//! goes through a table and the scan resumes after it (where escapes are dense, as in JSON bodies,
+//! the rest of the chunk goes through the table too). The same pass notes whether every byte is
 //! ASCII, so a body that is needs no separate UTF-8 validation. Numbers are written digit by digit,
 //! without `fmt`.
 
