@@ -36,7 +36,8 @@ impl BodyTap {
             // Powers of two, never past the cap: every stream's buffers come in the same few
             // sizes, so the ones freed by finished streams fit the next ones and the VM's memory
             // stops growing once it has seen the peak of concurrent bodies.
-            let size = needed.next_power_of_two().min(self.cap).max(needed);
+            // `needed` never exceeds the cap: `take` is at most the room left under it.
+            let size = needed.next_power_of_two().min(self.cap);
             self.kept.reserve_exact(size - self.kept.len());
         }
         self.kept.extend_from_slice(&prefix[..take]);

@@ -74,12 +74,35 @@ type IdHash = BuildHasherDefault<IdHasher>;
 /// What the root context and every stream of one plugin configuration share.
 struct Worker {
     config: Config,
+    /// The callout's headers, in the host's serialization: the same for every batch.
+    callout_headers: HeaderBlock,
     batcher: Batcher,
     truncated_bytes: u64,
     fallback_ids: u64,
 }
 
 impl Worker {
+    fn new(config: Config) -> Worker {
+        let c = &config;
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(4 + c.audit_headers.len());
+        headers.push((":method", "POST"));
+        headers.push((":path", &c.audit_path));
+        headers.push((":authority", &c.audit_authority));
+        headers.push(("content-type", "application/x-ndjson"));
+        headers.extend(
+            c.audit_headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str())),
+        );
+        Worker {
+            callout_headers: HeaderBlock::from_pairs(&headers),
+            batcher: Batcher::new(config.delivery),
+            config,
+            truncated_bytes: 0,
+            fallback_ids: 0,
+        }
+    }
+
     /// Dispatches every batch that is due. Runs for the root context: from its own callbacks, or
     /// from a stream's `on_log` with the root made the effective context.
     fn deliver(&mut self, now: u64) {
@@ -90,19 +113,13 @@ impl Worker {
                 continue;
             }
             let c = &self.config;
-            let mut headers: Vec<(&str, &str)> = Vec::with_capacity(4 + c.audit_headers.len());
-            headers.push((":method", "POST"));
-            headers.push((":path", &c.audit_path));
-            headers.push((":authority", &c.audit_authority));
-            headers.push(("content-type", "application/x-ndjson"));
-            headers.extend(
-                c.audit_headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str())),
-            );
             let timeout = u32::try_from(c.audit_timeout_ms).unwrap_or(u32::MAX);
-            let headers = HeaderBlock::from_pairs(&headers);
-            match abi::http_call(&c.audit_cluster, &headers, &batch.body, timeout) {
+            match abi::http_call(
+                &c.audit_cluster,
+                &self.callout_headers,
+                &batch.body,
+                timeout,
+            ) {
                 Ok(token) => self.batcher.sent(token, batch, now),
                 Err(status) => {
                     abi::log(
@@ -217,12 +234,7 @@ impl Root {
         if self.metrics.is_none() && !cfg!(feature = "record-only") {
             self.metrics = Metrics::define();
         }
-        self.worker = Some(Rc::new(RefCell::new(Worker {
-            batcher: Batcher::new(config.delivery),
-            config,
-            truncated_bytes: 0,
-            fallback_ids: 0,
-        })));
+        self.worker = Some(Rc::new(RefCell::new(Worker::new(config))));
         if let Err(status) = abi::set_tick_period_ms(tick) {
             abi::log(
                 Level::Error,
@@ -458,8 +470,9 @@ impl Stream {
             truncated_bytes,
             ..
         } = &mut *w;
+        let now_ms = now_ns / 1_000_000;
         let kept = ex.request_body.kept().len() + ex.response_body.kept().len();
-        let appended = batcher.append(now_ns / 1_000_000, kept, |out, bodies| {
+        let appended = batcher.append(now_ms, kept, |out, bodies| {
             ex.write_record(out, &end, config, bodies)
         });
         // Bytes past max_body_bytes, and the kept ones too when the record went without bodies.
@@ -469,11 +482,9 @@ impl Stream {
             0
         };
         *truncated_bytes += ex.request_body.dropped() + ex.response_body.dropped() + shed as u64;
-        // A full batch leaves now rather than at the next tick: the buffer it came from is
-        // written again while still in cache, and the worker holds fewer bytes. Callouts
-        // belong to the root context (a stream's would be cancelled with the stream), so the
-        // root acts for this one call.
-        let now_ms = now_ns / 1_000_000;
+        // A full batch leaves now rather than at the next tick, so the worker holds fewer bytes
+        // (and fewer are lost if Envoy stops). Callouts belong to the root context (a stream's
+        // would be cancelled with the stream), so the root acts for this one call.
         if w.batcher.can_send_sealed(now_ms) && abi::set_effective_context(root_id) {
             w.deliver(now_ms);
             abi::set_effective_context(context_id);

@@ -71,7 +71,6 @@ impl Exchange {
     ) {
         let started_ns = self.started_ns.unwrap_or(end.now_ns);
         let micros_since_start = |ns: u64| ns.saturating_sub(started_ns) / 1_000;
-        out.reserve(self.request_body.kept().len() + self.response_body.kept().len() + 1024);
         out.extend_from_slice(b"{\"schema\":\"");
         out.extend_from_slice(SCHEMA.as_bytes());
         out.extend_from_slice(b"\",\"id\":");
