@@ -4,13 +4,14 @@
 //! A stream is entered five times: when its context is created (the request headers have just
 //! arrived), for each request body chunk, at the response headers, for each response body chunk,
 //! and in `on_log`, which Envoy runs for every stream (resets and local replies included) and
-//! where the record is written and the stream's state dropped; a response with trailers adds one
-//! more. No other stream callback is exported, so Envoy does not enter the VM for them (see
-//! `abi`). Every callback returns
-//! `Continue`, so Envoy forwards each chunk as it comes. Every callout belongs to the root context,
-//! which owns the worker's [`Batcher`]: it sends from `on_tick` and after each answer, and a
-//! stream whose record filled a batch sends it from `on_log` with the root made the effective
-//! context (a stream's own callout would be cancelled with the stream).
+//! where the last facts are read, the exchange is handed to the worker's [`Group`] of finished
+//! ones (written as records a group at a time, and at every tick) and the stream's state is
+//! dropped; a response with trailers adds one more. No other stream callback is exported, so Envoy
+//! does not enter the VM for them (see `abi`). Every callback returns `Continue`, so Envoy
+//! forwards each chunk as it comes. Every callout belongs to the root context, which owns the
+//! worker's [`Batcher`]: it sends from `on_tick` and after each answer, and a stream whose records
+//! filled a batch sends it from `on_log` with the root made the effective context (a stream's own
+//! callout would be cancelled with the stream).
 
 mod abi;
 mod probe;
@@ -18,6 +19,7 @@ mod probe;
 use crate::batcher::{acknowledged, Appended, Batcher, Stats};
 use crate::body::BodyTap;
 use crate::config::Config;
+use crate::group::Group;
 use crate::headers::HeaderBlock;
 use crate::record::{Ending, Exchange};
 use abi::{Buffer, Headers, Level, MetricKind};
@@ -77,8 +79,18 @@ struct Worker {
     /// The callout's headers, in the host's serialization: the same for every batch.
     callout_headers: HeaderBlock,
     batcher: Batcher,
+    /// Finished exchanges whose records are not written yet.
+    finished: Group<Finished>,
     truncated_bytes: u64,
     fallback_ids: u64,
+}
+
+/// An exchange that is over, with what only `on_log` could read.
+struct Finished {
+    exchange: Exchange,
+    /// Envoy's `response.code_details`.
+    details: Vec<u8>,
+    now_ns: u64,
 }
 
 impl Worker {
@@ -97,9 +109,53 @@ impl Worker {
         Worker {
             callout_headers: HeaderBlock::from_pairs(&headers),
             batcher: Batcher::new(config.delivery),
+            finished: Group::new(config.delivery.batch_max_bytes),
             config,
             truncated_bytes: 0,
             fallback_ids: 0,
+        }
+    }
+
+    /// Writes the records of every finished exchange into the batcher, oldest first.
+    fn write_finished(&mut self) {
+        let Worker {
+            config,
+            batcher,
+            finished,
+            truncated_bytes,
+            fallback_ids,
+            ..
+        } = self;
+        for Finished {
+            exchange: ex,
+            details,
+            now_ns,
+        } in finished.drain()
+        {
+            let fallback_id = if ex.request_id().is_none() {
+                *fallback_ids += 1;
+                format!("tt-{now_ns:x}-{:x}", *fallback_ids)
+            } else {
+                String::new()
+            };
+            let details = String::from_utf8_lossy(&details);
+            let end = Ending {
+                now_ns,
+                details: &details,
+                fallback_id: &fallback_id,
+            };
+            let kept = ex.request_body.kept().len() + ex.response_body.kept().len();
+            let appended = batcher.append(now_ns / 1_000_000, kept, |out, bodies| {
+                ex.write_record(out, &end, config, bodies)
+            });
+            // Bytes past max_body_bytes, and the kept ones too when the record went without bodies.
+            let shed = if appended == Appended::WithoutBodies {
+                kept
+            } else {
+                0
+            };
+            *truncated_bytes +=
+                ex.request_body.dropped() + ex.response_body.dropped() + shed as u64;
         }
     }
 
@@ -249,6 +305,7 @@ impl Root {
         if let Some(worker) = &self.worker {
             let mut w = worker.borrow_mut();
             let timeout = w.config.audit_timeout_ms;
+            w.write_finished();
             w.batcher.expire(abi::now_ms(), timeout);
         }
         self.deliver();
@@ -431,7 +488,8 @@ pub extern "C" fn proxy_on_log(context_id: u32) {
 }
 
 impl Stream {
-    /// Writes the record into the worker's batcher, and sends the batch it filled, if any.
+    /// Reads what only `on_log` can, hands the exchange to the worker's group of finished ones,
+    /// and writes the group's records (sending the batch they filled, if any) when it is due.
     fn finish(self, context_id: u32) {
         let Stream {
             worker,
@@ -448,43 +506,24 @@ impl Stream {
             ex.response_headers_ns = Some(now_ns);
         }
         let details = abi::property(b"response\0code_details").unwrap_or_default();
-        let details = String::from_utf8_lossy(&details);
         if cfg!(feature = "copy-only") {
             return;
         }
         let mut w = worker.borrow_mut();
-        let fallback_id = if ex.request_id().is_none() {
-            w.fallback_ids += 1;
-            format!("tt-{now_ns:x}-{:x}", w.fallback_ids)
-        } else {
-            String::new()
-        };
-        let end = Ending {
-            now_ns,
-            details: &details,
-            fallback_id: &fallback_id,
-        };
-        let Worker {
-            config,
-            batcher,
-            truncated_bytes,
-            ..
-        } = &mut *w;
-        let now_ms = now_ns / 1_000_000;
         let kept = ex.request_body.kept().len() + ex.response_body.kept().len();
-        let appended = batcher.append(now_ms, kept, |out, bodies| {
-            ex.write_record(out, &end, config, bodies)
-        });
-        // Bytes past max_body_bytes, and the kept ones too when the record went without bodies.
-        let shed = if appended == Appended::WithoutBodies {
-            kept
-        } else {
-            0
+        let finished = Finished {
+            exchange: ex,
+            details,
+            now_ns,
         };
-        *truncated_bytes += ex.request_body.dropped() + ex.response_body.dropped() + shed as u64;
+        if !w.finished.push(finished, kept) {
+            return;
+        }
+        w.write_finished();
         // A full batch leaves now rather than at the next tick, so the worker holds fewer bytes
         // (and fewer are lost if Envoy stops). Callouts belong to the root context (a stream's
         // would be cancelled with the stream), so the root acts for this one call.
+        let now_ms = now_ns / 1_000_000;
         if w.batcher.can_send_sealed(now_ms) && abi::set_effective_context(root_id) {
             w.deliver(now_ms);
             abi::set_effective_context(context_id);

@@ -1,10 +1,11 @@
 //! The few JSON primitives the record writer needs, written straight into the delivery buffer.
 //!
 //! Bodies dominate a record's size, so string escaping looks at sixteen bytes at a time: a chunk
-//! is stored whole and scanned with vector compares for the first byte JSON must escape; that byte
-//! goes through a table and the scan resumes after it (where escapes are dense, as in JSON bodies,
-//! the rest of the chunk goes through the table too). The same pass notes whether every byte is
-//! ASCII, so a body that is needs no separate UTF-8 validation. Numbers are written digit by digit,
+//! is stored whole and scanned with vector compares for the bytes JSON must escape; each of those
+//! goes through a table and the clean run after it is stored whole, so a chunk costs a step per
+//! escape, not per byte, and short strings (padded to a chunk) take the same path. The same pass
+//! notes whether every byte is ASCII, so a body that is needs no separate UTF-8 validation.
+//! Numbers are written digit by digit,
 //! without `fmt`.
 
 /// For each byte, what JSON makes of it: the bytes to store (little-endian, low 16 bits) and how
@@ -162,8 +163,10 @@ fn scan16_bytewise(chunk: &[u8; 16]) -> (u32, u32) {
 /// outside ASCII.
 ///
 /// Sixteen bytes at a time: the chunk is stored whole, which puts everything before its first
-/// escape in place; that byte is escaped, and the scan goes on right after it when it was the
-/// chunk's only escape, or the rest of the chunk goes through the table byte by byte when not.
+/// escape in place; when there is an escape, each one goes through the table and the clean run
+/// after it is stored whole from the chunk, so a chunk costs one step per escape, not per byte. The
+/// last few bytes are padded to a chunk with spaces, so short strings (header names and values)
+/// take the same path.
 ///
 /// # Safety
 /// `dst` must be valid for writes of `6 * block.len() + 16` bytes.
@@ -171,45 +174,59 @@ fn scan16_bytewise(chunk: &[u8; 16]) -> (u32, u32) {
 unsafe fn escape_block(block: &[u8], dst: *mut u8) -> (usize, bool) {
     let (mut i, mut n) = (0usize, 0usize);
     let mut high = 0u32;
-    while i + 16 <= block.len() {
-        // SAFETY: i + 16 <= block.len(). At most 6 bytes were written per byte consumed (n <= 6i),
-        // so the 16-byte store ends by 6i + 16 <= 6 * block.len() + 16.
-        let chunk = unsafe { block.as_ptr().add(i).cast::<[u8; 16]>().read_unaligned() };
+    // A chunk with escapes, then spaces: a 16-byte read at any offset up to 16 stays inside.
+    let mut buf = [b' '; 32];
+    while i < block.len() {
+        let len = (block.len() - i).min(16);
+        let chunk: [u8; 16] = if len == 16 {
+            // SAFETY: i + 16 <= block.len().
+            unsafe { block.as_ptr().add(i).cast::<[u8; 16]>().read_unaligned() }
+        } else {
+            let mut padded = [b' '; 16];
+            padded[..len].copy_from_slice(&block[i..]);
+            padded
+        };
+        // SAFETY: at most 6 bytes were written per byte consumed (n <= 6i), so a 16-byte store at
+        // n ends by 6i + 16 <= 6 * block.len() + 16; every store below comes after consuming at
+        // least as many bytes as were written before it, so the same bound holds.
         unsafe { dst.add(n).cast::<[u8; 16]>().write_unaligned(chunk) };
-        let (escape, outside_ascii) = scan16(&chunk);
-        if escape == 0 {
-            high |= outside_ascii;
-            i += 16;
-            n += 16;
-            continue;
-        }
-        let clean = escape.trailing_zeros() as usize;
-        let chunk_end = i + 16;
-        i += clean;
-        n += clean;
-        // SAFETY: n <= 6i and the byte writes at most 6, so n + 6 <= 6 * block.len().
-        n += unsafe { escape_byte(block[i], dst.add(n)) };
-        i += 1;
-        if escape >> (clean + 1) == 0 {
-            // A lone escape: the scan resumes right after it.
-            high |= outside_ascii & ((2 << clean) - 1);
-            continue;
-        }
-        // Escapes are dense here (JSON in a body): the rest of the chunk through the table.
+        // The padding is neither escaped nor outside ASCII.
+        let (mut escape, outside_ascii) = scan16(&chunk);
         high |= outside_ascii;
-        while i < chunk_end {
-            // SAFETY: as above.
-            n += unsafe { escape_byte(block[i], dst.add(n)) };
-            i += 1;
+        i += len;
+        if escape == 0 {
+            n += len;
+            continue;
         }
+        buf[..16].copy_from_slice(&chunk);
+        let mut k = 0usize;
+        while escape != 0 {
+            let e = escape.trailing_zeros() as usize;
+            // Bytes k..e are clean: one store puts them in place (what follows is overwritten).
+            unsafe { store16(dst.add(n), &buf, k) };
+            n += e - k;
+            n += unsafe { escape_byte(buf[e], dst.add(n)) };
+            k = e + 1;
+            escape &= escape - 1;
+        }
+        // The clean run after the last escape.
+        unsafe { store16(dst.add(n), &buf, k) };
+        n += len - k;
     }
-    let mut tail = 0u8;
-    for &b in &block[i..] {
-        tail |= b;
-        // SAFETY: as above.
-        n += unsafe { escape_byte(b, dst.add(n)) };
-    }
-    (n, high != 0 || tail >= 0x80)
+    (n, high != 0)
+}
+
+/// Stores `buf[k..k + 16]` at `to`.
+///
+/// # Safety
+/// `to` must be valid for writes of 16 bytes; `k <= 16`.
+#[inline(always)]
+unsafe fn store16(to: *mut u8, buf: &[u8; 32], k: usize) {
+    debug_assert!(k <= 16);
+    unsafe {
+        to.cast::<[u8; 16]>()
+            .write_unaligned(buf.as_ptr().add(k).cast::<[u8; 16]>().read_unaligned())
+    };
 }
 
 /// Writes `b`, escaped if JSON needs it, at `to`; returns the bytes written (1, 2 or 6).

@@ -8,6 +8,7 @@ pub mod batcher;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod group;
 pub mod headers;
 pub mod json;
 pub mod outcome;
