@@ -246,7 +246,7 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_id: u32) {
 pub extern "C" fn proxy_on_configure(root_id: u32, configuration_size: usize) -> u32 {
     let bytes = abi::buffer(Buffer::PluginConfiguration, configuration_size).unwrap_or_default();
     if cfg!(feature = "probe") {
-        return u32::from(probe::configure(&bytes));
+        return u32::from(probe::configure(root_id, &bytes));
     }
     let configured = with_vm(|vm| vm.roots.entry(root_id).or_default().configure(&bytes));
     u32::from(configured.unwrap_or(false))
@@ -480,7 +480,7 @@ pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) 
 #[no_mangle]
 pub extern "C" fn proxy_on_log(context_id: u32) {
     if cfg!(feature = "probe") {
-        probe::log();
+        probe::log(context_id);
     }
     if let Some(Some(stream)) = with_vm(|vm| vm.streams.remove(&context_id)) {
         stream.finish(context_id);

@@ -5,6 +5,7 @@
 //! The plugin configuration is `"<call> <n>"`, for example `"request_headers 20"`.
 
 use super::abi::{self, Buffer, Headers};
+use crate::headers::HeaderBlock;
 use std::cell::Cell;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,20 +19,26 @@ enum Call {
     ResponseBody,
     CodeDetails,
     RequestIdValue,
+    /// A callout of 1 KiB to the `upstream` cluster from `on_log`, made for the root context.
+    Callout,
+    /// The same with 256 KiB, the default batch size.
+    CalloutBatch,
     /// Every call the capture makes, once each, where it makes it.
     All,
 }
 
 thread_local! {
     static PLAN: Cell<(Call, u32)> = const { Cell::new((Call::None, 0)) };
+    static ROOT: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Reads the plan from the plugin configuration; false (Envoy refuses it) when it is not one.
-pub fn configure(config: &[u8]) -> bool {
+pub fn configure(root_id: u32, config: &[u8]) -> bool {
     let Some(plan) = parse(config) else {
         return false;
     };
     PLAN.with(|p| p.set(plan));
+    ROOT.with(|r| r.set(root_id));
     true
 }
 
@@ -47,6 +54,8 @@ fn parse(config: &[u8]) -> Option<(Call, u32)> {
         "response_body" => Call::ResponseBody,
         "code_details" => Call::CodeDetails,
         "request_id_value" => Call::RequestIdValue,
+        "callout" => Call::Callout,
+        "callout_batch" => Call::CalloutBatch,
         "all" => Call::All,
         _ => return None,
     };
@@ -58,7 +67,14 @@ fn parse(config: &[u8]) -> Option<(Call, u32)> {
 fn repeat(call: Call, mut once: impl FnMut() -> usize) {
     let (planned, n) = PLAN.with(Cell::get);
     let times = match planned {
-        Call::All if call != Call::RequestIdValue => 1,
+        Call::All
+            if !matches!(
+                call,
+                Call::RequestIdValue | Call::Callout | Call::CalloutBatch
+            ) =>
+        {
+            1
+        }
         p if p == call => n,
         _ => 0,
     };
@@ -95,7 +111,7 @@ pub fn response_body(size: usize) {
     }
 }
 
-pub fn log() {
+pub fn log(context_id: u32) {
     if PLAN.with(Cell::get).0 == Call::All {
         std::hint::black_box(abi::now_ns());
     }
@@ -112,4 +128,24 @@ pub fn log() {
     repeat(Call::CodeDetails, || {
         abi::property(b"response\0code_details").map_or(0, |v| v.len())
     });
+    repeat(Call::Callout, || callout(context_id, 1 << 10));
+    repeat(Call::CalloutBatch, || callout(context_id, 256 << 10));
+}
+
+/// One callout of `size` bytes to the `upstream` cluster, made as the capture sends a full batch:
+/// for the root context, whose callbacks get the answer.
+fn callout(context_id: u32, size: usize) -> usize {
+    let headers = HeaderBlock::from_pairs(&[
+        (":method", "POST"),
+        (":path", "/v1/captures"),
+        (":authority", "upstream"),
+        ("content-type", "application/x-ndjson"),
+    ]);
+    let body = vec![b'x'; size];
+    if !abi::set_effective_context(ROOT.with(Cell::get)) {
+        return 0;
+    }
+    let token = abi::http_call("upstream", &headers, &body, 5000).unwrap_or(0);
+    abi::set_effective_context(context_id);
+    token as usize
 }
