@@ -144,7 +144,7 @@ impl Worker {
                 details: &details,
                 fallback_id: &fallback_id,
             };
-            let kept = ex.request_body.kept().len() + ex.response_body.kept().len();
+            let kept = ex.kept_body_bytes();
             let appended = batcher.append(now_ns / 1_000_000, kept, |out, bodies| {
                 ex.write_record(out, &end, config, bodies)
             });
@@ -419,7 +419,8 @@ impl Metrics {
 
 // ---- exports: streams --------------------------------------------------------------------------
 
-/// One HTTP exchange: body chunks copied as they pass, the record written once, in `on_log`.
+/// One HTTP exchange: body chunks copied as they pass, finished in `on_log` (its record is written
+/// once, with its worker's group).
 struct Stream {
     worker: Rc<RefCell<Worker>>,
     /// The root context whose worker this stream feeds (it sends the batches).
@@ -510,7 +511,7 @@ impl Stream {
             return;
         }
         let mut w = worker.borrow_mut();
-        let kept = ex.request_body.kept().len() + ex.response_body.kept().len();
+        let kept = ex.kept_body_bytes();
         let finished = Finished {
             exchange: ex,
             details,

@@ -1,7 +1,7 @@
 //! One exchange as the filter saw it, and the capture record (`CONTRACT.md` §3) written from it.
 //!
-//! A stream context fills an [`Exchange`] as callbacks arrive; `on_log` writes it, once, straight
-//! into the delivery buffer as one NDJSON line. Nothing here allocates per header.
+//! A stream context fills an [`Exchange`] as callbacks arrive; after `on_log` it is written, once,
+//! straight into the delivery buffer as one NDJSON line. Nothing here allocates per header.
 
 use crate::batcher::Bodies;
 use crate::body::BodyTap;
@@ -53,6 +53,11 @@ impl Exchange {
     pub fn request_id(&self) -> Option<Cow<'_, str>> {
         let id = self.request_headers.as_ref()?.get("x-request-id")?;
         (!id.is_empty()).then(|| String::from_utf8_lossy(id))
+    }
+
+    /// Body bytes kept, both directions: a lower bound of the record's size.
+    pub fn kept_body_bytes(&self) -> usize {
+        self.request_body.kept().len() + self.response_body.kept().len()
     }
 
     pub fn outcome(&self, details: &str) -> Outcome {
