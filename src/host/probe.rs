@@ -6,7 +6,7 @@
 
 use super::abi::{self, Buffer, Headers};
 use crate::headers::HeaderBlock;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Call {
@@ -25,12 +25,19 @@ enum Call {
     CalloutBatch,
     /// Every call the capture makes, once each, where it makes it.
     All,
+    /// `All`, and `n` bytes per exchange appended to a batch that is sent, as the capture sends a
+    /// full one, when it reaches 256 KiB: the copies and the delivery, with no record written.
+    AllDeliver,
 }
 
 thread_local! {
     static PLAN: Cell<(Call, u32)> = const { Cell::new((Call::None, 0)) };
     static ROOT: Cell<u32> = const { Cell::new(0) };
+    static BATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
+
+/// The size of a default batch.
+const BATCH_BYTES: usize = 256 << 10;
 
 /// Reads the plan from the plugin configuration; false (Envoy refuses it) when it is not one.
 pub fn configure(root_id: u32, config: &[u8]) -> bool {
@@ -57,6 +64,7 @@ fn parse(config: &[u8]) -> Option<(Call, u32)> {
         "callout" => Call::Callout,
         "callout_batch" => Call::CalloutBatch,
         "all" => Call::All,
+        "all_deliver" => Call::AllDeliver,
         _ => return None,
     };
     let n = words.next().map_or(Some(0), |w| w.parse().ok())?;
@@ -67,7 +75,7 @@ fn parse(config: &[u8]) -> Option<(Call, u32)> {
 fn repeat(call: Call, mut once: impl FnMut() -> usize) {
     let (planned, n) = PLAN.with(Cell::get);
     let times = match planned {
-        Call::All
+        Call::All | Call::AllDeliver
             if !matches!(
                 call,
                 Call::RequestIdValue | Call::Callout | Call::CalloutBatch
@@ -98,7 +106,7 @@ pub fn request_body(size: usize) {
 }
 
 pub fn response_headers() {
-    if PLAN.with(Cell::get).0 == Call::All {
+    if matches!(PLAN.with(Cell::get).0, Call::All | Call::AllDeliver) {
         std::hint::black_box(abi::now_ns());
     }
 }
@@ -112,7 +120,8 @@ pub fn response_body(size: usize) {
 }
 
 pub fn log(context_id: u32) {
-    if PLAN.with(Cell::get).0 == Call::All {
+    let (plan, n) = PLAN.with(Cell::get);
+    if matches!(plan, Call::All | Call::AllDeliver) {
         std::hint::black_box(abi::now_ns());
     }
     repeat(Call::RequestHeaders, || {
@@ -128,24 +137,45 @@ pub fn log(context_id: u32) {
     repeat(Call::CodeDetails, || {
         abi::property(b"response\0code_details").map_or(0, |v| v.len())
     });
-    repeat(Call::Callout, || callout(context_id, 1 << 10));
-    repeat(Call::CalloutBatch, || callout(context_id, 256 << 10));
+    repeat(Call::Callout, || callout(context_id, &vec![b'x'; 1 << 10]));
+    repeat(Call::CalloutBatch, || {
+        callout(context_id, &vec![b'x'; BATCH_BYTES])
+    });
+    if plan == Call::AllDeliver {
+        deliver(context_id, n as usize);
+    }
 }
 
-/// One callout of `size` bytes to the `upstream` cluster, made as the capture sends a full batch:
+/// Appends `n` bytes (as many stores as writing a record of that size takes, none of its work)
+/// and sends the batch when it is full.
+fn deliver(context_id: u32, n: usize) {
+    const FILLER: [u8; 4096] = [b'x'; 4096];
+    BATCH.with(|batch| {
+        let mut batch = batch.borrow_mut();
+        if batch.capacity() == 0 {
+            batch.reserve_exact(BATCH_BYTES + FILLER.len());
+        }
+        batch.extend_from_slice(&FILLER[..n.min(FILLER.len())]);
+        if batch.len() >= BATCH_BYTES {
+            callout(context_id, &batch);
+            batch.clear();
+        }
+    });
+}
+
+/// One callout carrying `body` to the `upstream` cluster, made as the capture sends a full batch:
 /// for the root context, whose callbacks get the answer.
-fn callout(context_id: u32, size: usize) -> usize {
+fn callout(context_id: u32, body: &[u8]) -> usize {
     let headers = HeaderBlock::from_pairs(&[
         (":method", "POST"),
         (":path", "/v1/captures"),
         (":authority", "upstream"),
         ("content-type", "application/x-ndjson"),
     ]);
-    let body = vec![b'x'; size];
     if !abi::set_effective_context(ROOT.with(Cell::get)) {
         return 0;
     }
-    let token = abi::http_call("upstream", &headers, &body, 5000).unwrap_or(0);
+    let token = abi::http_call("upstream", &headers, body, 5000).unwrap_or(0);
     abi::set_effective_context(context_id);
     token as usize
 }
