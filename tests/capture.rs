@@ -670,15 +670,12 @@ async fn thousands_of_concurrent_exchanges_are_each_recorded_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_headers_and_path_are_sent_on_every_callout() {
     let r = rig(r#""audit_path": "/ingest/v1", "audit_authority": "collector.internal", "audit_headers": {"authorization": "Bearer ingest-t0ken"}"#).await;
-    client()
-        .get(r.envoy.url("/json"))
-        .header("x-test-case", "callout")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    fetch(
+        client()
+            .get(r.envoy.url("/json"))
+            .header("x-test-case", "callout"),
+    )
+    .await;
     r.receiver.record_of("callout").await;
     let posts = r.receiver.state.posts.lock().unwrap().clone();
     let (headers, _) = &posts[0];
@@ -699,16 +696,13 @@ async fn a_batch_leaves_as_soon_as_it_is_full_not_at_the_next_flush() {
     // filled it can arrive within the test's few seconds.
     let r = rig(r#""batch_max_bytes": 1024, "flush_interval_ms": 60000"#).await;
     for i in 0..3 {
-        client()
-            .post(r.envoy.url("/json"))
-            .header("x-test-case", format!("full-{i}"))
-            .body("q".repeat(2048))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        fetch(
+            client()
+                .post(r.envoy.url("/json"))
+                .header("x-test-case", format!("full-{i}"))
+                .body("q".repeat(2048)),
+        )
+        .await;
     }
     for i in 0..3 {
         let rec = r

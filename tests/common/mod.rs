@@ -638,6 +638,11 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Sends a request and reads its whole answer, whatever the status.
+pub async fn fetch(request: reqwest::RequestBuilder) -> Bytes {
+    request.send().await.unwrap().bytes().await.unwrap()
+}
+
 /// What a client saw of a response, minus what legitimately differs between two proxies.
 #[derive(Debug, PartialEq)]
 pub struct ClientView {
