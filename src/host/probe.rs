@@ -155,7 +155,12 @@ fn deliver(context_id: u32, n: usize) {
         if batch.capacity() == 0 {
             batch.reserve_exact(BATCH_BYTES + FILLER.len());
         }
-        batch.extend_from_slice(&FILLER[..n.min(FILLER.len())]);
+        let mut left = n;
+        while left > 0 {
+            let take = left.min(FILLER.len());
+            batch.extend_from_slice(&FILLER[..take]);
+            left -= take;
+        }
         if batch.len() >= BATCH_BYTES {
             callout(context_id, &batch);
             batch.clear();
