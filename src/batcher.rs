@@ -70,6 +70,8 @@ pub struct Batcher {
     held_records: u64,
     failures_in_a_row: u32,
     paused_until_ms: u64,
+    /// State of the generator that spreads retries (see [`Batcher::seeded`]).
+    jitter: u64,
     stats: Stats,
 }
 
@@ -86,8 +88,17 @@ impl Batcher {
             held_records: 0,
             failures_in_a_row: 0,
             paused_until_ms: 0,
+            jitter: 0,
             stats: Stats::default(),
         }
+    }
+
+    /// Seeds the draw of retry pauses. Workers and proxies seeded differently (the host uses the
+    /// clock when a worker is configured) that fail together, when their audit cluster goes
+    /// down, do not all retry at the same instants when it comes back.
+    pub fn seeded(mut self, seed: u64) -> Batcher {
+        self.jitter = seed;
+        self
     }
 
     /// Appends the record that `write` puts after the buffer's end; `write` is told whether to
@@ -264,13 +275,26 @@ impl Batcher {
         self.waiting.push_front(batch);
     }
 
-    /// `retry_initial_ms` doubled for each failure in a row after the first, up to `retry_max_ms`.
-    fn backoff_ms(&self) -> u64 {
+    /// A pause drawn between half and all of its ceiling: `retry_initial_ms` doubled for each
+    /// failure in a row after the first, up to `retry_max_ms`.
+    fn backoff_ms(&mut self) -> u64 {
         let doublings = self.failures_in_a_row.saturating_sub(1).min(32);
-        self.limits
+        let ceiling = self
+            .limits
             .retry_initial_ms
             .saturating_mul(1u64 << doublings)
-            .min(self.limits.retry_max_ms)
+            .min(self.limits.retry_max_ms);
+        let floor = ceiling / 2;
+        floor + self.next_jitter() % (ceiling - floor + 1)
+    }
+
+    /// splitmix64: well spread from any seed, consecutive clock readings included.
+    fn next_jitter(&mut self) -> u64 {
+        self.jitter = self.jitter.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.jitter;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 
     pub fn stats(&self) -> Stats {
@@ -414,18 +438,19 @@ mod tests {
         let body = first.body.clone();
         b.sent(1, first, 100);
         b.answered(1, false, 100);
-        assert_eq!(b.next_due(109), None, "backoff of retry_initial_ms");
+        // Each pause lies between half and all of its ceiling.
+        assert_eq!(b.next_due(104), None, "at least half of retry_initial_ms");
         let again = b.next_due(110).unwrap();
         assert_eq!(again.body, body);
         b.sent(2, again, 110);
         b.answered(2, false, 110);
-        assert_eq!(b.next_due(129), None, "doubled");
+        assert_eq!(b.next_due(119), None, "doubled");
         let third = b.next_due(130).unwrap();
         b.sent(3, third, 130);
         b.answered(3, false, 130);
         send(&mut b, 4, 170);
         b.answered(4, false, 170);
-        assert_eq!(b.next_due(209), None, "capped at retry_max_ms");
+        assert_eq!(b.next_due(189), None, "at least half of the doubled pause");
         let last = b.next_due(210).unwrap();
         b.sent(5, last, 210);
         b.answered(5, true, 215);
@@ -435,6 +460,56 @@ mod tests {
             (1, 4, 4, 0)
         );
         assert_eq!(b.held_bytes(), 0);
+    }
+
+    /// The pause after each of `failures` failed callouts in a row, for a batcher seeded `seed`.
+    fn pauses(seed: u64, failures: u32) -> Vec<u64> {
+        let mut b = Batcher::new(DeliveryLimits {
+            retry_initial_ms: 100,
+            retry_max_ms: 1600,
+            ..limits()
+        })
+        .seeded(seed);
+        record(&mut b, 0, 10);
+        let mut now = 50;
+        let mut batch = b.next_due(now).expect("a batch is due");
+        let mut pauses = Vec::new();
+        for token in 0..failures {
+            b.sent(token, batch, now);
+            b.answered(token, false, now);
+            let failed_at = now;
+            batch = loop {
+                if let Some(again) = b.next_due(now) {
+                    break again;
+                }
+                now += 1;
+            };
+            pauses.push(now - failed_at);
+        }
+        pauses
+    }
+
+    #[test]
+    fn retry_pauses_are_drawn_between_half_and_all_of_the_doubling_ceiling() {
+        for seed in 0..50 {
+            for (i, pause) in pauses(seed, 7).into_iter().enumerate() {
+                let ceiling = (100u64 << i).min(1600);
+                assert!(
+                    (ceiling / 2..=ceiling).contains(&pause),
+                    "seed {seed}, failure {i}: pause {pause} outside {}..={ceiling}",
+                    ceiling / 2
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn workers_seeded_apart_do_not_retry_in_step() {
+        // Seeds as two workers get them from the clock, a few microseconds apart.
+        let a = pauses(1_764_489_600_000_000_000, 7);
+        let b = pauses(1_764_489_600_000_003_000, 7);
+        let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+        assert!(same <= 1, "pauses {a:?} and {b:?} mostly coincide");
     }
 
     #[test]

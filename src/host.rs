@@ -108,7 +108,7 @@ impl Worker {
         );
         Worker {
             callout_headers: HeaderBlock::from_pairs(&headers),
-            batcher: Batcher::new(config.delivery),
+            batcher: Batcher::new(config.delivery).seeded(abi::now_ns()),
             finished: Group::new(config.delivery.batch_max_bytes),
             config,
             truncated_bytes: 0,
