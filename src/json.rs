@@ -5,8 +5,7 @@
 //! goes through a table and the clean run after it is stored whole, so a chunk costs a step per
 //! escape, not per byte, and short strings (padded to a chunk) take the same path. The same pass
 //! notes whether every byte is ASCII, so a body that is needs no separate UTF-8 validation.
-//! Numbers are written digit by digit,
-//! without `fmt`.
+//! Numbers are written digit by digit, without `fmt`.
 
 /// For each byte, what JSON makes of it: the bytes to store (little-endian, low 16 bits) and how
 /// many of them count (bits 16 and up): the byte itself (1), a backslash and a letter (2), or 6 for
