@@ -2,11 +2,43 @@
 //! backoff until the audit cluster answers 2xx, and every loss counted.
 //!
 //! The root context owns one `Batcher`; stream contexts append finished records to it. Time comes
-//! in as milliseconds from the caller, so tests drive it.
+//! in as milliseconds from the caller, so tests drive it. A root that is replaced hands its batches
+//! over ([`Batcher::hand_over`]) to its successor ([`Batcher::take_over`]) or gives up what it
+//! could not deliver ([`Batcher::abandon`]), and every record is counted on the way.
 
 use crate::config::DeliveryLimits;
 use crate::headers::status_code;
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::rc::Rc;
+
+/// The bytes of records held by every batcher of one wasm VM (one Envoy worker) together: a worker
+/// whose configuration changed during an outage has an old root still holding records beside the
+/// new one, and both count against the same `queue_max_bytes`. Clones share the count.
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    used: Rc<Cell<usize>>,
+}
+
+impl Budget {
+    /// Bytes held by all batchers sharing this budget.
+    pub fn used(&self) -> usize {
+        self.used.get()
+    }
+
+    /// Bytes left under `limit`.
+    fn room(&self, limit: usize) -> usize {
+        limit.saturating_sub(self.used.get())
+    }
+
+    fn take(&self, bytes: usize) {
+        self.used.set(self.used.get() + bytes);
+    }
+
+    fn give(&self, bytes: usize) {
+        self.used.set(self.used.get().saturating_sub(bytes));
+    }
+}
 
 /// NDJSON lines sent as one callout.
 #[derive(Debug, PartialEq, Eq)]
@@ -16,6 +48,18 @@ pub struct Batch {
     /// Callouts that carried this batch and failed.
     pub failures: u32,
     sent_ms: u64,
+}
+
+impl Batch {
+    /// A batch as another root handed it over.
+    pub fn handed(body: Vec<u8>, records: u64, failures: u32) -> Batch {
+        Batch {
+            body,
+            records,
+            failures,
+            sent_ms: 0,
+        }
+    }
 }
 
 /// Cumulative counts since the VM started; the host turns them into Envoy metrics.
@@ -34,6 +78,10 @@ pub struct Stats {
     pub shed: u64,
     /// Callouts that failed (non-2xx, synthesized 503/504, dispatch refused, no answer).
     pub failed_callouts: u64,
+    /// Records handed over to the root that replaced this one (no longer held here).
+    pub handed_on: u64,
+    /// Records taken over from a root that was replaced (held here since).
+    pub taken_over: u64,
 }
 
 /// Whether a record is written with its bodies or, when the queue has no room for it, without.
@@ -68,6 +116,7 @@ pub struct Batcher {
     inflight: Vec<(u32, Batch)>,
     held_bytes: usize,
     held_records: u64,
+    budget: Budget,
     failures_in_a_row: u32,
     paused_until_ms: u64,
     /// State of the generator that spreads retries (see [`Batcher::seeded`]).
@@ -86,6 +135,7 @@ impl Batcher {
             inflight: Vec::new(),
             held_bytes: 0,
             held_records: 0,
+            budget: Budget::default(),
             failures_in_a_row: 0,
             paused_until_ms: 0,
             jitter: 0,
@@ -101,8 +151,23 @@ impl Batcher {
         self
     }
 
+    /// Applies new limits to everything from now on; what is held stays held.
+    pub fn reconfigure(&mut self, limits: DeliveryLimits) {
+        self.limits = limits;
+    }
+
+    /// Counts what this batcher holds against `budget`, shared with the VM's other batchers,
+    /// instead of against its own.
+    pub fn sharing(mut self, budget: Budget) -> Batcher {
+        budget.take(self.held_bytes);
+        self.budget.give(self.held_bytes);
+        self.budget = budget;
+        self
+    }
+
     /// Appends the record that `write` puts after the buffer's end; `write` is told whether to
-    /// include the bodies. When the whole record would take the queue past `queue_max_bytes`, it
+    /// include the bodies. When the whole record would take the VM's batchers together past
+    /// `queue_max_bytes`, it
     /// is written again without its bodies (the exchange stays on record, its bodies counted as
     /// not kept); only when even that does not fit is the record dropped and counted.
     /// `at_least` is a lower bound of the whole record's size (its bodies' bytes): when not even
@@ -113,7 +178,7 @@ impl Batcher {
         at_least: usize,
         mut write: impl FnMut(&mut Vec<u8>, Bodies),
     ) -> Appended {
-        let room = self.limits.queue_max_bytes.saturating_sub(self.held_bytes);
+        let room = self.budget.room(self.limits.queue_max_bytes);
         let mut bodies = if at_least > room {
             Bodies::Shed
         } else {
@@ -169,8 +234,7 @@ impl Batcher {
             self.open_since_ms = now_ms;
         }
         self.open_records += 1;
-        self.held_bytes += added;
-        self.held_records += 1;
+        self.hold(added, 1);
         self.stats.captured += 1;
         if self.open.len() >= self.limits.batch_max_bytes {
             self.seal();
@@ -242,8 +306,7 @@ impl Batcher {
         };
         let (_, batch) = self.inflight.swap_remove(i);
         if stored {
-            self.held_bytes -= batch.body.len();
-            self.held_records -= batch.records;
+            self.release(&batch);
             self.stats.delivered += batch.records;
             self.failures_in_a_row = 0;
             self.paused_until_ms = 0;
@@ -297,6 +360,73 @@ impl Batcher {
         z ^ (z >> 31)
     }
 
+    fn hold(&mut self, bytes: usize, records: u64) {
+        self.held_bytes += bytes;
+        self.held_records += records;
+        self.budget.take(bytes);
+    }
+
+    fn release(&mut self, batch: &Batch) {
+        self.held_bytes -= batch.body.len();
+        self.held_records -= batch.records;
+        self.budget.give(batch.body.len());
+    }
+
+    /// Hands over every record held — the open batch sealed, waiting batches, and batches in
+    /// flight (their answers are ignored from now on; a receiver that stored one stores it once
+    /// more as a duplicate) — for the root that replaces this one. Nothing is held afterwards.
+    pub fn hand_over(&mut self) -> Vec<Batch> {
+        let batches = self.take_all();
+        self.stats.handed_on += batches.iter().map(|b| b.records).sum::<u64>();
+        batches
+    }
+
+    fn take_all(&mut self) -> Vec<Batch> {
+        self.seal();
+        let mut batches: Vec<Batch> = self.inflight.drain(..).map(|(_, b)| b).collect();
+        batches.extend(self.waiting.drain(..));
+        self.budget.give(self.held_bytes);
+        self.held_bytes = 0;
+        self.held_records = 0;
+        batches
+    }
+
+    /// Takes over a batch a replaced root handed on, to be sent with the others. When the VM's
+    /// batchers have no room for it under `queue_max_bytes`, its records are counted as dropped
+    /// and false is returned.
+    pub fn take_over(&mut self, mut batch: Batch) -> bool {
+        if batch.records == 0 {
+            return true;
+        }
+        if batch.body.len() > self.budget.room(self.limits.queue_max_bytes) {
+            self.stats.dropped += batch.records;
+            return false;
+        }
+        batch.sent_ms = 0;
+        self.hold(batch.body.len(), batch.records);
+        self.stats.taken_over += batch.records;
+        self.waiting.push_back(batch);
+        true
+    }
+
+    /// Gives up every record held, counting each as dropped; returns how many there were.
+    pub fn abandon(&mut self) -> u64 {
+        let lost = self.take_all().iter().map(|b| b.records).sum();
+        self.stats.dropped += lost;
+        lost
+    }
+
+    /// Nothing held and no callout open: a root that is shutting down may go.
+    pub fn is_idle(&self) -> bool {
+        self.held_records == 0 && self.inflight.is_empty()
+    }
+
+    /// Counts records that were lost elsewhere (a VM that stopped without handing them on) as
+    /// dropped by this batcher, so that the proxy's totals stay true.
+    pub fn count_lost(&mut self, records: u64) {
+        self.stats.dropped += records;
+    }
+
     pub fn stats(&self) -> Stats {
         self.stats
     }
@@ -308,6 +438,13 @@ impl Batcher {
 
     pub fn held_records(&self) -> u64 {
         self.held_records
+    }
+}
+
+impl Drop for Batcher {
+    /// A batcher dropped while holding records (its root was deleted) frees its share of the budget.
+    fn drop(&mut self) {
+        self.budget.give(self.held_bytes);
     }
 }
 
@@ -629,6 +766,99 @@ mod tests {
         assert!(b.next_due(60).is_some());
     }
 
+    #[test]
+    fn batchers_sharing_a_budget_hold_no_more_together_than_queue_max_bytes() {
+        let budget = Budget::default();
+        let mut old = Batcher::new(limits()).sharing(budget.clone());
+        let mut new = Batcher::new(limits()).sharing(budget.clone());
+        for _ in 0..4 {
+            assert_eq!(record(&mut old, 0, 50), Appended::Whole);
+        }
+        assert_eq!(record(&mut new, 0, 60), Appended::Whole);
+        assert_eq!(budget.used(), 260);
+        assert_eq!(
+            record(&mut new, 0, 50),
+            Appended::WithoutBodies,
+            "the old root's records count against the new one's room"
+        );
+        assert_eq!(record(&mut new, 0, 35), Appended::Whole);
+        assert_eq!(budget.used(), 300);
+        assert_eq!(record(&mut new, 0, 1), Appended::Dropped);
+        drop(old);
+        assert_eq!(budget.used(), 100, "a dropped batcher frees its share");
+    }
+
+    #[test]
+    fn hand_over_gives_every_held_record_in_flight_or_not_and_holds_nothing_after() {
+        let budget = Budget::default();
+        let mut old = Batcher::new(limits()).sharing(budget.clone());
+        for _ in 0..7 {
+            record(&mut old, 0, 20);
+        }
+        send(&mut old, 1, 0); // five records in flight
+        let handed = old.hand_over();
+        assert_eq!(handed.iter().map(|b| b.records).sum::<u64>(), 7);
+        assert_eq!((old.held_bytes(), old.held_records()), (0, 0));
+        assert!(old.is_idle());
+        assert_eq!(budget.used(), 0);
+        old.answered(1, true, 5);
+        assert_eq!(
+            old.stats().delivered,
+            0,
+            "an answer after the hand-over counts nothing"
+        );
+        assert_eq!(old.stats().handed_on, 7);
+
+        let mut new = Batcher::new(limits()).sharing(budget.clone());
+        for batch in handed {
+            assert!(new.take_over(batch));
+        }
+        assert_eq!((new.held_records(), budget.used()), (7, 140));
+        assert_eq!(new.stats().taken_over, 7);
+        let sent: u64 = std::iter::from_fn(|| {
+            let batch = new.next_due(0)?;
+            let records = batch.records;
+            new.sent(9, batch, 0);
+            new.answered(9, true, 0);
+            Some(records)
+        })
+        .sum();
+        assert_eq!(
+            sent, 7,
+            "taken-over batches leave at once, without waiting a flush"
+        );
+        assert_eq!(new.stats().delivered, 7);
+    }
+
+    #[test]
+    fn a_taken_over_batch_without_room_is_counted_as_dropped() {
+        let budget = Budget::default();
+        let mut new = Batcher::new(limits()).sharing(budget.clone());
+        for _ in 0..5 {
+            record(&mut new, 0, 50);
+        }
+        let batch = Batch::handed(vec![b'x'; 60], 3, 0);
+        assert!(!new.take_over(batch));
+        let s = new.stats();
+        assert_eq!((s.dropped, s.taken_over), (3, 0));
+        assert_eq!(budget.used(), 250);
+    }
+
+    #[test]
+    fn abandon_counts_everything_held_as_dropped() {
+        let budget = Budget::default();
+        let mut b = Batcher::new(limits()).sharing(budget.clone());
+        for _ in 0..3 {
+            record(&mut b, 0, 10);
+        }
+        send(&mut b, 1, 50);
+        record(&mut b, 50, 10);
+        assert_eq!(b.abandon(), 4);
+        assert_eq!(b.stats().dropped, 4);
+        assert_eq!((b.held_records(), budget.used()), (0, 0));
+        assert!(b.is_idle());
+    }
+
     proptest! {
         /// Whatever the sizes and answers, every record appended (whole or without bodies) is
         /// delivered or still held, every record refused is counted as dropped, and nothing is
@@ -662,6 +892,54 @@ mod tests {
                 prop_assert_eq!(s.delivered + b.held_records(), appended);
                 prop_assert!(b.held_bytes() <= limits().queue_max_bytes);
             }
+        }
+
+        /// A root replaced midway hands everything over: across the two batchers, every record
+        /// captured is delivered, still held, or counted as dropped, and the shared budget holds.
+        #[test]
+        fn records_are_conserved_across_a_hand_over(
+            before in prop::collection::vec((1usize..120, any::<bool>()), 0..60),
+            after in prop::collection::vec((1usize..120, any::<bool>()), 0..60),
+        ) {
+            let budget = Budget::default();
+            let mut old = Batcher::new(limits()).sharing(budget.clone());
+            let mut new = Batcher::new(limits()).sharing(budget.clone());
+            let mut token = 0;
+            let mut refused = 0u64;
+            let mut step = |b: &mut Batcher, len: usize, ok: bool, now: u64| {
+                if record(b, now, len) == Appended::Dropped {
+                    refused += 1;
+                }
+                while let Some(batch) = b.next_due(now) {
+                    token += 1;
+                    b.sent(token, batch, now);
+                    if ok { b.answered(token, true, now); }
+                }
+            };
+            let mut now = 0;
+            for (len, ok) in before {
+                now += 30;
+                step(&mut old, len, ok, now);
+                step(&mut new, len, ok, now);
+            }
+            for batch in old.hand_over() {
+                new.take_over(batch);
+                prop_assert!(budget.used() <= limits().queue_max_bytes);
+            }
+            for (len, ok) in after {
+                now += 30;
+                step(&mut new, len, ok, now);
+            }
+            let (o, n) = (old.stats(), new.stats());
+            let lost_in_take_over = o.handed_on - n.taken_over;
+            prop_assert_eq!(o.dropped + n.dropped, refused + lost_in_take_over);
+            prop_assert_eq!(
+                o.captured + n.captured,
+                o.delivered + n.delivered + new.held_records() + lost_in_take_over
+            );
+            prop_assert_eq!(old.held_records(), 0);
+            prop_assert!(budget.used() <= limits().queue_max_bytes);
+            prop_assert_eq!(budget.used(), new.held_bytes());
         }
     }
 }
