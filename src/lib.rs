@@ -9,10 +9,12 @@ pub mod body;
 pub mod clock;
 pub mod config;
 pub mod group;
+pub mod handoff;
 pub mod headers;
 pub mod json;
 pub mod outcome;
 pub mod record;
+pub mod registry;
 
 #[cfg(target_arch = "wasm32")]
 mod host;
