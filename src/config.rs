@@ -28,6 +28,9 @@ pub struct Config {
     /// Lower-case names: the defaults plus `redact_headers`, without repeats.
     pub redact_headers: Vec<String>,
     pub delivery: DeliveryLimits,
+    /// How long a root context that is shut down with no successor keeps delivering what it
+    /// holds before the rest is counted as dropped.
+    pub drain_timeout_ms: u64,
 }
 
 /// How the root context batches, bounds and retries deliveries.
@@ -94,6 +97,8 @@ struct RawConfig {
     retry_initial_ms: u64,
     #[serde(default = "default_retry_max_ms")]
     retry_max_ms: u64,
+    #[serde(default = "default_drain_timeout_ms")]
+    drain_timeout_ms: u64,
 }
 
 fn default_audit_path() -> String {
@@ -121,6 +126,9 @@ fn default_retry_initial_ms() -> u64 {
     250
 }
 fn default_retry_max_ms() -> u64 {
+    30_000
+}
+fn default_drain_timeout_ms() -> u64 {
     30_000
 }
 
@@ -299,6 +307,7 @@ impl RawConfig {
                 retry_initial_ms,
                 retry_max_ms,
             },
+            drain_timeout_ms: check("drain_timeout_ms", self.drain_timeout_ms, 0, 3_600_000)?,
         })
     }
 }
@@ -321,6 +330,7 @@ mod tests {
         assert!(c.audit_headers.is_empty());
         assert_eq!(c.max_body_bytes, 1_048_576);
         assert_eq!(c.redact_headers, DEFAULT_REDACTED.to_vec());
+        assert_eq!(c.drain_timeout_ms, 30_000);
     }
 
     #[test]
@@ -330,7 +340,8 @@ mod tests {
                 "audit_timeout_ms":900,"audit_headers":{"X-Ingest-Token":"t0k"},
                 "max_body_bytes":0,"redact_headers":["X-Secret","cookie"],
                 "batch_max_bytes":2048,"flush_interval_ms":50,"queue_max_bytes":65536,
-                "max_inflight":2,"retry_initial_ms":20,"retry_max_ms":40}"#,
+                "max_inflight":2,"retry_initial_ms":20,"retry_max_ms":40,
+                "drain_timeout_ms":0}"#,
         )
         .unwrap();
         assert_eq!(c.audit_path, "/in");
@@ -342,6 +353,7 @@ mod tests {
         );
         assert_eq!(c.max_body_bytes, 0);
         assert_eq!(c.redact_headers.len(), 7);
+        assert_eq!(c.drain_timeout_ms, 0);
         assert!(c.is_redacted(b"X-SECRET"));
         assert!(c.is_redacted(b"Authorization"));
         assert!(!c.is_redacted(b"content-type"));
@@ -428,6 +440,10 @@ mod tests {
             (
                 r#"{"audit_cluster":"a","flush_interval_ms":1}"#,
                 "flush_interval_ms",
+            ),
+            (
+                r#"{"audit_cluster":"a","drain_timeout_ms":3600001}"#,
+                "drain_timeout_ms",
             ),
         ] {
             assert_eq!(err(json).key, key, "{json}");
