@@ -1,88 +1,91 @@
-//! Envoy's side: the proxy-wasm callbacks this filter exports, translated into calls on the plain
+//! Envoy's side: the proxy-wasm SDK's root and HTTP contexts, translated into calls on the plain
 //! modules.
 //!
-//! A stream is entered five times: when its context is created (the request headers have just
-//! arrived), for each request body chunk, at the response headers, for each response body chunk,
-//! and in `on_log`, which Envoy runs for every stream (resets and local replies included) and
-//! where the last facts are read, the exchange is handed to the worker's [`Group`] of finished
-//! ones (written as records a group at a time, and at every tick) and the stream's state is
-//! dropped; a response with trailers adds one more. No other stream callback is exported, so Envoy
-//! does not enter the VM for them (see `abi`). Every callback returns `Continue`, so Envoy
-//! forwards each chunk as it comes. Every callout belongs to the root context, which owns the
-//! worker's [`Batcher`]: it sends from `on_tick` and after each answer, and a stream whose records
-//! filled a batch sends it from `on_log` with the root made the effective context (a stream's own
-//! callout would be cancelled with the stream).
+//! - [`Capture`], the `HttpContext` of each stream, notes when the request headers arrived
+//!   (`on_http_request_headers`), copies the capped part of each body chunk as Envoy forwards it
+//!   (`on_http_request_body`, `on_http_response_body`), and in `on_log` — which Envoy runs for
+//!   every stream, resets and local replies included, sometimes as its first callback — reads
+//!   both header maps and `response.code_details` and hands the finished exchange to its worker.
+//!   Every callback returns `Continue`: nothing is held in Envoy on the capture's behalf.
+//! - [`Root`], the `RootContext` of each plugin configuration in each VM (one VM per Envoy
+//!   worker), parses the configuration, owns the worker's [`Batcher`], writes finished exchanges
+//!   as records a group at a time, and makes every callout itself, from `on_tick`,
+//!   `on_http_call_response` and `on_queue_ready`, so every answer reaches it. A stream whose
+//!   record fills a batch asks its root for a tick at once instead of waiting for the timer.
+//! - When Envoy replaces a configuration (a new root in the same VM, or with an Istio
+//!   `WasmPlugin` edit a new VM) or shuts the root down, `on_done` hands what the root holds to
+//!   the successor of the same plugin — directly when it is in the same VM, through a shared
+//!   queue when it is in another — or, with no successor, keeps delivering for
+//!   `drain_timeout_ms` and counts what is left as dropped. A [`Registry`] in shared data tells a
+//!   root whether a successor runs elsewhere, and lets the gauges of a VM that crashed be
+//!   subtracted by whoever notices.
 
-mod abi;
-mod probe;
+mod calls;
 
-use crate::batcher::{acknowledged, Appended, Batcher, Stats};
+use crate::batcher::{acknowledged, Appended, Batcher, Budget, Stats};
 use crate::body::BodyTap;
 use crate::config::Config;
 use crate::group::Group;
-use crate::headers::HeaderBlock;
+use crate::handoff;
 use crate::record::{Ending, Exchange};
-use abi::{Buffer, Headers, Level, MetricKind};
+use crate::registry::{self, Entry, Registry};
+use calls::{now_ms, now_ns};
+use log::{debug, error, info, warn};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::rc::Rc;
+use std::hash::{BuildHasher, Hasher};
+use std::rc::{Rc, Weak};
 
-/// What `proxy_on_*` callbacks that return an action return: always `Continue`.
-const CONTINUE: u32 = 0;
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Warn);
+    proxy_wasm::set_root_context(|context_id| Box::new(Root::new(context_id)));
+}}
 
-/// Everything one VM (one Envoy worker) holds: its root contexts (one per plugin configuration
-/// that shares the VM) and its live streams.
+// ---- the VM: what every root context of one worker shares ---------------------------------------
+
+/// The byte budget of all queues of this VM, and its live root contexts (to find a successor in
+/// the same VM).
 #[derive(Default)]
 struct Vm {
-    roots: HashMap<u32, Root, IdHash>,
-    streams: HashMap<u32, Stream, IdHash>,
+    budget: Budget,
+    roots: Vec<Local>,
+}
+
+struct Local {
+    context_id: u32,
+    plugin: Rc<str>,
+    draining: bool,
+    worker: Weak<RefCell<Worker>>,
 }
 
 thread_local! {
-    static VM: RefCell<Vm> = RefCell::new(Vm::default());
+    static VM: RefCell<Vm> = RefCell::default();
 }
 
-/// Runs `f` on the VM's state. Callbacks never nest (the host calls back into the VM only to
-/// allocate), so the borrow is never contended.
+/// Runs `f` on the VM's shared state. Callbacks never nest, so the borrow is never contended.
 fn with_vm<R>(f: impl FnOnce(&mut Vm) -> R) -> Option<R> {
     VM.with(|vm| vm.try_borrow_mut().ok().map(|mut vm| f(&mut vm)))
 }
 
-/// Context ids are small sequential integers: one multiplication spreads them over the whole
-/// hash (the table uses its top bits too), where SipHash would spend far more on each lookup.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(FIBONACCI);
-        }
-    }
-    fn write_u32(&mut self, id: u32) {
-        self.0 = u64::from(id).wrapping_mul(FIBONACCI);
+/// Formats only what Envoy's `wasm` log component would print.
+fn sync_log_level() {
+    if let Some(level) = calls::log_level() {
+        proxy_wasm::set_log_level(level);
     }
 }
 
-/// 2^64 / golden ratio: consecutive ids land far apart.
-const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
+// ---- the worker: what a root context and its streams share --------------------------------------
 
-type IdHash = BuildHasherDefault<IdHasher>;
-
-/// What the root context and every stream of one plugin configuration share.
 struct Worker {
     config: Config,
-    /// The callout's headers, in the host's serialization: the same for every batch.
-    callout_headers: HeaderBlock,
     batcher: Batcher,
     /// Finished exchanges whose records are not written yet.
     finished: Group<Finished>,
     truncated_bytes: u64,
     fallback_ids: u64,
+    /// A stream asked the root for an immediate tick (a batch is full and may be sent).
+    hurried: bool,
 }
 
 /// An exchange that is over, with what only `on_log` could read.
@@ -94,25 +97,16 @@ struct Finished {
 }
 
 impl Worker {
-    fn new(config: Config) -> Worker {
-        let c = &config;
-        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(4 + c.audit_headers.len());
-        headers.push((":method", "POST"));
-        headers.push((":path", &c.audit_path));
-        headers.push((":authority", &c.audit_authority));
-        headers.push(("content-type", "application/x-ndjson"));
-        headers.extend(
-            c.audit_headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str())),
-        );
+    fn new(config: Config, budget: Budget) -> Worker {
         Worker {
-            callout_headers: HeaderBlock::from_pairs(&headers),
-            batcher: Batcher::new(config.delivery).seeded(abi::now_ns()),
+            batcher: Batcher::new(config.delivery)
+                .seeded(now_ns())
+                .sharing(budget),
             finished: Group::new(config.delivery.batch_max_bytes),
             config,
             truncated_bytes: 0,
             fallback_ids: 0,
+            hurried: false,
         }
     }
 
@@ -159,8 +153,8 @@ impl Worker {
         }
     }
 
-    /// Dispatches every batch that is due. Runs for the root context: from its own callbacks, or
-    /// from a stream's `on_log` with the root made the effective context.
+    /// Dispatches every batch that is due. Runs only in the root context's own callbacks, so the
+    /// SDK routes each answer to it.
     fn deliver(&mut self, now: u64) {
         while let Some(batch) = self.batcher.next_due(now) {
             if cfg!(feature = "record-only") {
@@ -169,21 +163,22 @@ impl Worker {
                 continue;
             }
             let c = &self.config;
-            let timeout = u32::try_from(c.audit_timeout_ms).unwrap_or(u32::MAX);
-            match abi::http_call(
-                &c.audit_cluster,
-                &self.callout_headers,
-                &batch.body,
-                timeout,
-            ) {
+            let mut headers = Vec::with_capacity(4 + c.audit_headers.len());
+            headers.push((":method", "POST"));
+            headers.push((":path", c.audit_path.as_str()));
+            headers.push((":authority", c.audit_authority.as_str()));
+            headers.push(("content-type", "application/x-ndjson"));
+            headers.extend(
+                c.audit_headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str())),
+            );
+            match calls::http_call(&c.audit_cluster, headers, &batch.body, c.audit_timeout_ms) {
                 Ok(token) => self.batcher.sent(token, batch, now),
                 Err(status) => {
-                    abi::log(
-                        Level::Warn,
-                        &format!(
-                            "truthtable: cannot call audit cluster {} (status {status}); the batch will be retried",
-                            c.audit_cluster
-                        ),
+                    warn!(
+                        "truthtable: cannot call audit cluster {} ({status:?}); the batch will be retried",
+                        c.audit_cluster
                     );
                     self.batcher.not_sent(batch, now);
                     break;
@@ -193,154 +188,443 @@ impl Worker {
     }
 }
 
-#[derive(Default)]
+// ---- the root context ---------------------------------------------------------------------------
+
+/// Who a root is among all of the proxy's roots; known from its first tick.
+struct Me {
+    /// Unique in the proxy (context ids repeat across VMs).
+    nonce: u64,
+    /// Envoy's plugin name and root id: a successor is a root of the same plugin.
+    plugin: Rc<str>,
+    /// The plugin's hand-off queue.
+    queue: Option<u32>,
+    /// Without a heartbeat for this long, the root counts as gone.
+    stale_ms: u64,
+}
+
 struct Root {
+    context_id: u32,
     worker: Option<Rc<RefCell<Worker>>>,
     metrics: Option<Metrics>,
     reported: Reported,
-}
-
-// ---- exports: the VM and the root context ------------------------------------------------------
-
-#[no_mangle]
-pub extern "C" fn proxy_abi_version_0_2_1() {}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_vm_start(_root_id: u32, _vm_configuration_size: usize) -> u32 {
-    1
-}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_context_create(context_id: u32, root_id: u32) {
-    with_vm(|vm| {
-        if root_id == 0 {
-            vm.roots.insert(context_id, Root::default());
-            return;
-        }
-        if cfg!(feature = "probe") {
-            probe::created();
-            return;
-        }
-        if cfg!(feature = "passthrough") {
-            return;
-        }
-        let Some(worker) = vm.roots.get(&root_id).and_then(|r| r.worker.clone()) else {
-            return;
-        };
-        let max_body_bytes = worker.borrow().config.max_body_bytes;
-        let mut exchange = Exchange::new(max_body_bytes);
-        // Envoy creates a stream's filters when its request headers have arrived.
-        exchange.started_ns = Some(abi::now_ns());
-        vm.streams.insert(
-            context_id,
-            Stream {
-                worker,
-                root_id,
-                exchange,
-            },
-        );
-    });
-}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_configure(root_id: u32, configuration_size: usize) -> u32 {
-    let bytes = abi::buffer(Buffer::PluginConfiguration, configuration_size).unwrap_or_default();
-    if cfg!(feature = "probe") {
-        return u32::from(probe::configure(root_id, &bytes));
-    }
-    let configured = with_vm(|vm| vm.roots.entry(root_id).or_default().configure(&bytes));
-    u32::from(configured.unwrap_or(false))
-}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_tick(root_id: u32) {
-    with_vm(|vm| {
-        if let Some(root) = vm.roots.get_mut(&root_id) {
-            root.on_tick();
-        }
-    });
-}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_http_call_response(
-    root_id: u32,
-    token: u32,
-    _headers: usize,
-    _body_size: usize,
-    _trailers: usize,
-) {
-    with_vm(|vm| {
-        if let Some(root) = vm.roots.get_mut(&root_id) {
-            root.on_http_call_response(token);
-        }
-    });
+    me: Option<Me>,
+    /// Set by `on_done` when there is no successor: keep delivering until then.
+    drain_until_ms: Option<u64>,
+    /// The last registry entry written: when, and the gauges and state it held.
+    registered: Option<(u64, u64, u64, bool)>,
+    level_checked_ms: u64,
 }
 
 impl Root {
-    fn configure(&mut self, bytes: &[u8]) -> bool {
-        let config = match Config::parse(bytes) {
+    fn new(context_id: u32) -> Root {
+        Root {
+            context_id,
+            worker: None,
+            metrics: None,
+            reported: Reported::default(),
+            me: None,
+            drain_until_ms: None,
+            registered: None,
+            level_checked_ms: 0,
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        sync_log_level();
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        sync_log_level();
+        let bytes = calls::plugin_configuration().unwrap_or_default();
+        let config = match Config::parse(&bytes) {
             Ok(config) => config,
             Err(e) => {
-                abi::log(Level::Error, &e.to_string());
+                error!("{e}");
                 return false;
             }
         };
-        let tick = u32::try_from(config.delivery.flush_interval_ms).unwrap_or(u32::MAX);
+        let tick = config.delivery.flush_interval_ms;
         // The record-only benchmark build reports nothing: its "delivered" would be made up.
         if self.metrics.is_none() && !cfg!(feature = "record-only") {
             self.metrics = Metrics::define();
         }
-        self.worker = Some(Rc::new(RefCell::new(Worker::new(config))));
-        if let Err(status) = abi::set_tick_period_ms(tick) {
-            abi::log(
-                Level::Error,
-                &format!("truthtable: cannot set the tick period (status {status})"),
-            );
+        match &self.worker {
+            // Envoy gives a changed configuration a new root context; a host that configures
+            // the same root again gets the new settings for everything not yet written.
+            Some(worker) => {
+                let mut w = worker.borrow_mut();
+                w.write_finished();
+                w.batcher.reconfigure(config.delivery);
+                w.finished = Group::new(config.delivery.batch_max_bytes);
+                w.config = config;
+            }
+            None => {
+                let budget = with_vm(|vm| vm.budget.clone()).unwrap_or_default();
+                self.worker = Some(Rc::new(RefCell::new(Worker::new(config, budget))));
+            }
+        }
+        if !calls::set_tick_period_ms(tick) {
+            error!("truthtable: cannot set the tick period");
             return false;
         }
         true
     }
 
     fn on_tick(&mut self) {
-        if let Some(worker) = &self.worker {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let now = now_ms();
+        self.identify(true);
+        {
             let mut w = worker.borrow_mut();
-            let timeout = w.config.audit_timeout_ms;
+            if w.hurried {
+                w.hurried = false;
+                calls::set_tick_period_ms(w.config.delivery.flush_interval_ms);
+            }
             w.write_finished();
-            w.batcher.expire(abi::now_ms(), timeout);
+            let timeout = w.config.audit_timeout_ms;
+            w.batcher.expire(now, timeout);
         }
-        self.deliver();
+        self.take_handed_on(now, false);
+        worker.borrow_mut().deliver(now);
+        if self.drain_until_ms.is_some() && self.drain_step(now) {
+            return;
+        }
         self.report();
+        self.heartbeat(now);
+        if now.saturating_sub(self.level_checked_ms) >= 1000 {
+            self.level_checked_ms = now;
+            sync_log_level();
+        }
     }
 
-    fn on_http_call_response(&mut self, token: u32) {
-        let status = abi::header_value(Headers::CallResponse, ":status");
-        let stored = acknowledged(status.as_deref());
+    fn on_queue_ready(&mut self, _queue_id: u32) {
+        let now = now_ms();
+        self.take_handed_on(now, false);
         if let Some(worker) = &self.worker {
+            worker.borrow_mut().deliver(now);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // The SDK panics on None: a root without a configuration gets streams that capture
+        // nothing (Envoy sends none to it; the configuration failed or never came).
+        match &self.worker {
+            Some(worker) if !cfg!(feature = "passthrough") => Some(Box::new(Capture {
+                worker: Rc::clone(worker),
+                root_id: self.context_id,
+                context_id,
+                exchange: Exchange::new(worker.borrow().config.max_body_bytes),
+            })),
+            _ => Some(Box::new(Passthrough)),
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _num_headers: usize,
+        _body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let now = now_ms();
+        let status = calls::call_response_header(":status");
+        let stored = acknowledged(status.as_deref());
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        {
             let mut w = worker.borrow_mut();
             if !stored {
-                abi::log(
-                    Level::Warn,
-                    &format!(
-                        "truthtable: audit cluster {} did not store a batch (status {}); it will be retried",
-                        w.config.audit_cluster,
-                        status.as_deref().map(String::from_utf8_lossy).unwrap_or_default()
-                    ),
+                warn!(
+                    "truthtable: audit cluster {} did not store a batch (status {}); it will be retried",
+                    w.config.audit_cluster,
+                    status.as_deref().map(String::from_utf8_lossy).unwrap_or_default()
                 );
             }
-            w.batcher.answered(token, stored, abi::now_ms());
+            w.batcher.answered(token, stored, now);
+            // An answer frees a callout slot: send what is due without waiting for the tick.
+            w.deliver(now);
         }
-        // An answer frees a callout slot: send what is due without waiting for the next tick.
-        self.deliver();
-    }
-
-    /// Dispatches every batch that is due.
-    fn deliver(&mut self) {
-        if let Some(worker) = &self.worker {
-            worker.borrow_mut().deliver(abi::now_ms());
+        if self.drain_until_ms.is_some() {
+            self.drain_step(now);
         }
     }
 
-    /// Publishes what changed since the last tick to Envoy's metrics.
+    /// Envoy is replacing this configuration or stopping: hand on, drain, or go.
+    fn on_done(&mut self) -> bool {
+        let Some(worker) = self.worker.clone() else {
+            return true;
+        };
+        let now = now_ms();
+        // A root that never ticked still knows its plugin, but does not receive the queue.
+        self.identify(false);
+        worker.borrow_mut().write_finished();
+        let timeout = worker.borrow().config.drain_timeout_ms;
+        if self.hand_on(now) || worker.borrow().batcher.is_idle() {
+            self.leave();
+            return true;
+        }
+        if timeout == 0 {
+            self.give_up(0);
+            self.leave();
+            return true;
+        }
+        warn!(
+            "truthtable: {} records not yet delivered when the configuration was replaced or \
+             Envoy began to stop, and no successor runs: delivering them for up to \
+             drain_timeout_ms ({timeout} ms); if Envoy is exiting they are lost",
+            worker.borrow().batcher.held_records()
+        );
+        self.drain_until_ms = Some(now.saturating_add(timeout));
+        self.report();
+        self.heartbeat(now);
+        false
+    }
+}
+
+impl Root {
+    /// Learns who this root is: its plugin, a proxy-wide nonce, and (when `take_queue`) the
+    /// plugin's hand-off queue, which this root then receives.
+    fn identify(&mut self, take_queue: bool) {
+        if self.me.is_some() {
+            return;
+        }
+        let Some(worker) = &self.worker else {
+            return;
+        };
+        let text = |path| {
+            calls::property(path)
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_default()
+        };
+        let plugin: Rc<str> = format!(
+            "{}/{}",
+            text(vec!["plugin_name"]),
+            text(vec!["plugin_root_id"])
+        )
+        .into();
+        let mut nonce = std::collections::hash_map::RandomState::new().build_hasher();
+        nonce.write_u64(now_ns());
+        nonce.write_u32(self.context_id);
+        let queue_name = format!("truthtable.handoff/{plugin}");
+        let queue = if take_queue {
+            calls::register_queue(&queue_name)
+        } else {
+            calls::resolve_queue(&text(vec!["plugin_vm_id"]), &queue_name)
+        };
+        let flush = worker.borrow().config.delivery.flush_interval_ms;
+        with_vm(|vm| {
+            vm.roots.push(Local {
+                context_id: self.context_id,
+                plugin: Rc::clone(&plugin),
+                draining: false,
+                worker: Rc::downgrade(worker),
+            })
+        });
+        self.me = Some(Me {
+            nonce: nonce.finish(),
+            plugin,
+            queue,
+            stale_ms: flush.saturating_mul(10).max(10_000),
+        });
+    }
+
+    /// Hands every record held to a successor of the same plugin: one in this VM directly;
+    /// otherwise through the plugin's shared queue, which any of its roots in another VM takes.
+    /// False when no successor runs: this root is then the plugin's last, marked as draining,
+    /// and holds what it had plus whatever other roots had just handed on.
+    ///
+    /// The order makes that safe when several roots stop at once (every worker's root on a
+    /// listener removal): each puts its batches in the queue *before* it marks itself draining
+    /// in the registry, so the last one to mark itself finds every batch already there.
+    fn hand_on(&mut self, now: u64) -> bool {
+        let (Some(worker), Some(me)) = (self.worker.clone(), &self.me) else {
+            return false;
+        };
+        let context_id = self.context_id;
+        let (nonce, plugin, queue, stale_ms) =
+            (me.nonce, Rc::clone(&me.plugin), me.queue, me.stale_ms);
+        let here = with_vm(|vm| {
+            for l in vm.roots.iter_mut().filter(|l| l.context_id == context_id) {
+                l.draining = true;
+            }
+            vm.roots
+                .iter()
+                .find(|l| l.context_id != context_id && l.plugin == plugin && !l.draining)
+                .and_then(|l| l.worker.upgrade())
+        })
+        .flatten();
+        if let Some(successor) = here {
+            let batches = worker.borrow_mut().batcher.hand_over();
+            let mut s = successor.borrow_mut();
+            let (mut moved, mut lost) = (0, 0);
+            for batch in batches {
+                let records = batch.records;
+                if s.batcher.take_over(batch) {
+                    moved += records;
+                } else {
+                    lost += records;
+                }
+            }
+            if moved > 0 {
+                info!("truthtable: handed {moved} records to the configuration that replaced this one");
+            }
+            if lost > 0 {
+                warn!(
+                    "truthtable: {lost} records dropped when handed on: no room under queue_max_bytes"
+                );
+            }
+            return true;
+        }
+        let Some(queue) = queue else {
+            return false;
+        };
+        let mut handed = 0;
+        {
+            let mut w = worker.borrow_mut();
+            for batch in w.batcher.hand_over() {
+                if calls::enqueue(queue, &handoff::encode(&batch)) {
+                    handed += batch.records;
+                } else {
+                    w.batcher.take_over(batch);
+                }
+            }
+        }
+        let entry = Entry {
+            root: nonce,
+            plugin: plugin.to_string(),
+            seen_ms: now,
+            stale_ms,
+            draining: true,
+            bytes: 0,
+            records: 0,
+        };
+        let successor = update_registry(|r| {
+            r.update(entry.clone());
+            r.has_successor(nonce, &plugin, now)
+        })
+        .unwrap_or(false);
+        if successor && worker.borrow().batcher.is_idle() {
+            if handed > 0 {
+                info!("truthtable: handed {handed} records to the plugin's roots in another VM");
+            }
+            return true;
+        }
+        // The plugin's last root: take back what it queued (and what others just queued).
+        self.take_handed_on(now, true);
+        false
+    }
+
+    /// Takes the batches other roots handed on through the plugin's queue. A root that is
+    /// draining takes them only when it is the plugin's last (`last`).
+    fn take_handed_on(&mut self, now: u64, last: bool) {
+        let (Some(worker), Some(me)) = (&self.worker, &self.me) else {
+            return;
+        };
+        let Some(queue) = me.queue else {
+            return;
+        };
+        if self.drain_until_ms.is_some()
+            && !last
+            && Registry::decode(calls::shared_data(registry::KEY).0.as_deref())
+                .has_successor(me.nonce, &me.plugin, now)
+        {
+            return;
+        }
+        let mut w = worker.borrow_mut();
+        let (mut taken, mut lost) = (0, 0);
+        while let Some(item) = calls::dequeue(queue) {
+            let records = handoff::records_in(&item);
+            match handoff::decode(item) {
+                Ok(batch) => {
+                    if w.batcher.take_over(batch) {
+                        taken += records;
+                    } else {
+                        lost += records;
+                    }
+                }
+                Err(e) => {
+                    w.batcher.count_lost(records);
+                    lost += records;
+                    warn!("truthtable: a queue item could not be taken over: {e}");
+                }
+            }
+        }
+        if taken > 0 {
+            debug!("truthtable: took {taken} records from the plugin's hand-off queue");
+        }
+        if lost > 0 {
+            warn!("truthtable: {lost} handed-on records dropped: no room under queue_max_bytes");
+        }
+    }
+
+    /// One step of a root that is shutting down without a successor; true when it is finished
+    /// (it has called `done()`).
+    fn drain_step(&mut self, now: u64) -> bool {
+        let (Some(worker), Some(until), Some(me)) =
+            (self.worker.clone(), self.drain_until_ms, &self.me)
+        else {
+            return false;
+        };
+        let successor = Registry::decode(calls::shared_data(registry::KEY).0.as_deref())
+            .has_successor(me.nonce, &me.plugin, now);
+        let finished = if (successor && self.hand_on(now)) || worker.borrow().batcher.is_idle() {
+            true
+        } else if now >= until {
+            let timeout = worker.borrow().config.drain_timeout_ms;
+            self.give_up(timeout);
+            true
+        } else {
+            false
+        };
+        if finished {
+            self.leave();
+            self.drain_until_ms = None;
+            calls::done();
+        }
+        finished
+    }
+
+    /// Counts everything still held as dropped, once, with one warning.
+    fn give_up(&mut self, waited_ms: u64) {
+        let Some(worker) = &self.worker else {
+            return;
+        };
+        let lost = worker.borrow_mut().batcher.abandon();
+        if lost > 0 {
+            warn!(
+                "truthtable: {lost} records dropped: not delivered within drain_timeout_ms \
+                 ({waited_ms} ms) of the configuration being replaced or stopped, and no \
+                 successor to hand them to"
+            );
+        }
+    }
+
+    /// This root is going: its last numbers reach the metrics, and it leaves the registry.
+    fn leave(&mut self) {
+        self.report();
+        let context_id = self.context_id;
+        with_vm(|vm| vm.roots.retain(|l| l.context_id != context_id));
+        if let Some(me) = &self.me {
+            let nonce = me.nonce;
+            update_registry(|r| {
+                r.remove(nonce);
+            });
+        }
+    }
+
+    /// Publishes what changed since the last report to Envoy's metrics.
     fn report(&mut self) {
         let (Some(worker), Some(m)) = (&self.worker, &self.metrics) else {
             return;
@@ -352,23 +636,91 @@ impl Root {
             held_bytes: w.batcher.held_bytes() as u64,
             held_records: w.batcher.held_records(),
         };
-        let was = &self.reported;
-        m.add(m.captured, now.stats.captured, was.stats.captured);
-        m.add(m.delivered, now.stats.delivered, was.stats.delivered);
-        m.add(m.retried, now.stats.retried, was.stats.retried);
-        m.add(m.dropped, now.stats.dropped, was.stats.dropped);
-        m.add(m.shed, now.stats.shed, was.stats.shed);
+        let (s, was) = (&now.stats, &self.reported.stats);
+        m.add(m.captured, s.captured, was.captured);
+        m.add(m.delivered, s.delivered, was.delivered);
+        m.add(m.retried, s.retried, was.retried);
+        m.add(m.dropped, s.dropped, was.dropped);
+        m.add(m.shed, s.shed, was.shed);
+        m.add(m.failed_callouts, s.failed_callouts, was.failed_callouts);
+        m.add(m.handed_on, s.handed_on, was.handed_on);
+        m.add(m.taken_over, s.taken_over, was.taken_over);
         m.add(
-            m.failed_callouts,
-            now.stats.failed_callouts,
-            was.stats.failed_callouts,
+            m.truncated_bytes,
+            now.truncated_bytes,
+            self.reported.truncated_bytes,
         );
-        m.add(m.truncated_bytes, now.truncated_bytes, was.truncated_bytes);
-        // Gauges move by deltas, so the workers' VMs add up to the proxy's total.
-        m.add(m.queue_bytes, now.held_bytes, was.held_bytes);
-        m.add(m.queue_records, now.held_records, was.held_records);
+        // Gauges move by deltas, so the VMs add up to the proxy's total.
+        m.add(m.queue_bytes, now.held_bytes, self.reported.held_bytes);
+        m.add(
+            m.queue_records,
+            now.held_records,
+            self.reported.held_records,
+        );
         self.reported = now;
     }
+
+    /// Keeps this root's registry entry current (at least every second, and whenever what it
+    /// added to the gauges changed), and settles the entries of roots that stopped without
+    /// leaving.
+    fn heartbeat(&mut self, now: u64) {
+        let Some(me) = &self.me else {
+            return;
+        };
+        let entry = Entry {
+            root: me.nonce,
+            plugin: me.plugin.to_string(),
+            seen_ms: now,
+            stale_ms: me.stale_ms,
+            draining: self.drain_until_ms.is_some(),
+            bytes: self.reported.held_bytes,
+            records: self.reported.held_records,
+        };
+        let state = (entry.bytes, entry.records, entry.draining);
+        if let Some((at, bytes, records, draining)) = self.registered {
+            if now.saturating_sub(at) < 1000 && (bytes, records, draining) == state {
+                return;
+            }
+        }
+        let Some(reaped) = update_registry(|r| {
+            r.update(entry.clone());
+            r.reap(now)
+        }) else {
+            return;
+        };
+        self.registered = Some((now, state.0, state.1, state.2));
+        for gone in reaped {
+            if let Some(m) = &self.metrics {
+                m.add(m.queue_bytes, 0, gone.bytes);
+                m.add(m.queue_records, 0, gone.records);
+            }
+            if gone.records > 0 {
+                if let Some(worker) = &self.worker {
+                    worker.borrow_mut().batcher.count_lost(gone.records);
+                }
+                warn!(
+                    "truthtable: {} records dropped: held by a root of {} that stopped without \
+                     handing them on (its VM crashed or was torn down)",
+                    gone.records, gone.plugin
+                );
+            }
+        }
+    }
+}
+
+/// Reads, changes and writes back the registry, starting again when another VM wrote it in
+/// between; `None` when it kept losing the race.
+fn update_registry<R>(mut change: impl FnMut(&mut Registry) -> R) -> Option<R> {
+    for _ in 0..8 {
+        let (value, cas) = calls::shared_data(registry::KEY);
+        let mut registry = Registry::decode(value.as_deref());
+        let out = change(&mut registry);
+        if calls::set_shared_data(registry::KEY, &registry.encode(), cas) {
+            return Some(out);
+        }
+    }
+    debug!("truthtable: the root registry is busy; will try again at the next tick");
+    None
 }
 
 #[derive(Default)]
@@ -387,6 +739,8 @@ struct Metrics {
     dropped: u32,
     shed: u32,
     failed_callouts: u32,
+    handed_on: u32,
+    taken_over: u32,
     truncated_bytes: u32,
     queue_bytes: u32,
     queue_records: u32,
@@ -394,8 +748,8 @@ struct Metrics {
 
 impl Metrics {
     fn define() -> Option<Metrics> {
-        let counter = |name| abi::define_metric(MetricKind::Counter, name);
-        let gauge = |name| abi::define_metric(MetricKind::Gauge, name);
+        let counter = |name| calls::define_metric(MetricType::Counter, name);
+        let gauge = |name| calls::define_metric(MetricType::Gauge, name);
         Some(Metrics {
             captured: counter("truthtable_records_captured")?,
             delivered: counter("truthtable_records_delivered")?,
@@ -403,6 +757,8 @@ impl Metrics {
             dropped: counter("truthtable_records_dropped")?,
             shed: counter("truthtable_records_without_bodies")?,
             failed_callouts: counter("truthtable_delivery_failures")?,
+            handed_on: counter("truthtable_records_handed_on")?,
+            taken_over: counter("truthtable_records_taken_over")?,
             truncated_bytes: counter("truthtable_body_bytes_truncated")?,
             queue_bytes: gauge("truthtable_queue_bytes")?,
             queue_records: gauge("truthtable_queue_records")?,
@@ -412,105 +768,88 @@ impl Metrics {
     fn add(&self, id: u32, now: u64, was: u64) {
         if now != was {
             let delta = (now as i128 - was as i128).clamp(i64::MIN as i128, i64::MAX as i128);
-            abi::increment_metric(id, delta as i64);
+            calls::increment_metric(id, delta as i64);
         }
     }
 }
 
-// ---- exports: streams --------------------------------------------------------------------------
+// ---- the HTTP context ---------------------------------------------------------------------------
 
-/// One HTTP exchange: body chunks copied as they pass, finished in `on_log` (its record is written
-/// once, with its worker's group).
-struct Stream {
+/// One HTTP exchange: body chunks copied as they pass, finished in `on_log`.
+struct Capture {
     worker: Rc<RefCell<Worker>>,
-    /// The root context whose worker this stream feeds (it sends the batches).
+    /// The root context whose worker this stream feeds.
     root_id: u32,
+    context_id: u32,
     exchange: Exchange,
 }
 
-/// Runs `f` on the stream `context_id`, if it is one this filter captures.
-fn with_stream(context_id: u32, f: impl FnOnce(&mut Stream)) {
-    with_vm(|vm| vm.streams.get_mut(&context_id).map(f));
-}
+impl Context for Capture {}
 
-#[no_mangle]
-pub extern "C" fn proxy_on_request_body(context_id: u32, size: usize, _end: u32) -> u32 {
-    if cfg!(feature = "probe") {
-        probe::request_body(size);
+impl HttpContext for Capture {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.exchange.started_ns = Some(now_ns());
+        #[cfg(feature = "test-panic")]
+        test_panic();
+        Action::Continue
     }
-    with_stream(context_id, |s| {
-        tap(&mut s.exchange.request_body, Buffer::HttpRequestBody, size)
-    });
-    CONTINUE
-}
 
-#[no_mangle]
-pub extern "C" fn proxy_on_response_headers(context_id: u32, _headers: usize, end: u32) -> u32 {
-    if cfg!(feature = "probe") {
-        probe::response_headers();
-    }
-    with_stream(context_id, |s| {
-        s.exchange.response_headers_ns = Some(abi::now_ns());
-        s.exchange.response_ended |= end != 0;
-    });
-    CONTINUE
-}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_response_body(context_id: u32, size: usize, end: u32) -> u32 {
-    if cfg!(feature = "probe") {
-        probe::response_body(size);
-    }
-    with_stream(context_id, |s| {
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
         tap(
-            &mut s.exchange.response_body,
-            Buffer::HttpResponseBody,
-            size,
+            &mut self.exchange.request_body,
+            BufferType::HttpRequestBody,
+            body_size,
         );
-        s.exchange.response_ended |= end != 0;
-    });
-    CONTINUE
-}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) -> u32 {
-    with_stream(context_id, |s| s.exchange.response_ended = true);
-    CONTINUE
-}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_log(context_id: u32) {
-    if cfg!(feature = "probe") {
-        probe::log(context_id);
+        Action::Continue
     }
-    if let Some(Some(stream)) = with_vm(|vm| vm.streams.remove(&context_id)) {
-        stream.finish(context_id);
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.exchange.response_headers_ns = Some(now_ns());
+        self.exchange.response_ended |= end_of_stream;
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        tap(
+            &mut self.exchange.response_body,
+            BufferType::HttpResponseBody,
+            body_size,
+        );
+        self.exchange.response_ended |= end_of_stream;
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.exchange.response_ended = true;
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let exchange = std::mem::take(&mut self.exchange);
+        self.finish(exchange);
     }
 }
 
-impl Stream {
+impl Capture {
     /// Reads what only `on_log` can, hands the exchange to the worker's group of finished ones,
-    /// and writes the group's records (sending the batch they filled, if any) when it is due.
-    fn finish(self, context_id: u32) {
-        let Stream {
-            worker,
-            root_id,
-            exchange: mut ex,
-        } = self;
-        let now_ns = abi::now_ns();
+    /// writes the group's records when it is due, and asks the root for an immediate tick when a
+    /// batch is full and may leave.
+    fn finish(&self, mut ex: Exchange) {
+        let now_ns = now_ns();
         // Headers are read once, here: the request as the router sent it upstream (rewrites
         // included), the response as the client got it, and both even when on_log is the
         // stream's first callback.
-        ex.request_headers = abi::header_block(Headers::Request);
-        ex.response_headers = abi::header_block(Headers::Response).filter(|b| !b.is_empty());
+        ex.request_headers = calls::header_block(MapType::HttpRequestHeaders);
+        ex.response_headers =
+            calls::header_block(MapType::HttpResponseHeaders).filter(|b| !b.is_empty());
         if ex.response_headers.is_some() && ex.response_headers_ns.is_none() {
             ex.response_headers_ns = Some(now_ns);
         }
-        let details = abi::property(b"response\0code_details").unwrap_or_default();
+        let details = calls::property(vec!["response", "code_details"]).unwrap_or_default();
         if cfg!(feature = "copy-only") {
             return;
         }
-        let mut w = worker.borrow_mut();
+        let mut w = self.worker.borrow_mut();
         let kept = ex.kept_body_bytes();
         let finished = Finished {
             exchange: ex,
@@ -521,22 +860,41 @@ impl Stream {
             return;
         }
         w.write_finished();
-        // A full batch leaves now rather than at the next tick, so the worker holds fewer bytes
-        // (and fewer are lost if Envoy stops). Callouts belong to the root context (a stream's
-        // would be cancelled with the stream), so the root acts for this one call.
-        let now_ms = now_ns / 1_000_000;
-        if w.batcher.can_send_sealed(now_ms) && abi::set_effective_context(root_id) {
-            w.deliver(now_ms);
-            abi::set_effective_context(context_id);
+        // A stream's own callout would lose its answer with the stream, so the root sends the
+        // full batch: its timer, made due at once (and set back at that tick).
+        if !w.hurried
+            && w.batcher.can_send_sealed(now_ns / 1_000_000)
+            && calls::set_effective_context(self.root_id)
+        {
+            w.hurried = calls::set_tick_period_ms(1);
+            calls::set_effective_context(self.context_id);
         }
     }
 }
 
+/// The test-only build's way to crash the VM as a bug would: a request that carries
+/// `x-truthtable-test-panic` panics here (tests of `failure_policy: FAIL_RELOAD`).
+#[cfg(feature = "test-panic")]
+#[allow(clippy::panic)]
+fn test_panic() {
+    let headers = calls::header_block(MapType::HttpRequestHeaders);
+    if headers.is_some_and(|h| h.get("x-truthtable-test-panic").is_some()) {
+        panic!("x-truthtable-test-panic");
+    }
+}
+
 /// Copies the part of a body chunk that fits under the cap; counts the rest.
-fn tap(body: &mut BodyTap, buffer: Buffer, size: usize) {
+fn tap(body: &mut BodyTap, buffer: BufferType, size: usize) {
     let room = body.room(size);
-    match (room > 0).then(|| abi::buffer(buffer, room)).flatten() {
+    match (room > 0).then(|| calls::body(buffer, room)).flatten() {
         Some(bytes) => body.push(size, bytes),
         None => body.count(size),
     }
 }
+
+/// The stream context of the benchmark's floor build and of a root without a configuration:
+/// every callback is the SDK's default (`Continue`), nothing is read.
+struct Passthrough;
+
+impl Context for Passthrough {}
+impl HttpContext for Passthrough {}
