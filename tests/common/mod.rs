@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+pub mod lds;
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -42,6 +44,18 @@ pub fn wasm_path() -> PathBuf {
     assert!(
         wasm.exists(),
         "no filter at {} (run `cargo build --release --target wasm32-wasip1` or scripts/test)",
+        wasm.display()
+    );
+    wasm
+}
+
+/// The filter built with `--features test-panic` (scripts/test builds it): its VM panics on a
+/// request that carries `x-truthtable-test-panic`.
+pub fn test_panic_wasm_path() -> PathBuf {
+    let wasm = repo().join("target/test-panic/wasm32-wasip1/release/truthtable_filter.wasm");
+    assert!(
+        wasm.exists(),
+        "no test-panic build at {} (run `cargo build --release --target wasm32-wasip1 --features test-panic --target-dir target/test-panic` or scripts/test)",
         wasm.display()
     );
     wasm
@@ -150,9 +164,23 @@ impl Envoy {
 
     /// Starts Envoy; `Err` carries its log when it exits or is not ready within 30 s.
     pub fn try_start(opts: EnvoyOpts<'_>) -> Result<Envoy, String> {
+        Envoy::try_start_with(opts, |yaml| yaml)
+    }
+
+    /// Starts Envoy on the shipped config rendered for `opts`, then changed by `edit`.
+    pub fn try_start_with(
+        opts: EnvoyOpts<'_>,
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<Envoy, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let (admin, port) = (free_port(), free_port());
-        let yaml = render_envoy_yaml(admin, port, opts.upstream, opts.audit, opts.filter);
+        let yaml = edit(render_envoy_yaml(
+            admin,
+            port,
+            opts.upstream,
+            opts.audit,
+            opts.filter,
+        ));
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, yaml).expect("write envoy.yaml");
         let log = dir.path().join("envoy.log");
@@ -161,6 +189,7 @@ impl Envoy {
             .arg(&config)
             .args(["--concurrency", &opts.workers.to_string()])
             .args(["--disable-hot-restart", "-l", "warning"])
+            .args(["--file-flush-interval-msec", "20"])
             .arg("--log-path")
             .arg(&log)
             .stdin(Stdio::null())
@@ -198,15 +227,20 @@ impl Envoy {
 
     /// A metric from `/stats/prometheus`, summed over its series.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let text = admin_get(self.admin, "/stats/prometheus")?;
-        let values: Vec<f64> = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.split(['{', ' ']).next() == Some(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum())
+        prometheus_metric(self.admin, name)
     }
+}
+
+/// A metric from Envoy's `/stats/prometheus`, summed over its series.
+pub fn prometheus_metric(admin: u16, name: &str) -> Option<f64> {
+    let text = admin_get(admin, "/stats/prometheus")?;
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 impl Drop for Envoy {
@@ -681,4 +715,109 @@ pub fn filter_config(extra: &str) -> String {
     let mut config = object(base);
     config.extend(object(extra));
     serde_json::Value::Object(config).to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real collector.
+
+/// The collector, in this process, on a port chosen up front: Envoy's audit cluster can point at
+/// it before it runs ("down"), and it can stop and start again there with the same database.
+pub struct Collector {
+    pub port: u16,
+    ingest_token: Option<String>,
+    db: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Collector {
+    /// A collector that is not running yet; `start` brings it up on `port`.
+    pub fn down(ingest_token: Option<&str>) -> Collector {
+        Collector {
+            port: free_port(),
+            ingest_token: ingest_token.map(str::to_owned),
+            db: tempfile::tempdir().expect("temp dir"),
+            shutdown: None,
+            task: None,
+        }
+    }
+
+    pub async fn start(&mut self) {
+        self.stop().await;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let config = truthtable_collector::Config {
+            listen: addr,
+            db: self.db.path().join("captures.db"),
+            max_body_bytes: 64 << 20,
+            ingest_token: self.ingest_token.clone(),
+            read_token: None,
+        };
+        let store = truthtable_collector::store::Store::open(&config.db).expect("open the store");
+        let state = truthtable_collector::state(&config, store).expect("collector state");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        self.shutdown = Some(tx);
+        self.task = Some(tokio::spawn(async move {
+            let _ = truthtable_collector::serve(listener, state, async {
+                let _ = rx.await;
+            })
+            .await;
+        }));
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let url = format!("http://127.0.0.1:{}{}", self.port, path);
+        let resp = client().get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "GET {path}");
+        resp.json().await.unwrap()
+    }
+
+    /// Every stored capture record (not the summaries), oldest first.
+    pub async fn records(&self) -> Vec<Value> {
+        let list = self.get("/v1/captures?limit=1000").await;
+        let mut out = Vec::new();
+        for s in list["captures"].as_array().unwrap().iter().rev() {
+            let one = self
+                .get(&format!("/v1/captures/{}", s["id"].as_str().unwrap()))
+                .await;
+            out.push(one["capture"].clone());
+        }
+        out
+    }
+
+    /// Waits up to `timeout` until at least `n` captures are stored; returns the records.
+    pub async fn wait_records(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let list = self.get("/v1/captures?limit=1000").await;
+            if list["captures"].as_array().unwrap().len() >= n || Instant::now() >= deadline {
+                return self.records().await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A counter from the collector's `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        let text = client().get(url).send().await.ok()?.text().await.ok()?;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| l.split(['{', ' ']).next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
 }
