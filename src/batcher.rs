@@ -306,7 +306,7 @@ impl Batcher {
         };
         let (_, batch) = self.inflight.swap_remove(i);
         if stored {
-            self.release(&batch);
+            self.unhold(&batch);
             self.stats.delivered += batch.records;
             self.failures_in_a_row = 0;
             self.paused_until_ms = 0;
@@ -366,7 +366,7 @@ impl Batcher {
         self.budget.take(bytes);
     }
 
-    fn release(&mut self, batch: &Batch) {
+    fn unhold(&mut self, batch: &Batch) {
         self.held_bytes -= batch.body.len();
         self.held_records -= batch.records;
         self.budget.give(batch.body.len());
@@ -376,12 +376,14 @@ impl Batcher {
     /// flight (their answers are ignored from now on; a receiver that stored one stores it once
     /// more as a duplicate) — for the root that replaces this one. Nothing is held afterwards.
     pub fn hand_over(&mut self) -> Vec<Batch> {
-        let batches = self.take_all();
+        let batches = self.release();
         self.stats.handed_on += batches.iter().map(|b| b.records).sum::<u64>();
         batches
     }
 
-    fn take_all(&mut self) -> Vec<Batch> {
+    /// Everything held, as [`Batcher::hand_over`] gives it, but not counted as handed on yet: for
+    /// a hand-off whose outcome is known only later (see [`Batcher::note_hand_off`]).
+    pub fn release(&mut self) -> Vec<Batch> {
         self.seal();
         let mut batches: Vec<Batch> = self.inflight.drain(..).map(|(_, b)| b).collect();
         batches.extend(self.waiting.drain(..));
@@ -394,7 +396,17 @@ impl Batcher {
     /// Takes over a batch a replaced root handed on, to be sent with the others. When the VM's
     /// batchers have no room for it under `queue_max_bytes`, its records are counted as dropped
     /// and false is returned.
-    pub fn take_over(&mut self, mut batch: Batch) -> bool {
+    pub fn take_over(&mut self, batch: Batch) -> bool {
+        self.adopt(batch, true)
+    }
+
+    /// Holds a batch again without counting it as taken over (it may be one this batcher
+    /// released itself); without room, its records are counted as dropped.
+    pub fn take_back(&mut self, batch: Batch) -> bool {
+        self.adopt(batch, false)
+    }
+
+    fn adopt(&mut self, mut batch: Batch, taken_over: bool) -> bool {
         if batch.records == 0 {
             return true;
         }
@@ -404,14 +416,23 @@ impl Batcher {
         }
         batch.sent_ms = 0;
         self.hold(batch.body.len(), batch.records);
-        self.stats.taken_over += batch.records;
+        if taken_over {
+            self.stats.taken_over += batch.records;
+        }
         self.waiting.push_back(batch);
         true
     }
 
+    /// Settles a hand-off made with [`Batcher::release`] and [`Batcher::take_back`]: `handed`
+    /// records left this batcher for good, `taken` arrived from others.
+    pub fn note_hand_off(&mut self, handed: u64, taken: u64) {
+        self.stats.handed_on += handed;
+        self.stats.taken_over += taken;
+    }
+
     /// Gives up every record held, counting each as dropped; returns how many there were.
     pub fn abandon(&mut self) -> u64 {
-        let lost = self.take_all().iter().map(|b| b.records).sum();
+        let lost = self.release().iter().map(|b| b.records).sum();
         self.stats.dropped += lost;
         lost
     }
@@ -842,6 +863,26 @@ mod tests {
         let s = new.stats();
         assert_eq!((s.dropped, s.taken_over), (3, 0));
         assert_eq!(budget.used(), 250);
+    }
+
+    #[test]
+    fn a_released_batch_taken_back_is_neither_handed_on_nor_taken_over() {
+        let budget = Budget::default();
+        let mut b = Batcher::new(limits()).sharing(budget.clone());
+        for _ in 0..3 {
+            record(&mut b, 0, 10);
+        }
+        let released = b.release();
+        assert_eq!((b.held_records(), budget.used()), (0, 0));
+        for batch in released {
+            assert!(b.take_back(batch));
+        }
+        let s = b.stats();
+        assert_eq!((s.handed_on, s.taken_over, b.held_records()), (0, 0, 3));
+        assert_eq!(budget.used(), 30);
+        b.note_hand_off(1, 2);
+        let s = b.stats();
+        assert_eq!((s.handed_on, s.taken_over), (1, 2));
     }
 
     #[test]
