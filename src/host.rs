@@ -200,6 +200,19 @@ struct Me {
     queue: Option<u32>,
     /// Without a heartbeat for this long, the root counts as gone.
     stale_ms: u64,
+    /// Registered as the queue's receiver (at the first tick).
+    receiving: bool,
+}
+
+/// The plugin's hand-off queue.
+fn queue_name(plugin: &str) -> String {
+    format!("truthtable.handoff/{plugin}")
+}
+
+fn property_text(path: Vec<&str>) -> String {
+    calls::property(path)
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default()
 }
 
 struct Root {
@@ -270,6 +283,7 @@ impl RootContext for Root {
             error!("truthtable: cannot set the tick period");
             return false;
         }
+        self.identify();
         true
     }
 
@@ -278,7 +292,8 @@ impl RootContext for Root {
             return;
         };
         let now = now_ms();
-        self.identify(true);
+        self.identify();
+        self.receive_queue();
         {
             let mut w = worker.borrow_mut();
             if w.hurried {
@@ -289,7 +304,7 @@ impl RootContext for Root {
             let timeout = w.config.audit_timeout_ms;
             w.batcher.expire(now, timeout);
         }
-        self.take_handed_on(now, false);
+        self.take_handed_on(now);
         worker.borrow_mut().deliver(now);
         if self.drain_until_ms.is_some() && self.drain_step(now) {
             return;
@@ -304,7 +319,7 @@ impl RootContext for Root {
 
     fn on_queue_ready(&mut self, _queue_id: u32) {
         let now = now_ms();
-        self.take_handed_on(now, false);
+        self.take_handed_on(now);
         if let Some(worker) = &self.worker {
             worker.borrow_mut().deliver(now);
         }
@@ -367,23 +382,30 @@ impl Context for Root {
             return true;
         };
         let now = now_ms();
-        // A root that never ticked still knows its plugin, but does not receive the queue.
-        self.identify(false);
+        self.identify();
         worker.borrow_mut().write_finished();
         let timeout = worker.borrow().config.drain_timeout_ms;
         if self.hand_on(now) || worker.borrow().batcher.is_idle() {
             self.leave();
             return true;
         }
-        if timeout == 0 {
-            self.give_up(0);
+        // With no other plugin's root left in this VM, nothing keeps it alive: Envoy is stopping,
+        // or removed the VM's last configuration, and tears the VM down right after this call.
+        let context_id = self.context_id;
+        let vm_lives_on =
+            with_vm(|vm| vm.roots.iter().any(|l| l.context_id != context_id)).unwrap_or(false);
+        if timeout == 0 || !vm_lives_on {
+            self.give_up(if vm_lives_on {
+                "drain_timeout_ms is 0"
+            } else {
+                "Envoy is stopping, or removed the last configuration of this VM"
+            });
             self.leave();
             return true;
         }
-        warn!(
-            "truthtable: {} records not yet delivered when the configuration was replaced or \
-             Envoy began to stop, and no successor runs: delivering them for up to \
-             drain_timeout_ms ({timeout} ms); if Envoy is exiting they are lost",
+        info!(
+            "truthtable: {} records not yet delivered when the configuration was replaced, and \
+             no successor runs: delivering them for up to drain_timeout_ms ({timeout} ms)",
             worker.borrow().batcher.held_records()
         );
         self.drain_until_ms = Some(now.saturating_add(timeout));
@@ -394,35 +416,28 @@ impl Context for Root {
 }
 
 impl Root {
-    /// Learns who this root is: its plugin, a proxy-wide nonce, and (when `take_queue`) the
-    /// plugin's hand-off queue, which this root then receives.
-    fn identify(&mut self, take_queue: bool) {
+    /// Learns who this root is — its plugin, a proxy-wide nonce — and joins the VM's list of
+    /// roots. Runs when the root is configured (or, for a host that skipped that, later).
+    fn identify(&mut self) {
         if self.me.is_some() {
             return;
         }
         let Some(worker) = &self.worker else {
             return;
         };
-        let text = |path| {
-            calls::property(path)
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
-                .unwrap_or_default()
-        };
         let plugin: Rc<str> = format!(
             "{}/{}",
-            text(vec!["plugin_name"]),
-            text(vec!["plugin_root_id"])
+            property_text(vec!["plugin_name"]),
+            property_text(vec!["plugin_root_id"])
         )
         .into();
         let mut nonce = std::collections::hash_map::RandomState::new().build_hasher();
         nonce.write_u64(now_ns());
         nonce.write_u32(self.context_id);
-        let queue_name = format!("truthtable.handoff/{plugin}");
-        let queue = if take_queue {
-            calls::register_queue(&queue_name)
-        } else {
-            calls::resolve_queue(&text(vec!["plugin_vm_id"]), &queue_name)
-        };
+        // Resolved, not registered: a root becomes the queue's receiver at its first tick (the
+        // configuration check Envoy runs in a throwaway root never ticks).
+        let queue =
+            calls::resolve_queue(&property_text(vec!["plugin_vm_id"]), &queue_name(&plugin));
         let flush = worker.borrow().config.delivery.flush_interval_ms;
         with_vm(|vm| {
             vm.roots.push(Local {
@@ -437,7 +452,18 @@ impl Root {
             plugin,
             queue,
             stale_ms: flush.saturating_mul(10).max(10_000),
+            receiving: false,
         });
+    }
+
+    /// At the first tick: becomes the receiver of the plugin's hand-off queue (creating it).
+    fn receive_queue(&mut self) {
+        if let Some(me) = self.me.as_mut().filter(|me| !me.receiving) {
+            me.receiving = true;
+            if let Some(id) = calls::register_queue(&queue_name(&me.plugin)) {
+                me.queue = Some(id);
+            }
+        }
     }
 
     /// Hands every record held to a successor of the same plugin: one in this VM directly;
@@ -490,14 +516,14 @@ impl Root {
         let Some(queue) = queue else {
             return false;
         };
-        let mut handed = 0;
+        let mut queued = 0;
         {
             let mut w = worker.borrow_mut();
-            for batch in w.batcher.hand_over() {
+            for batch in w.batcher.release() {
                 if calls::enqueue(queue, &handoff::encode(&batch)) {
-                    handed += batch.records;
+                    queued += batch.records;
                 } else {
-                    w.batcher.take_over(batch);
+                    w.batcher.take_back(batch);
                 }
             }
         }
@@ -516,39 +542,59 @@ impl Root {
         })
         .unwrap_or(false);
         if successor && worker.borrow().batcher.is_idle() {
-            if handed > 0 {
-                info!("truthtable: handed {handed} records to the plugin's roots in another VM");
+            worker.borrow_mut().batcher.note_hand_off(queued, 0);
+            if queued > 0 {
+                info!("truthtable: handed {queued} records to the plugin's roots in another VM");
             }
             return true;
         }
-        // The plugin's last root: take back what it queued (and what others just queued).
-        self.take_handed_on(now, true);
+        // The plugin's last root: take back what it queued (and what others just queued). Its own
+        // records never left; only the difference counts as handed on or taken over.
+        let taken = self.drain_queue(queue, false);
+        worker
+            .borrow_mut()
+            .batcher
+            .note_hand_off(queued.saturating_sub(taken), taken.saturating_sub(queued));
         false
     }
 
     /// Takes the batches other roots handed on through the plugin's queue. A root that is
-    /// draining takes them only when it is the plugin's last (`last`).
-    fn take_handed_on(&mut self, now: u64, last: bool) {
-        let (Some(worker), Some(me)) = (&self.worker, &self.me) else {
+    /// draining takes them only when it is the plugin's last.
+    fn take_handed_on(&mut self, now: u64) {
+        let Some(me) = &self.me else {
             return;
         };
         let Some(queue) = me.queue else {
             return;
         };
         if self.drain_until_ms.is_some()
-            && !last
             && Registry::decode(calls::shared_data(registry::KEY).0.as_deref())
                 .has_successor(me.nonce, &me.plugin, now)
         {
             return;
         }
+        self.drain_queue(queue, true);
+    }
+
+    /// Holds every batch waiting in the hand-off queue (counted as taken over when `counted`);
+    /// returns the records taken. Batches that do not fit under `queue_max_bytes` are dropped and
+    /// counted.
+    fn drain_queue(&mut self, queue: u32, counted: bool) -> u64 {
+        let Some(worker) = &self.worker else {
+            return 0;
+        };
         let mut w = worker.borrow_mut();
         let (mut taken, mut lost) = (0, 0);
         while let Some(item) = calls::dequeue(queue) {
             let records = handoff::records_in(&item);
             match handoff::decode(item) {
                 Ok(batch) => {
-                    if w.batcher.take_over(batch) {
+                    let held = if counted {
+                        w.batcher.take_over(batch)
+                    } else {
+                        w.batcher.take_back(batch)
+                    };
+                    if held {
                         taken += records;
                     } else {
                         lost += records;
@@ -561,12 +607,10 @@ impl Root {
                 }
             }
         }
-        if taken > 0 {
-            debug!("truthtable: took {taken} records from the plugin's hand-off queue");
-        }
         if lost > 0 {
             warn!("truthtable: {lost} handed-on records dropped: no room under queue_max_bytes");
         }
+        taken
     }
 
     /// One step of a root that is shutting down without a successor; true when it is finished
@@ -583,7 +627,10 @@ impl Root {
             true
         } else if now >= until {
             let timeout = worker.borrow().config.drain_timeout_ms;
-            self.give_up(timeout);
+            self.give_up(&format!(
+                "not delivered within drain_timeout_ms ({timeout} ms) of the configuration \
+                 being replaced"
+            ));
             true
         } else {
             false
@@ -596,18 +643,14 @@ impl Root {
         finished
     }
 
-    /// Counts everything still held as dropped, once, with one warning.
-    fn give_up(&mut self, waited_ms: u64) {
+    /// Counts everything still held as dropped, once, with one warning saying `why`.
+    fn give_up(&mut self, why: &str) {
         let Some(worker) = &self.worker else {
             return;
         };
         let lost = worker.borrow_mut().batcher.abandon();
         if lost > 0 {
-            warn!(
-                "truthtable: {lost} records dropped: not delivered within drain_timeout_ms \
-                 ({waited_ms} ms) of the configuration being replaced or stopped, and no \
-                 successor to hand them to"
-            );
+            warn!("truthtable: {lost} records dropped: {why}, and no successor runs to take them");
         }
     }
 
