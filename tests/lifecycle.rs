@@ -468,3 +468,54 @@ async fn a_vm_that_crashes_leaves_no_phantom_gauges_and_its_records_count_as_dro
         "the loss is logged:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_last_plugin_of_a_vm_counts_what_it_held_as_dropped_at_once() {
+    let upstream = Upstream::start().await;
+    let collector = Collector::down(None);
+    let (a, b) = (free_port(), free_port());
+    let config = filter_config(r#""drain_timeout_ms": 60000"#);
+    let with_filter = Listener {
+        name: "llm_ingress",
+        port: a,
+        plugin: "truthtable",
+        config: &config,
+        vm: VmLayout::Shared("truthtable"),
+    };
+    let mut envoy = LdsEnvoy::start(upstream.port, collector.port, 2, 1, &[with_filter]);
+    send(a, cases("held", 5)).await;
+    until(&envoy, "5 records queued", Duration::from_secs(10), |m| {
+        m.queue_records == 5.0
+    })
+    .await;
+    // The only listener with the filter goes (another one, in a VM of its own, keeps Envoy busy).
+    let other = filter_config("");
+    envoy.update(&[Listener {
+        name: "other",
+        port: b,
+        plugin: "other",
+        config: &other,
+        vm: VmLayout::Shared("another-vm"),
+    }]);
+    envoy.wait_drained(Duration::from_secs(20));
+    // Nothing can deliver them any more: counted at once, the gauges back to 0.
+    until(
+        &envoy,
+        "the loss is counted",
+        Duration::from_secs(10),
+        |m| m.dropped == 5.0 && m.queue_records == 0.0 && m.queue_bytes == 0.0,
+    )
+    .await;
+    let log = envoy.log_text();
+    let said: u64 = log
+        .lines()
+        .filter(|l| {
+            l.contains("[warning]") && l.contains("removed the last configuration of this VM")
+        })
+        .filter_map(|l| {
+            let at = l.rfind("truthtable: ")? + "truthtable: ".len();
+            l[at..].split(' ').next()?.parse::<u64>().ok()
+        })
+        .sum();
+    assert_eq!(said, 5, "Envoy's log:\n{log}");
+}

@@ -1,6 +1,6 @@
 //! What Envoy allows the filter when it stops: a hot restart lets the old process deliver what it
 //! holds through its drain time; a plain SIGTERM stops the VMs a few milliseconds after telling
-//! them, so what is still held is lost — and the filter says how much, in Envoy's log.
+//! them, so what is still held is lost — counted as dropped, and said in Envoy's log.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -118,7 +118,7 @@ async fn on_hot_restart_the_old_process_delivers_what_it_holds_during_its_drain_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sigterm_with_records_held_logs_how_many_are_lost() {
+async fn a_sigterm_with_records_held_counts_them_as_dropped_and_logs_how_many() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = Upstream::start().await;
     let (admin, listen, audit) = (free_port(), free_port(), free_port());
@@ -144,7 +144,7 @@ async fn a_sigterm_with_records_held_logs_how_many_are_lost() {
     let log = std::fs::read_to_string(dir.path().join("envoy-0.log")).unwrap();
     let said: u64 = log
         .lines()
-        .filter(|l| l.contains("[warning]") && l.contains("if Envoy is exiting they are lost"))
+        .filter(|l| l.contains("[warning]") && l.contains("records dropped: Envoy is stopping"))
         .filter_map(|l| {
             let at = l.rfind("truthtable: ")? + "truthtable: ".len();
             l[at..].split(' ').next()?.parse::<u64>().ok()
