@@ -2,19 +2,10 @@
 //!
 //! Keys and defaults follow `CONTRACT.md` §1; the delivery-tuning keys below them are ours.
 
+use crate::redact::{self, Names};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
-
-/// Header names whose values never leave the filter, whatever the configuration says.
-pub const DEFAULT_REDACTED: [&str; 6] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "x-api-key",
-    "api-key",
-];
 
 /// What `configuration` in the Envoy/Istio YAML becomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +16,10 @@ pub struct Config {
     pub audit_timeout_ms: u64,
     pub audit_headers: Vec<(String, String)>,
     pub max_body_bytes: usize,
-    /// Lower-case names: the defaults plus `redact_headers`, without repeats.
-    pub redact_headers: Vec<String>,
+    /// The built-in credential headers plus `redact_headers`.
+    pub redact_headers: Names,
+    /// The built-in credential query parameters plus `redact_query_params`.
+    pub redact_query_params: Names,
     pub delivery: DeliveryLimits,
     /// How long a root context that is shut down with no successor keeps delivering what it
     /// holds before the rest is counted as dropped.
@@ -85,6 +78,8 @@ struct RawConfig {
     max_body_bytes: u64,
     #[serde(default)]
     redact_headers: Vec<String>,
+    #[serde(default)]
+    redact_query_params: Vec<String>,
     #[serde(default = "default_batch_max_bytes")]
     batch_max_bytes: u64,
     #[serde(default = "default_flush_interval_ms")]
@@ -153,9 +148,7 @@ impl Config {
 
     /// Whether a header of this name is recorded as `[REDACTED]` (names compare case-insensitively).
     pub fn is_redacted(&self, name: &[u8]) -> bool {
-        self.redact_headers
-            .iter()
-            .any(|r| r.len() == name.len() && r.as_bytes().eq_ignore_ascii_case(name))
+        self.redact_headers.contains(name)
     }
 }
 
@@ -167,6 +160,14 @@ fn name_serde_error(path: String, e: &serde_json::Error) -> (String, String) {
         Some(i) => message[..i].to_owned(),
         None => message,
     };
+    if path.starts_with("audit_headers") {
+        // Values there are credentials (an ingest token): the line Envoy logs never shows them.
+        let expected = message.find(", expected ").map_or("", |i| &message[i..]);
+        return (
+            path,
+            format!("invalid value (not shown: it may be a credential){expected}"),
+        );
+    }
     if path != "." && !path.is_empty() {
         return (path, message);
     }
@@ -216,6 +217,24 @@ fn header_name(key: &str, name: &str) -> Result<String, ConfigError> {
     Ok(name.to_ascii_lowercase())
 }
 
+/// A query parameter name as it reads decoded: non-empty, no control characters, at most
+/// [`redact::MAX_NAME`] bytes.
+fn query_param_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let problem = if name.is_empty() {
+        "must not be empty".to_owned()
+    } else if name.len() > redact::MAX_NAME {
+        format!("is longer than {} bytes", redact::MAX_NAME)
+    } else if name.chars().any(char::is_control) {
+        format!("{name:?} holds a control character")
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError {
+        key: key.to_owned(),
+        problem,
+    })
+}
+
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
         if self.audit_cluster.trim().is_empty() {
@@ -260,14 +279,29 @@ impl RawConfig {
             audit_headers.push((lower, value));
         }
         let max_body_bytes = check("max_body_bytes", self.max_body_bytes, 0, 64 * MIB)?;
-        let mut redact_headers: Vec<String> =
-            DEFAULT_REDACTED.iter().map(|s| (*s).to_owned()).collect();
+        let mut extra_headers = Vec::with_capacity(self.redact_headers.len());
         for (i, name) in self.redact_headers.iter().enumerate() {
-            let lower = header_name(&format!("redact_headers[{i}]"), name)?;
-            if !redact_headers.contains(&lower) {
-                redact_headers.push(lower);
+            let key = format!("redact_headers[{i}]");
+            let lower = header_name(&key, name)?;
+            if lower.len() > redact::MAX_NAME {
+                return Err(ConfigError {
+                    key,
+                    problem: format!("is longer than {} bytes", redact::MAX_NAME),
+                });
             }
+            extra_headers.push(lower);
         }
+        let redact_headers = Names::new(
+            redact::DEFAULT_HEADERS,
+            extra_headers.iter().map(String::as_str),
+        );
+        for (i, name) in self.redact_query_params.iter().enumerate() {
+            query_param_name(&format!("redact_query_params[{i}]"), name)?;
+        }
+        let redact_query_params = Names::new(
+            redact::DEFAULT_QUERY_PARAMS,
+            self.redact_query_params.iter().map(String::as_str),
+        );
         let batch_max_bytes = check("batch_max_bytes", self.batch_max_bytes, 1024, 16 * MIB)?;
         let queue_max_bytes = check(
             "queue_max_bytes",
@@ -299,6 +333,7 @@ impl RawConfig {
             audit_headers,
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
             redact_headers,
+            redact_query_params,
             delivery: DeliveryLimits {
                 batch_max_bytes: usize::try_from(batch_max_bytes).unwrap_or(usize::MAX),
                 flush_interval_ms: check("flush_interval_ms", self.flush_interval_ms, 10, 60_000)?,
@@ -329,7 +364,11 @@ mod tests {
         assert_eq!(c.audit_timeout_ms, 5000);
         assert!(c.audit_headers.is_empty());
         assert_eq!(c.max_body_bytes, 1_048_576);
-        assert_eq!(c.redact_headers, DEFAULT_REDACTED.to_vec());
+        assert_eq!(c.redact_headers, Names::new(redact::DEFAULT_HEADERS, []));
+        assert_eq!(
+            c.redact_query_params,
+            Names::new(redact::DEFAULT_QUERY_PARAMS, [])
+        );
         assert_eq!(c.drain_timeout_ms, 30_000);
     }
 
@@ -339,6 +378,7 @@ mod tests {
             br#"{"audit_cluster":"a","audit_path":"/in","audit_authority":"collector.local",
                 "audit_timeout_ms":900,"audit_headers":{"X-Ingest-Token":"t0k"},
                 "max_body_bytes":0,"redact_headers":["X-Secret","cookie"],
+                "redact_query_params":["Tenant_Sig","key"],
                 "batch_max_bytes":2048,"flush_interval_ms":50,"queue_max_bytes":65536,
                 "max_inflight":2,"retry_initial_ms":20,"retry_max_ms":40,
                 "drain_timeout_ms":0}"#,
@@ -352,7 +392,12 @@ mod tests {
             vec![("x-ingest-token".into(), "t0k".into())]
         );
         assert_eq!(c.max_body_bytes, 0);
-        assert_eq!(c.redact_headers.len(), 7);
+        assert_eq!(c.redact_headers.len(), redact::DEFAULT_HEADERS.len() + 1);
+        assert_eq!(
+            c.redact_query_params.len(),
+            redact::DEFAULT_QUERY_PARAMS.len() + 1
+        );
+        assert!(c.redact_query_params.contains(b"tenant_sig"));
         assert_eq!(c.drain_timeout_ms, 0);
         assert!(c.is_redacted(b"X-SECRET"));
         assert!(c.is_redacted(b"Authorization"));
@@ -469,6 +514,28 @@ mod tests {
             err(r#"{"audit_cluster":"a","redact_headers":"authorization"}"#).key,
             "redact_headers"
         );
+        for bad in [
+            r#""""#,
+            r#""a\u0000b""#,
+            r#""tab\there""#,
+            r#"5"#,
+            r#"null"#,
+        ] {
+            let json = format!(r#"{{"audit_cluster":"a","redact_query_params":["ok",{bad}]}}"#);
+            assert_eq!(err(&json).key, "redact_query_params[1]", "{json}");
+        }
+        let long = "n".repeat(redact::MAX_NAME + 1);
+        assert_eq!(
+            err(&format!(
+                r#"{{"audit_cluster":"a","redact_query_params":["{long}"]}}"#
+            ))
+            .key,
+            "redact_query_params[0]"
+        );
+        assert_eq!(
+            err(r#"{"audit_cluster":"a","redact_query_params":"key"}"#).key,
+            "redact_query_params"
+        );
         assert_eq!(
             err(r#"{"audit_cluster":"a","audit_headers":{"x-t":"a\nb"}}"#).key,
             "audit_headers.x-t"
@@ -481,6 +548,33 @@ mod tests {
             err(r#"{"audit_cluster":"a","audit_headers":{"x-t":5}}"#).key,
             "audit_headers.x-t"
         );
+    }
+
+    #[test]
+    fn a_wrong_audit_headers_value_is_named_but_never_shown() {
+        for (json, key) in [
+            (
+                r#"{"audit_cluster":"a","audit_headers":"Bearer sk-canary-1"}"#,
+                "audit_headers",
+            ),
+            (
+                r#"{"audit_cluster":"a","audit_headers":{"authorization":1234567}}"#,
+                "audit_headers.authorization",
+            ),
+            (
+                r#"{"audit_cluster":"a","audit_headers":["Bearer sk-canary-1"]}"#,
+                "audit_headers",
+            ),
+        ] {
+            let e = err(json);
+            assert_eq!(e.key, key, "{json}");
+            let line = e.to_string();
+            assert!(
+                !line.contains("sk-canary-1") && !line.contains("1234567"),
+                "{line}"
+            );
+            assert!(line.contains("expected"), "{line}");
+        }
     }
 
     proptest::proptest! {

@@ -14,6 +14,7 @@ pub mod headers;
 pub mod json;
 pub mod outcome;
 pub mod record;
+pub mod redact;
 pub mod registry;
 
 #[cfg(target_arch = "wasm32")]

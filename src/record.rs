@@ -10,11 +10,12 @@ use crate::config::Config;
 use crate::headers::{status_code, HeaderBlock};
 use crate::json;
 use crate::outcome::{classify, Outcome};
+use crate::redact;
 use base64::Engine;
 use std::borrow::Cow;
 
 pub const SCHEMA: &str = "truthtable.capture.v1";
-pub const REDACTED: &str = "[REDACTED]";
+pub use crate::redact::REDACTED;
 
 /// What a stream context has seen of its exchange so far.
 #[derive(Debug, Default)]
@@ -148,7 +149,10 @@ fn write_request(
         (b",\"scheme\":", scheme),
         (b",\"authority\":", authority),
         (b",\"path\":", path),
-        (b",\"query\":", query),
+        (
+            b",\"query\":",
+            &redact::query(query, &config.redact_query_params),
+        ),
     ] {
         out.extend_from_slice(key);
         json::lossy(out, value);
@@ -355,6 +359,24 @@ mod tests {
         assert_eq!(
             lean, whole,
             "only the bodies' data and truncated flags differ"
+        );
+    }
+
+    #[test]
+    fn listed_query_parameters_are_redacted_in_the_record() {
+        let mut ex = chat_exchange();
+        ex.request_headers = Some(HeaderBlock::from_pairs(&[
+            (":method", "POST"),
+            (
+                ":path",
+                "/v1beta/models/g:generateContent?alt=sse&key=AIza-canary&API%5FKEY=k2",
+            ),
+        ]));
+        let got = write(&ex, AT_T0);
+        assert_eq!(got["request"]["path"], "/v1beta/models/g:generateContent");
+        assert_eq!(
+            got["request"]["query"],
+            "alt=sse&key=[REDACTED]&API%5FKEY=[REDACTED]"
         );
     }
 
