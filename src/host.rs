@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::group::Group;
 use crate::record::{Ending, Exchange};
 use calls::{now_ms, now_ns};
-use log::{error, warn};
+use log::{debug, error, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use std::cell::RefCell;
@@ -172,7 +172,6 @@ struct Root {
     drain_until_ms: Option<u64>,
     /// The last registry entry written: when, and the gauges and state it held.
     registered: Option<(u64, u64, u64, bool)>,
-    level_checked_ms: u64,
 }
 
 impl Root {
@@ -185,7 +184,6 @@ impl Root {
             me: None,
             drain_until_ms: None,
             registered: None,
-            level_checked_ms: 0,
         }
     }
 }
@@ -258,10 +256,8 @@ impl RootContext for Root {
         }
         self.report();
         self.heartbeat(now);
-        if now.saturating_sub(self.level_checked_ms) >= 1000 {
-            self.level_checked_ms = now;
-            sync_log_level();
-        }
+        // Envoy's log level can change at run time (`POST /logging?wasm=debug`).
+        sync_log_level();
     }
 
     fn on_queue_ready(&mut self, _queue_id: u32) {
@@ -307,11 +303,18 @@ impl Context for Root {
         };
         {
             let mut w = worker.borrow_mut();
-            if !stored {
+            let status = status.as_deref().map(String::from_utf8_lossy);
+            if stored {
+                debug!(
+                    "truthtable: audit cluster {} stored a batch (status {})",
+                    w.config.audit_cluster,
+                    status.unwrap_or_default()
+                );
+            } else {
                 warn!(
                     "truthtable: audit cluster {} did not store a batch (status {}); it will be retried",
                     w.config.audit_cluster,
-                    status.as_deref().map(String::from_utf8_lossy).unwrap_or_default()
+                    status.unwrap_or_default()
                 );
             }
             w.batcher.answered(token, stored, now);
