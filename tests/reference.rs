@@ -15,6 +15,7 @@ use truthtable_filter::body::BodyTap;
 use truthtable_filter::config::{Config, ConfigError};
 use truthtable_filter::headers::HeaderBlock;
 use truthtable_filter::record::{Ending, Exchange};
+use truthtable_filter::redact;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -344,7 +345,8 @@ fn every_record_field_is_described_and_the_example_has_the_real_shape() {
 #[test]
 fn every_filter_metric_is_listed_with_its_type() {
     // The metrics are defined in the wasm-only host glue, so they are read from its source.
-    let host = std::fs::read_to_string(repo().join("src/host.rs")).expect("src/host.rs");
+    let host =
+        std::fs::read_to_string(repo().join("src/host/metrics.rs")).expect("src/host/metrics.rs");
     let metrics = section(&reference(), "Metrics");
     let mut found = 0;
     for (kind, call) in [("counter", "counter(\""), ("gauge", "gauge(\"")] {
@@ -360,6 +362,47 @@ fn every_filter_metric_is_listed_with_its_type() {
     }
     assert!(
         found >= 8,
-        "found only {found} metric definitions in src/host.rs"
+        "found only {found} metric definitions in src/host/metrics.rs"
     );
+}
+
+/// The code spans of the `### Redaction` subsection.
+fn redaction_names() -> BTreeSet<String> {
+    let doc = reference();
+    let start = doc
+        .find("\n### Redaction\n")
+        .expect("docs/reference.md has a `### Redaction` subsection");
+    let body = &doc[start + 1..];
+    let end = body[4..].find("\n#").map_or(body.len(), |i| i + 4);
+    spans(&body[..end]).into_iter().map(str::to_owned).collect()
+}
+
+#[test]
+fn every_built_in_redacted_name_is_listed_and_every_listed_name_is_built_in() {
+    let listed = redaction_names();
+    for name in redact::DEFAULT_HEADERS
+        .iter()
+        .chain(redact::DEFAULT_QUERY_PARAMS)
+    {
+        assert!(
+            listed.contains(*name),
+            "docs/reference.md's Redaction section does not list `{name}`"
+        );
+    }
+    let known: BTreeSet<&str> = redact::DEFAULT_HEADERS
+        .iter()
+        .chain(redact::DEFAULT_QUERY_PARAMS)
+        .copied()
+        .chain(["redact_headers", "redact_query_params", "audit_headers"])
+        .collect();
+    for name in &listed {
+        // Spans that are not names: separators and examples (`&`, `api%5Fkey`, a whole query).
+        let example = !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        assert!(
+            example || known.contains(name.as_str()),
+            "docs/reference.md lists `{name}` as redacted, but the filter does not redact it"
+        );
+    }
 }
