@@ -3,6 +3,8 @@
 // Test support: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod postgres;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -85,7 +87,7 @@ impl InProcess {
             "TRUTHTABLE_READ_TOKEN" => rt.clone(),
             _ => None,
         });
-        let store = Store::open(&db).unwrap();
+        let store = Store::open(&config).await.unwrap();
         let state = truthtable_collector::state(&config, store).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -119,6 +121,23 @@ impl InProcess {
             task.await.unwrap().unwrap();
         }
     }
+}
+
+/// How many records the SQLite file at `db` holds (read directly, without the collector).
+pub fn sqlite_count(db: &Path) -> u64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM captures", [], |r| r.get::<_, i64>(0))
+        .unwrap() as u64
+}
+
+/// Whether the SQLite file at `db` holds a record with this id.
+pub fn sqlite_has(db: &Path, id: &str) -> bool {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM captures WHERE id = ?1", [id], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap()
+        == 1
 }
 
 /// Posts an NDJSON body to the ingest endpoint.
