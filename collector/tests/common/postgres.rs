@@ -23,7 +23,7 @@ pub const PASSWORD: &str = "pw-for-tests-only";
 /// What differs between test servers.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PgOptions {
-    /// Serve TLS with a self-signed certificate for `localhost` ([`Postgres::ca_file`]).
+    /// Serve TLS with a certificate for `localhost` signed by a test CA ([`Postgres::ca_file`]).
     pub tls: bool,
 }
 
@@ -176,26 +176,61 @@ impl Postgres {
         }
     }
 
+    /// A test CA ([`Postgres::ca_file`]) and a server certificate it signed for `localhost`.
     fn make_certificate(&self) {
         let data = self.data();
+        let (ca_key, ca, csr) = (
+            self.root.join("ca.key"),
+            self.ca_file(),
+            self.root.join("server.csr"),
+        );
         run(
             Command::new("openssl")
                 .args([
                     "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                 ])
+                .args(["-subj", "/CN=truthtable test CA", "-keyout"])
+                .arg(&ca_key)
+                .arg("-out")
+                .arg(&ca),
+            "openssl req (CA)",
+        );
+        run(
+            Command::new("openssl")
                 .args([
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
                     "-subj",
                     "/CN=localhost",
-                    "-addext",
-                    "subjectAltName=DNS:localhost",
                 ])
                 .arg("-keyout")
                 .arg(data.join("server.key"))
                 .arg("-out")
-                .arg(data.join("server.crt")),
-            "openssl req",
+                .arg(&csr),
+            "openssl req (server)",
         );
-        std::fs::copy(data.join("server.crt"), self.ca_file()).unwrap();
+        let ext = self.root.join("server.ext");
+        std::fs::write(
+            &ext,
+            "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(
+            Command::new("openssl")
+                .args(["x509", "-req", "-days", "2", "-in"])
+                .arg(&csr)
+                .arg("-CA")
+                .arg(&ca)
+                .arg("-CAkey")
+                .arg(&ca_key)
+                .args(["-CAcreateserial", "-extfile"])
+                .arg(&ext)
+                .arg("-out")
+                .arg(data.join("server.crt")),
+            "openssl x509 (sign)",
+        );
         if self.as_postgres {
             run(
                 Command::new("chown")
@@ -213,7 +248,7 @@ impl Postgres {
         );
     }
 
-    /// The certificate the server presents (self-signed, for `localhost`), as a CA file.
+    /// The CA that signed the server's certificate (for `localhost`).
     pub fn ca_file(&self) -> PathBuf {
         self.root.join("ca.crt")
     }
