@@ -12,6 +12,9 @@ use serde_json::Value;
 use truthtable_collector::config::{Config, DbTarget};
 use truthtable_collector::store::{CaptureStore, Cursor, Store};
 
+/// Arguments and environment of one collector start.
+type Start<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
@@ -51,33 +54,35 @@ fn wrong_credentials_a_missing_database_and_bad_urls_stop_the_start_naming_the_p
     let db = pg.database();
     let url = pg.url(&db);
     let missing = pg.url("no_such_db");
-    let cases: [(Vec<&str>, Vec<(&str, &str)>, &str); 5] = [
+    let cases: [(Start, &str); 5] = [
         (
-            vec!["--db", &url],
-            vec![("PGPASSWORD", "not-the-password")],
+            (vec!["--db", &url], vec![("PGPASSWORD", "not-the-password")]),
             "password authentication failed",
         ),
-        (vec!["--db", &url], vec![], "password"),
+        ((vec!["--db", &url], vec![]), "password"),
         (
-            vec!["--db", &missing],
-            vec![("PGPASSWORD", PASSWORD)],
+            (vec!["--db", &missing], vec![("PGPASSWORD", PASSWORD)]),
             "does not exist",
         ),
         (
-            vec!["--db", "postgres://127.0.0.1/x"],
-            vec![("PGPASSWORD", PASSWORD)],
+            (
+                vec!["--db", "postgres://127.0.0.1/x"],
+                vec![("PGPASSWORD", PASSWORD)],
+            ),
             "names no user",
         ),
         (
-            vec![
-                "--db",
-                "postgres://tt:hunter2@127.0.0.1/x?sslmode=sometimes",
-            ],
-            vec![],
+            (
+                vec![
+                    "--db",
+                    "postgres://tt:hunter2@127.0.0.1/x?sslmode=sometimes",
+                ],
+                vec![],
+            ),
             "sslmode=sometimes",
         ),
     ];
-    for (args, env, needle) in cases {
+    for ((args, env), needle) in cases {
         let (status, log) = run_to_exit(&args, &env);
         assert!(!status.success(), "{args:?} started:\n{log}");
         assert!(log.contains(needle), "{args:?}: no {needle:?} in\n{log}");
@@ -105,7 +110,7 @@ async fn the_password_comes_from_pgpassword_a_password_file_or_pgpassfile_never_
     let file_arg = file.display().to_string();
     let pgpass_env = pgpass.display().to_string();
     let client = reqwest::Client::new();
-    let starts: [(Vec<&str>, Vec<(&str, &str)>); 4] = [
+    let starts: [Start; 4] = [
         (vec!["--db", &url], vec![("PGPASSWORD", PASSWORD)]),
         (vec!["--db", &url, "--db-password-file", &file_arg], vec![]),
         (
