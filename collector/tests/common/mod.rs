@@ -3,6 +3,7 @@
 // Test support: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod envoy;
 pub mod postgres;
 
 use std::io::{BufRead, BufReader};
