@@ -71,7 +71,7 @@ pub struct Cli {
         env = DB_ENV,
         hide_env_values = true,
         default_value = "./truthtable.db",
-        value_name = "PATH|URL"
+        value_name = "PATH_OR_URL"
     )]
     pub db: String,
 
@@ -86,6 +86,17 @@ pub struct Cli {
     /// Largest ingest request body accepted, in bytes; larger requests get 413.
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     pub max_body_bytes: usize,
+}
+
+impl Cli {
+    /// Parses a command line (`args[0]` is the program name); an error says what is wrong.
+    pub fn try_from_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Cli::try_parse_from(args)
+    }
 }
 
 /// Where the captures are kept, as `--db` names it.
