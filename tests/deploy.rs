@@ -8,6 +8,8 @@
 //! - The Istio manifests parse; the `WasmPlugin` pulls an OCI image, pins a checksum (or carries the
 //!   documented placeholder), has a fail strategy and a phase Istio knows, and its `pluginConfig` is a
 //!   configuration the filter accepts, aimed at the collector Service by Istio's cluster name.
+//!   `collector.yaml` runs several replicas with the database URL and password from a Secret (the
+//!   collector accepts its command line); `collector-sqlite.yaml` one replica on a volume.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -330,16 +332,70 @@ fn istio_wasmplugin_targets_the_collector_with_a_valid_filter_configuration() {
         "Istio must see the collector port as HTTP"
     );
 
-    // The collector listens on the Service's target port, on all interfaces, and keeps its
-    // database on the claimed volume.
+    // The replicated layout: several replicas, the database URL and password from a Secret
+    // (never on the command line), ready only while the database takes writes.
     let deployment = kind(&collector, "Deployment");
     let pod = &deployment["spec"]["template"]["spec"];
-    let args = strings(&pod["containers"][0]["args"]);
+    let container = &pod["containers"][0];
+    let args = strings(&container["args"]);
     assert_eq!(
         arg_after(&args, "--listen"),
         format!("0.0.0.0:{}", port["targetPort"])
     );
-    let claim = kind(&collector, "PersistentVolumeClaim")["metadata"]["name"].clone();
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2);
+    assert!(
+        !args
+            .iter()
+            .any(|a| a == "--db" || a.starts_with("postgres")),
+        "the database URL comes from a Secret, not the command line: {args:?}"
+    );
+    let env = |name: &str| {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in the collector's env"))
+            .clone()
+    };
+    assert!(env("TRUTHTABLE_DB")["valueFrom"]["secretKeyRef"]["key"].is_string());
+    let password_file = env("TRUTHTABLE_DB_PASSWORD_FILE")["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mounted = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| {
+            let volume = pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == m["name"]);
+            password_file.starts_with(m["mountPath"].as_str().unwrap())
+                && volume.is_some_and(|v| v["secret"]["secretName"].is_string())
+        });
+    assert!(mounted, "{password_file} is not on a mounted Secret");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
+    // The collector accepts the manifest's command line.
+    let mut argv = vec!["truthtable-collector".to_owned()];
+    argv.extend(args.iter().cloned());
+    truthtable_collector::config::Cli::try_from_args(argv).unwrap();
+    assert_eq!(
+        kind(&collector, "PodDisruptionBudget")["spec"]["minAvailable"],
+        1
+    );
+
+    // The small layout on SQLite: one replica, its database on the claimed volume, and the
+    // same Service.
+    let sqlite = yaml_docs(&dir.join("collector-sqlite.yaml"));
+    assert_eq!(kind(&sqlite, "Service")["metadata"], service["metadata"]);
+    let deployment = kind(&sqlite, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let args = strings(&pod["containers"][0]["args"]);
+    let claim = kind(&sqlite, "PersistentVolumeClaim")["metadata"]["name"].clone();
     assert_eq!(
         pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
         claim

@@ -31,14 +31,14 @@ async fn path(ingest_token: Option<&str>) -> Path {
     let db = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector = listener.local_addr().unwrap().port();
-    let config = truthtable_collector::Config {
-        listen: listener.local_addr().unwrap(),
-        db: db.path().join("captures.db"),
-        max_body_bytes: 64 << 20,
-        ingest_token: ingest_token.map(str::to_owned),
-        read_token: None,
-    };
-    let store = truthtable_collector::store::Store::open(&config.db).unwrap();
+    let mut config = truthtable_collector::Config::with_db(
+        truthtable_collector::config::DbTarget::Sqlite(db.path().join("captures.db")),
+    );
+    config.listen = listener.local_addr().unwrap();
+    config.ingest_token = ingest_token.map(str::to_owned);
+    let store = truthtable_collector::store::Store::open(&config)
+        .await
+        .unwrap();
     let state = truthtable_collector::state(&config, store).unwrap();
     tokio::spawn(truthtable_collector::serve(
         listener,

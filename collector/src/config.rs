@@ -9,9 +9,23 @@ use clap::Parser;
 pub const INGEST_TOKEN_ENV: &str = "TRUTHTABLE_INGEST_TOKEN";
 /// Environment variable holding the token required on reads.
 pub const READ_TOKEN_ENV: &str = "TRUTHTABLE_READ_TOKEN";
+/// Environment variable that may hold `--db` (a Kubernetes Secret, say).
+pub const DB_ENV: &str = "TRUTHTABLE_DB";
+/// Environment variable that may hold `--db-password-file`.
+pub const DB_PASSWORD_FILE_ENV: &str = "TRUTHTABLE_DB_PASSWORD_FILE";
+/// The PostgreSQL password, as libpq reads it.
+pub const PGPASSWORD_ENV: &str = "PGPASSWORD";
+/// A libpq password file (`host:port:database:user:password` lines), as libpq reads it.
+pub const PGPASSFILE_ENV: &str = "PGPASSFILE";
 
 const ENV_HELP: &str = "\
 Environment:
+  TRUTHTABLE_DB            The --db value when the flag is not given (e.g. from a Secret).
+  TRUTHTABLE_DB_PASSWORD_FILE
+                           The --db-password-file value when the flag is not given.
+  PGPASSWORD               PostgreSQL password, when neither the URL nor --db-password-file has one.
+  PGPASSFILE               libpq password file (host:port:database:user:password lines, mode 0600),
+                           read when no other source has a password (default: ~/.pgpass).
   TRUTHTABLE_INGEST_TOKEN  When set (non-empty), POST /v1/captures requires
                            `authorization: Bearer <token>`; 401 otherwise.
   TRUTHTABLE_READ_TOKEN    When set (non-empty), GET /v1/captures and
@@ -20,11 +34,13 @@ Environment:
 
 HTTP API:
   POST /v1/captures          NDJSON capture records (schema truthtable.capture.v1), one per line.
-                             2xx only once every record of the request is durably on disk.
+                             2xx only once every record of the request is durably committed;
+                             503 while the database is unavailable (send again later).
   GET  /v1/captures?limit=N&before=CURSOR
                              Summaries, newest stored first; `next_before` pages further back.
   GET  /v1/captures/{id}     {\"capture\": <record as received>, \"audit\": <audit view>}
-  GET  /healthz              Liveness.
+  GET  /healthz              200 when the store takes writes, 503 (naming the cause) when not.
+  GET  /livez                200 while the process serves HTTP, whatever the database does.
   GET  /metrics              Prometheus text format.
 
 Signals: SIGTERM or SIGINT finish the requests in flight, then close the store and exit 0.";
@@ -36,9 +52,11 @@ Signals: SIGTERM or SIGINT finish the requests in flight, then close the store a
     version,
     about = "TruthTable audit collector: durable, deduplicating store of LLM capture records",
     long_about = "TruthTable audit collector.\n\nReceives capture records from the TruthTable Envoy \
-                  filter over HTTP (NDJSON), stores them durably in SQLite (WAL, synchronous=FULL), \
-                  deduplicated by id, and serves them back with an audit view: question, context, \
-                  answer, tool calls and usage reassembled from the captured bodies.",
+                  filter over HTTP (NDJSON), stores them durably, deduplicated by id, and serves \
+                  them back with an audit view: question, context, answer, tool calls and usage \
+                  reassembled from the captured bodies. The store is an embedded SQLite file (WAL, \
+                  synchronous=FULL) for one collector, or a PostgreSQL database that several \
+                  collector replicas share.",
     after_help = ENV_HELP
 )]
 pub struct Cli {
@@ -46,13 +64,71 @@ pub struct Cli {
     #[arg(long, default_value = "127.0.0.1:8081", value_name = "ADDR")]
     pub listen: SocketAddr,
 
-    /// SQLite database file; created if missing (with `-wal` and `-shm` beside it).
-    #[arg(long, default_value = "./truthtable.db", value_name = "PATH")]
-    pub db: PathBuf,
+    /// The store: a SQLite file path (created if missing, with `-wal` and `-shm` beside it), or a
+    /// PostgreSQL URL `postgres://USER@HOST:PORT/DBNAME[?sslmode=...]` shared by several collectors.
+    #[arg(
+        long,
+        env = DB_ENV,
+        hide_env_values = true,
+        default_value = "./truthtable.db",
+        value_name = "PATH_OR_URL"
+    )]
+    pub db: String,
+
+    /// File holding the PostgreSQL password (the whole file, one trailing newline ignored).
+    #[arg(long, env = DB_PASSWORD_FILE_ENV, value_name = "PATH")]
+    pub db_password_file: Option<PathBuf>,
+
+    /// Most PostgreSQL connections this collector opens (one per ingest or read in progress).
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub db_pool_size: u16,
 
     /// Largest ingest request body accepted, in bytes; larger requests get 413.
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     pub max_body_bytes: usize,
+}
+
+impl Cli {
+    /// Parses a command line (`args[0]` is the program name); an error says what is wrong.
+    pub fn try_from_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Cli::try_parse_from(args)
+    }
+}
+
+/// Where the captures are kept, as `--db` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbTarget {
+    /// An embedded SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL (`postgres://` or `postgresql://`), possibly with a password.
+    Postgres(String),
+}
+
+impl DbTarget {
+    /// A `postgres://` or `postgresql://` URL selects PostgreSQL; anything else is a file path.
+    pub fn from_arg(arg: &str) -> Self {
+        let lower = arg.get(..13).unwrap_or(arg).to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            DbTarget::Postgres(arg.to_owned())
+        } else {
+            DbTarget::Sqlite(PathBuf::from(arg))
+        }
+    }
+}
+
+/// Where a PostgreSQL password may come from, besides the URL, in the order they are tried.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PasswordSources {
+    /// `--db-password-file`: the whole file is the password.
+    pub file: Option<PathBuf>,
+    /// `PGPASSWORD`.
+    pub env: Option<String>,
+    /// `PGPASSFILE`, else `~/.pgpass`: a libpq password file.
+    pub passfile: Option<PathBuf>,
 }
 
 /// Everything the collector needs to run.
@@ -60,8 +136,12 @@ pub struct Cli {
 pub struct Config {
     /// Listen address.
     pub listen: SocketAddr,
-    /// Database file.
-    pub db: PathBuf,
+    /// The store.
+    pub db: DbTarget,
+    /// Where the PostgreSQL password comes from when the URL has none.
+    pub db_password: PasswordSources,
+    /// Most PostgreSQL connections.
+    pub db_pool_size: usize,
     /// Largest ingest body.
     pub max_body_bytes: usize,
     /// Bearer token required on ingest, if any.
@@ -74,14 +154,30 @@ impl Config {
     /// Combines the command line with the environment (`env` looks a variable up; empty counts
     /// as unset).
     pub fn new(cli: Cli, env: impl Fn(&str) -> Option<String>) -> Self {
-        let token = |name| env(name).filter(|t: &String| !t.is_empty());
+        let var = |name| env(name).filter(|t: &String| !t.is_empty());
+        let passfile = var(PGPASSFILE_ENV)
+            .map(PathBuf::from)
+            .or_else(|| var("HOME").map(|home| PathBuf::from(home).join(".pgpass")));
         Config {
             listen: cli.listen,
-            db: cli.db,
+            db: DbTarget::from_arg(&cli.db),
+            db_password: PasswordSources {
+                file: cli.db_password_file,
+                env: var(PGPASSWORD_ENV),
+                passfile,
+            },
+            db_pool_size: usize::from(cli.db_pool_size),
             max_body_bytes: cli.max_body_bytes,
-            ingest_token: token(INGEST_TOKEN_ENV),
-            read_token: token(READ_TOKEN_ENV),
+            ingest_token: var(INGEST_TOKEN_ENV),
+            read_token: var(READ_TOKEN_ENV),
         }
+    }
+
+    /// A configuration with the defaults for the store `db` and no tokens (tests, embedding).
+    pub fn with_db(db: DbTarget) -> Self {
+        let mut config = Self::new(Cli::parse_from(["truthtable-collector"]), |_| None);
+        config.db = db;
+        config
     }
 
     /// Reads the process's command line and environment; exits with usage on bad arguments.
@@ -98,7 +194,9 @@ mod tests {
     fn defaults_match_the_documented_ones() {
         let cfg = Config::new(Cli::parse_from(["truthtable-collector"]), |_| None);
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:8081");
-        assert_eq!(cfg.db, PathBuf::from("./truthtable.db"));
+        assert_eq!(cfg.db, DbTarget::Sqlite(PathBuf::from("./truthtable.db")));
+        assert_eq!(cfg.db_pool_size, 8);
+        assert_eq!(cfg.db_password, PasswordSources::default());
         assert_eq!(cfg.max_body_bytes, 64 * 1024 * 1024);
         assert_eq!(cfg.ingest_token, None);
         assert_eq!(cfg.read_token, None);
@@ -118,15 +216,64 @@ mod tests {
     }
 
     #[test]
+    fn a_postgres_url_selects_postgresql_and_anything_else_is_a_sqlite_path() {
+        for url in [
+            "postgres://tt@db:5432/captures",
+            "postgresql://tt@db/captures?sslmode=require",
+            "POSTGRES://tt@db/x",
+        ] {
+            assert_eq!(DbTarget::from_arg(url), DbTarget::Postgres(url.into()));
+        }
+        for path in [
+            "./truthtable.db",
+            "/data/postgres/t.db",
+            "postgres",
+            "pg:/x",
+        ] {
+            assert_eq!(DbTarget::from_arg(path), DbTarget::Sqlite(path.into()));
+        }
+    }
+
+    #[test]
+    fn password_sources_come_from_flag_and_libpq_variables() {
+        let cli = Cli::parse_from(["x", "--db-password-file", "/run/secrets/pg"]);
+        let cfg = Config::new(cli, |name| match name {
+            PGPASSWORD_ENV => Some("pw".into()),
+            "HOME" => Some("/home/tt".into()),
+            _ => None,
+        });
+        assert_eq!(
+            cfg.db_password,
+            PasswordSources {
+                file: Some("/run/secrets/pg".into()),
+                env: Some("pw".into()),
+                passfile: Some("/home/tt/.pgpass".into()),
+            }
+        );
+        let cfg = Config::new(Cli::parse_from(["x"]), |name| match name {
+            PGPASSFILE_ENV => Some("/etc/tt/pgpass".into()),
+            "HOME" => Some("/home/tt".into()),
+            _ => None,
+        });
+        assert_eq!(cfg.db_password.passfile, Some("/etc/tt/pgpass".into()));
+    }
+
+    #[test]
     fn help_mentions_every_flag_and_variable() {
         use clap::CommandFactory;
         let help = Cli::command().render_long_help().to_string();
         for needle in [
             "--listen",
             "--db",
+            "--db-password-file",
+            "--db-pool-size",
             "--max-body-bytes",
             INGEST_TOKEN_ENV,
             READ_TOKEN_ENV,
+            DB_ENV,
+            DB_PASSWORD_FILE_ENV,
+            PGPASSWORD_ENV,
+            PGPASSFILE_ENV,
         ] {
             assert!(help.contains(needle), "{needle} missing from --help");
         }

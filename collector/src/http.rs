@@ -1,7 +1,8 @@
 //! The HTTP surface: routes, bearer-token auth, body limits, JSON errors.
 //!
-//! Every error answer is `{"error": "..."}`. Store calls run on the blocking pool; an ingest answer
-//! is sent only after its transaction has committed.
+//! Every error answer is `{"error": "..."}`. An ingest answer is sent only after its transaction
+//! has committed; while the database is unavailable the answer is 503, so the filter keeps the
+//! batch and sends it again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,9 +19,9 @@ use serde_json::json;
 
 use crate::audit;
 use crate::ingest;
-use crate::metrics::{Metrics, Rejection};
+use crate::metrics::{Metrics, Rejection, StoreGauges};
 use crate::record::CaptureRecord;
-use crate::store::{Store, StoreError};
+use crate::store::{CaptureStore, Health, Store, StoreError};
 
 /// Default page size of `GET /v1/captures`.
 pub const DEFAULT_LIMIT: u32 = 50;
@@ -30,7 +31,7 @@ pub const MAX_LIMIT: u32 = 1000;
 /// What the handlers share.
 pub struct AppState {
     /// The capture store.
-    pub store: Arc<Store>,
+    pub store: Store,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
     /// Bearer token required on ingest, if any.
@@ -47,6 +48,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/captures", get(list).post(ingest))
         .route("/v1/captures/{id}", get(get_one))
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
@@ -62,6 +64,7 @@ struct ApiError {
     status: StatusCode,
     message: String,
     www_authenticate: bool,
+    retry_after: bool,
 }
 
 impl ApiError {
@@ -70,6 +73,7 @@ impl ApiError {
             status,
             message: message.into(),
             www_authenticate: false,
+            retry_after: false,
         }
     }
 
@@ -89,6 +93,10 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
+        }
+        if self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         r
     }
@@ -118,29 +126,20 @@ fn authorize(headers: &HeaderMap, token: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
+/// The answer to a failed store call: 503 (with `retry-after`) while the database is
+/// unavailable, 500 otherwise. The cause is logged by the store's health tracker or here.
 fn store_failure(state: &AppState, e: &StoreError) -> ApiError {
-    state.metrics.store_error();
-    tracing::error!(error = %e, "store operation failed");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("store: {e}"))
-}
-
-/// Runs a blocking store call off the async runtime.
-async fn blocking<T: Send + 'static>(
-    state: &Arc<AppState>,
-    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let store = Arc::clone(&state.store);
-    match tokio::task::spawn_blocking(move || f(&store)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(store_failure(state, &e)),
-        Err(e) => {
-            state.metrics.store_error();
-            tracing::error!(error = %e, "store task failed");
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error",
-            ))
+    if e.is_unavailable() {
+        state.metrics.store_unavailable();
+        tracing::debug!(error = %e, "store unavailable");
+        ApiError {
+            retry_after: true,
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}"))
         }
+    } else {
+        state.metrics.store_error();
+        tracing::error!(error = %e, "store operation failed");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("store: {e}"))
     }
 }
 
@@ -204,11 +203,23 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
             )
         }
     };
-    let outcome = blocking(&state, move |store| {
-        let rows: Vec<_> = lines.into_iter().map(ingest::to_row).collect();
-        store.insert_batch(&rows)
+    // Deriving each row's model decodes its bodies: CPU work, kept off the async workers.
+    let rows = match tokio::task::spawn_blocking(move || {
+        lines.into_iter().map(ingest::to_row).collect::<Vec<_>>()
     })
-    .await;
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(error = %e, "deriving rows failed");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        }
+    };
+    let outcome = state
+        .store
+        .insert_batch(rows)
+        .await
+        .map_err(|e| store_failure(&state, &e));
     match outcome {
         Ok(o) => {
             state.metrics.batch_committed(o.stored, o.duplicates);
@@ -266,9 +277,9 @@ async fn list(
             }
         }
     }
-    let rows = match blocking(&state, move |s| s.list(limit + 1, before)).await {
+    let rows = match state.store.list(limit + 1, before).await {
         Ok(rows) => rows,
-        Err(e) => return e.into_response(),
+        Err(e) => return store_failure(&state, &e).into_response(),
     };
     let more = rows.len() > limit as usize;
     let page: Vec<_> = rows.into_iter().take(limit as usize).collect();
@@ -288,8 +299,7 @@ async fn get_one(
     if let Err(e) = authorize(&headers, state.read_token.as_deref()) {
         return e.into_response();
     }
-    let lookup = id.clone();
-    let raw = match blocking(&state, move |s| s.get(&lookup)).await {
+    let raw = match state.store.get(id.clone()).await {
         Ok(Some(raw)) => raw,
         Ok(None) => {
             return error(
@@ -297,7 +307,7 @@ async fn get_one(
                 format!("no capture with id \"{id}\""),
             )
         }
-        Err(e) => return e.into_response(),
+        Err(e) => return store_failure(&state, &e).into_response(),
     };
     let view = match CaptureRecord::parse_line(&raw) {
         Ok(record) => std::panic::catch_unwind(|| audit::derive(&record)).unwrap_or_else(|_| {
@@ -311,18 +321,34 @@ async fn get_one(
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn healthz() -> Response {
+/// 200 while the store takes writes; 503 with the cause while it does not (a readiness probe).
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let store = state.store.backend();
+    match state.store.health() {
+        Health::Up => Json(json!({ "status": "ok", "store": store })).into_response(),
+        Health::Down(cause) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "store": store, "error": cause })),
+        )
+            .into_response(),
+    }
+}
+
+/// 200 while the process serves HTTP, whatever the database does (a liveness probe).
+async fn livez() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let store = Arc::clone(&state.store);
-    let bytes = tokio::task::spawn_blocking(move || store.size_bytes())
-        .await
-        .unwrap_or_default();
+    let up = state.store.health().is_up();
+    let stats = if up {
+        state.store.stats().await.ok()
+    } else {
+        None
+    };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(bytes),
+        state.metrics.render(StoreGauges { up, stats }),
     )
         .into_response()
 }

@@ -1,7 +1,8 @@
 //! TruthTable audit collector.
 //!
 //! Receives capture records (schema `truthtable.capture.v1`) as NDJSON, stores them durably and
-//! deduplicated in SQLite, and serves them back with an audit view for faithfulness checks.
+//! deduplicated — in an embedded SQLite file, or in a PostgreSQL database that several collector
+//! replicas share — and serves them back with an audit view for faithfulness checks.
 //! [`run`] is the whole program; [`serve`] runs it on a listener the caller bound (tests use
 //! `127.0.0.1:0`).
 
@@ -20,15 +21,16 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+use store::CaptureStore as _;
+
 pub use config::Config;
 pub use http::{app, AppState};
 
 /// Builds the shared state over an opened store.
 pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppState>> {
-    let records = store.count().context("counting stored records")?;
     Ok(Arc::new(AppState {
-        store: Arc::new(store),
-        metrics: metrics::Metrics::new(records),
+        store,
+        metrics: metrics::Metrics::new(),
         ingest_token: config.ingest_token.clone(),
         read_token: config.read_token.clone(),
         max_body_bytes: config.max_body_bytes,
@@ -46,11 +48,7 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving HTTP")?;
-    let store = Arc::clone(&state.store);
-    tokio::task::spawn_blocking(move || store.close())
-        .await
-        .context("closing the store")?
-        .context("closing the store")?;
+    state.store.close().await.context("closing the store")?;
     tracing::info!("store closed; bye");
     Ok(())
 }
@@ -71,18 +69,25 @@ pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'st
 /// Opens the store, binds the listen address and serves until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
-    let db = config.db.clone();
-    let store = tokio::task::spawn_blocking(move || store::Store::open(&db))
-        .await
-        .context("opening the store")?
-        .with_context(|| format!("opening the store at {}", config.db.display()))?;
+    let store = store::Store::open(&config).await.with_context(|| {
+        format!(
+            "opening the store at {}",
+            match &config.db {
+                config::DbTarget::Sqlite(path) => path.display().to_string(),
+                config::DbTarget::Postgres(_) => "the PostgreSQL database".to_owned(),
+            }
+        )
+    })?;
+    let db = store.describe();
+    let backend = store.backend();
     let state = state(&config, store)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(
-        db = %config.db.display(),
+        store = backend,
+        db = %db,
         ingest_auth = config.ingest_token.is_some(),
         read_auth = config.read_token.is_some(),
         "truthtable-collector listening on {addr}"

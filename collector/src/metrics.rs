@@ -3,6 +3,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::store::StoreStats;
+
 /// Why an ingest request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
@@ -34,7 +36,7 @@ impl Rejection {
     }
 }
 
-/// Process-lifetime counters, plus the stored-record gauge seeded from the store at start.
+/// Process-lifetime counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
     ingest_requests: AtomicU64,
@@ -42,16 +44,22 @@ pub struct Metrics {
     duplicates: AtomicU64,
     rejected: [AtomicU64; 4],
     store_errors: AtomicU64,
-    records_in_store: AtomicU64,
+    store_unavailable: AtomicU64,
+}
+
+/// What the store reports at scrape time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreGauges {
+    /// Whether the store takes writes.
+    pub up: bool,
+    /// Records and bytes, when the store could tell (not while it is unreachable).
+    pub stats: Option<StoreStats>,
 }
 
 impl Metrics {
-    /// Counters at zero, with `records_in_store` records already stored.
-    pub fn new(records_in_store: u64) -> Self {
-        Metrics {
-            records_in_store: AtomicU64::new(records_in_store),
-            ..Self::default()
-        }
+    /// Counters at zero.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// One `POST /v1/captures` arrived.
@@ -62,7 +70,6 @@ impl Metrics {
     /// A batch committed `stored` new records and skipped `duplicates`.
     pub fn batch_committed(&self, stored: u64, duplicates: u64) {
         self.records_stored.fetch_add(stored, Ordering::Relaxed);
-        self.records_in_store.fetch_add(stored, Ordering::Relaxed);
         self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
     }
 
@@ -73,13 +80,18 @@ impl Metrics {
         }
     }
 
-    /// The store failed an operation.
+    /// The store failed an operation (answered 500).
     pub fn store_error(&self) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition, with the store's current size in bytes.
-    pub fn render(&self, store_bytes: u64) -> String {
+    /// The store could not take an operation because the database is unavailable (503).
+    pub fn store_unavailable(&self) {
+        self.store_unavailable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition, with what the store reports now.
+    pub fn render(&self, store: StoreGauges) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
@@ -134,16 +146,30 @@ impl Metrics {
             &[("", get(&self.store_errors))],
         );
         metric(
+            "truthtable_collector_store_unavailable_total",
+            "counter",
+            "Store operations refused because the database was unavailable (answered 503).",
+            &[("", get(&self.store_unavailable))],
+        );
+        metric(
+            "truthtable_collector_store_up",
+            "gauge",
+            "1 when the store takes writes, 0 while the database is unavailable.",
+            &[("", u64::from(store.up))],
+        );
+        // Sizes come from the store; while it cannot tell, the samples are left out.
+        let sample = |f: fn(&StoreStats) -> u64| store.stats.as_ref().map(|s| ("", f(s)));
+        metric(
             "truthtable_collector_records",
             "gauge",
-            "Capture records in the store.",
-            &[("", get(&self.records_in_store))],
+            "Capture records in the store (all replicas' when the store is shared).",
+            sample(|s| s.records).as_slice(),
         );
         metric(
             "truthtable_collector_store_bytes",
             "gauge",
-            "Size on disk of the database and its write-ahead log, in bytes.",
-            &[("", store_bytes)],
+            "Bytes the store takes on disk: the SQLite file and its write-ahead log, or the PostgreSQL table with its indexes and TOAST.",
+            sample(|s| s.bytes).as_slice(),
         );
         out
     }
@@ -155,11 +181,18 @@ mod tests {
 
     #[test]
     fn render_reports_every_counter() {
-        let m = Metrics::new(5);
+        let m = Metrics::new();
         m.ingest_request();
         m.batch_committed(3, 2);
         m.rejected(Rejection::TooLarge);
-        let text = m.render(4096);
+        m.store_unavailable();
+        let text = m.render(StoreGauges {
+            up: true,
+            stats: Some(StoreStats {
+                records: 8,
+                bytes: 4096,
+            }),
+        });
         for line in [
             "truthtable_collector_ingest_requests_total 1",
             "truthtable_collector_records_stored_total 3",
@@ -168,8 +201,23 @@ mod tests {
             "truthtable_collector_rejected_requests_total{reason=\"invalid\"} 0",
             "truthtable_collector_records 8",
             "truthtable_collector_store_bytes 4096",
+            "truthtable_collector_store_unavailable_total 1",
+            "truthtable_collector_store_up 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn sizes_are_left_out_while_the_store_cannot_tell() {
+        let text = Metrics::new().render(StoreGauges {
+            up: false,
+            stats: None,
+        });
+        assert!(text.lines().any(|l| l == "truthtable_collector_store_up 0"));
+        assert!(text.contains("# TYPE truthtable_collector_records gauge"));
+        assert!(!text
+            .lines()
+            .any(|l| l.starts_with("truthtable_collector_records ")));
     }
 }

@@ -9,8 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ndjson, post, Process};
-use truthtable_collector::store::Store;
+use common::{ndjson, post, sqlite_count, sqlite_has, Process};
 
 #[tokio::test]
 async fn every_acknowledged_record_survives_sigkill_right_after_the_answer() {
@@ -38,8 +37,7 @@ async fn every_acknowledged_record_survives_sigkill_right_after_the_answer() {
         assert_eq!(r.status(), 200, "acknowledged record {id} lost");
     }
     drop(proc);
-    let store = Store::open(&db).unwrap();
-    assert_eq!(store.count().unwrap(), acknowledged.len() as u64);
+    assert_eq!(sqlite_count(&db), acknowledged.len() as u64);
 }
 
 #[tokio::test]
@@ -64,7 +62,7 @@ async fn sigterm_exits_zero_and_leaves_a_clean_store() {
         std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) == 0,
         "WAL left non-empty after a clean shutdown"
     );
-    assert_eq!(Store::open(&db).unwrap().count().unwrap(), 3);
+    assert_eq!(sqlite_count(&db), 3);
 }
 
 #[test]
@@ -94,9 +92,8 @@ fn sigterm_lets_a_request_in_flight_finish() {
     assert!(answer.starts_with("HTTP/1.1 200"), "got {answer:?}");
     let status = proc.wait(20);
     assert!(status.success(), "exit status {status:?}");
-    let store = Store::open(&db).unwrap();
-    assert!(store.get("slow-1").unwrap().is_some());
-    assert!(store.get("slow-2").unwrap().is_some());
+    assert!(sqlite_has(&db, "slow-1"));
+    assert!(sqlite_has(&db, "slow-2"));
 }
 
 #[test]

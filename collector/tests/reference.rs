@@ -9,8 +9,9 @@ use clap::CommandFactory;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use truthtable_collector::config::{Cli, INGEST_TOKEN_ENV, READ_TOKEN_ENV};
-use truthtable_collector::metrics::Metrics;
+use truthtable_collector::metrics::{Metrics, StoreGauges};
 use truthtable_collector::record::CaptureRecord;
+use truthtable_collector::store::StoreStats;
 
 fn reference() -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/reference.md");
@@ -114,7 +115,10 @@ fn every_collector_variable_has_a_row() {
 #[test]
 fn every_collector_metric_is_listed() {
     let metrics = section(&reference(), "Metrics");
-    let rendered = Metrics::new(0).render(0);
+    let rendered = Metrics::new().render(StoreGauges {
+        up: true,
+        stats: Some(StoreStats::default()),
+    });
     let mut names = BTreeSet::new();
     for line in rendered.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {

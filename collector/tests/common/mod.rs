@@ -3,6 +3,9 @@
 // Test support: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod envoy;
+pub mod postgres;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -85,7 +88,7 @@ impl InProcess {
             "TRUTHTABLE_READ_TOKEN" => rt.clone(),
             _ => None,
         });
-        let store = Store::open(&db).unwrap();
+        let store = Store::open(&config).await.unwrap();
         let state = truthtable_collector::state(&config, store).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -121,6 +124,23 @@ impl InProcess {
     }
 }
 
+/// How many records the SQLite file at `db` holds (read directly, without the collector).
+pub fn sqlite_count(db: &Path) -> u64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM captures", [], |r| r.get::<_, i64>(0))
+        .unwrap() as u64
+}
+
+/// Whether the SQLite file at `db` holds a record with this id.
+pub fn sqlite_has(db: &Path, id: &str) -> bool {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM captures WHERE id = ?1", [id], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap()
+        == 1
+}
+
 /// Posts an NDJSON body to the ingest endpoint.
 pub async fn post(
     client: &reqwest::Client,
@@ -138,26 +158,30 @@ pub async fn post(
     req.send().await.unwrap()
 }
 
-/// The real binary, started on an ephemeral port over `db`.
+/// The real binary, started on an ephemeral port; its log lines are kept.
 pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Process {
+    /// The collector over the SQLite file `db`.
     pub fn start(db: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
-            .args(["--listen", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .env("RUST_LOG", "info")
-            .env_remove("TRUTHTABLE_INGEST_TOKEN")
-            .env_remove("TRUTHTABLE_READ_TOKEN")
+        Self::start_with(&["--db", &db.display().to_string()], &[])
+    }
+
+    /// The collector with these arguments (after `--listen 127.0.0.1:0`) and environment.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Self::command(args, env)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
+        let lines = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on ").nth(1) {
@@ -168,14 +192,52 @@ impl Process {
                         .to_owned();
                     let _ = tx.send(addr);
                 }
+                lines.lock().unwrap().push(line);
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("collector did not report its address")
-            .parse()
-            .unwrap();
-        Process { child, addr }
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "collector did not report its address; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                )
+            }
+        };
+        Process { child, addr, log }
+    }
+
+    /// The command line of the binary, environment cleared of the collector's and libpq's
+    /// variables, then `env` set.
+    pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"));
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        for var in [
+            "TRUTHTABLE_INGEST_TOKEN",
+            "TRUTHTABLE_READ_TOKEN",
+            "TRUTHTABLE_DB",
+            "TRUTHTABLE_DB_PASSWORD_FILE",
+            "PGPASSWORD",
+            "PGPASSFILE",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// How many log lines so far contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().iter().filter(|l| l.contains(needle)).count()
     }
 
     pub fn base(&self) -> String {

@@ -1,0 +1,491 @@
+//! The shared store: a PostgreSQL database (13 or later) that several collector replicas write to
+//! and read from.
+//!
+//! A batch is one `INSERT … SELECT FROM unnest(…) ON CONFLICT (id) DO NOTHING`: one statement,
+//! hence one transaction, all or nothing, committed (and, with `synchronous_commit` on, flushed)
+//! before it returns. The unique `id` makes a record stored once across replicas: a replica that
+//! races another for the same id waits for the other's commit and then skips it. Each row also
+//! records its transaction (`tx`, an `xid8`), so [`read_after`](CaptureStore::read_after) can
+//! walk rows in commit order and leave those of transactions still in flight for later.
+//!
+//! Availability: connections come from a pool that reconnects on demand; a background task
+//! prepares the schema (if the server was down at start) and probes the server, and every
+//! operation's result updates [`Health`]. Failures to reach the server are
+//! [`StoreError::Unavailable`].
+
+pub mod connect;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use tokio_postgres::NoTls;
+
+use self::connect::{classify, Failure};
+use super::health::HealthTracker;
+use super::{
+    BatchOutcome, CaptureStore, CaptureSummary, Cursor, Health, NewCapture, StoreError, StoreStats,
+    StoredCapture,
+};
+use crate::config::PasswordSources;
+
+/// Longest wait for a pooled connection when every one is busy.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+/// Longest any one store operation may take before it is answered as unavailable.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the background task checks the server while it answers.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// How often it tries again while the server does not answer.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Schema versions, applied in order inside one transaction under an advisory lock, so
+/// replicas starting together migrate once. `truthtable_schema` holds the versions applied.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE captures (
+    seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tx          xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    id          text NOT NULL UNIQUE,
+    started_at  text NOT NULL,
+    method      text NOT NULL,
+    path        text NOT NULL,
+    status      integer,
+    outcome     text NOT NULL,
+    duration_ms double precision NOT NULL,
+    model       text,
+    record      text NOT NULL
+);
+CREATE INDEX captures_commit_order ON captures (tx, seq);
+"];
+
+/// Run on every new connection: a 2xx means committed durably, so a server whose default is
+/// `synchronous_commit = off` gets `on` for our sessions (stronger settings are left alone).
+const DURABLE_COMMITS: &str = "DO $$ BEGIN
+    IF current_setting('synchronous_commit') = 'off' THEN
+        PERFORM set_config('synchronous_commit', 'on', false);
+    END IF;
+END $$";
+
+/// Key of the advisory lock that serialises migrations (any constant other programs do not use).
+const MIGRATION_LOCK: i64 = 0x7472_7574_6874_6162; // "truthtab"
+
+const INSERT: &str = "
+INSERT INTO captures (id, started_at, method, path, status, outcome, duration_ms, model, record)
+SELECT id, started_at, method, path, status, outcome, duration_ms, model, record
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[],
+            $7::float8[], $8::text[], $9::text[])
+     WITH ORDINALITY AS b(id, started_at, method, path, status, outcome, duration_ms, model,
+                          record, n)
+ORDER BY n
+ON CONFLICT (id) DO NOTHING";
+
+/// The PostgreSQL store; cheap to share behind an `Arc`.
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    display: String,
+    health: HealthTracker,
+    /// The schema is known to be at the latest version.
+    ready: AtomicBool,
+    monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl PgStore {
+    /// Connects to the database `url` names and prepares its schema. Errors that retrying cannot
+    /// cure (a bad URL, wrong credentials, a missing database, a refused certificate) fail here;
+    /// a server that does not answer yet does not: the store starts unavailable and a
+    /// background task connects as soon as it can.
+    pub async fn open(
+        url: &str,
+        passwords: &PasswordSources,
+        pool_size: usize,
+    ) -> Result<PgStore, StoreError> {
+        let target = connect::target(url, passwords)?;
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match target.tls {
+            None => Manager::from_config(target.config, NoTls, manager_config),
+            Some(tls) => Manager::from_config(
+                target.config,
+                tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+                manager_config,
+            ),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(connect::CONNECT_TIMEOUT + Duration::from_secs(1)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .post_create(Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute(DURABLE_COMMITS)
+                        .await
+                        .map_err(HookError::Backend)
+                })
+            }))
+            .build()
+            .map_err(|e| StoreError::Config(format!("{}: {e}", target.display)))?;
+        let inner = Arc::new(Inner {
+            pool,
+            display: target.display,
+            health: HealthTracker::new("postgres", Health::Up),
+            ready: AtomicBool::new(false),
+            monitor: Mutex::new(None),
+        });
+        match inner.prepare().await {
+            Ok(()) => inner.ready.store(true, Ordering::SeqCst),
+            Err(Failure::Permanent(cause)) => {
+                return Err(StoreError::Config(format!("{}: {cause}", inner.display)))
+            }
+            Err(Failure::Transient(cause)) => inner.health.down(&cause),
+        }
+        let monitor = tokio::spawn(Arc::clone(&inner).monitor());
+        *inner.monitor.lock().unwrap_or_else(|p| p.into_inner()) = Some(monitor);
+        Ok(PgStore { inner })
+    }
+
+    /// The database as the logs show it (no password).
+    pub fn describe(&self) -> &str {
+        &self.inner.display
+    }
+
+    /// Runs `op` on a pooled connection, within [`OPERATION_TIMEOUT`], and records in the health
+    /// state whether the server answered.
+    async fn with_client<T>(
+        &self,
+        op: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let inner = &self.inner;
+        if inner.pool.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        if !inner.ready.load(Ordering::SeqCst) {
+            let why = match inner.health.get() {
+                Health::Down(cause) => cause,
+                Health::Up => "the schema is being prepared".to_owned(),
+            };
+            return Err(StoreError::Unavailable(why));
+        }
+        let run = async {
+            let client = inner.pool.get().await.map_err(|e| pool_failure(&e))?;
+            op(&client).await.map_err(|e| classify(&e))
+        };
+        match tokio::time::timeout(OPERATION_TIMEOUT, run).await {
+            Ok(Ok(value)) => {
+                inner.health.up();
+                Ok(value)
+            }
+            Ok(Err(Failure::Transient(cause))) => {
+                inner.health.down(&cause);
+                Err(StoreError::Unavailable(cause))
+            }
+            Ok(Err(Failure::Permanent(cause))) => Err(StoreError::Postgres(cause)),
+            Err(_) => {
+                let cause = format!(
+                    "no answer from the database within {} s",
+                    OPERATION_TIMEOUT.as_secs()
+                );
+                inner.health.down(&cause);
+                Err(StoreError::Unavailable(cause))
+            }
+        }
+    }
+}
+
+/// A connection the pool could not hand out means the server is unavailable to us, whatever the
+/// reason (even wrong credentials after a password rotation): 503, and the cause in the health.
+fn pool_failure(e: &PoolError) -> Failure {
+    Failure::Transient(match e {
+        PoolError::Backend(e) => classify(e).cause().to_owned(),
+        PoolError::Timeout(_) => format!(
+            "no database connection free or opened within {} s",
+            POOL_WAIT.as_secs()
+        ),
+        other => other.to_string(),
+    })
+}
+
+impl Inner {
+    /// Checks the server and brings the schema up to date.
+    async fn prepare(&self) -> Result<(), Failure> {
+        let mut client = self.pool.get().await.map_err(|e| match e {
+            PoolError::Backend(e) => classify(&e),
+            other => pool_failure(&other),
+        })?;
+        let setting = |row: &tokio_postgres::Row| row.get::<_, String>(0);
+        let version: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(|e| classify(&e))?
+            .get(0);
+        if version < 130_000 {
+            return Err(Failure::Permanent(format!(
+                "PostgreSQL 13 or later is needed (the server is {version})"
+            )));
+        }
+        let encoding = client
+            .query_one("SHOW server_encoding", &[])
+            .await
+            .map(|r| setting(&r))
+            .map_err(|e| classify(&e))?;
+        if !matches!(encoding.as_str(), "UTF8" | "SQL_ASCII") {
+            return Err(Failure::Permanent(format!(
+                "the database's encoding is {encoding}; records are kept byte for byte only in a UTF8 database (CREATE DATABASE … ENCODING 'UTF8')"
+            )));
+        }
+        let tx = client.transaction().await.map_err(|e| classify(&e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(|e| classify(&e))?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS truthtable_schema (
+                 version    integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .map_err(|e| classify(&e))?;
+        let applied: i32 = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM truthtable_schema",
+                &[],
+            )
+            .await
+            .map_err(|e| classify(&e))?
+            .get(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied.max(0) as usize) {
+            let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+            tx.batch_execute(sql).await.map_err(|e| {
+                Failure::Permanent(format!(
+                    "schema migration {version}: {}",
+                    classify(&e).cause()
+                ))
+            })?;
+            tx.execute(
+                "INSERT INTO truthtable_schema (version) VALUES ($1)",
+                &[&version],
+            )
+            .await
+            .map_err(|e| classify(&e))?;
+            tracing::info!(store = "postgres", "schema migration {version} applied");
+        }
+        if applied > MIGRATIONS.len() as i32 {
+            return Err(Failure::Permanent(format!(
+                "the database's schema is version {applied}, newer than this collector knows ({}); run a newer collector",
+                MIGRATIONS.len()
+            )));
+        }
+        tx.commit().await.map_err(|e| classify(&e))?;
+        Ok(())
+    }
+
+    /// Prepares the schema if that could not be done at start, then checks the server every few
+    /// seconds, so `/healthz` follows it with or without traffic.
+    async fn monitor(self: Arc<Self>) {
+        loop {
+            let wait = if self.ready.load(Ordering::SeqCst) {
+                let probe = async {
+                    let client = self.pool.get().await.map_err(|e| pool_failure(&e))?;
+                    client
+                        .simple_query("SELECT 1")
+                        .await
+                        .map_err(|e| classify(&e))
+                };
+                match tokio::time::timeout(OPERATION_TIMEOUT, probe).await {
+                    Ok(Ok(_)) => self.health.up(),
+                    Ok(Err(f)) => self.health.down(f.cause()),
+                    Err(_) => self.health.down("no answer to the health probe"),
+                }
+                PROBE_EVERY
+            } else {
+                match self.prepare().await {
+                    Ok(()) => {
+                        self.ready.store(true, Ordering::SeqCst);
+                        self.health.up();
+                    }
+                    Err(f) => self.health.down(f.cause()),
+                }
+                RETRY_EVERY
+            };
+            let wait = if self.health.get().is_up() {
+                wait
+            } else {
+                RETRY_EVERY
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+fn summary(row: &tokio_postgres::Row) -> CaptureSummary {
+    CaptureSummary {
+        seq: row.get(0),
+        id: row.get(1),
+        started_at: row.get(2),
+        method: row.get(3),
+        path: row.get(4),
+        status: row
+            .get::<_, Option<i32>>(5)
+            .and_then(|s| u16::try_from(s).ok()),
+        outcome: row.get(6),
+        duration_ms: row.get(7),
+        model: row.get(8),
+    }
+}
+
+impl CaptureStore for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn insert_batch(&self, batch: Vec<NewCapture>) -> Result<BatchOutcome, StoreError> {
+        let column = |f: fn(&NewCapture) -> &str| batch.iter().map(f).collect::<Vec<&str>>();
+        let ids = column(|c| &c.id);
+        let started = column(|c| &c.started_at);
+        let methods = column(|c| &c.method);
+        let paths = column(|c| &c.path);
+        let outcomes = column(|c| &c.outcome);
+        let raws = column(|c| &c.raw);
+        let statuses: Vec<Option<i32>> = batch.iter().map(|c| c.status.map(i32::from)).collect();
+        let durations: Vec<f64> = batch.iter().map(|c| c.duration_ms).collect();
+        let models: Vec<Option<&str>> = batch.iter().map(|c| c.model.as_deref()).collect();
+        let stored = self
+            .with_client(async |client| {
+                let stmt = client.prepare_cached(INSERT).await?;
+                client
+                    .execute(
+                        &stmt,
+                        &[
+                            &ids, &started, &methods, &paths, &statuses, &outcomes, &durations,
+                            &models, &raws,
+                        ],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(BatchOutcome {
+            stored,
+            duplicates: (batch.len() as u64).saturating_sub(stored),
+        })
+    }
+
+    async fn get(&self, id: String) -> Result<Option<String>, StoreError> {
+        self.with_client(async |client| {
+            let stmt = client
+                .prepare_cached("SELECT record FROM captures WHERE id = $1")
+                .await?;
+            Ok(client.query_opt(&stmt, &[&id]).await?.map(|r| r.get(0)))
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        limit: u32,
+        before: Option<i64>,
+    ) -> Result<Vec<CaptureSummary>, StoreError> {
+        let before = before.unwrap_or(i64::MAX);
+        let limit = i64::from(limit);
+        self.with_client(async |client| {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT seq, id, started_at, method, path, status, outcome, duration_ms, model
+                     FROM captures WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+                )
+                .await?;
+            Ok(client
+                .query(&stmt, &[&before, &limit])
+                .await?
+                .iter()
+                .map(summary)
+                .collect())
+        })
+        .await
+    }
+
+    async fn read_after(
+        &self,
+        after: Cursor,
+        limit: u32,
+    ) -> Result<Vec<StoredCapture>, StoreError> {
+        let tx = after.tx.to_string();
+        let limit = i64::from(limit);
+        // Rows of transactions older than the oldest one still running are final: no row can
+        // join them later, so (tx, seq) order among them is the commit order a reader can trust.
+        let rows = self
+            .with_client(async |client| {
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT tx::text, seq, id, record FROM captures
+                         WHERE (tx, seq) > ($1::text::xid8, $2)
+                           AND tx < pg_snapshot_xmin(pg_current_snapshot())
+                         ORDER BY tx, seq LIMIT $3",
+                    )
+                    .await?;
+                client.query(&stmt, &[&tx, &after.seq, &limit]).await
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let tx: String = row.get(0);
+                let seq: i64 = row.get(1);
+                let tx = tx.parse().map_err(|_| {
+                    StoreError::Postgres(format!("transaction id {tx:?} is not a number"))
+                })?;
+                Ok(StoredCapture {
+                    cursor: Cursor { tx, seq },
+                    seq,
+                    id: row.get(2),
+                    raw: row.get(3),
+                })
+            })
+            .collect()
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let row = self
+            .with_client(async |client| {
+                client
+                    .query_one(
+                        "SELECT count(*), pg_total_relation_size('captures') FROM captures",
+                        &[],
+                    )
+                    .await
+            })
+            .await?;
+        let records: i64 = row.get(0);
+        let bytes: i64 = row.get(1);
+        Ok(StoreStats {
+            records: u64::try_from(records).unwrap_or_default(),
+            bytes: u64::try_from(bytes).unwrap_or_default(),
+        })
+    }
+
+    fn health(&self) -> Health {
+        self.inner.health.get()
+    }
+
+    /// Stops the background task and closes the pool; operations in progress keep their
+    /// connections until they finish.
+    async fn close(&self) -> Result<(), StoreError> {
+        if let Some(monitor) = self
+            .inner
+            .monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            monitor.abort();
+        }
+        self.inner.pool.close();
+        Ok(())
+    }
+}

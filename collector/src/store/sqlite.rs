@@ -1,0 +1,303 @@
+//! The embedded store: one SQLite database in WAL mode with `synchronous=FULL`, one writer.
+//!
+//! A commit is fsynced before [`SqliteStore::insert_batch`] returns; `INSERT OR IGNORE` on the
+//! unique `id` skips duplicates; `seq` (an `AUTOINCREMENT` key) grows in commit order, since
+//! SQLite has one writer at a time. Every call runs on tokio's blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{
+    BatchOutcome, CaptureStore, CaptureSummary, Cursor, Health, NewCapture, StoreError, StoreStats,
+    StoredCapture,
+};
+
+/// The SQLite store; cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Mutex<Option<Connection>>,
+    path: PathBuf,
+    /// Rows in `captures`: counted at open, then kept by the one writer.
+    records: AtomicU64,
+}
+
+/// Schema versions, applied in order; `PRAGMA user_version` holds how many have been applied.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE IF NOT EXISTS captures (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT NOT NULL UNIQUE,
+    started_at  TEXT NOT NULL,
+    method      TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    status      INTEGER,
+    outcome     TEXT NOT NULL,
+    duration_ms REAL NOT NULL,
+    model       TEXT,
+    record      TEXT NOT NULL
+);
+"];
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` in WAL mode with `synchronous=FULL`,
+    /// and brings its schema up to date. Blocks.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Sqlite(rusqlite::Error::InvalidParameterName(
+                format!("journal_mode is {mode}, WAL is required"),
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        migrate(&conn)?;
+        let records: i64 = conn.query_row("SELECT COUNT(*) FROM captures", [], |r| r.get(0))?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(Some(conn)),
+                path: path.to_owned(),
+                records: AtomicU64::new(u64::try_from(records).unwrap_or_default()),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on the connection, on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner, &mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+            let conn = guard.as_mut().ok_or(StoreError::Closed)?;
+            f(&inner, conn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(applied.max(0) as usize) {
+        conn.execute_batch(&format!(
+            "BEGIN; {sql} PRAGMA user_version = {}; COMMIT;",
+            version + 1
+        ))?;
+    }
+    Ok(())
+}
+
+fn insert_batch(conn: &mut Connection, batch: &[NewCapture]) -> Result<BatchOutcome, StoreError> {
+    let tx = conn.transaction()?;
+    let mut outcome = BatchOutcome::default();
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR IGNORE INTO captures
+             (id, started_at, method, path, status, outcome, duration_ms, model, record)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for c in batch {
+            let n = stmt.execute(params![
+                c.id,
+                c.started_at,
+                c.method,
+                c.path,
+                c.status,
+                c.outcome,
+                c.duration_ms,
+                c.model,
+                c.raw
+            ])?;
+            if n == 1 {
+                outcome.stored += 1;
+            } else {
+                outcome.duplicates += 1;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(outcome)
+}
+
+impl CaptureStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn insert_batch(&self, batch: Vec<NewCapture>) -> Result<BatchOutcome, StoreError> {
+        self.blocking(move |inner, conn| {
+            let outcome = insert_batch(conn, &batch)?;
+            inner.records.fetch_add(outcome.stored, Ordering::Relaxed);
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn get(&self, id: String) -> Result<Option<String>, StoreError> {
+        self.blocking(move |_, conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT record FROM captures WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        limit: u32,
+        before: Option<i64>,
+    ) -> Result<Vec<CaptureSummary>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, id, started_at, method, path, status, outcome, duration_ms, model
+                 FROM captures WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), limit], |r| {
+                Ok(CaptureSummary {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    started_at: r.get(2)?,
+                    method: r.get(3)?,
+                    path: r.get(4)?,
+                    status: r.get(5)?,
+                    outcome: r.get(6)?,
+                    duration_ms: r.get(7)?,
+                    model: r.get(8)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn read_after(
+        &self,
+        after: Cursor,
+        limit: u32,
+    ) -> Result<Vec<StoredCapture>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, id, record FROM captures WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after.seq, limit], |r| {
+                let seq: i64 = r.get(0)?;
+                Ok(StoredCapture {
+                    cursor: Cursor { tx: 0, seq },
+                    seq,
+                    id: r.get(1)?,
+                    raw: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let mut wal = self.inner.path.clone().into_os_string();
+        wal.push("-wal");
+        let bytes = [self.inner.path.clone(), PathBuf::from(wal)]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        Ok(StoreStats {
+            records: self.inner.records.load(Ordering::Relaxed),
+            bytes,
+        })
+    }
+
+    fn health(&self) -> Health {
+        Health::Up
+    }
+
+    /// Checkpoints the log into the database and closes it. Waits for any operation in progress.
+    async fn close(&self) -> Result<(), StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(conn) = guard.take() {
+                conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+                conn.close().map_err(|(_, e)| StoreError::Sqlite(e))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn opens_in_wal_mode_with_full_sync_at_the_latest_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        store
+            .blocking(|_, c| {
+                let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+                let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+                let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+                assert_eq!(mode, "wal");
+                assert_eq!(sync, 2, "FULL");
+                assert_eq!(version as usize, MIGRATIONS.len());
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_database_made_before_schema_versions_is_adopted_as_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute(
+                "INSERT INTO captures (id, started_at, method, path, status, outcome, duration_ms, model, record)
+                 VALUES ('old', 't', 'GET', '/', 200, 'complete', 1.0, NULL, '{}')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            store.get("old".into()).await.unwrap().as_deref(),
+            Some("{}")
+        );
+        assert_eq!(store.stats().await.unwrap().records, 1);
+    }
+
+    #[tokio::test]
+    async fn closing_checkpoints_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store.close().await.unwrap();
+        let wal = dir.path().join("t.db-wal");
+        assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0);
+        assert!(matches!(
+            store.get("x".into()).await,
+            Err(StoreError::Closed)
+        ));
+    }
+}

@@ -1,0 +1,439 @@
+//! The real binary on a real PostgreSQL: how it starts (credentials, bad URLs, TLS), what it does
+//! while the database is down or restarting, and replicas sharing one database.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::postgres::{PgOptions, Postgres, PASSWORD, USER};
+use common::{ndjson, post, Process};
+use serde_json::Value;
+use truthtable_collector::config::{Config, DbTarget};
+use truthtable_collector::store::{CaptureStore, Cursor, Store};
+
+/// Arguments and environment of one collector start.
+type Start<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// Runs the binary to its exit (it must not start serving); returns its status and log.
+fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let out = Process::command(args, env).output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn health(client: &reqwest::Client, base: &str) -> (u16, Value) {
+    let r = client.get(format!("{base}/healthz")).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn wait_health(client: &reqwest::Client, base: &str, want: u16, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, body) = health(client, base).await;
+        if status == want {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz is {status} {body}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn wrong_credentials_a_missing_database_and_bad_urls_stop_the_start_naming_the_problem() {
+    let pg = Postgres::shared();
+    let db = pg.database();
+    let url = pg.url(&db);
+    let missing = pg.url("no_such_db");
+    let cases: [(Start, &str); 5] = [
+        (
+            (vec!["--db", &url], vec![("PGPASSWORD", "not-the-password")]),
+            "password authentication failed",
+        ),
+        ((vec!["--db", &url], vec![]), "password"),
+        (
+            (vec!["--db", &missing], vec![("PGPASSWORD", PASSWORD)]),
+            "does not exist",
+        ),
+        (
+            (
+                vec!["--db", "postgres://127.0.0.1/x"],
+                vec![("PGPASSWORD", PASSWORD)],
+            ),
+            "names no user",
+        ),
+        (
+            (
+                vec![
+                    "--db",
+                    "postgres://tt:hunter2@127.0.0.1/x?sslmode=sometimes",
+                ],
+                vec![],
+            ),
+            "sslmode=sometimes",
+        ),
+    ];
+    for ((args, env), needle) in cases {
+        let (status, log) = run_to_exit(&args, &env);
+        assert!(!status.success(), "{args:?} started:\n{log}");
+        assert!(log.contains(needle), "{args:?}: no {needle:?} in\n{log}");
+        assert!(!log.contains("hunter2"), "the password was logged:\n{log}");
+        assert!(!log.contains("listening on"), "{log}");
+    }
+}
+
+#[tokio::test]
+async fn the_password_comes_from_pgpassword_a_password_file_or_pgpassfile_never_the_command_line() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let pg = Postgres::shared();
+    let db = pg.database();
+    let url = pg.url(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("db-password");
+    std::fs::write(&file, format!("{PASSWORD}\n")).unwrap();
+    let pgpass = dir.path().join("pgpass");
+    std::fs::write(
+        &pgpass,
+        format!("127.0.0.1:{}:{db}:{USER}:{PASSWORD}\n", pg.port),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let file_arg = file.display().to_string();
+    let pgpass_env = pgpass.display().to_string();
+    let client = reqwest::Client::new();
+    let starts: [Start; 4] = [
+        (vec!["--db", &url], vec![("PGPASSWORD", PASSWORD)]),
+        (vec!["--db", &url, "--db-password-file", &file_arg], vec![]),
+        (
+            vec![],
+            vec![
+                ("TRUTHTABLE_DB", &url),
+                ("TRUTHTABLE_DB_PASSWORD_FILE", &file_arg),
+            ],
+        ),
+        (vec!["--db", &url], vec![("PGPASSFILE", &pgpass_env)]),
+    ];
+    for (i, (args, env)) in starts.into_iter().enumerate() {
+        let proc = Process::start_with(&args, &env);
+        let batch = ndjson(&ids(&format!("pw{i}"), 2));
+        assert_eq!(post(&client, &proc.base(), batch, None).await.status(), 200);
+        let (status, body) = health(&client, &proc.base()).await;
+        assert_eq!((status, body["store"].as_str()), (200, Some("postgres")));
+        assert!(proc.log().iter().any(|l| l.contains("listening on")
+            && l.contains(&format!("postgres://{USER}@127.0.0.1:{}/{db}", pg.port))));
+    }
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM captures"), "8");
+}
+
+#[tokio::test]
+async fn replicas_sharing_a_database_store_each_id_once_and_read_the_same() {
+    let pg = Postgres::shared();
+    let db = pg.database();
+    let url = pg.url_with_password(&db);
+    let (a, b) = (
+        Process::start_with(&["--db", &url], &[]),
+        Process::start_with(&["--db", &url], &[]),
+    );
+    assert!(
+        !a.log().join("\n").contains(PASSWORD),
+        "the URL's password was logged"
+    );
+    let client = reqwest::Client::new();
+    // The same batch to both replicas at once, then a redelivery: stored once.
+    let batch = ndjson(&ids("rep", 30));
+    let (base_a, base_b) = (a.base(), b.base());
+    let (ra, rb) = tokio::join!(
+        post(&client, &base_a, batch.clone(), None),
+        post(&client, &base_b, batch.clone(), None)
+    );
+    let (ra, rb): (Value, Value) = (ra.json().await.unwrap(), rb.json().await.unwrap());
+    assert_eq!(
+        ra["stored"].as_u64().unwrap() + rb["stored"].as_u64().unwrap(),
+        30
+    );
+    assert_eq!(
+        ra["duplicates"].as_u64().unwrap() + rb["duplicates"].as_u64().unwrap(),
+        30
+    );
+    let again: Value = post(&client, &b.base(), batch, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (again["stored"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(30))
+    );
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM captures"), "30");
+
+    for path in ["/v1/captures?limit=7", "/v1/captures/rep-3"] {
+        let read = |base: String| {
+            let client = client.clone();
+            async move {
+                client
+                    .get(format!("{base}{path}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap()
+            }
+        };
+        let (from_a, from_b) = tokio::join!(read(a.base()), read(b.base()));
+        assert_eq!(from_a, from_b, "{path} differs between replicas");
+    }
+    let got: Value = client
+        .get(format!("{}/v1/captures/rep-3", a.base()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["audit"]["question"], "question for rep-3");
+    let metrics = client
+        .get(format!("{}/metrics", b.base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "truthtable_collector_records 30"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "truthtable_collector_store_up 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_is_down_ingest_answers_503_health_says_why_and_it_reconnects_by_itself()
+{
+    let pg = Postgres::start(PgOptions::default());
+    let db = pg.database();
+    let url = pg.url_with_password(&db);
+    let client = reqwest::Client::new();
+    let proc = Process::start_with(&["--db", &url], &[]);
+    assert_eq!(
+        post(&client, &proc.base(), ndjson(&ids("before", 3)), None)
+            .await
+            .status(),
+        200
+    );
+
+    pg.stop("immediate");
+    let resp = post(&client, &proc.base(), ndjson(&ids("during", 3)), None).await;
+    assert_eq!(resp.status(), 503, "ingest while the database is down");
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let down = wait_health(&client, &proc.base(), 503, Duration::from_secs(15)).await;
+    assert_eq!(down["status"], "unavailable");
+    assert!(down["error"].as_str().unwrap().len() > 5, "{down}");
+    // Reads are unavailable too, and say so.
+    let read = client
+        .get(format!("{}/v1/captures", proc.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 503);
+    let live = client
+        .get(format!("{}/livez", proc.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200, "the process itself is alive");
+    // Several failures in a row are logged once.
+    for _ in 0..3 {
+        let _ = post(&client, &proc.base(), ndjson(&ids("during", 3)), None).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    pg.start_again();
+    wait_health(&client, &proc.base(), 200, Duration::from_secs(15)).await;
+    assert_eq!(
+        post(&client, &proc.base(), ndjson(&ids("during", 3)), None)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM captures"), "6");
+    let (downs, ups) = (
+        proc.log_count("database unavailable"),
+        proc.log_count("database available again"),
+    );
+    assert!(
+        (1..=3).contains(&downs),
+        "{downs} lines for one outage:\n{}",
+        proc.log().join("\n")
+    );
+    assert!(ups >= 1 && ups <= downs, "{}", proc.log().join("\n"));
+    let metrics = client
+        .get(format!("{}/metrics", proc.base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let unavailable: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("truthtable_collector_store_unavailable_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(unavailable >= 5, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_started_before_its_database_waits_for_it_and_then_creates_the_schema() {
+    let pg = Postgres::start(PgOptions::default());
+    let db = pg.database();
+    let url = pg.url_with_password(&db);
+    pg.stop("fast");
+    let client = reqwest::Client::new();
+    let proc = Process::start_with(&["--db", &url], &[]);
+    let (status, body) = health(&client, &proc.base()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        post(&client, &proc.base(), ndjson(&ids("early", 2)), None)
+            .await
+            .status(),
+        503
+    );
+    pg.start_again();
+    wait_health(&client, &proc.base(), 200, Duration::from_secs(15)).await;
+    assert_eq!(
+        post(&client, &proc.base(), ndjson(&ids("early", 2)), None)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        pg.sql(&db, "SELECT max(version) FROM truthtable_schema"),
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn tls_to_the_database_is_verified_as_sslmode_asks() {
+    let pg = Postgres::start(PgOptions { tls: true });
+    let db = pg.database();
+    let ca = pg.ca_file().display().to_string();
+    let at = |host: &str, query: &str| {
+        format!(
+            "postgres://{USER}:{PASSWORD}@{host}:{}/{db}?{query}",
+            pg.port
+        )
+    };
+    let client = reqwest::Client::new();
+    // The certificate names localhost, signed by itself.
+    for url in [
+        at(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ),
+        at("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}")),
+        at("127.0.0.1", "sslmode=require"),
+    ] {
+        let proc = Process::start_with(&["--db", &url], &[]);
+        assert_eq!(
+            post(&client, &proc.base(), ndjson(&ids("tls", 1)), None)
+                .await
+                .status(),
+            200
+        );
+        let encrypted = pg.superuser_sql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'truthtable-collector' AND NOT s.ssl",
+        );
+        assert_eq!(encrypted, "0", "{url}: a connection without TLS");
+    }
+    for (url, needle) in [
+        (
+            at(
+                "127.0.0.1",
+                &format!("sslmode=verify-full&sslrootcert={ca}"),
+            ),
+            "certificate",
+        ),
+        (
+            at("localhost", "sslmode=verify-full&sslrootcert=system"),
+            "certificate",
+        ),
+    ] {
+        let (status, log) = run_to_exit(&["--db", &url], &[]);
+        assert!(!status.success(), "{url} started");
+        assert!(log.contains(needle), "{url}: {log}");
+    }
+}
+
+#[tokio::test]
+async fn read_after_leaves_records_of_transactions_in_flight_for_later() {
+    let pg = Postgres::shared();
+    let db = pg.database();
+    let mut config = Config::with_db(DbTarget::Postgres(pg.url(&db)));
+    config.db_password.env = Some(PASSWORD.to_owned());
+    let store = Store::open(&config).await.unwrap();
+    store.insert_batch(vec![row("first")]).await.unwrap();
+
+    // A transaction that inserts and stays open, as a slow replica's batch would.
+    let (client, conn) = tokio_postgres::connect(&pg.url_with_password(&db), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO captures (id, started_at, method, path, outcome, duration_ms, record)
+             VALUES ('slow', 't', 'POST', '/', 'complete', 1, '{\"id\":\"slow\"}')",
+        )
+        .await
+        .unwrap();
+    store.insert_batch(vec![row("after")]).await.unwrap();
+    let ids = |rows: Vec<truthtable_collector::store::StoredCapture>| {
+        rows.into_iter().map(|r| r.id).collect::<Vec<_>>()
+    };
+    let page = store.read_after(Cursor::START, 10).await.unwrap();
+    let cursor = page.last().unwrap().cursor;
+    assert_eq!(
+        ids(page),
+        ["first"],
+        "nothing past the open transaction yet"
+    );
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        ids(store.read_after(cursor, 10).await.unwrap()),
+        ["slow", "after"]
+    );
+}
+
+fn row(id: &str) -> truthtable_collector::store::NewCapture {
+    truthtable_collector::store::NewCapture {
+        id: id.into(),
+        started_at: "t".into(),
+        method: "POST".into(),
+        path: "/".into(),
+        status: None,
+        outcome: "complete".into(),
+        duration_ms: 1.0,
+        model: None,
+        raw: format!("{{\"id\":\"{id}\"}}"),
+    }
+}
