@@ -751,14 +751,14 @@ impl Collector {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
-        let config = truthtable_collector::Config {
-            listen: addr,
-            db: self.db.path().join("captures.db"),
-            max_body_bytes: 64 << 20,
-            ingest_token: self.ingest_token.clone(),
-            read_token: None,
-        };
-        let store = truthtable_collector::store::Store::open(&config.db).expect("open the store");
+        let mut config = truthtable_collector::Config::with_db(
+            truthtable_collector::config::DbTarget::Sqlite(self.db.path().join("captures.db")),
+        );
+        config.listen = addr;
+        config.ingest_token = self.ingest_token.clone();
+        let store = truthtable_collector::store::Store::open(&config)
+            .await
+            .expect("open the store");
         let state = truthtable_collector::state(&config, store).expect("collector state");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         self.shutdown = Some(tx);
