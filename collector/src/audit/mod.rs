@@ -481,10 +481,13 @@ impl Side {
     }
 }
 
+/// `broke_off` names how the exchange ended when it did not complete (a body that ends there is
+/// cut short although the filter kept all of it).
 fn payload(
     body: &CapturedBody,
     headers: &Headers,
     side: Side,
+    broke_off: Option<&str>,
     problems: &mut Vec<String>,
 ) -> Payload {
     let what = side.name();
@@ -537,6 +540,11 @@ fn payload(
         Err(e) => {
             let why = if body.truncated {
                 format!("{what} body is truncated and not complete JSON ({e})")
+            } else if let Some(outcome) = broke_off {
+                format!(
+                    "{what} body ends where the exchange broke off ({outcome}) and is not \
+                     complete JSON ({e})"
+                )
             } else {
                 format!("{what} body is not JSON: {e}")
             };
@@ -639,9 +647,16 @@ pub fn derive(record: &CaptureRecord) -> AuditView {
         req.body.truncated || record.response.as_ref().is_some_and(|r| r.body.truncated);
 
     let mut problems = Vec::new();
-    let req_payload = payload(&req.body, &req.headers, Side::Request, &mut problems);
+    let broke_off = (record.outcome != Outcome::Complete).then(|| record.outcome.as_str());
+    let req_payload = payload(&req.body, &req.headers, Side::Request, None, &mut problems);
     let resp_payload = match &record.response {
-        Some(r) => payload(&r.body, &r.headers, Side::Response, &mut problems),
+        Some(r) => payload(
+            &r.body,
+            &r.headers,
+            Side::Response,
+            broke_off,
+            &mut problems,
+        ),
         None => Payload::Empty,
     };
 
@@ -688,7 +703,13 @@ pub fn derive(record: &CaptureRecord) -> AuditView {
                 &mut problems,
             );
             if !complete {
-                problems.push("stream ended without its terminal event".to_owned());
+                problems.push(match broke_off {
+                    Some(outcome) => format!(
+                        "stream ended without its terminal event (the exchange ended {outcome}: {})",
+                        record.detail
+                    ),
+                    None => "stream ended without its terminal event".to_owned(),
+                });
             }
             view.stream_complete = Some(complete);
             view.answer_complete = complete;
