@@ -682,3 +682,65 @@ pub fn filter_config(extra: &str) -> String {
     config.extend(object(extra));
     serde_json::Value::Object(config).to_string()
 }
+
+// ---------------------------------------------------------------------------------------------
+// The collector, as the audit cluster.
+
+/// The real collector, served in this process on a free loopback port over a fresh database.
+pub struct Collector {
+    pub port: u16,
+    _db: tempfile::TempDir,
+}
+
+impl Collector {
+    pub async fn start() -> Collector {
+        let db = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = truthtable_collector::Config {
+            listen: listener.local_addr().unwrap(),
+            db: db.path().join("captures.db"),
+            max_body_bytes: 64 << 20,
+            ingest_token: None,
+            read_token: None,
+        };
+        let store = truthtable_collector::store::Store::open(&config.db).unwrap();
+        let state = truthtable_collector::state(&config, store).unwrap();
+        let port = config.listen.port();
+        tokio::spawn(truthtable_collector::serve(
+            listener,
+            state,
+            std::future::pending(),
+        ));
+        Collector { port, _db: db }
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let url = format!("http://127.0.0.1:{}{}", self.port, path);
+        let resp = client().get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        resp.json().await.unwrap()
+    }
+
+    /// Waits until the collector holds `n` captures; returns each `{capture, audit}`, newest first.
+    pub async fn captures(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let list = self.get("/v1/captures?limit=1000").await;
+            let summaries = list["captures"].as_array().unwrap().clone();
+            if summaries.len() >= n {
+                let mut out = Vec::new();
+                for s in summaries {
+                    let id = s["id"].as_str().unwrap();
+                    out.push(self.get(&format!("/v1/captures/{id}")).await);
+                }
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the collector holds {} of {n} captures",
+                summaries.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
