@@ -50,6 +50,19 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Every protocol a view can name.
+    pub const ALL: [Protocol; 9] = [
+        Protocol::OpenAiChat,
+        Protocol::OpenAiCompletions,
+        Protocol::OpenAiResponses,
+        Protocol::AnthropicMessages,
+        Protocol::OllamaGenerate,
+        Protocol::OllamaChat,
+        Protocol::Gemini,
+        Protocol::Generic,
+        Protocol::Unknown,
+    ];
+
     /// The name the view gives it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -86,6 +99,17 @@ pub enum EvidenceSource {
     ContentType,
     /// A request header only one protocol's clients send (`anthropic-version`, `x-goog-api-client`).
     Header,
+}
+
+impl EvidenceSource {
+    /// Every kind of evidence the recogniser reads.
+    pub const ALL: [EvidenceSource; 5] = [
+        EvidenceSource::Path,
+        EvidenceSource::RequestBody,
+        EvidenceSource::ResponseBody,
+        EvidenceSource::ContentType,
+        EvidenceSource::Header,
+    ];
 }
 
 /// One reason to take an exchange for a protocol.
