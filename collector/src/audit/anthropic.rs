@@ -174,7 +174,8 @@ pub fn read_stream(stream: &StreamBody, view: &mut AuditView, problems: &mut Vec
     let mut blocks: BTreeMap<u64, Block> = BTreeMap::new();
     let mut stopped = false;
     view.fields.answer = Some("content_block_delta.delta.text".to_owned());
-    for (data, whole, event) in stream.json_frames(problems, |_| false) {
+    let mut frames = stream.json_frames(|_| false);
+    for (data, whole, event) in frames.by_ref() {
         let kind = data.get("type").and_then(Value::as_str).unwrap_or(event);
         let index = count(&data, "index").unwrap_or_default();
         match kind {
@@ -237,6 +238,7 @@ pub fn read_stream(stream: &StreamBody, view: &mut AuditView, problems: &mut Vec
             _ => {}
         }
     }
+    frames.report(problems);
     let mut answer: Option<String> = None;
     for block in blocks.into_values() {
         if block.kind == "text" {

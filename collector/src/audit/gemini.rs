@@ -238,9 +238,11 @@ pub fn read_response(resp: &Value, view: &mut AuditView, problems: &mut Vec<Stri
 pub fn read_stream(stream: &StreamBody, view: &mut AuditView, problems: &mut Vec<String>) -> bool {
     let mut candidates = BTreeMap::new();
     let mut blocked = false;
-    for (resp, _, _) in stream.json_frames(problems, |_| false) {
+    let mut frames = stream.json_frames(|_| false);
+    for (resp, _, _) in frames.by_ref() {
         blocked |= apply(&resp, &mut candidates, view, problems);
     }
+    frames.report(problems);
     let finished = blocked
         || (!candidates.is_empty() && candidates.values().all(|c| c.finish_reason.is_some()));
     finish(candidates, view);

@@ -107,7 +107,8 @@ pub fn read_stream(
         }
     }
     let is_marker = |d: &str| d == "[DONE]";
-    for (v, whole, _) in stream.json_frames(problems, is_marker) {
+    let mut frames = stream.json_frames(is_marker);
+    for (v, whole, _) in frames.by_ref() {
         read_envelope(&v, view);
         match (&v, answer_of(&v)) {
             (Value::String(s), _) => {
@@ -132,6 +133,7 @@ pub fn read_stream(
                     .any(|k| v.get(*k).is_some_and(|r| !r.is_null()));
         }
     }
+    frames.report(problems);
     view.answer = text;
     match stream.format {
         StreamFormat::JsonArray => stream.closed,

@@ -353,36 +353,63 @@ impl StreamBody {
             .chain(self.tail.iter().map(|f| (f, false)))
     }
 
-    /// The frames that are JSON, each with its completeness flag and SSE event name. Counts the rest into
-    /// `problems` (a cut-off last frame is told apart from frames that are not JSON at all).
-    /// Frames `skip` accepts (e.g. `[DONE]`) are neither parsed nor counted.
-    fn json_frames(
-        &self,
-        problems: &mut Vec<String>,
-        skip: impl Fn(&str) -> bool,
-    ) -> Vec<(Value, bool, &str)> {
-        let mut out = Vec::new();
-        let mut bad = 0usize;
-        for (frame, whole) in self.all() {
-            if skip(frame.data.trim()) {
+    /// The frames that are JSON, parsed one at a time as the caller goes, each with its
+    /// completeness flag and SSE event name. Frames `skip` accepts (e.g. `[DONE]`) are neither
+    /// parsed nor counted; the others are counted, for [`JsonFrames::report`].
+    fn json_frames<F: Fn(&str) -> bool>(&self, skip: F) -> JsonFrames<'_, F> {
+        JsonFrames {
+            frames: self.frames.iter(),
+            tail: self.tail.as_ref(),
+            format: self.format,
+            skip,
+            bad: 0,
+            cut: false,
+        }
+    }
+}
+
+/// The iterator of [`StreamBody::json_frames`].
+struct JsonFrames<'a, F> {
+    frames: std::slice::Iter<'a, Frame>,
+    tail: Option<&'a Frame>,
+    format: StreamFormat,
+    skip: F,
+    bad: usize,
+    cut: bool,
+}
+
+impl<'a, F: Fn(&str) -> bool> Iterator for JsonFrames<'a, F> {
+    type Item = (Value, bool, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let (frame, whole) = match self.frames.next() {
+                Some(f) => (f, true),
+                None => (self.tail.take()?, false),
+            };
+            if (self.skip)(frame.data.trim()) {
                 continue;
             }
             match serde_json::from_str::<Value>(&frame.data) {
-                Ok(v) => out.push((v, whole, frame.event.as_str())),
-                Err(_) if !whole => problems.push(format!(
-                    "last {} is cut off mid-way",
-                    self.format.frame_name()
-                )),
-                Err(_) => bad += 1,
+                Ok(v) => return Some((v, whole, frame.event.as_str())),
+                Err(_) if !whole => self.cut = true,
+                Err(_) => self.bad += 1,
             }
         }
-        if bad > 0 {
-            problems.push(format!(
-                "{bad} {}(s) were not JSON",
-                self.format.frame_name()
-            ));
+    }
+}
+
+impl<F> JsonFrames<'_, F> {
+    /// Tells `problems` about the frames that were not JSON: a cut-off last frame apart from
+    /// frames that are not JSON at all.
+    fn report(self, problems: &mut Vec<String>) {
+        let name = self.format.frame_name();
+        if self.cut {
+            problems.push(format!("last {name} is cut off mid-way"));
         }
-        out
+        if self.bad > 0 {
+            problems.push(format!("{} {name}(s) were not JSON", self.bad));
+        }
     }
 }
 

@@ -142,7 +142,8 @@ pub fn read_stream(stream: &StreamBody, view: &mut AuditView, problems: &mut Vec
     let mut text: Option<String> = None;
     let mut saw_text_field = false;
     let mut done = false;
-    for (line, _, _) in stream.json_frames(problems, |_| false) {
+    let mut frames = stream.json_frames(|_| false);
+    for (line, _, _) in frames.by_ref() {
         if let Some(err) = line.get("error").filter(|e| !e.is_null()) {
             problems.push(format!("stream error: {}", error_message(err)));
         }
@@ -166,6 +167,7 @@ pub fn read_stream(stream: &StreamBody, view: &mut AuditView, problems: &mut Vec
         }
         done |= is_done(&line);
     }
+    frames.report(problems);
     if text.is_none() && saw_text_field && view.tool_calls.is_empty() {
         text = Some(String::new());
     }

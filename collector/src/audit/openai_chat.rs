@@ -205,12 +205,14 @@ pub fn read_stream(stream: &StreamBody, view: &mut AuditView, problems: &mut Vec
     let done = stream
         .all()
         .any(|(f, whole)| whole && f.data.trim() == "[DONE]");
-    for (chunk, _, _) in stream.json_frames(problems, |d| d == "[DONE]") {
+    let mut frames = stream.json_frames(|d| d == "[DONE]");
+    for (chunk, _, _) in frames.by_ref() {
         if let Some(err) = chunk.get("error").filter(|e| !e.is_null()) {
             problems.push(format!("stream error: {}", error_message(err)));
         }
         apply_chunk(&chunk, &mut choices, view);
     }
+    frames.report(problems);
     view.fields.answer = Some("choices[0].delta.content".to_owned());
     let views = choices
         .into_iter()

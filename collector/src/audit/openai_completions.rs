@@ -85,7 +85,8 @@ pub fn read_stream(stream: &StreamBody, view: &mut AuditView, problems: &mut Vec
         .all()
         .any(|(f, whole)| whole && f.data.trim() == "[DONE]");
     let mut choices: BTreeMap<u64, (Option<String>, Option<String>)> = BTreeMap::new();
-    for (chunk, _, _) in stream.json_frames(problems, |d| d == "[DONE]") {
+    let mut frames = stream.json_frames(|d| d == "[DONE]");
+    for (chunk, _, _) in frames.by_ref() {
         if let Some(err) = chunk.get("error").filter(|e| !e.is_null()) {
             problems.push(format!("stream error: {}", error_message(err)));
         }
@@ -103,6 +104,7 @@ pub fn read_stream(stream: &StreamBody, view: &mut AuditView, problems: &mut Vec
             }
         }
     }
+    frames.report(problems);
     view.fields.answer = Some("choices[0].text".to_owned());
     let views = choices
         .into_iter()

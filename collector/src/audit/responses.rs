@@ -163,7 +163,8 @@ pub fn read_stream(stream: &StreamBody, view: &mut AuditView, problems: &mut Vec
     let mut calls: BTreeMap<u64, CallAcc> = BTreeMap::new();
     let mut terminal: Option<Value> = None;
     view.fields.answer = Some("response.output_text.delta".to_owned());
-    for (data, whole, event) in stream.json_frames(problems, |_| false) {
+    let mut frames = stream.json_frames(|_| false);
+    for (data, whole, event) in frames.by_ref() {
         let kind = data.get("type").and_then(Value::as_str).unwrap_or(event);
         let out = count(&data, "output_index").unwrap_or_default();
         match kind {
@@ -221,6 +222,7 @@ pub fn read_stream(stream: &StreamBody, view: &mut AuditView, problems: &mut Vec
             _ => {}
         }
     }
+    frames.report(problems);
     view.answer = (!texts.is_empty()).then(|| texts.into_values().collect());
     view.tool_calls = calls
         .into_values()
