@@ -1,13 +1,15 @@
 //! `docs/reference.md` is checked against the collector's code: every command-line flag (from clap's
 //! own description of the command line) and every environment variable (from the `--help` text and
 //! the constants the config reads) has a row with the real default, every metric `/metrics` renders
-//! is listed, and the example record is one the collector accepts.
+//! is listed, and the example record is one the collector accepts. `collector/README.md` lists every
+//! field of the audit view, every protocol it can name and every kind of recognition evidence.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use clap::CommandFactory;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use truthtable_collector::audit::{AuditView, EvidenceSource, Protocol};
 use truthtable_collector::config::{Cli, INGEST_TOKEN_ENV, READ_TOKEN_ENV};
 use truthtable_collector::metrics::{Metrics, StoreGauges};
 use truthtable_collector::record::CaptureRecord;
@@ -144,5 +146,62 @@ fn the_example_record_is_accepted_by_the_collector() {
     let line = value.to_string();
     if let Err(e) = CaptureRecord::parse_line(&line) {
         panic!("the collector refuses the example record: {e:?}");
+    }
+}
+
+fn collector_readme() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The text of the `### title` section of the collector README, up to the next heading.
+fn subsection(doc: &str, title: &str) -> String {
+    let start = doc
+        .find(&format!("\n### {title}\n"))
+        .unwrap_or_else(|| panic!("collector/README.md has no `### {title}` section"));
+    let body = &doc[start + title.len() + 6..];
+    let end = body.find("\n#").unwrap_or(body.len());
+    body[..end].to_owned()
+}
+
+/// The first cell of every table row.
+fn first_cells(section: &str) -> Vec<String> {
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| "))
+        .filter_map(|l| l.split(" | ").next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_audit_view_field_protocol_and_evidence_source_is_documented() {
+    let readme = collector_readme();
+    let fields = first_cells(&subsection(&readme, "Fields"));
+    let view = serde_json::to_value(AuditView::unknown("x")).unwrap();
+    let mut keys: Vec<String> = view.as_object().unwrap().keys().cloned().collect();
+    keys.push("choices".to_owned()); // left out of a view with a single choice
+    for key in &keys {
+        assert!(
+            fields.iter().any(|c| c.contains(&format!("`{key}`"))),
+            "the audit view field {key} has no row in collector/README.md's Fields table"
+        );
+    }
+    let protocols = first_cells(&subsection(&readme, "What each protocol yields"));
+    for p in Protocol::ALL {
+        assert!(
+            protocols.iter().any(|c| c == &format!("`{}`", p.as_str())),
+            "protocol {} has no row in collector/README.md",
+            p.as_str()
+        );
+    }
+    let recognition = subsection(&readme, "How the protocol is recognised");
+    for source in EvidenceSource::ALL {
+        let name = serde_json::to_value(source).unwrap();
+        let name = name.as_str().unwrap();
+        assert!(
+            recognition.contains(&format!("`{name}`")),
+            "evidence source {name} is not named in collector/README.md"
+        );
     }
 }

@@ -742,6 +742,13 @@ impl Collector {
         }
     }
 
+    /// A collector running now, on a fresh database.
+    pub async fn running() -> Collector {
+        let mut collector = Collector::down(None);
+        collector.start().await;
+        collector
+    }
+
     pub async fn start(&mut self) {
         self.stop().await;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
@@ -807,6 +814,29 @@ impl Collector {
             if list["captures"].as_array().unwrap().len() >= n || Instant::now() >= deadline {
                 return self.records().await;
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the collector holds `n` captures; returns each `{capture, audit}`, newest first.
+    pub async fn captures(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let list = self.get("/v1/captures?limit=1000").await;
+            let summaries = list["captures"].as_array().unwrap().clone();
+            if summaries.len() >= n {
+                let mut out = Vec::new();
+                for s in summaries {
+                    let id = s["id"].as_str().unwrap();
+                    out.push(self.get(&format!("/v1/captures/{id}")).await);
+                }
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the collector holds {} of {n} captures",
+                summaries.len()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -7,9 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
-use super::content::{count, error_message, str_field, text_of};
-use super::{AuditView, ContextItem, ContextSource, ToolCall, Usage};
-use crate::sse::SseEvent;
+use super::content::{attachment, count, error_message, str_field, text_of};
+use super::{AuditView, ContextSource, LooksFor, StreamBody, ToolCall, Usage};
+
+pub(super) const LOOKS_FOR: LooksFor = LooksFor {
+    question: "a \"messages\" item with role \"user\" and text content",
+    answer: "content[] blocks of type text (content_block_delta text_delta when streamed)",
+};
 
 /// Block types that are tool invocations by the model.
 const TOOL_USE: &[&str] = &["tool_use", "server_tool_use"];
@@ -33,23 +37,20 @@ fn document_text(block: &Value) -> Option<String> {
 pub fn read_request(req: &Value, view: &mut AuditView) {
     view.model = str_field(req, "model");
     if let Some(system) = req.get("system").and_then(text_of) {
-        view.context.push(ContextItem {
-            source: ContextSource::System,
-            text: system,
-            name: None,
-        });
+        view.push_context(ContextSource::System, system, None, "system".to_owned());
     }
     let Some(messages) = req.get("messages").and_then(Value::as_array) else {
         return;
     };
     let mut tool_names: HashMap<String, String> = HashMap::new();
-    for msg in messages {
+    for (i, msg) in messages.iter().enumerate() {
         let role = msg.get("role").and_then(Value::as_str).unwrap_or_default();
         let content = msg.get("content").unwrap_or(&Value::Null);
+        let field = format!("messages[{i}].content");
         let blocks: &[Value] = match content {
             Value::String(s) => {
                 if role == "user" {
-                    view.question = Some(s.clone());
+                    view.set_question(s.clone(), field);
                 }
                 continue;
             }
@@ -57,7 +58,8 @@ pub fn read_request(req: &Value, view: &mut AuditView) {
             _ => continue,
         };
         let mut texts = Vec::new();
-        for block in blocks {
+        for (j, block) in blocks.iter().enumerate() {
+            let at = format!("{field}[{j}]");
             let kind = block
                 .get("type")
                 .and_then(Value::as_str)
@@ -78,29 +80,36 @@ pub fn read_request(req: &Value, view: &mut AuditView) {
                         .and_then(|id| tool_names.get(id).cloned())
                         .or(id);
                     if let Some(text) = block.get("content").and_then(text_of) {
-                        view.context.push(ContextItem {
-                            source: ContextSource::Tool,
-                            text,
-                            name,
-                        });
+                        view.push_context(ContextSource::Tool, text, name, at);
                     }
                 }
                 "document" | "search_result" => {
                     if let Some(text) = document_text(block) {
-                        view.context.push(ContextItem {
-                            source: ContextSource::Document,
-                            text,
-                            name: str_field(block, "title"),
-                        });
+                        let name = str_field(block, "title");
+                        view.push_context(ContextSource::Document, text, name, at);
+                    } else if role == "user" {
+                        note_source(block, "file", at, view);
                     }
                 }
+                "image" if role == "user" => note_source(block, "image", at, view),
                 _ => {}
             }
         }
         if role == "user" && !texts.is_empty() {
-            view.question = Some(texts.join("\n"));
+            view.set_question(texts.join("\n"), format!("{field}[].text"));
         }
     }
+}
+
+/// Notes an image or a non-text document block of a user turn.
+fn note_source(block: &Value, kind: &'static str, field: String, view: &mut AuditView) {
+    let source = block.get("source").unwrap_or(&Value::Null);
+    let data = match source.get("type").and_then(Value::as_str) {
+        Some("base64") => source.get("data").and_then(Value::as_str),
+        _ => None,
+    };
+    let mime = str_field(source, "media_type");
+    view.attachments.push(attachment(kind, field, mime, data));
 }
 
 fn read_usage(u: &Value, usage: &mut Usage) {
@@ -121,6 +130,7 @@ pub fn read_response(resp: &Value, view: &mut AuditView) -> bool {
         read_usage(u, &mut view.usage);
     }
     view.finish_reason = str_field(resp, "stop_reason");
+    view.fields.answer = Some("content[].text".to_owned());
     let Some(blocks) = resp.get("content").and_then(Value::as_array) else {
         return false;
     };
@@ -160,28 +170,13 @@ struct Block {
 }
 
 /// Reassembles a streamed message; true when `message_stop` arrived.
-pub fn read_stream(
-    events: &[SseEvent],
-    tail: Option<&SseEvent>,
-    view: &mut AuditView,
-    problems: &mut Vec<String>,
-) -> bool {
+pub fn read_stream(stream: &StreamBody, view: &mut AuditView, problems: &mut Vec<String>) -> bool {
     let mut blocks: BTreeMap<u64, Block> = BTreeMap::new();
     let mut stopped = false;
-    let mut bad = 0usize;
-    for (i, ev) in events.iter().chain(tail).enumerate() {
-        let Ok(data) = serde_json::from_str::<Value>(&ev.data) else {
-            if i >= events.len() {
-                problems.push("last event is cut off mid-way".to_owned());
-            } else {
-                bad += 1;
-            }
-            continue;
-        };
-        let kind = data
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or(ev.event.as_str());
+    view.fields.answer = Some("content_block_delta.delta.text".to_owned());
+    let mut frames = stream.json_frames(|_| false);
+    for (data, whole, event) in frames.by_ref() {
+        let kind = data.get("type").and_then(Value::as_str).unwrap_or(event);
         let index = count(&data, "index").unwrap_or_default();
         match kind {
             "message_start" => {
@@ -235,7 +230,7 @@ pub fn read_stream(
                     read_usage(u, &mut view.usage);
                 }
             }
-            "message_stop" => stopped = i < events.len(),
+            "message_stop" => stopped = whole,
             "error" => problems.push(format!(
                 "stream error: {}",
                 error_message(data.get("error").unwrap_or(&Value::Null))
@@ -243,9 +238,7 @@ pub fn read_stream(
             _ => {}
         }
     }
-    if bad > 0 {
-        problems.push(format!("{bad} stream event(s) were not JSON"));
-    }
+    frames.report(problems);
     let mut answer: Option<String> = None;
     for block in blocks.into_values() {
         if block.kind == "text" {

@@ -7,9 +7,44 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::content::{count, error_message, str_field, text_of};
-use super::{AuditView, ChoiceView, ContextItem, ContextSource, ToolCall, Usage};
-use crate::sse::SseEvent;
+use super::content::{append, attachment, count, error_message, set_choices, str_field, text_of};
+use super::{AuditView, ChoiceView, ContextSource, LooksFor, StreamBody, ToolCall, Usage};
+
+pub(super) const LOOKS_FOR: LooksFor = LooksFor {
+    question: "a \"messages\" item with role \"user\" and text content",
+    answer: "choices[].message.content (choices[].delta.content when streamed)",
+};
+
+/// Notes the non-text parts of a message's content (`image_url`, `input_audio`, `file`).
+fn note_attachments(content: &Value, field: &str, view: &mut AuditView) {
+    let Some(parts) = content.as_array() else {
+        return;
+    };
+    for (j, part) in parts.iter().enumerate() {
+        let at = format!("{field}[{j}]");
+        match part.get("type").and_then(Value::as_str) {
+            Some("image_url") => {
+                let url = part.get("image_url").and_then(|u| u.get("url").or(Some(u)));
+                let data = url
+                    .and_then(Value::as_str)
+                    .filter(|u| u.starts_with("data:"));
+                view.attachments.push(attachment("image", at, None, data));
+            }
+            Some("input_audio") => {
+                let audio = part.get("input_audio").unwrap_or(&Value::Null);
+                let mime = str_field(audio, "format").map(|f| format!("audio/{f}"));
+                let data = audio.get("data").and_then(Value::as_str);
+                view.attachments.push(attachment("audio", at, mime, data));
+            }
+            Some("file") => {
+                let file = part.get("file").unwrap_or(&Value::Null);
+                let data = file.get("file_data").and_then(Value::as_str);
+                view.attachments.push(attachment("file", at, None, data));
+            }
+            _ => {}
+        }
+    }
+}
 
 /// Fills model, question and context from a chat completions request.
 pub fn read_request(req: &Value, view: &mut AuditView) {
@@ -17,21 +52,24 @@ pub fn read_request(req: &Value, view: &mut AuditView) {
     let Some(messages) = req.get("messages").and_then(Value::as_array) else {
         return;
     };
-    for msg in messages {
+    for (i, msg) in messages.iter().enumerate() {
         let role = msg.get("role").and_then(Value::as_str).unwrap_or_default();
-        let text = msg.get("content").and_then(text_of);
-        match (role, text) {
-            ("system" | "developer", Some(text)) => view.context.push(ContextItem {
-                source: ContextSource::System,
-                text,
-                name: None,
-            }),
-            ("tool" | "function", Some(text)) => view.context.push(ContextItem {
-                source: ContextSource::Tool,
-                text,
-                name: str_field(msg, "name").or_else(|| str_field(msg, "tool_call_id")),
-            }),
-            ("user", Some(text)) => view.question = Some(text),
+        let content = msg.get("content").unwrap_or(&Value::Null);
+        let field = format!("messages[{i}].content");
+        match (role, text_of(content)) {
+            ("system" | "developer", Some(text)) => {
+                view.push_context(ContextSource::System, text, None, field)
+            }
+            ("tool" | "function", Some(text)) => {
+                let name = str_field(msg, "name").or_else(|| str_field(msg, "tool_call_id"));
+                view.push_context(ContextSource::Tool, text, name, field)
+            }
+            ("user", text) => {
+                note_attachments(content, &field, view);
+                if let Some(text) = text {
+                    view.set_question(text, field);
+                }
+            }
             _ => {}
         }
     }
@@ -45,19 +83,6 @@ fn usage(v: &Value) -> Option<Usage> {
     })
 }
 
-/// Puts the choices into the view: the first as the answer, all of them when there are several.
-fn set_choices(view: &mut AuditView, mut choices: Vec<ChoiceView>) {
-    choices.sort_by_key(|c| c.index);
-    if let Some(first) = choices.first() {
-        view.answer = first.answer.clone();
-        view.tool_calls = first.tool_calls.clone();
-        view.finish_reason = first.finish_reason.clone();
-    }
-    if choices.len() > 1 {
-        view.choices = choices;
-    }
-}
-
 /// Reads a non-streamed `chat.completion`; true when it held choices.
 pub fn read_response(resp: &Value, view: &mut AuditView) -> bool {
     if let Some(m) = str_field(resp, "model") {
@@ -69,6 +94,7 @@ pub fn read_response(resp: &Value, view: &mut AuditView) -> bool {
     let Some(choices) = resp.get("choices").and_then(Value::as_array) else {
         return false;
     };
+    view.fields.answer = Some("choices[0].message.content".to_owned());
     let views = choices
         .iter()
         .enumerate()
@@ -120,10 +146,6 @@ struct ChoiceAcc {
     refusal: Option<String>,
     tools: BTreeMap<u64, ToolAcc>,
     finish_reason: Option<String>,
-}
-
-fn append(slot: &mut Option<String>, piece: &str) {
-    slot.get_or_insert_with(String::new).push_str(piece);
 }
 
 fn apply_chunk(chunk: &Value, choices: &mut BTreeMap<u64, ChoiceAcc>, view: &mut AuditView) {
@@ -178,37 +200,20 @@ fn apply_chunk(chunk: &Value, choices: &mut BTreeMap<u64, ChoiceAcc>, view: &mut
 }
 
 /// Reassembles a streamed completion; true when `data: [DONE]` arrived.
-pub fn read_stream(
-    events: &[SseEvent],
-    tail: Option<&SseEvent>,
-    view: &mut AuditView,
-    problems: &mut Vec<String>,
-) -> bool {
+pub fn read_stream(stream: &StreamBody, view: &mut AuditView, problems: &mut Vec<String>) -> bool {
     let mut choices: BTreeMap<u64, ChoiceAcc> = BTreeMap::new();
-    let mut done = false;
-    let mut bad = 0usize;
-    for (i, ev) in events.iter().chain(tail).enumerate() {
-        let data = ev.data.trim();
-        if data == "[DONE]" {
-            done = i < events.len();
-            continue;
+    let done = stream
+        .all()
+        .any(|(f, whole)| whole && f.data.trim() == "[DONE]");
+    let mut frames = stream.json_frames(|d| d == "[DONE]");
+    for (chunk, _, _) in frames.by_ref() {
+        if let Some(err) = chunk.get("error").filter(|e| !e.is_null()) {
+            problems.push(format!("stream error: {}", error_message(err)));
         }
-        match serde_json::from_str::<Value>(data) {
-            Ok(chunk) => {
-                if let Some(err) = chunk.get("error").filter(|e| !e.is_null()) {
-                    problems.push(format!("stream error: {}", error_message(err)));
-                }
-                apply_chunk(&chunk, &mut choices, view);
-            }
-            Err(_) if i >= events.len() => {
-                problems.push("last event is cut off mid-way".to_owned())
-            }
-            Err(_) => bad += 1,
-        }
+        apply_chunk(&chunk, &mut choices, view);
     }
-    if bad > 0 {
-        problems.push(format!("{bad} stream event(s) were not JSON"));
-    }
+    frames.report(problems);
+    view.fields.answer = Some("choices[0].delta.content".to_owned());
     let views = choices
         .into_iter()
         .map(|(index, acc)| ChoiceView {

@@ -9,8 +9,13 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::Value;
 
 use super::content::{count, error_message, str_field, text_of};
-use super::{AuditView, ContextItem, ContextSource, ToolCall, Usage};
-use crate::sse::SseEvent;
+use super::{AuditView, ContextSource, LooksFor, StreamBody, ToolCall, Usage};
+
+pub(super) const LOOKS_FOR: LooksFor = LooksFor {
+    question: "a string \"input\", or an \"input\" message with role \"user\" and text content",
+    answer:
+        "output[].content[] parts of type output_text (response.output_text.delta when streamed)",
+};
 
 /// Events after which the server sends nothing more.
 const TERMINAL: &[&str] = &[
@@ -23,22 +28,18 @@ const TERMINAL: &[&str] = &[
 pub fn read_request(req: &Value, view: &mut AuditView) {
     view.model = str_field(req, "model");
     if let Some(text) = req.get("instructions").and_then(text_of) {
-        view.context.push(ContextItem {
-            source: ContextSource::System,
-            text,
-            name: None,
-        });
+        view.push_context(ContextSource::System, text, None, "instructions".to_owned());
     }
     let items = match req.get("input") {
         Some(Value::String(s)) => {
-            view.question = Some(s.clone());
+            view.set_question(s.clone(), "input".to_owned());
             return;
         }
         Some(Value::Array(items)) => items,
         _ => return,
     };
     let mut call_names: HashMap<String, String> = HashMap::new();
-    for item in items {
+    for (i, item) in items.iter().enumerate() {
         let kind = item
             .get("type")
             .and_then(Value::as_str)
@@ -49,13 +50,12 @@ pub fn read_request(req: &Value, view: &mut AuditView) {
                 let Some(text) = item.get("content").and_then(text_of) else {
                     continue;
                 };
+                let field = format!("input[{i}].content");
                 match role {
-                    "system" | "developer" => view.context.push(ContextItem {
-                        source: ContextSource::System,
-                        text,
-                        name: None,
-                    }),
-                    "user" => view.question = Some(text),
+                    "system" | "developer" => {
+                        view.push_context(ContextSource::System, text, None, field)
+                    }
+                    "user" => view.set_question(text, field),
                     _ => {}
                 }
             }
@@ -73,11 +73,8 @@ pub fn read_request(req: &Value, view: &mut AuditView) {
                     .and_then(|id| call_names.get(id).cloned())
                     .or(id);
                 if let Some(text) = item.get("output").and_then(text_of) {
-                    view.context.push(ContextItem {
-                        source: ContextSource::Tool,
-                        text,
-                        name,
-                    });
+                    let field = format!("input[{i}].output");
+                    view.push_context(ContextSource::Tool, text, name, field);
                 }
             }
             _ => {}
@@ -145,6 +142,7 @@ fn read_output(resp: &Value) -> (Option<String>, Vec<ToolCall>) {
 /// Reads a non-streamed `response`; true when it held an `output` array.
 pub fn read_response(resp: &Value, view: &mut AuditView) -> bool {
     read_finished(resp, view);
+    view.fields.answer = Some("output[].content[].text".to_owned());
     let (answer, calls) = read_output(resp);
     view.answer = answer;
     view.tool_calls = calls;
@@ -160,29 +158,14 @@ struct CallAcc {
 }
 
 /// Reassembles a streamed response; true when a terminal event arrived.
-pub fn read_stream(
-    events: &[SseEvent],
-    tail: Option<&SseEvent>,
-    view: &mut AuditView,
-    problems: &mut Vec<String>,
-) -> bool {
+pub fn read_stream(stream: &StreamBody, view: &mut AuditView, problems: &mut Vec<String>) -> bool {
     let mut texts: BTreeMap<(u64, u64), String> = BTreeMap::new();
     let mut calls: BTreeMap<u64, CallAcc> = BTreeMap::new();
     let mut terminal: Option<Value> = None;
-    let mut bad = 0usize;
-    for (i, ev) in events.iter().chain(tail).enumerate() {
-        let Ok(data) = serde_json::from_str::<Value>(&ev.data) else {
-            if i >= events.len() {
-                problems.push("last event is cut off mid-way".to_owned());
-            } else {
-                bad += 1;
-            }
-            continue;
-        };
-        let kind = data
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or(ev.event.as_str());
+    view.fields.answer = Some("response.output_text.delta".to_owned());
+    let mut frames = stream.json_frames(|_| false);
+    for (data, whole, event) in frames.by_ref() {
+        let kind = data.get("type").and_then(Value::as_str).unwrap_or(event);
         let out = count(&data, "output_index").unwrap_or_default();
         match kind {
             "response.created" | "response.in_progress" => {
@@ -232,16 +215,14 @@ pub fn read_stream(
                     call.done = true;
                 }
             }
-            k if TERMINAL.contains(&k) && i < events.len() => {
+            k if TERMINAL.contains(&k) && whole => {
                 terminal = Some(data.get("response").cloned().unwrap_or(Value::Null));
             }
             "error" => problems.push(format!("stream error: {}", error_message(&data))),
             _ => {}
         }
     }
-    if bad > 0 {
-        problems.push(format!("{bad} stream event(s) were not JSON"));
-    }
+    frames.report(problems);
     view.answer = (!texts.is_empty()).then(|| texts.into_values().collect());
     view.tool_calls = calls
         .into_values()

@@ -6,7 +6,7 @@ use super::decode::tests::{b64_body, brotli, gzip, zlib};
 use super::*;
 use crate::record::{BodyEncoding, CapturedRequest, CapturedResponse, Outcome};
 
-fn utf8(data: &str, truncated: bool) -> CapturedBody {
+pub(super) fn utf8(data: &str, truncated: bool) -> CapturedBody {
     CapturedBody {
         encoding: BodyEncoding::Utf8,
         data: data.to_owned(),
@@ -15,7 +15,12 @@ fn utf8(data: &str, truncated: bool) -> CapturedBody {
     }
 }
 
-fn exchange(path: &str, request: &str, content_type: &str, body: CapturedBody) -> CaptureRecord {
+pub(super) fn exchange(
+    path: &str,
+    request: &str,
+    content_type: &str,
+    body: CapturedBody,
+) -> CaptureRecord {
     exchange_with(
         path,
         request,
@@ -24,7 +29,12 @@ fn exchange(path: &str, request: &str, content_type: &str, body: CapturedBody) -
     )
 }
 
-fn exchange_with(path: &str, request: &str, headers: Headers, body: CapturedBody) -> CaptureRecord {
+pub(super) fn exchange_with(
+    path: &str,
+    request: &str,
+    headers: Headers,
+    body: CapturedBody,
+) -> CaptureRecord {
     CaptureRecord {
         id: "t".into(),
         started_at: "2026-11-25T16:10:40.186Z".into(),
@@ -50,7 +60,7 @@ fn exchange_with(path: &str, request: &str, headers: Headers, body: CapturedBody
 }
 
 /// SSE text from `(event, data)` pairs; an empty event name writes no `event:` line.
-fn sse(events: &[(&str, serde_json::Value)]) -> String {
+pub(super) fn sse(events: &[(&str, serde_json::Value)]) -> String {
     events
         .iter()
         .map(|(e, d)| {
@@ -810,6 +820,293 @@ fn view_serialises_with_the_documented_field_names() {
     assert_eq!(j["usage"]["input_tokens"], 40);
 }
 
+// ---------------------------------------------------------------- recognition
+
+fn sources(evidence: &[Evidence]) -> Vec<(EvidenceSource, Protocol)> {
+    evidence.iter().map(|e| (e.source, e.suggests)).collect()
+}
+
+#[test]
+fn a_response_shape_overrules_the_path() {
+    let v = derive(&exchange(
+        "/api/generate",
+        &chat_request(),
+        "application/json",
+        utf8(&chat_completion(), false),
+    ));
+    assert_eq!(v.protocol, Protocol::OpenAiChat);
+    assert_eq!(
+        sources(&v.recognised_from),
+        [
+            (EvidenceSource::ResponseBody, Protocol::OpenAiChat),
+            (EvidenceSource::RequestBody, Protocol::OpenAiChat)
+        ]
+    );
+    assert_eq!(
+        sources(&v.overruled),
+        [(EvidenceSource::Path, Protocol::OllamaGenerate)]
+    );
+}
+
+#[test]
+fn ollama_openai_compatible_endpoints_stay_openai() {
+    let body = json!({"id": "chatcmpl-42", "object": "chat.completion", "created": 1, "model": "llama3.2",
+        "system_fingerprint": "fp_ollama",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}});
+    let v = derive(&exchange(
+        "/v1/chat/completions",
+        &json!({"model": "llama3.2", "messages": [{"role": "user", "content": "Capital of France?"}]})
+            .to_string(),
+        "application/json",
+        utf8(&body.to_string(), false),
+    ));
+    assert_eq!(v.protocol, Protocol::OpenAiChat);
+    assert_eq!(v.answer.as_deref(), Some("Paris."));
+    assert!(v.overruled.is_empty(), "{:?}", v.overruled);
+}
+
+#[test]
+fn ndjson_framing_picks_ollama_chat_when_the_bodies_say_no_more() {
+    // A messages request on a proxy path, answered by an NDJSON stream cut inside its first line.
+    let v = derive(&exchange(
+        "/llm",
+        &json!({"model": "llama3.2", "messages": [{"role": "user", "content": "Hi"}]}).to_string(),
+        "application/x-ndjson",
+        utf8("{\"model\":\"llama3.2\",\"created_at\":\"2026-", true),
+    ));
+    assert_eq!(v.protocol, Protocol::OllamaChat);
+    assert_eq!(v.recognised_from[0].source, EvidenceSource::ContentType);
+    assert_eq!(v.question.as_deref(), Some("Hi"));
+    assert_eq!(v.stream_complete, Some(false));
+    assert!(
+        v.problems.iter().any(
+            |p| p.starts_with("no answer: looked for \"message.content\"")
+                && p.contains("1 NDJSON line")
+        ),
+        "{:?}",
+        v.problems
+    );
+}
+
+#[test]
+fn a_protocol_header_decides_when_there_is_no_response() {
+    let mut rec = exchange(
+        "/proxy",
+        &json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]})
+            .to_string(),
+        "",
+        utf8("", false),
+    );
+    rec.request
+        .headers
+        .push(("anthropic-version".into(), "2023-06-01".into()));
+    rec.response = None;
+    rec.outcome = Outcome::UpstreamFailed;
+    rec.detail = "upstream_reset_before_response_started{connection_failure}".into();
+    let v = derive(&rec);
+    assert_eq!(v.protocol, Protocol::AnthropicMessages);
+    assert_eq!(v.recognised_from[0].source, EvidenceSource::Header);
+    assert_eq!(
+        v.problems,
+        ["no answer: there is no response (outcome upstream_failed, upstream_reset_before_response_started{connection_failure})"]
+    );
+}
+
+#[test]
+fn the_request_shape_wins_over_a_path_it_does_not_fit() {
+    let mut rec = exchange(
+        "/v1/chat/completions",
+        &json!({"contents": [{"parts": [{"text": "Hi"}]}]}).to_string(),
+        "application/json",
+        utf8("{\"error\": {\"message\": \"bad gateway\"}}", false),
+    );
+    if let Some(r) = rec.response.as_mut() {
+        r.status = 502;
+    }
+    let v = derive(&rec);
+    assert_eq!(v.protocol, Protocol::Gemini);
+    assert_eq!(v.question.as_deref(), Some("Hi"));
+    assert_eq!(
+        sources(&v.overruled),
+        [(EvidenceSource::Path, Protocol::OpenAiChat)]
+    );
+    assert!(v.problems.iter().any(|p| p.contains("bad gateway")));
+    assert!(
+        v.problems.iter().any(|p| p
+            .starts_with("no answer: looked for candidates[].content.parts[].text")
+            && p.ends_with("(status 502)")),
+        "{:?}",
+        v.problems
+    );
+}
+
+#[test]
+fn an_unknown_exchange_says_what_was_looked_for() {
+    let v = derive(&exchange(
+        "/v1/embeddings",
+        "{\"model\": \"e5\", \"encoding_format\": \"float\"}",
+        "application/json",
+        utf8("{\"data\": [{\"embedding\": [0.1]}]}", false),
+    ));
+    assert_eq!(v.protocol, Protocol::Unknown);
+    let reason = v.reason.unwrap();
+    assert!(
+        reason.contains("POST /v1/embeddings is not a known LLM endpoint"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("\"contents\"") && reason.contains("\"candidates\""),
+        "{reason}"
+    );
+}
+
+#[test]
+fn an_empty_answer_is_explained() {
+    let body = json!({"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "length"}]});
+    let v = derive(&exchange(
+        "/v1/chat/completions",
+        &chat_request(),
+        "application/json",
+        utf8(&body.to_string(), false),
+    ));
+    assert_eq!(v.answer.as_deref(), Some(""));
+    assert!(
+        v.problems
+            .contains(&"empty answer: choices[0].message.content is an empty string".to_owned()),
+        "{:?}",
+        v.problems
+    );
+}
+
+#[test]
+fn existing_protocols_name_their_fields() {
+    let v = derive(&exchange(
+        "/v1/chat/completions",
+        &chat_request(),
+        "text/event-stream",
+        utf8(&chat_stream_two_choices(), false),
+    ));
+    assert_eq!(v.fields.question.as_deref(), Some("messages[4].content"));
+    assert_eq!(v.fields.answer.as_deref(), Some("choices[0].delta.content"));
+    assert_eq!(v.context[0].field, "messages[0].content");
+    assert_eq!(v.attachments.len(), 1, "the image_url part of the question");
+    assert_eq!(v.attachments[0].field, "messages[4].content[1]");
+    let v = derive(&exchange(
+        "/v1/messages",
+        &anthropic_request(),
+        "text/event-stream",
+        utf8(&anthropic_stream(), false),
+    ));
+    assert_eq!(
+        v.fields.question.as_deref(),
+        Some("messages[2].content[].text")
+    );
+    assert_eq!(v.context[2].field, "messages[2].content[1]");
+    let v = derive(&exchange(
+        "/v1/responses",
+        &responses_request(),
+        "text/event-stream",
+        utf8(&responses_stream(), false),
+    ));
+    assert_eq!(v.fields.question.as_deref(), Some("input[0].content"));
+    assert_eq!(
+        v.fields.answer.as_deref(),
+        Some("response.output_text.delta")
+    );
+}
+
+/// Realistic and broken request/response pairs of every protocol, for the properties below.
+fn pool() -> Vec<(&'static str, String, &'static str, String)> {
+    let ollama_stream = "{\"model\":\"m\",\"created_at\":\"t\",\"response\":\"Ray\",\"done\":false}\n{\"model\":\"m\",\"created_at\":\"t\",\"response\":\"leigh\",\"done\":false}\n{\"model\":\"m\",\"created_at\":\"t\",\"response\":\"\",\"done\":true,\"done_reason\":\"stop\",\"eval_count\":2}\n";
+    let gemini_array = "[{\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"Ray\"}]}}]}\n,\n{\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"leigh\"}]}, \"finishReason\": \"STOP\"}]}\n]";
+    vec![
+        ("/v1/chat/completions", chat_request(), "text/event-stream", chat_stream_two_choices()),
+        ("/v1/chat/completions", chat_request(), "application/json", chat_completion()),
+        ("/v1/messages", anthropic_request(), "text/event-stream", anthropic_stream()),
+        ("/v1/responses", responses_request(), "text/event-stream", responses_stream()),
+        ("/api/generate", "{\"model\":\"m\",\"prompt\":\"Why?\"}".into(), "application/x-ndjson", ollama_stream.into()),
+        ("/v1beta/models/g:streamGenerateContent", "{\"contents\":[{\"parts\":[{\"text\":\"Why?\"}]}]}".into(), "application/json", gemini_array.into()),
+        ("/v1/completions", "{\"model\":\"m\",\"prompt\":\"Why?\"}".into(), "text/event-stream", "data: {\"object\":\"text_completion\",\"choices\":[{\"index\":0,\"text\":\"Ray\"}]}\n\ndata: [DONE]\n\n".into()),
+        ("/ask", "{\"question\":\"Why?\"}".into(), "application/x-ndjson", "{\"answer\":\"Ray\"}\n{\"answer\":\"leigh\"}\n".into()),
+        ("/chat/completions", "{\"prompt\":\"Why?\"}".into(), "application/json", "{\"response\":\"Rayleigh\"}".into()),
+        ("/v1/chat/completions", "{}".into(), "application/json", "{}".into()),
+        ("/api/chat", "{\"messages\":[]}".into(), "application/x-ndjson", "".into()),
+        ("/x", "not json".into(), "text/plain", "hello".into()),
+    ]
+}
+
+mod never_silent {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the exchange, a missing or empty question or answer comes with its explanation.
+        #[test]
+        fn a_missing_question_or_answer_is_always_explained(
+            pick in 0usize..12,
+            other in 0usize..12,
+            cut in 0usize..2000,
+            mix in any::<bool>(),
+            drop_response in any::<bool>(),
+        ) {
+            let pool = pool();
+            let (path, req, ct, resp) = &pool[pick % pool.len()];
+            // Sometimes a path of one protocol with the bodies of another.
+            let path = if mix { pool[other % pool.len()].0 } else { path };
+            let at = cut.min(resp.len());
+            let at = (0..=at).rev().find(|i| resp.is_char_boundary(*i)).unwrap_or(0);
+            let mut rec = exchange(path, req, ct, utf8(&resp[..at], at < resp.len()));
+            if drop_response {
+                rec.response = None;
+            }
+            let v = derive(&rec);
+            if v.protocol == Protocol::Unknown {
+                prop_assert!(v.reason.as_deref().is_some_and(|r| !r.is_empty()));
+            } else {
+                let said = |prefix: &str| v.problems.iter().any(|p| p.starts_with(prefix));
+                match &v.question {
+                    None => prop_assert!(said("no question:"), "{:?}", v.problems),
+                    Some(q) if q.trim().is_empty() => prop_assert!(said("empty question:")),
+                    Some(_) => {}
+                }
+                match &v.answer {
+                    None => prop_assert!(said("no answer"), "{:?}", v.problems),
+                    Some(a) if a.trim().is_empty() => prop_assert!(said("empty answer:")),
+                    Some(_) => {}
+                }
+            }
+        }
+
+        /// Any prefix of a stream gives a prefix of the whole answer, and is complete only whole.
+        #[test]
+        fn a_prefix_of_a_stream_gives_a_prefix_of_its_answer(pick in 4usize..8, cut in 0usize..2000) {
+            let (path, req, ct, resp) = &pool()[pick];
+            let whole = derive(&exchange(path, req, ct, utf8(resp, false)));
+            let full = whole.answer.clone().unwrap_or_default();
+            prop_assert_eq!(whole.stream_complete, Some(true), "{:?}", whole.problems);
+            let at = cut.min(resp.len());
+            let v = derive(&exchange(path, req, ct, utf8(&resp[..at], at < resp.len())));
+            let part = v.answer.clone().unwrap_or_default();
+            prop_assert!(full.starts_with(&part), "{:?} is not a prefix of {:?}", part, full);
+            if v.stream_complete == Some(true) {
+                prop_assert_eq!(part, full);
+            }
+        }
+
+        /// NDJSON line endings and blank lines never change what an Ollama stream says.
+        #[test]
+        fn ndjson_line_endings_do_not_change_the_view(crlf in any::<bool>(), blanks in 0usize..3) {
+            let (path, req, ct, resp) = &pool()[4];
+            let eol = format!("{}{}", if crlf { "\r\n" } else { "\n" }, "\n".repeat(blanks));
+            let reframed = resp.replace('\n', &eol);
+            let a = derive(&exchange(path, req, ct, utf8(resp, false)));
+            let b = derive(&exchange(path, req, ct, utf8(&reframed, false)));
+            prop_assert_eq!(a, b);
+        }
+    }
+}
+
 mod never_panics {
     use super::*;
     use proptest::prelude::*;
@@ -818,8 +1115,10 @@ mod never_panics {
         #[test]
         fn arbitrary_response_bytes_never_panic(
             bytes in proptest::collection::vec(any::<u8>(), 0..400),
-            path in prop_oneof![Just("/v1/chat/completions"), Just("/v1/messages"), Just("/v1/responses"), Just("/x")],
-            ct in prop_oneof![Just("text/event-stream"), Just("application/json")],
+            path in prop_oneof![Just("/v1/chat/completions"), Just("/v1/messages"), Just("/v1/responses"),
+                Just("/v1/completions"), Just("/api/generate"), Just("/api/chat"),
+                Just("/v1beta/models/g:streamGenerateContent"), Just("/x")],
+            ct in prop_oneof![Just("text/event-stream"), Just("application/json"), Just("application/x-ndjson")],
             ce in prop_oneof![Just(""), Just("gzip"), Just("br"), Just("deflate")],
         ) {
             let mut headers = vec![("content-type".to_owned(), ct.to_owned())];
@@ -831,7 +1130,8 @@ mod never_panics {
 
         #[test]
         fn any_prefix_of_a_real_stream_never_panics(cut in 0usize..4000) {
-            for stream in [chat_tool_stream(), anthropic_stream(), responses_stream()] {
+            let more: Vec<String> = pool().into_iter().map(|(_, _, _, r)| r).collect();
+            for stream in [chat_tool_stream(), anthropic_stream(), responses_stream()].into_iter().chain(more) {
                 let at = cut.min(stream.len());
                 let body = b64_body(&stream.as_bytes()[..at], at < stream.len());
                 let _ = derive(&exchange("/v1/chat/completions", "{}", "text/event-stream", body));
