@@ -1,10 +1,15 @@
-//! What can be checked of the deployment files without a Docker engine or a Kubernetes cluster:
+//! What can be checked of the deployment files without a Docker engine or a Kubernetes cluster
+//! (`scripts/test-compose` runs docker-compose.yml under a real engine):
 //!
 //! - `docker-compose.yml` parses; the envoy, collector and demo services exist; every file it
 //!   mounts or builds from exists; its Envoy runs the one shipped `envoy/envoy.yaml` and, through
 //!   the mounts and the working directory, finds the built filter where that config names it; that
 //!   config passes `envoy --mode validate` there; the image is the Envoy version the tests run;
 //!   the collector and demo listen where `envoy/envoy.yaml` sends captures and requests.
+//! - The Dockerfiles build from source by default and have a `prebuilt` target that packs the
+//!   host's release binary, which `.dockerignore` lets into the build context; the offline
+//!   override `deploy/compose/offline.yml` changes only where images come from, and names targets
+//!   that exist; the Envoy stand-in is the version compose names, on the projects' own base.
 //! - The Istio manifests parse; the `WasmPlugin` pulls an OCI image, pins a checksum (or carries the
 //!   documented placeholder), has a fail strategy and a phase Istio knows, and its `pluginConfig` is a
 //!   configuration the filter accepts, aimed at the collector Service by Istio's cluster name.
@@ -256,21 +261,105 @@ fn compose_collector_and_demo_listen_where_the_envoy_config_points() {
     );
 }
 
+/// `(stage name, base image)` of every `FROM` of a Dockerfile, in order.
+fn stages(dockerfile: &str) -> Vec<(String, String)> {
+    dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .map(|rest| {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let name = match words.as_slice() {
+                [_, as_, name] if as_.eq_ignore_ascii_case("as") => name.to_string(),
+                _ => String::new(),
+            };
+            (name, words[0].to_owned())
+        })
+        .collect()
+}
+
+/// The text of one stage: from its `FROM` line to the next.
+fn stage_text<'a>(dockerfile: &'a str, name: &str) -> &'a str {
+    let start = dockerfile
+        .find(&format!("AS {name}\n"))
+        .unwrap_or_else(|| panic!("no stage {name}"));
+    let rest = &dockerfile[start..];
+    let end = rest[1..].find("\nFROM ").map_or(rest.len(), |i| i + 1);
+    &rest[..end]
+}
+
 #[test]
-fn dockerfiles_build_and_run_the_binaries_compose_expects() {
+fn dockerfiles_build_from_source_by_default_or_pack_the_host_binary() {
+    let dockerignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    let ignore: Vec<&str> = dockerignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(
+        ignore.contains(&"target"),
+        ".dockerignore keeps build products out"
+    );
     for (dockerfile, package) in [
         ("collector/Dockerfile", "truthtable-collector"),
         ("demo/Dockerfile", "truthtable-demo-llm"),
     ] {
         let text = std::fs::read_to_string(repo().join(dockerfile)).unwrap();
-        assert!(
-            text.contains(&format!("cargo build --release --locked -p {package}")),
-            "{dockerfile} should build {package}"
+        let stages = stages(&text);
+        let names: Vec<&str> = stages.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["runtime", "prebuilt", "build", "source"],
+            "{dockerfile}: stages"
         );
+        // The runtime is the Debian the Rust image is built on, so the binary's glibc matches.
+        assert_eq!(stages[0].1, "debian:bookworm-slim", "{dockerfile}");
+        assert_eq!(stages[2].1, "rust:1-slim-bookworm", "{dockerfile}");
         assert!(
             text.contains(&format!("ENTRYPOINT [\"{package}\"]")),
             "{dockerfile} should run {package}"
         );
+        let installed = format!("/usr/local/bin/{package}");
+
+        // Without --target, the last stage is built: the binary compiled in the Rust image.
+        let build = stage_text(&text, "build");
+        assert!(
+            build.contains(&format!("cargo build --release --locked -p {package}")),
+            "{dockerfile} should build {package}"
+        );
+        let source = stage_text(&text, "source");
+        assert!(source.starts_with("AS source\n") && text.contains("FROM runtime AS source"));
+        assert!(
+            source.contains(&format!("COPY --from=build {installed} {installed}")),
+            "{dockerfile}: the source stage takes the binary the build stage made"
+        );
+
+        // --target prebuilt packs target/release/<package>, built on the host.
+        let prebuilt = stage_text(&text, "prebuilt");
+        assert!(text.contains("FROM runtime AS prebuilt"));
+        assert!(
+            prebuilt.contains("ARG BIN_DIR=target/release"),
+            "{dockerfile}"
+        );
+        assert!(
+            prebuilt.contains(&format!("COPY ${{BIN_DIR}}/{package} {installed}")),
+            "{dockerfile}: prebuilt copies the host's binary"
+        );
+        for dir in ["target/release", "target/*/release"] {
+            assert!(
+                ignore.contains(&format!("!{dir}/{package}").as_str()),
+                ".dockerignore must let {dir}/{package} into the build context"
+            );
+        }
+        // Nothing else of target/ is let in.
+        for line in &ignore {
+            if let Some(kept) = line.strip_prefix("!target/") {
+                assert!(
+                    kept.ends_with("/truthtable-collector")
+                        || kept.ends_with("/truthtable-demo-llm"),
+                    ".dockerignore lets in more of target/ than the two binaries: {line}"
+                );
+            }
+        }
     }
     let cargo_names = [
         std::fs::read_to_string(repo().join("collector/Cargo.toml")).unwrap(),
@@ -288,6 +377,109 @@ fn dockerfiles_build_and_run_the_binaries_compose_expects() {
         oci.contains("COPY truthtable_filter.wasm ./plugin.wasm"),
         "Istio's compat image layout wants /plugin.wasm"
     );
+}
+
+#[test]
+fn offline_override_changes_only_where_images_come_from() {
+    let compose = compose();
+    let path = repo().join("deploy/compose/offline.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.starts_with("# docker-compose.yml without a registry: an override file"),
+        "offline.yml says what it is in its first line"
+    );
+    let offline = yaml(&path);
+    let keys: Vec<&String> = offline.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["services"], "offline.yml overrides services only");
+    let services = offline["services"].as_object().unwrap();
+    for (name, changes) in services {
+        let shipped = service(&compose, name);
+        for (key, value) in changes.as_object().unwrap() {
+            match key.as_str() {
+                "pull_policy" => assert_eq!(value, "never", "{name}"),
+                "build" => {
+                    let build = value.as_object().unwrap();
+                    for k in build.keys() {
+                        assert!(
+                            ["target", "network"].contains(&k.as_str()),
+                            "{name}: offline.yml changes build.{k}"
+                        );
+                    }
+                    // The target it names is a stage of the service's own Dockerfile.
+                    let dockerfile = shipped["build"]["dockerfile"].as_str().unwrap();
+                    let stages = stages(&std::fs::read_to_string(repo().join(dockerfile)).unwrap());
+                    let target = build["target"].as_str().unwrap();
+                    assert!(
+                        stages.iter().any(|(n, _)| n == target),
+                        "{name}: {dockerfile} has no stage {target}"
+                    );
+                    assert_eq!(build.get("network").and_then(Value::as_str), Some("none"));
+                }
+                other => panic!("{name}: offline.yml changes {other}, not an image source"),
+            }
+        }
+    }
+    for name in ["envoy", "collector", "demo"] {
+        assert!(services.contains_key(name), "offline.yml: no {name}");
+    }
+}
+
+#[test]
+fn offline_images_make_the_envoy_compose_names_on_the_projects_base() {
+    let compose = compose();
+    let image = service(&compose, "envoy")["image"].as_str().unwrap();
+    let version = image
+        .strip_prefix("envoyproxy/envoy:v")
+        .expect("the official image's name");
+    let script = std::fs::read_to_string(repo().join("deploy/compose/offline-images")).unwrap();
+    assert!(script.contains(&format!("envoy_version={version}\n")));
+    assert!(script.contains("envoy_image=envoyproxy/envoy:v$envoy_version\n"));
+    assert!(script.contains("base=debian:bookworm-slim\n"));
+    let standin = std::fs::read_to_string(repo().join("deploy/compose/envoy/Dockerfile")).unwrap();
+    assert_eq!(
+        stages(&standin),
+        [(String::new(), "debian:bookworm-slim".to_owned())]
+    );
+    assert!(standin.contains("COPY envoy /usr/local/bin/envoy"));
+    // docker-compose.yml's command starts with `envoy`, which the stand-in has on its PATH.
+    assert_eq!(strings(&service(&compose, "envoy")["command"])[0], "envoy");
+    assert!(
+        !standin.contains("ENTRYPOINT"),
+        "the command is run as given"
+    );
+}
+
+#[test]
+fn compose_scripts_are_executable_and_ci_runs_the_compose_test() {
+    use std::os::unix::fs::PermissionsExt;
+    // Parsed, not run: python3 compiles without writing bytecode, bash -n reads without executing.
+    let compile = "import sys; compile(open(sys.argv[1]).read(), sys.argv[1], 'exec')";
+    for (script, interpreter, check) in [
+        ("scripts/test-compose", "python3", ["-c", compile]),
+        ("deploy/compose/offline-images", "bash", ["-n", "--"]),
+    ] {
+        let path = repo().join(script);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert!(mode & 0o111 != 0, "{script} is not executable");
+        let out = Command::new(interpreter)
+            .args(check)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ci = std::fs::read_to_string(repo().join(".ci/run")).unwrap();
+    let test = ci
+        .find("\nscripts/test\n")
+        .expect(".ci/run runs scripts/test");
+    let compose = ci
+        .find("\nscripts/test-compose\n")
+        .expect(".ci/run runs scripts/test-compose");
+    assert!(test < compose, ".ci/run runs scripts/test first");
 }
 
 #[test]

@@ -3,6 +3,9 @@
 //! are the ones the parser applies, every field of a real capture record is described (and the
 //! example record has exactly that shape), and every metric the filter defines is listed.
 //!
+//! The user docs (README.md, docs/, collector/README.md) cite only files the repository has, and
+//! the README's layout table lists every file of the repository.
+//!
 //! Nothing here needs Envoy or the .wasm: it runs the plain-Rust modules of the filter crate.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -405,4 +408,102 @@ fn every_built_in_redacted_name_is_listed_and_every_listed_name_is_built_in() {
             "docs/reference.md lists `{name}` as redacted, but the filter does not redact it"
         );
     }
+}
+
+/// The user docs: what a user of the repository reads.
+const USER_DOCS: [&str; 4] = [
+    "README.md",
+    "docs/reference.md",
+    "docs/deploy.md",
+    "collector/README.md",
+];
+
+#[test]
+fn user_docs_cite_only_files_the_repository_has() {
+    for doc in USER_DOCS {
+        let text = std::fs::read_to_string(repo().join(doc)).unwrap();
+        for outside in ["shared/", "CONTRACT.md"] {
+            assert!(
+                !text.contains(outside),
+                "{doc} cites {outside}, which is not in the repository: the repository's own docs carry it"
+            );
+        }
+        // Every relative Markdown link points at a file or directory that exists.
+        let dir = repo().join(doc).parent().unwrap().to_owned();
+        for piece in text.split("](").skip(1) {
+            let target = &piece[..piece.find(')').unwrap()];
+            let path = target.split('#').next().unwrap();
+            if path.is_empty() || path.contains("://") {
+                continue;
+            }
+            assert!(
+                dir.join(path).exists(),
+                "{doc} links to {target}, which does not exist"
+            );
+        }
+    }
+}
+
+/// Every file of the repository: tracked, or new and not ignored.
+fn repository_files() -> Vec<String> {
+    let out = std::process::Command::new("git")
+        .args(["ls-files", "--cached", "--others", "--exclude-standard"])
+        .current_dir(repo())
+        .output()
+        .expect("git ls-files");
+    assert!(out.status.success(), "git ls-files failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|f| repo().join(f).exists()) // deleted in the work tree, not yet committed
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn readme_layout_table_lists_every_file_of_the_repository() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let layout = &readme[readme.find("\n## Layout\n").expect("## Layout")..];
+    let layout = &layout[1..];
+    let layout = &layout[..layout.find("\n## ").unwrap_or(layout.len())];
+    // A row names paths in its first cell (a directory ends with `/`), and in its text the files
+    // below those directories, relative to them (a name ending with `/` covers what is below it).
+    let rows: Vec<(Vec<&str>, Vec<&str>)> = layout
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let (first, rest) = l[1..].split_once(" | ").expect("two cells");
+            (spans(first), spans(rest))
+        })
+        .collect();
+    assert!(rows.len() >= 8, "the layout table has {} rows", rows.len());
+    for (paths, _) in &rows {
+        for path in paths {
+            assert!(
+                repo().join(path).exists(),
+                "the layout table names {path}, which does not exist"
+            );
+        }
+    }
+    let listed = |file: &str| {
+        rows.iter().any(|(paths, names)| {
+            paths.contains(&file)
+                || paths.iter().any(|dir| {
+                    let Some(rel) = file.strip_prefix(dir).filter(|_| dir.ends_with('/')) else {
+                        return false;
+                    };
+                    names
+                        .iter()
+                        .any(|n| *n == rel || (n.ends_with('/') && rel.starts_with(n)))
+                })
+        })
+    };
+    let missing: Vec<String> = repository_files()
+        .into_iter()
+        .filter(|f| !listed(f))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README.md's layout table does not list: {missing:?}"
+    );
 }

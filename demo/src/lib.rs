@@ -1,6 +1,7 @@
 //! A stand-in for an LLM/RAG service behind Envoy: `POST /v1/chat/completions` in OpenAI's shape,
-//! streamed (`"stream": true`, Server-Sent Events, one token per event) or not. It "retrieves" a
-//! passage from a tiny built-in corpus, puts it in the answer, and echoes the model name.
+//! streamed (`"stream": true`, Server-Sent Events, one token per event) or not. It answers from the
+//! retrieved passages the request carries (a top-level `documents` array, as a RAG application
+//! sends them), else from a passage of a tiny built-in corpus, and echoes the model name.
 
 use axum::body::Body;
 use axum::http::{Response, StatusCode};
@@ -62,6 +63,31 @@ pub fn answer_for(question: &str) -> String {
         .unwrap_or_else(|| "I do not know; nothing relevant was retrieved.".to_owned())
 }
 
+/// The text and title of the first retrieved passage the request carries in `documents`: a string,
+/// or an object with `text` (or `content`) and an optional `title`.
+fn retrieved(req: &Value) -> Option<(String, Option<String>)> {
+    let first = req["documents"].as_array()?.first()?;
+    match first {
+        Value::String(s) => Some((s.clone(), None)),
+        Value::Object(o) => {
+            let text = o.get("text").or_else(|| o.get("content"))?.as_str()?;
+            let title = o.get("title").and_then(Value::as_str).map(str::to_owned);
+            Some((text.to_owned(), title))
+        }
+        _ => None,
+    }
+}
+
+/// The answer the service gives to a chat request: grounded in the first passage it carries, or
+/// else [`answer_for`] its question.
+pub fn answer(req: &Value) -> String {
+    match retrieved(req) {
+        Some((text, Some(title))) => format!("According to {title}: {text}"),
+        Some((text, None)) => format!("According to the retrieved passage: {text}"),
+        None => answer_for(&question(req)),
+    }
+}
+
 fn response(status: StatusCode, content_type: &str, body: Body) -> Response<Body> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -84,13 +110,13 @@ async fn chat(body: Bytes, delay: Duration) -> Response<Body> {
         }
     };
     let model = req["model"].as_str().unwrap_or("demo-rag-1").to_owned();
-    let answer = answer_for(&question(&req));
-    let words: Vec<String> = answer.split_inclusive(' ').map(str::to_owned).collect();
+    let text = answer(&req);
+    let words: Vec<String> = text.split_inclusive(' ').map(str::to_owned).collect();
     let usage = json!({"prompt_tokens": body.len() / 4, "completion_tokens": words.len(), "total_tokens": body.len() / 4 + words.len()});
     if req["stream"] != json!(true) {
         let out = json!({
             "id": "chatcmpl-demo", "object": "chat.completion", "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": usage,
         });
         return response(
@@ -131,4 +157,37 @@ async fn chat(body: Bytes, delay: Duration) -> Response<Body> {
         "text/event-stream",
         Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_that_carries_passages_is_answered_from_the_first() {
+        let req = json!({"messages": [{"role": "user", "content": "Who built Envoy?"}],
+                         "documents": [{"title": "Envoy FAQ", "text": "Envoy was built at Lyft."}, "unused"]});
+        assert_eq!(
+            answer(&req),
+            "According to Envoy FAQ: Envoy was built at Lyft."
+        );
+        let req = json!({"messages": [], "documents": ["Plain passage."]});
+        assert_eq!(
+            answer(&req),
+            "According to the retrieved passage: Plain passage."
+        );
+    }
+
+    #[test]
+    fn without_passages_the_built_in_corpus_answers_the_last_user_question() {
+        let req = json!({"messages": [{"role": "user", "content": "about paris"},
+                                      {"role": "assistant", "content": "..."},
+                                      {"role": "user", "content": [{"type": "text", "text": "What is Envoy?"}]}]});
+        assert_eq!(answer(&req), answer_for("What is Envoy?"));
+        assert!(answer(&req).contains("Lyft"));
+        assert_eq!(
+            answer(&json!({"messages": [{"role": "user", "content": "weather?"}]})),
+            "I do not know; nothing relevant was retrieved."
+        );
+    }
 }

@@ -53,8 +53,32 @@ async fn main() {
         }
     };
     eprintln!("demo LLM listening on http://{}", args.listen);
-    if let Err(e) = axum::serve(listener, app).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop_requested())
+        .await
+    {
         eprintln!("server error: {e}");
         std::process::exit(1);
+    }
+}
+
+/// Resolves at SIGTERM or SIGINT, so that `docker stop` ends the service with status 0 once the
+/// answers in flight are sent.
+async fn stop_requested() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("cannot watch for SIGTERM/SIGINT ({e}); stop the demo LLM with SIGKILL");
+            std::future::pending::<()>().await;
+        }
     }
 }
