@@ -171,28 +171,40 @@ async fn read_after_walks_every_record_once_in_commit_order(b: Backend) {
             .await
             .unwrap();
     }
+    let expected: Vec<String> = (0..3)
+        .flat_map(|r| (0..7).map(move |i| format!("w{r}-{i}")))
+        .collect();
+    // A reader polls: on PostgreSQL a commit becomes readable once no older transaction is still
+    // running anywhere on the server (other tests share it), so a page may come back empty first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut cursor = Cursor::START;
     let mut seen = Vec::new();
-    loop {
+    while seen.len() < expected.len() {
         let page = store.read_after(cursor, 4).await.unwrap();
-        let Some(last) = page.last() else { break };
+        let Some(last) = page.last() else {
+            assert!(std::time::Instant::now() < deadline, "read {seen:?} only");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
         // A reader persists the cursor as text and resumes from it.
         cursor = last.cursor.to_string().parse().unwrap();
         seen.extend(page.iter().map(|r| r.id.clone()));
         assert!(page.iter().all(|r| r.raw.contains(&r.id)));
     }
-    let expected: Vec<String> = (0..3)
-        .flat_map(|r| (0..7).map(move |i| format!("w{r}-{i}")))
-        .collect();
     assert_eq!(seen, expected);
+    assert!(store.read_after(cursor, 100).await.unwrap().is_empty());
     store.insert_batch(batch("late-", 2)).await.unwrap();
-    let more: Vec<_> = store
-        .read_after(cursor, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    let mut more: Vec<String> = Vec::new();
+    while more.len() < 2 {
+        let page = store.read_after(cursor, 100).await.unwrap();
+        if let Some(last) = page.last() {
+            cursor = last.cursor;
+        } else {
+            assert!(std::time::Instant::now() < deadline, "read {more:?} only");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        more.extend(page.into_iter().map(|r| r.id));
+    }
     assert_eq!(more, ["late-0", "late-1"]);
 }
 
