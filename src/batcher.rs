@@ -8,6 +8,7 @@
 
 use crate::config::DeliveryLimits;
 use crate::headers::status_code;
+use crate::record::Format;
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -40,11 +41,12 @@ impl Budget {
     }
 }
 
-/// NDJSON lines sent as one callout.
+/// Records sent as one callout: NDJSON lines or frames, as `format` says.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Batch {
     pub body: Vec<u8>,
     pub records: u64,
+    pub format: Format,
     /// Callouts that carried this batch and failed.
     pub failures: u32,
     sent_ms: u64,
@@ -52,10 +54,11 @@ pub struct Batch {
 
 impl Batch {
     /// A batch as another root handed it over.
-    pub fn handed(body: Vec<u8>, records: u64, failures: u32) -> Batch {
+    pub fn handed(body: Vec<u8>, records: u64, format: Format, failures: u32) -> Batch {
         Batch {
             body,
             records,
+            format,
             failures,
             sent_ms: 0,
         }
@@ -109,6 +112,8 @@ const BATCH_SLACK: usize = 64 << 10;
 #[derive(Debug)]
 pub struct Batcher {
     limits: DeliveryLimits,
+    /// The format of the records appended from now on.
+    format: Format,
     open: Vec<u8>,
     open_records: u64,
     open_since_ms: u64,
@@ -128,6 +133,7 @@ impl Batcher {
     pub fn new(limits: DeliveryLimits) -> Batcher {
         Batcher {
             limits,
+            format: Format::Ndjson,
             open: Vec::new(),
             open_records: 0,
             open_since_ms: 0,
@@ -151,9 +157,20 @@ impl Batcher {
         self
     }
 
-    /// Applies new limits to everything from now on; what is held stays held.
-    pub fn reconfigure(&mut self, limits: DeliveryLimits) {
+    /// Records appended from now on are written in `format` (the caller's writer writes them).
+    pub fn formatted(mut self, format: Format) -> Batcher {
+        self.format = format;
+        self
+    }
+
+    /// Applies new limits and format to everything from now on; what is held stays held (an open
+    /// batch of another format is closed first, so a batch never mixes two).
+    pub fn reconfigure(&mut self, limits: DeliveryLimits, format: Format) {
+        if format != self.format {
+            self.seal();
+        }
         self.limits = limits;
+        self.format = format;
     }
 
     /// Counts what this batcher holds against `budget`, shared with the VM's other batchers,
@@ -249,6 +266,7 @@ impl Batcher {
         self.waiting.push_back(Batch {
             body: std::mem::take(&mut self.open),
             records: std::mem::take(&mut self.open_records),
+            format: self.format,
             failures: 0,
             sent_ms: 0,
         });
@@ -858,7 +876,7 @@ mod tests {
         for _ in 0..5 {
             record(&mut new, 0, 50);
         }
-        let batch = Batch::handed(vec![b'x'; 60], 3, 0);
+        let batch = Batch::handed(vec![b'x'; 60], 3, Format::Ndjson, 0);
         assert!(!new.take_over(batch));
         let s = new.stats();
         assert_eq!((s.dropped, s.taken_over), (3, 0));

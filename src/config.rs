@@ -2,6 +2,7 @@
 //!
 //! Keys and defaults follow `CONTRACT.md` §1; the delivery-tuning keys below them are ours.
 
+use crate::record::Format;
 use crate::redact::{self, Names};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -20,6 +21,8 @@ pub struct Config {
     pub redact_headers: Names,
     /// The built-in credential query parameters plus `redact_query_params`.
     pub redact_query_params: Names,
+    /// How records travel to the audit cluster.
+    pub delivery_format: Format,
     pub delivery: DeliveryLimits,
     /// How long a root context that is shut down with no successor keeps delivering what it
     /// holds before the rest is counted as dropped.
@@ -80,6 +83,8 @@ struct RawConfig {
     redact_headers: Vec<String>,
     #[serde(default)]
     redact_query_params: Vec<String>,
+    #[serde(default = "default_delivery_format")]
+    delivery_format: String,
     #[serde(default = "default_batch_max_bytes")]
     batch_max_bytes: u64,
     #[serde(default = "default_flush_interval_ms")]
@@ -122,6 +127,9 @@ fn default_retry_initial_ms() -> u64 {
 }
 fn default_retry_max_ms() -> u64 {
     30_000
+}
+fn default_delivery_format() -> String {
+    "ndjson".to_owned()
 }
 fn default_drain_timeout_ms() -> u64 {
     30_000
@@ -298,6 +306,17 @@ impl RawConfig {
         for (i, name) in self.redact_query_params.iter().enumerate() {
             query_param_name(&format!("redact_query_params[{i}]"), name)?;
         }
+        let delivery_format =
+            match self.delivery_format.as_str() {
+                "ndjson" => Format::Ndjson,
+                "framed" => Format::Framed,
+                other => return Err(ConfigError {
+                    key: "delivery_format".to_owned(),
+                    problem: format!(
+                        "{other:?} is not a delivery format (expected \"ndjson\" or \"framed\")"
+                    ),
+                }),
+            };
         let redact_query_params = Names::new(
             redact::DEFAULT_QUERY_PARAMS,
             self.redact_query_params.iter().map(String::as_str),
@@ -334,6 +353,7 @@ impl RawConfig {
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
             redact_headers,
             redact_query_params,
+            delivery_format,
             delivery: DeliveryLimits {
                 batch_max_bytes: usize::try_from(batch_max_bytes).unwrap_or(usize::MAX),
                 flush_interval_ms: check("flush_interval_ms", self.flush_interval_ms, 10, 60_000)?,
@@ -370,6 +390,7 @@ mod tests {
             Names::new(redact::DEFAULT_QUERY_PARAMS, [])
         );
         assert_eq!(c.drain_timeout_ms, 30_000);
+        assert_eq!(c.delivery_format, Format::Ndjson);
     }
 
     #[test]
@@ -381,7 +402,7 @@ mod tests {
                 "redact_query_params":["Tenant_Sig","key"],
                 "batch_max_bytes":2048,"flush_interval_ms":50,"queue_max_bytes":65536,
                 "max_inflight":2,"retry_initial_ms":20,"retry_max_ms":40,
-                "drain_timeout_ms":0}"#,
+                "drain_timeout_ms":0,"delivery_format":"framed"}"#,
         )
         .unwrap();
         assert_eq!(c.audit_path, "/in");
@@ -399,6 +420,7 @@ mod tests {
         );
         assert!(c.redact_query_params.contains(b"tenant_sig"));
         assert_eq!(c.drain_timeout_ms, 0);
+        assert_eq!(c.delivery_format, Format::Framed);
         assert!(c.is_redacted(b"X-SECRET"));
         assert!(c.is_redacted(b"Authorization"));
         assert!(!c.is_redacted(b"content-type"));
@@ -536,6 +558,10 @@ mod tests {
             err(r#"{"audit_cluster":"a","redact_query_params":"key"}"#).key,
             "redact_query_params"
         );
+        for bad in [r#""json""#, r#""NDJSON""#, r#""""#, "1"] {
+            let json = format!(r#"{{"audit_cluster":"a","delivery_format":{bad}}}"#);
+            assert_eq!(err(&json).key, "delivery_format", "{json}");
+        }
         assert_eq!(
             err(r#"{"audit_cluster":"a","audit_headers":{"x-t":"a\nb"}}"#).key,
             "audit_headers.x-t"

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | 0..4 | `TTHO` |
 //! | 4 | version, `1` |
-//! | 5 | delivery format of the body: `0` NDJSON |
+//! | 5 | delivery format of the body: `0` NDJSON, `1` framed |
 //! | 6..14 | records in the body, u64 little-endian |
 //! | 14..18 | failed callouts so far, u32 little-endian |
 //! | 18.. | the body |
@@ -16,12 +16,14 @@
 //! the new one.
 
 use crate::batcher::Batch;
+use crate::record::Format;
 use std::fmt;
 
 const MAGIC: &[u8; 4] = b"TTHO";
 const VERSION: u8 = 1;
 const HEADER: usize = 18;
 const NDJSON: u8 = 0;
+const FRAMED: u8 = 1;
 
 /// Why a queue item is not a batch this filter can send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +51,10 @@ pub fn encode(batch: &Batch) -> Vec<u8> {
     let mut item = Vec::with_capacity(HEADER + batch.body.len());
     item.extend_from_slice(MAGIC);
     item.push(VERSION);
-    item.push(NDJSON);
+    item.push(match batch.format {
+        Format::Ndjson => NDJSON,
+        Format::Framed => FRAMED,
+    });
     item.extend_from_slice(&batch.records.to_le_bytes());
     item.extend_from_slice(&batch.failures.to_le_bytes());
     item.extend_from_slice(&batch.body);
@@ -63,9 +68,11 @@ pub fn decode(mut item: Vec<u8>) -> Result<Batch, HandoffError> {
         return Err(HandoffError::NotABatch);
     }
     let (version, format) = (item[4], item[5]);
-    if version != VERSION || format != NDJSON {
-        return Err(HandoffError::Unknown { version, format });
-    }
+    let format = match (version, format) {
+        (VERSION, NDJSON) => Format::Ndjson,
+        (VERSION, FRAMED) => Format::Framed,
+        _ => return Err(HandoffError::Unknown { version, format }),
+    };
     let mut records = [0u8; 8];
     records.copy_from_slice(&item[6..14]);
     let mut failures = [0u8; 4];
@@ -74,6 +81,7 @@ pub fn decode(mut item: Vec<u8>) -> Result<Batch, HandoffError> {
     Ok(Batch::handed(
         item,
         u64::from_le_bytes(records),
+        format,
         u32::from_le_bytes(failures),
     ))
 }
@@ -98,11 +106,20 @@ mod tests {
 
     #[test]
     fn a_batch_comes_back_as_it_left() {
-        let batch = Batch::handed(b"{\"id\":\"a\"}\n{\"id\":\"b\"}\n".to_vec(), 2, 3);
+        let batch = Batch::handed(
+            b"{\"id\":\"a\"}\n{\"id\":\"b\"}\n".to_vec(),
+            2,
+            Format::Ndjson,
+            3,
+        );
         let item = encode(&batch);
         assert_eq!(&item[..6], b"TTHO\x01\x00");
         assert_eq!(records_in(&item), 2);
         assert_eq!(decode(item), Ok(batch));
+        let framed = Batch::handed(b"TTF1 ...".to_vec(), 1, Format::Framed, 0);
+        let item = encode(&framed);
+        assert_eq!(item[5], 1);
+        assert_eq!(decode(item), Ok(framed));
     }
 
     #[test]
@@ -110,7 +127,7 @@ mod tests {
         assert_eq!(decode(Vec::new()), Err(HandoffError::NotABatch));
         assert_eq!(decode(b"TTHO\x01".to_vec()), Err(HandoffError::NotABatch));
         assert_eq!(decode(vec![0; 40]), Err(HandoffError::NotABatch));
-        let mut later = encode(&Batch::handed(b"x\n".to_vec(), 1, 0));
+        let mut later = encode(&Batch::handed(b"x\n".to_vec(), 1, Format::Ndjson, 0));
         later[4] = 2;
         assert_eq!(
             decode(later),
@@ -129,8 +146,9 @@ mod tests {
         }
 
         #[test]
-        fn every_batch_round_trips(body in prop::collection::vec(any::<u8>(), 0..300), records: u64, failures: u32) {
-            let batch = Batch::handed(body, records, failures);
+        fn every_batch_round_trips(body in prop::collection::vec(any::<u8>(), 0..300), records: u64, failures: u32, framed: bool) {
+            let format = if framed { Format::Framed } else { Format::Ndjson };
+            let batch = Batch::handed(body, records, format, failures);
             prop_assert_eq!(decode(encode(&batch)), Ok(batch));
         }
     }

@@ -72,6 +72,7 @@ impl Worker {
     fn new(config: Config, budget: Budget) -> Worker {
         Worker {
             batcher: Batcher::new(config.delivery)
+                .formatted(config.delivery_format)
                 .seeded(now_ns())
                 .sharing(budget),
             finished: Group::new(config.delivery.batch_max_bytes),
@@ -139,7 +140,7 @@ impl Worker {
             headers.push((":method", "POST"));
             headers.push((":path", c.audit_path.as_str()));
             headers.push((":authority", c.audit_authority.as_str()));
-            headers.push(("content-type", "application/x-ndjson"));
+            headers.push(("content-type", batch.format.content_type()));
             headers.extend(
                 c.audit_headers
                     .iter()
@@ -215,7 +216,8 @@ impl RootContext for Root {
             Some(worker) => {
                 let mut w = worker.borrow_mut();
                 w.write_finished();
-                w.batcher.reconfigure(config.delivery);
+                w.batcher
+                    .reconfigure(config.delivery, config.delivery_format);
                 w.finished = Group::new(config.delivery.batch_max_bytes);
                 w.config = config;
             }

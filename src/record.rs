@@ -15,6 +15,42 @@ use base64::Engine;
 use std::borrow::Cow;
 
 pub const SCHEMA: &str = "truthtable.capture.v1";
+
+/// How records travel to the audit cluster (`delivery_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// One JSON record per line, bodies as JSON strings (`application/x-ndjson`).
+    #[default]
+    Ndjson,
+    /// Each record as a frame: its JSON without the bodies' `encoding` and `data`, then the kept
+    /// body bytes as they crossed the filter (see [`FRAMED_CONTENT_TYPE`]).
+    Framed,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Ndjson => "application/x-ndjson",
+            Format::Framed => FRAMED_CONTENT_TYPE,
+        }
+    }
+}
+
+/// The content type of framed batches, version 1.
+///
+/// A framed batch is a sequence of frames. A frame is a header line, the record's JSON, the kept
+/// request body bytes, the kept response body bytes, and `\n`. The header line is
+/// `TTF1 JSON_LEN REQ_AT REQ_LEN RESP_AT RESP_LEN\n`: decimal numbers (the filter writes ten digits
+/// each, zero-padded). `JSON_LEN` is the JSON's length; `REQ_LEN`/`RESP_LEN` the body bytes that
+/// follow it. The JSON is the NDJSON record with `"encoding":…,"data":…,` left out of each body
+/// object; `REQ_AT`/`RESP_AT` are the offsets in the JSON where they belong (right after the body
+/// object's `{`), `RESP_AT` 0 when `response` is null. A reader rebuilds the NDJSON record by
+/// inserting, at each offset, the body's encoding and data exactly as the filter would have
+/// written them.
+pub const FRAMED_CONTENT_TYPE: &str = "application/vnd.truthtable.frames.v1";
+
+/// Bytes of a frame's header line as the filter writes it.
+pub const FRAME_HEADER_LEN: usize = 60;
 pub use crate::redact::REDACTED;
 
 /// What a stream context has seen of its exchange so far.
@@ -65,15 +101,74 @@ impl Exchange {
         classify(details, self.response_ended)
     }
 
-    /// Appends this exchange's capture record and a newline to `out`.
-    /// With [`Bodies::Shed`] both bodies are written with no data (their sizes kept, so
-    /// `truncated` says what is missing).
+    /// Appends this exchange's capture record to `out`: in `config.delivery_format`, an NDJSON
+    /// line or a frame. With [`Bodies::Shed`] both bodies are written with no data (their sizes
+    /// kept, so `truncated` says what is missing).
     pub fn write_record(
         &self,
         out: &mut Vec<u8>,
         end: &Ending<'_>,
         config: &Config,
         bodies: Bodies,
+    ) {
+        if config.delivery_format == Format::Ndjson {
+            self.write_json(out, end, config, bodies, None);
+            out.push(b'\n');
+            return;
+        }
+        let header = out.len();
+        out.resize(header + FRAME_HEADER_LEN, b' ');
+        let json = out.len();
+        let mut at = Framing {
+            json,
+            ..Framing::default()
+        };
+        self.write_json(out, end, config, bodies, Some(&mut at));
+        let json_len = out.len() - json;
+        let (request, response): (&[u8], &[u8]) = match bodies {
+            Bodies::Kept => (self.request_body.kept(), self.response_body.kept()),
+            Bodies::Shed => (b"", b""),
+        };
+        let response = if self.response_headers.is_some() {
+            response
+        } else {
+            b""
+        };
+        out.extend_from_slice(request);
+        out.extend_from_slice(response);
+        out.push(b'\n');
+        let line = &mut out[header..json];
+        line[..4].copy_from_slice(b"TTF1");
+        for (i, n) in [
+            json_len,
+            at.request,
+            request.len(),
+            at.response,
+            response.len(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let field = &mut line[4 + i * 11..4 + (i + 1) * 11];
+            field[0] = b' ';
+            let mut n = n;
+            for d in field[1..].iter_mut().rev() {
+                *d = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        }
+        line[FRAME_HEADER_LEN - 1] = b'\n';
+    }
+
+    /// The record's JSON; with `framing`, the bodies' `encoding` and `data` left out and where
+    /// they belong noted.
+    fn write_json(
+        &self,
+        out: &mut Vec<u8>,
+        end: &Ending<'_>,
+        config: &Config,
+        bodies: Bodies,
+        mut framing: Option<&mut Framing>,
     ) {
         let started_ns = self.started_ns.unwrap_or(end.now_ns);
         let micros_since_start = |ns: u64| ns.saturating_sub(started_ns) / 1_000;
@@ -99,6 +194,7 @@ impl Exchange {
             &self.request_body,
             config,
             bodies,
+            framing.as_deref_mut().map(|f| (f.json, &mut f.request)),
         );
         out.extend_from_slice(b",\"response\":");
         match &self.response_headers {
@@ -110,15 +206,29 @@ impl Exchange {
                 out.extend_from_slice(b",\"headers\":");
                 write_headers(out, Some(block), config);
                 out.extend_from_slice(b",\"body\":");
-                write_body(out, &self.response_body, bodies);
+                write_body(
+                    out,
+                    &self.response_body,
+                    bodies,
+                    framing.map(|f| (f.json, &mut f.response)),
+                );
                 out.extend_from_slice(b",\"first_byte_ms\":");
                 let first_byte_ns = self.response_headers_ns.unwrap_or(end.now_ns);
                 json::millis(out, micros_since_start(first_byte_ns));
                 out.push(b'}');
             }
         }
-        out.extend_from_slice(b"}\n");
+        out.push(b'}');
     }
+}
+
+/// Where a frame's JSON starts in the output, and the offsets in it of the two body objects'
+/// missing `encoding` and `data` (0: none).
+#[derive(Debug, Default)]
+struct Framing {
+    json: usize,
+    request: usize,
+    response: usize,
 }
 
 /// `{method, scheme, authority, path, query, headers, body}` from the request's header map.
@@ -128,6 +238,7 @@ fn write_request(
     body: &BodyTap,
     config: &Config,
     bodies: Bodies,
+    framed: Option<(usize, &mut usize)>,
 ) {
     let (mut method, mut scheme, mut authority, mut target): (&[u8], &[u8], &[u8], &[u8]) =
         (b"", b"", b"", b"");
@@ -160,7 +271,7 @@ fn write_request(
     out.extend_from_slice(b",\"headers\":");
     write_headers(out, block, config);
     out.extend_from_slice(b",\"body\":");
-    write_body(out, body, bodies);
+    write_body(out, body, bodies, framed);
     out.push(b'}');
 }
 
@@ -194,12 +305,30 @@ fn write_headers(out: &mut Vec<u8>, block: Option<&HeaderBlock>, config: &Config
     out.push(b']');
 }
 
-/// A body as `{encoding, data, size, truncated}`.
-fn write_body(out: &mut Vec<u8>, tap: &BodyTap, bodies: Bodies) {
+/// A body as `{encoding, data, size, truncated}`; framed (`framed`: the JSON's start, and where to
+/// note the offset of the missing fields), as `{size, truncated}`, its bytes following the JSON.
+fn write_body(
+    out: &mut Vec<u8>,
+    tap: &BodyTap,
+    bodies: Bodies,
+    framed: Option<(usize, &mut usize)>,
+) {
     let (kept, truncated) = match bodies {
         Bodies::Kept => (tap.kept(), tap.truncated()),
         Bodies::Shed => (&[][..], tap.size() > 0),
     };
+    if let Some((json, at)) = framed {
+        out.push(b'{');
+        *at = out.len() - json;
+        out.extend_from_slice(b"\"size\":");
+        json::uint(out, tap.size());
+        out.extend_from_slice(if truncated {
+            b",\"truncated\":true}"
+        } else {
+            b",\"truncated\":false}"
+        });
+        return;
+    }
     out.extend_from_slice(b"{\"encoding\":");
     let encoding = out.len();
     out.extend_from_slice(b"\"utf8\",\"data\":");
