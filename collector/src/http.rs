@@ -158,7 +158,7 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
                 Rejection::UnsupportedEncoding,
                 error(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "request content-encoding is not supported; send plain NDJSON",
+                    "request content-encoding is not supported; send NDJSON or frames uncompressed",
                 ),
             );
         }
@@ -194,7 +194,15 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
             )
         }
     };
-    let lines = match ingest::parse_ndjson(&bytes) {
+    let framed = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| crate::frames::is_framed(ct.as_bytes()));
+    let parsed = if framed {
+        ingest::parse_framed(&bytes)
+    } else {
+        ingest::parse_ndjson(&bytes)
+    };
+    let lines = match parsed {
         Ok(lines) => lines,
         Err(e) => {
             return reject(

@@ -1,9 +1,12 @@
-//! NDJSON ingest bodies: split into lines, validate every line, and turn each record into a row.
+//! Ingest bodies: NDJSON split into lines, or frames (see [`crate::frames`]) rebuilt into the same
+//! lines; every line validated; each record turned into a row.
 //!
-//! All or nothing: [`parse_ndjson`] returns every record or the first bad line's number and
-//! problem. Blank lines are skipped; `\r\n` line ends are accepted.
+//! All or nothing: [`parse_ndjson`] and [`parse_framed`] return every record or the first bad
+//! line's (frame's) number and problem. NDJSON: blank lines are skipped; `\r\n` line ends are
+//! accepted.
 
 use crate::audit;
+use crate::frames;
 use crate::record::{CaptureRecord, RecordError};
 use crate::store::NewCapture;
 
@@ -15,6 +18,16 @@ pub enum IngestError {
     BadLine {
         /// 1-based line number in the request body.
         line: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A frame (1-based) is malformed or not a valid v1 record.
+    #[error("frame {frame}{}: {problem}", .id.as_ref().map(|id| format!(" (id {id:?})")).unwrap_or_default())]
+    BadFrame {
+        /// 1-based frame number in the request body.
+        frame: usize,
+        /// The record's id, when its JSON gives one.
+        id: Option<String>,
         /// What is wrong with it.
         problem: String,
     },
@@ -54,6 +67,32 @@ pub fn parse_ndjson(body: &[u8]) -> Result<Vec<IngestedLine>, IngestError> {
     }
     if out.is_empty() {
         return Err(IngestError::Empty);
+    }
+    Ok(out)
+}
+
+/// Validates every frame of a framed body, each rebuilt as the NDJSON line the filter would have
+/// sent: what is stored is the same either way.
+pub fn parse_framed(body: &[u8]) -> Result<Vec<IngestedLine>, IngestError> {
+    let split = frames::split(body).map_err(|e| match e.frame {
+        0 => IngestError::Empty,
+        frame => IngestError::BadFrame {
+            frame,
+            id: e.id,
+            problem: e.problem,
+        },
+    })?;
+    let mut out = Vec::with_capacity(split.len());
+    for (i, frame) in split.iter().enumerate() {
+        let bad = |problem: String| IngestError::BadFrame {
+            frame: i + 1,
+            id: frame.id(),
+            problem,
+        };
+        let raw = frame.to_line().map_err(bad)?;
+        let record =
+            CaptureRecord::parse_line(&raw).map_err(|e: RecordError| bad(e.to_string()))?;
+        out.push(IngestedLine { raw, record });
     }
     Ok(out)
 }

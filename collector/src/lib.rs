@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod frames;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

@@ -352,3 +352,134 @@ async fn an_unrecognisable_exchange_is_stored_with_an_unknown_audit_view() {
     assert!(got["audit"]["reason"].is_string());
     server.stop().await;
 }
+
+/// A framed record as the filter writes one: its JSON without the bodies' encoding and data, then
+/// the body bytes.
+fn frame(id: &str, request: &[u8], response: &[u8]) -> Vec<u8> {
+    let json = format!(
+        r#"{{"schema":"truthtable.capture.v1","id":"{id}","started_at":"2026-11-25T16:10:40.186123Z","duration_ms":12.5,"outcome":"complete","detail":"via_upstream","request":{{"method":"POST","scheme":"http","authority":"a","path":"/v1/chat/completions","query":"","headers":[],"body":{{"size":{},"truncated":false}}}},"response":{{"status":200,"headers":[],"body":{{"size":{},"truncated":false}},"first_byte_ms":3.0}}}}"#,
+        request.len(),
+        response.len()
+    );
+    let req_at = json.find(r#""body":{"#).unwrap() + 8;
+    let resp_at = json.rfind(r#""body":{"#).unwrap() + 8;
+    let mut out = format!(
+        "TTF1 {:010} {req_at:010} {:010} {resp_at:010} {:010}\n",
+        json.len(),
+        request.len(),
+        response.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(json.as_bytes());
+    out.extend_from_slice(request);
+    out.extend_from_slice(response);
+    out.push(b'\n');
+    out
+}
+
+async fn post_framed(
+    client: &reqwest::Client,
+    server: &InProcess,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    client
+        .post(server.url("/v1/captures"))
+        .header("content-type", truthtable_collector::frames::CONTENT_TYPE)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_framed_batch_is_stored_and_served_as_the_record_it_carries() {
+    let server = InProcess::start(None, None, None).await;
+    let client = reqwest::Client::new();
+    let question =
+        br#"{"model":"m","messages":[{"role":"user","content":"Capital of \"France\"?"}]}"#;
+    let answer = br#"{"choices":[{"message":{"role":"assistant","content":"Paris."},"finish_reason":"stop"}]}"#;
+    let body = [
+        frame("f-1", question, answer),
+        frame("f-2", b"", b"\x1f\x8b\x08\x00"),
+    ]
+    .concat();
+    let resp = post_framed(&client, &server, body).await;
+    assert_eq!(resp.status(), 200);
+    let stored: Value = resp.json().await.unwrap();
+    assert_eq!(stored["stored"], 2);
+
+    let text = client
+        .get(server.url("/v1/captures/f-1"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let expected = format!(
+        "{{\"capture\":{{\"schema\":\"truthtable.capture.v1\",\"id\":\"f-1\",\"started_at\":\"2026-11-25T16:10:40.186123Z\",\"duration_ms\":12.5,\"outcome\":\"complete\",\"detail\":\"via_upstream\",\"request\":{{\"method\":\"POST\",\"scheme\":\"http\",\"authority\":\"a\",\"path\":\"/v1/chat/completions\",\"query\":\"\",\"headers\":[],\"body\":{{\"encoding\":\"utf8\",\"data\":{},\"size\":{},\"truncated\":false}}}},",
+        serde_json::to_string(std::str::from_utf8(question).unwrap()).unwrap(),
+        question.len()
+    );
+    assert!(text.starts_with(&expected), "{text}");
+    let got: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(got["audit"]["question"], "Capital of \"France\"?");
+    assert_eq!(got["audit"]["answer"], "Paris.");
+    let binary: Value = client
+        .get(server.url("/v1/captures/f-2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(binary["capture"]["response"]["body"]["encoding"], "base64");
+    assert_eq!(binary["capture"]["response"]["body"]["data"], "H4sIAA==");
+
+    // The same id again, now as NDJSON: a duplicate, however it travels.
+    let line = binary["capture"].to_string();
+    let resp = post(&client, &server.base, format!("{line}\n"), None).await;
+    let again: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (again["stored"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_frame_is_refused_naming_it_and_nothing_of_the_request_is_stored() {
+    let server = InProcess::start(None, None, None).await;
+    let client = reqwest::Client::new();
+    let mut bad = frame("bad-2", b"hello", b"world");
+    // The request body is announced one byte shorter than the record says.
+    bad[27..37].copy_from_slice(b"0000000004");
+    let body = [frame("good-1", b"hi", b"there"), bad].concat();
+    let resp = post_framed(&client, &server, body).await;
+    assert_eq!(resp.status(), 400);
+    let error: Value = resp.json().await.unwrap();
+    let message = error["error"].as_str().unwrap_or_default().to_owned() + &error.to_string();
+    assert!(message.contains("frame 2"), "{message}");
+    assert!(message.contains("bad-2"), "names the record: {message}");
+    let list: Value = client
+        .get(server.url("/v1/captures"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["captures"].as_array().unwrap().len(),
+        0,
+        "nothing stored"
+    );
+    assert_eq!(
+        metric(
+            &client,
+            &server,
+            "truthtable_collector_records_stored_total"
+        )
+        .await,
+        0
+    );
+}
