@@ -155,7 +155,7 @@ async fn json_exchange_is_recorded_whole_and_the_client_cannot_tell() {
     }
     let posts = r.receiver.state.posts.lock().unwrap().clone();
     let (headers, _) = &posts[0];
-    assert!(headers.contains(&("content-type".into(), "application/x-ndjson".into())));
+    assert!(headers.contains(&("content-type".into(), delivery_content_type().into())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -687,7 +687,7 @@ async fn audit_headers_and_path_are_sent_on_every_callout() {
     };
     assert_eq!(get("authorization"), Some("Bearer ingest-t0ken"));
     assert_eq!(get("host"), Some("collector.internal"));
-    assert_eq!(get("content-type"), Some("application/x-ndjson"));
+    assert_eq!(get("content-type"), Some(delivery_content_type()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -507,3 +507,29 @@ fn readme_layout_table_lists_every_file_of_the_repository() {
         "README.md's layout table does not list: {missing:?}"
     );
 }
+
+#[test]
+fn the_framed_delivery_example_is_a_frame_the_collector_reads_as_documented() {
+    let doc = reference();
+    let start = doc
+        .find("\nTTF1 0")
+        .expect("a framed example in docs/reference.md")
+        + 1;
+    let end = start + doc[start..].find("\n```").expect("the example's end");
+    let frame = format!("{}\n", &doc[start..end]);
+    let frames = truthtable_collector::frames::split(frame.as_bytes())
+        .unwrap_or_else(|e| panic!("the documented frame does not split: {e}"));
+    assert_eq!(frames.len(), 1);
+    let line = frames[0].to_line().unwrap();
+    let becomes = doc[end..]
+        .split("becomes `…")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .expect("the documented result");
+    assert!(
+        line.ends_with(becomes),
+        "{line}\ndoes not end with\n{becomes}"
+    );
+    let record: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["request"]["body"]["data"], r#"{"q":1}"#);
+}

@@ -593,7 +593,7 @@ async fn receive(
     state: Arc<ReceiverState>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<http_body_util::Full<Bytes>>, std::convert::Infallible> {
-    let headers = req
+    let headers: Vec<(String, String)> = req
         .headers()
         .iter()
         .map(|(n, v)| {
@@ -603,6 +603,9 @@ async fn receive(
             )
         })
         .collect();
+    let framed = headers
+        .iter()
+        .any(|(n, v)| n == "content-type" && truthtable_collector::frames::is_framed(v.as_bytes()));
     let body = req
         .into_body()
         .collect()
@@ -620,9 +623,28 @@ async fn receive(
         state.refused_posts.fetch_add(1, Ordering::SeqCst);
         return answer(503);
     }
+    let lines: Vec<Vec<u8>> = if framed {
+        // The collector's own reader rebuilds each frame into the NDJSON line.
+        match truthtable_collector::frames::split(&body)
+            .map_err(|_| ())
+            .and_then(|frames| {
+                frames
+                    .iter()
+                    .map(|f| f.to_line().map(String::into_bytes).map_err(|_| ()))
+                    .collect()
+            }) {
+            Ok(lines) => lines,
+            Err(()) => return answer(400),
+        }
+    } else {
+        body.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
     let mut parsed = Vec::new();
-    for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice::<Value>(line) {
+    for line in lines {
+        match serde_json::from_slice::<Value>(&line) {
             Ok(v) => parsed.push(v),
             Err(_) => return answer(400),
         }
@@ -705,14 +727,36 @@ pub async fn client_view(resp: reqwest::Response) -> ClientView {
     }
 }
 
-/// The default filter configuration of the tests (fast delivery, fast retries), with the keys of
-/// `extra` (`"key": value, ...`) added or replacing those defaults.
+/// The delivery format the tests run with: `TT_DELIVERY_FORMAT` (`ndjson`, the default, or
+/// `framed`); scripts/test runs the delivery tests with each.
+pub fn delivery_format() -> &'static str {
+    match std::env::var("TT_DELIVERY_FORMAT").as_deref() {
+        Ok("framed") => "framed",
+        Ok("ndjson") | Err(_) => "ndjson",
+        Ok(other) => panic!("TT_DELIVERY_FORMAT={other}: expected ndjson or framed"),
+    }
+}
+
+/// The content type of the callouts in [`delivery_format`].
+pub fn delivery_content_type() -> &'static str {
+    match delivery_format() {
+        "framed" => truthtable_collector::frames::CONTENT_TYPE,
+        _ => "application/x-ndjson",
+    }
+}
+
+/// The default filter configuration of the tests (fast delivery, fast retries, the
+/// [`delivery_format`]), with the keys of `extra` (`"key": value, ...`) added or replacing those
+/// defaults.
 pub fn filter_config(extra: &str) -> String {
-    let base = r#""audit_cluster": "truthtable_audit", "flush_interval_ms": 20, "retry_initial_ms": 50, "retry_max_ms": 400, "audit_timeout_ms": 2000"#;
+    let base = format!(
+        r#""audit_cluster": "truthtable_audit", "flush_interval_ms": 20, "retry_initial_ms": 50, "retry_max_ms": 400, "audit_timeout_ms": 2000, "delivery_format": "{}""#,
+        delivery_format()
+    );
     let object = |keys: &str| -> serde_json::Map<String, serde_json::Value> {
         serde_json::from_str(&format!("{{{keys}}}")).expect("test filter configuration")
     };
-    let mut config = object(base);
+    let mut config = object(&base);
     config.extend(object(extra));
     serde_json::Value::Object(config).to_string()
 }
