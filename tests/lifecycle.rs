@@ -96,7 +96,8 @@ fn stored_cases(records: &[Value]) -> HashMap<String, usize> {
 }
 
 /// Records held under one configuration survive its replacement by another that rotates the
-/// ingest token: the collector, which by then only accepts the new token, stores each once.
+/// ingest token and changes the delivery format: the collector, which by then only accepts the
+/// new token, stores each once.
 async fn queued_records_survive_a_configuration_change(old_vm: VmLayout<'_>, new_vm: VmLayout<'_>) {
     let upstream = Upstream::start().await;
     let mut collector = Collector::down(Some(NEW_TOKEN));
@@ -105,7 +106,13 @@ async fn queued_records_survive_a_configuration_change(old_vm: VmLayout<'_>, new
         VmLayout::Istio { .. } => "istio-system.truthtable",
         VmLayout::Shared(_) => "truthtable",
     };
-    let (old, new) = (config(OLD_TOKEN, ""), config(NEW_TOKEN, ""));
+    // The format changes too: batches written under the old one are sent as they were written.
+    let (old_format, new_format) = match old_vm {
+        VmLayout::Istio { .. } => ("framed", "ndjson"),
+        VmLayout::Shared(_) => ("ndjson", "framed"),
+    };
+    let old = config(OLD_TOKEN, &format!(r#""delivery_format": "{old_format}""#));
+    let new = config(NEW_TOKEN, &format!(r#""delivery_format": "{new_format}""#));
     let listener = |config, vm| Listener {
         name: "llm_ingress",
         port,
