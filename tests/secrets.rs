@@ -53,8 +53,18 @@ async fn leaky_upstream() -> u16 {
     port
 }
 
+/// A child process, killed if the test fails before it stops it.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The collector as its own process, logging at debug into `dir/collector.log`.
-fn collector(dir: &Path, port: u16) -> Child {
+fn collector(dir: &Path, port: u16) -> Killed {
     let bin = repo().join("target/debug/truthtable-collector");
     assert!(
         bin.exists(),
@@ -72,6 +82,7 @@ fn collector(dir: &Path, port: u16) -> Child {
         .stderr(std::fs::File::create(dir.join("collector.log")).unwrap())
         .spawn()
         .unwrap();
+    let child = Killed(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "the collector did not start");
@@ -279,10 +290,10 @@ async fn no_canary_secret_reaches_any_stored_or_printed_artifact() {
     drop(envoy);
     Command::new("kill")
         .arg("-TERM")
-        .arg(collector.id().to_string())
+        .arg(collector.0.id().to_string())
         .status()
         .unwrap();
-    collector.wait().unwrap();
+    collector.0.wait().unwrap();
     for file in files_under(dir.path()) {
         artifacts.push((file.display().to_string(), std::fs::read(&file).unwrap()));
     }

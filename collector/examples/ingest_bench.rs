@@ -98,6 +98,34 @@ fn record(id: &str, size: usize) -> String {
     build(size.saturating_sub(base))
 }
 
+/// The same record as the filter frames it (`delivery_format: "framed"`): its JSON without the
+/// bodies' encoding and data, then the body bytes raw.
+fn frame_of(line: &str) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let mut bodies = Vec::new();
+    for side in ["request", "response"] {
+        let body = &mut v[side]["body"];
+        bodies.push(body["data"].as_str().unwrap().to_owned());
+        let (size, truncated) = (body["size"].clone(), body["truncated"].clone());
+        *body = serde_json::json!({"size": size, "truncated": truncated});
+    }
+    let json = v.to_string();
+    let req_at = json.find(r#""body":{"#).unwrap() + 8;
+    let resp_at = json.rfind(r#""body":{"#).unwrap() + 8;
+    let mut out = format!(
+        "TTF1 {:010} {req_at:010} {:010} {resp_at:010} {:010}\n",
+        json.len(),
+        bodies[0].len(),
+        bodies[1].len()
+    )
+    .into_bytes();
+    out.extend_from_slice(json.as_bytes());
+    out.extend_from_slice(bodies[0].as_bytes());
+    out.extend_from_slice(bodies[1].as_bytes());
+    out.push(b'\n');
+    out
+}
+
 fn batch_lines(tag: &str, lane: usize, n: u64, batch: usize, size: usize) -> Vec<String> {
     (0..batch)
         .map(|i| record(&format!("{tag}-{lane:02}-{n:09}-{i:03}"), size))
@@ -147,7 +175,7 @@ fn target(store: &str, dir: &std::path::Path, url: Option<&str>) -> String {
     }
 }
 
-async fn ingest(a: &Args, db: &str, tag: &str) -> Rate {
+async fn ingest(a: &Args, db: &str, tag: &str, framed: bool) -> Rate {
     let mut child = Command::new(&a.collector)
         .args(["--listen", "127.0.0.1:0", "--db", db])
         .env("RUST_LOG", "warn,truthtable_collector=info")
@@ -187,10 +215,18 @@ async fn ingest(a: &Args, db: &str, tag: &str) -> Rate {
         let (batch, size) = (a.batch, a.record_bytes);
         // One body per sender, built before the clock starts; each send stamps a fresh batch
         // number into the ids (fixed width), so the senders spend next to nothing.
-        let template = {
-            let mut body = batch_lines(&tag, lane, 0, batch, size).join("\n");
+        let lines = batch_lines(&tag, lane, 0, batch, size);
+        let template = if framed {
+            lines.iter().flat_map(|l| frame_of(l)).collect()
+        } else {
+            let mut body = lines.join("\n");
             body.push('\n');
             body.into_bytes()
+        };
+        let content_type = if framed {
+            truthtable_collector::frames::CONTENT_TYPE
+        } else {
+            "application/x-ndjson"
         };
         let marker = format!("{tag}-{lane:02}-");
         let slots: Vec<usize> = template
@@ -210,7 +246,7 @@ async fn ingest(a: &Args, db: &str, tag: &str) -> Rate {
                 let len = body.len() as u64;
                 let resp = client
                     .post(&url)
-                    .header("content-type", "application/x-ndjson")
+                    .header("content-type", content_type)
                     .body(body)
                     .send()
                     .await
@@ -413,7 +449,11 @@ async fn main() {
     );
     let mut summary = Vec::new();
     for store in &a.stores {
-        let mut runs: Vec<(&str, Vec<Rate>)> = vec![("ingest", vec![]), ("floor x1", vec![])];
+        let mut runs: Vec<(&str, Vec<Rate>)> = vec![
+            ("ingest", vec![]),
+            ("ingest framed", vec![]),
+            ("floor x1", vec![]),
+        ];
         if store == "postgres" {
             runs.push(("floor xN", vec![]));
         }
@@ -429,12 +469,13 @@ async fn main() {
                 let db = target(store, dir.path(), url.as_deref());
                 let tag = format!("r{round}");
                 let r = match *kind {
-                    "ingest" => ingest(&a, &db, &tag).await,
+                    "ingest" => ingest(&a, &db, &tag, false).await,
+                    "ingest framed" => ingest(&a, &db, &tag, true).await,
                     "floor x1" => floor(&a, store, &db, &tag, 1).await,
                     _ => floor(&a, store, &db, &tag, a.senders).await,
                 };
                 println!(
-                    "{store:8} {kind:9} round {round}: {:8.0} records/s {:7.1} MB/s",
+                    "{store:8} {kind:13} round {round}: {:8.0} records/s {:7.1} MB/s",
                     r.records_per_s, r.mb_per_s
                 );
                 results.push(r);
