@@ -19,6 +19,7 @@ LABEL = {
     "record_only": "record-only build (copies + records written, then discarded; no delivery)",
     "raw_abi": "capture + delivery, raw-ABI build of 516b67f (before the proxy-wasm SDK)",
     "framed": "TruthTable capture + delivery, delivery_format framed",
+    "sdk_maps": "capture + delivery, header maps read with the SDK's get_map_bytes",
     "direct": "no Envoy (client -> upstream)",
 }
 WORKLOAD = {"json": "1 KiB POST / 1 KiB JSON", "json32k": "32 KiB POST (RAG prompt) / 1 KiB JSON",
@@ -54,7 +55,7 @@ def main() -> None:
         f"{WORKLOAD[w]} req/s | x plain | per-round x plain | Envoy CPU µs/req" for w in workloads) + " |"
     md.append(head)
     md.append("|---" * (1 + 4 * len(workloads)) + "|")
-    listeners = LISTENERS + [extra for extra in ("framed", "raw_abi", "copy_only", "record_only")
+    listeners = LISTENERS + [extra for extra in ("framed", "raw_abi", "sdk_maps", "copy_only", "record_only")
                              if any(r["listener"] == extra for r in rows)]
     med = {}
     for w in workloads:
@@ -243,6 +244,11 @@ def main() -> None:
                   f"(per round {framed[1]:.3f}–{framed[2]:.3f}; bar: at least {bar}) — "
                   f"{'met' if framed[0] >= bar else 'NOT met'}"
                   + (f"; NDJSON capture {ndjson[0]:.3f}." if ndjson else "."))
+    maps = paired("json", "capture", "sdk_maps")
+    if maps:
+        summary["throughput"]["json"]["own_import_vs_sdk_maps"] = maps[0]
+        md.append(f"- header maps through the filter's own import instead of the SDK's get_map_bytes: "
+                  f"**{maps[0]:.3f}×** the throughput (per round {maps[1]:.3f}–{maps[2]:.3f}).")
     if "json" in summary["throughput"]:
         t = summary["throughput"]["json"]
         md.append(f"- do-nothing wasm (1 KiB): {t['passthrough']['ratio']:.2f}; tap: {t['tap']['ratio']:.2f}.")

@@ -54,6 +54,11 @@ extern "C" {
 /// `String::from_utf8` on every name, which would panic on a name another filter set that is not
 /// UTF-8. The buffer comes from the SDK's `proxy_on_memory_allocate`, as for every host call.
 pub fn header_block(map: MapType) -> Option<HeaderBlock> {
+    if cfg!(feature = "sdk-header-maps") {
+        // The benchmark's comparison build: the SDK's way.
+        let pairs = hostcalls::get_map_bytes(map).ok()?;
+        return Some(HeaderBlock::from_pairs(&pairs));
+    }
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: both out-pointers are valid for writes; on Ok the host has written a buffer it
     // allocated through `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes), whose
