@@ -42,7 +42,7 @@ pub(super) fn with_vm<R>(f: impl FnOnce(&mut Vm) -> R) -> Option<R> {
     VM.with(|vm| vm.try_borrow_mut().ok().map(|mut vm| f(&mut vm)))
 }
 
-/// Who a root is among all of the proxy's roots; known from its first tick.
+/// Who a root is among all of the proxy's roots; known once it is configured.
 pub(super) struct Me {
     /// Unique in the proxy (context ids repeat across VMs).
     nonce: u64,
@@ -96,7 +96,7 @@ impl Root {
             self.leave();
             return true;
         }
-        info!(
+        warn!(
             "truthtable: {} records not yet delivered when the configuration was replaced, and \
              no successor runs: delivering them for up to drain_timeout_ms ({timeout} ms)",
             worker.borrow().batcher.held_records()
