@@ -306,17 +306,18 @@ impl RawConfig {
         for (i, name) in self.redact_query_params.iter().enumerate() {
             query_param_name(&format!("redact_query_params[{i}]"), name)?;
         }
-        let delivery_format =
-            match self.delivery_format.as_str() {
-                "ndjson" => Format::Ndjson,
-                "framed" => Format::Framed,
-                other => return Err(ConfigError {
+        let delivery_format = match self.delivery_format.as_str() {
+            "ndjson" => Format::Ndjson,
+            "framed" => Format::Framed,
+            other => {
+                return Err(ConfigError {
                     key: "delivery_format".to_owned(),
                     problem: format!(
                         "{other:?} is not a delivery format (expected \"ndjson\" or \"framed\")"
                     ),
-                }),
-            };
+                })
+            }
+        };
         let redact_query_params = Names::new(
             redact::DEFAULT_QUERY_PARAMS,
             self.redact_query_params.iter().map(String::as_str),
