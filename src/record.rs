@@ -317,37 +317,32 @@ fn write_body(
         Bodies::Kept => (tap.kept(), tap.truncated()),
         Bodies::Shed => (&[][..], tap.size() > 0),
     };
-    if let Some((json, at)) = framed {
-        out.push(b'{');
-        *at = out.len() - json;
-        out.extend_from_slice(b"\"size\":");
-        json::uint(out, tap.size());
-        out.extend_from_slice(if truncated {
-            b",\"truncated\":true}"
-        } else {
-            b",\"truncated\":false}"
-        });
-        return;
+    out.push(b'{');
+    match framed {
+        // Framed: the bytes follow the JSON; note where `encoding` and `data` belong.
+        Some((json, at)) => *at = out.len() - json,
+        None => {
+            let encoding = out.len();
+            out.extend_from_slice(b"\"encoding\":\"utf8\",\"data\":");
+            // A truncated body may end inside a character: that partial character is dropped
+            // rather than forcing the whole body into base64.
+            if !json::utf8_string(out, kept, truncated) {
+                out.truncate(encoding);
+                out.extend_from_slice(b"\"encoding\":\"base64\",\"data\":\"");
+                let start = out.len();
+                let engine = &base64::engine::general_purpose::STANDARD;
+                out.resize(
+                    start + base64::encoded_len(kept.len(), true).unwrap_or(0),
+                    0,
+                );
+                let written = engine.encode_slice(kept, &mut out[start..]).unwrap_or(0);
+                out.truncate(start + written);
+                out.push(b'"');
+            }
+            out.push(b',');
+        }
     }
-    out.extend_from_slice(b"{\"encoding\":");
-    let encoding = out.len();
-    out.extend_from_slice(b"\"utf8\",\"data\":");
-    // A truncated body may end inside a character: that partial character is dropped rather than
-    // forcing the whole body into base64.
-    if !json::utf8_string(out, kept, truncated) {
-        out.truncate(encoding);
-        out.extend_from_slice(b"\"base64\",\"data\":\"");
-        let start = out.len();
-        let engine = &base64::engine::general_purpose::STANDARD;
-        out.resize(
-            start + base64::encoded_len(kept.len(), true).unwrap_or(0),
-            0,
-        );
-        let written = engine.encode_slice(kept, &mut out[start..]).unwrap_or(0);
-        out.truncate(start + written);
-        out.push(b'"');
-    }
-    out.extend_from_slice(b",\"size\":");
+    out.extend_from_slice(b"\"size\":");
     json::uint(out, tap.size());
     out.extend_from_slice(if truncated {
         b",\"truncated\":true}"

@@ -6,10 +6,10 @@
 //! route and filter chain, with the filter's configuration, plugin name and `vm_config` as the
 //! test says (Envoy's own layout, or the one istiod renders for a `WasmPlugin`).
 
-use super::{admin_get, envoy_bin, free_port, repo, wasm_path};
+use super::{admin_get, free_port, repo, wasm_path};
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// How the filter's VM is configured.
@@ -120,20 +120,8 @@ impl LdsEnvoy {
         std::fs::write(&config, bootstrap.to_string()).expect("write bootstrap");
         write_listeners(dir.path(), listeners);
         let log = dir.path().join("envoy.log");
-        let child = Command::new(envoy_bin())
-            .arg("-c")
-            .arg(&config)
-            .args(["--concurrency", &workers.to_string()])
+        let child = super::envoy_command(&config, workers, &log)
             .args(["--drain-time-s", &drain_time_s.to_string()])
-            .args(["--disable-hot-restart", "-l", "warning"])
-            .args(["--component-log-level", "wasm:info"])
-            // Written out at once, so a test reads what the filter logged while Envoy runs.
-            .args(["--file-flush-interval-msec", "20"])
-            .arg("--log-path")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .expect("spawn envoy");
         let mut envoy = LdsEnvoy {

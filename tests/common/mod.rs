@@ -136,6 +136,26 @@ pub fn render_envoy_yaml(
     yaml
 }
 
+/// The tests' Envoy command line: `config`, `workers` worker threads, no hot restart, warnings
+/// and the filter's lines in `log`, written out at once (a test reads what the filter logged while
+/// Envoy runs).
+pub fn envoy_command(config: &Path, workers: u32, log: &Path) -> Command {
+    let mut command = Command::new(envoy_bin());
+    command
+        .arg("-c")
+        .arg(config)
+        .args(["--concurrency", &workers.to_string()])
+        .args(["--disable-hot-restart", "-l", "warning"])
+        .args(["--component-log-level", "wasm:info"])
+        .args(["--file-flush-interval-msec", "20"])
+        .arg("--log-path")
+        .arg(log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
 /// An Envoy process; killed on drop.
 pub struct Envoy {
     child: Child,
@@ -184,17 +204,7 @@ impl Envoy {
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, yaml).expect("write envoy.yaml");
         let log = dir.path().join("envoy.log");
-        let child = Command::new(envoy_bin())
-            .arg("-c")
-            .arg(&config)
-            .args(["--concurrency", &opts.workers.to_string()])
-            .args(["--disable-hot-restart", "-l", "warning"])
-            .args(["--file-flush-interval-msec", "20"])
-            .arg("--log-path")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let child = envoy_command(&config, opts.workers, &log)
             .spawn()
             .expect("spawn envoy");
         let mut envoy = Envoy {
