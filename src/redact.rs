@@ -87,10 +87,36 @@ pub const DEFAULT_QUERY_PARAMS: &[&str] = &[
 pub const MAX_NAME: usize = 256;
 
 /// A set of names, compared case-insensitively (ASCII).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// A lookup runs for every header of every exchange, and nearly all of them miss: the names sit in
+/// small buckets keyed by length and first and last byte, so a miss costs a hash of three bytes
+/// and, rarely, one comparison (a sorted list searched by halves cost a quarter of the record
+/// writer's instructions: BENCHMARKS.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     /// Lower case, sorted, without repeats.
     sorted: Vec<Box<[u8]>>,
+    /// `BUCKETS` lists of indexes into `sorted`.
+    buckets: Vec<Vec<u16>>,
+}
+
+const BUCKETS: usize = 64;
+
+fn bucket(name: &[u8]) -> usize {
+    match (name.first(), name.last()) {
+        (Some(&first), Some(&last)) => {
+            ((name.len() as u32).wrapping_mul(31) ^ u32::from(first) ^ (u32::from(last) << 3))
+                as usize
+                % BUCKETS
+        }
+        _ => 0,
+    }
+}
+
+impl Default for Names {
+    fn default() -> Names {
+        Names::new(&[], [])
+    }
 }
 
 impl Names {
@@ -104,7 +130,11 @@ impl Names {
             .collect();
         sorted.sort();
         sorted.dedup();
-        Names { sorted }
+        let mut buckets = vec![Vec::new(); BUCKETS];
+        for (i, name) in sorted.iter().enumerate() {
+            buckets[bucket(name)].push(i as u16);
+        }
+        Names { sorted, buckets }
     }
 
     pub fn len(&self) -> usize {
@@ -134,9 +164,9 @@ impl Names {
     }
 
     fn contains_lower(&self, name: &[u8]) -> bool {
-        self.sorted
-            .binary_search_by(|n| n.as_ref().cmp(name))
-            .is_ok()
+        self.buckets[bucket(name)]
+            .iter()
+            .any(|&i| *self.sorted[usize::from(i)] == *name)
     }
 
     /// Whether the query parameter name `encoded`, percent-decoded (`+` as a space), is in the
