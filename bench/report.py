@@ -195,8 +195,9 @@ def main() -> None:
             row = {"workload": w, "listener": l, "rps": d["wrk"]["rps"], "cpu_us_per_req": us,
                    **{f"{k}_us": v * us for k, v in share.items()}}
             perf.append(row)
-        order = {l: i for i, l in enumerate(["plain", "passthrough", "copy_only", "record_only", "capture", "tap"])}
-        perf.sort(key=lambda r: (r["workload"] != "json", order.get(r["listener"], 9)))
+        order = {l: i for i, l in enumerate(["plain", "passthrough", "copy_only", "record_only", "capture", "framed", "tap"])}
+        workloads_order = {w: i for i, w in enumerate(WORKLOAD)}
+        perf.sort(key=lambda r: (workloads_order.get(r["workload"], 9), order.get(r["listener"], 9)))
         for r in perf:
             md.append(f"| {WORKLOAD[r['workload']]} | {LABEL[r['listener']]} | {r['rps']:.0f} | "
                       f"{r['cpu_us_per_req']:.0f} | {r['envoy_us']:.0f} | {r['jit_us']:.1f} | "
