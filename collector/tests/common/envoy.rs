@@ -116,7 +116,7 @@ impl Envoy {
             &format!("filename: {}", wasm.display()),
         );
         replace(
-            r#"value: '{"audit_cluster": "truthtable_audit", "audit_path": "/v1/captures"}'"#,
+            r#"value: '{"audit_cluster": "truthtable_audit", "audit_path": "/v1/captures", "delivery_format": "framed"}'"#,
             &format!("value: '{}'", filter_config.replace('\'', "''")),
         );
         let dir = tempfile::tempdir().unwrap();
