@@ -33,7 +33,8 @@ struct Inner {
 }
 
 /// Schema versions, applied in order; `PRAGMA user_version` holds how many have been applied.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE IF NOT EXISTS captures (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     id          TEXT NOT NULL UNIQUE,
@@ -46,14 +47,16 @@ CREATE TABLE IF NOT EXISTS captures (
     model       TEXT,
     record      TEXT NOT NULL
 );
-", "
+",
+    "
 CREATE TABLE IF NOT EXISTS export_cursors (
     name           TEXT PRIMARY KEY,
     cursor         TEXT NOT NULL DEFAULT '0-0',
     holder         TEXT,
     lease_until_ms INTEGER NOT NULL DEFAULT 0
 );
-"];
+",
+];
 
 /// Milliseconds since the Unix epoch, by SQLite's clock.
 const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
@@ -326,7 +329,12 @@ impl CaptureStore for SqliteStore {
     async fn close(&self) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            if let Some(reader) = inner.reader.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(reader) = inner
+                .reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
                 reader.close().map_err(|(_, e)| StoreError::Sqlite(e))?;
             }
             let mut guard = inner.conn.lock().unwrap_or_else(|p| p.into_inner());

@@ -43,7 +43,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Schema versions, applied in order inside one transaction under an advisory lock, so
 /// replicas starting together migrate once. `truthtable_schema` holds the versions applied.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE captures (
     seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tx          xid8 NOT NULL DEFAULT pg_current_xact_id(),
@@ -58,14 +59,16 @@ CREATE TABLE captures (
     record      text NOT NULL
 );
 CREATE INDEX captures_commit_order ON captures (tx, seq);
-", "
+",
+    "
 CREATE TABLE export_cursors (
     name        text PRIMARY KEY,
     cursor      text NOT NULL DEFAULT '0-0',
     holder      text,
     lease_until timestamptz NOT NULL DEFAULT '-infinity'
 );
-"];
+",
+];
 
 /// Run on every new connection: a 2xx means committed durably, so a server whose default is
 /// `synchronous_commit = off` gets `on` for our sessions (stronger settings are left alone).
