@@ -3,8 +3,9 @@
 //! real Arize Phoenix shows it, read back through Phoenix's REST API. A streamed chat answer, a
 //! streamed tool call, a stream the client hangs up on and one the upstream breaks arrive with
 //! question, answer, model, tokens and outcome, inside the caller's trace when the request
-//! carried a `traceparent`, and with no secret the filter redacted. Phoenix going down for a
-//! while and a collector restart in the middle of the export lose no span and send none twice.
+//! carried a `traceparent` (and under Envoy's own span when Envoy traces too), and with no secret
+//! the filter redacted. Phoenix going down for a while and a collector restart in the middle of the
+//! export lose no span and send none twice.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -536,5 +537,118 @@ async fn phoenix_down_for_a_while_and_a_collector_restart_mid_export_lose_nothin
         "{before} before the restart and {after} after: nothing was sent twice"
     );
     assert_eq!(collector.count(SpanCount::Failed), 0);
+    collector.stop().await;
+}
+
+/// Envoy's own OpenTelemetry tracing, sending its spans to Phoenix over gRPC.
+fn with_envoy_tracing(yaml: String, phoenix_grpc: u16) -> String {
+    let tracing = "          stat_prefix: llm_ingress\n          tracing:\n            provider:\n              name: envoy.tracers.opentelemetry\n              typed_config:\n                \"@type\": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig\n                grpc_service:\n                  envoy_grpc: { cluster_name: phoenix_otlp }\n                  timeout: 2s\n                service_name: envoy-gateway\n";
+    assert_eq!(
+        yaml.matches("          stat_prefix: llm_ingress\n").count(),
+        1
+    );
+    let mut yaml = yaml.replace("          stat_prefix: llm_ingress\n", tracing);
+    yaml.push_str(&format!(
+        "  - name: phoenix_otlp\n    type: STATIC\n    connect_timeout: 1s\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config: {{ http2_protocol_options: {{}} }}\n    load_assignment:\n      cluster_name: phoenix_otlp\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {phoenix_grpc} }} }} }}\n"
+    ));
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_envoys_own_tracing_the_capture_is_a_child_of_envoys_span_in_the_same_trace() {
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const PARENT: &str = "b7ad6b7169203331";
+    let phoenix = Phoenix::shared();
+    // Envoy names no project, so both go to Phoenix's `default` one.
+    let mut collector = Collector::new(phoenix, "default", &[]);
+    collector
+        .env
+        .retain(|(k, _)| k != "OTEL_RESOURCE_ATTRIBUTES");
+    collector.start().await;
+    let filter = filter_config("");
+    let envoy = Envoy::try_start_with(
+        EnvoyOpts {
+            upstream: upstream().await,
+            audit: collector.port,
+            filter: Some(&filter),
+            workers: 2,
+        },
+        |yaml| with_envoy_tracing(yaml, phoenix.grpc_port),
+    )
+    .unwrap_or_else(|log| panic!("Envoy with tracing did not start:\n{log}"));
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+        .json(&chat("Which trace is this in?"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+
+    // Envoy flushes its spans every few seconds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let in_trace = loop {
+        let spans: Vec<Value> = phoenix
+            .spans("default")
+            .await
+            .into_iter()
+            .filter(|s| s["context"]["trace_id"] == TRACE)
+            .collect();
+        if spans.len() >= 2 {
+            break spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trace holds {} span(s): {spans:#?}",
+            spans.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ours = in_trace
+        .iter()
+        .find(|s| !attr(s, "truthtable.capture.id").is_null())
+        .expect("the capture's span");
+    let envoys = in_trace
+        .iter()
+        .find(|s| attr(s, "truthtable.capture.id").is_null())
+        .expect("Envoy's span");
+    assert_eq!(attr(ours, "input.value"), "Which trace is this in?");
+    // Envoy's span is the caller's child, and the capture's span is Envoy's: the traceparent
+    // the filter captured is the one Envoy's tracing put on the request.
+    assert_eq!(envoys["parent_id"], PARENT, "{envoys:#}");
+    assert_eq!(ours["parent_id"], envoys["context"]["span_id"], "{ours:#}");
+
+    // Without a traceparent from the client, Envoy starts the trace and the capture joins it.
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .json(&chat("Who starts this trace?"))
+        .send()
+        .await
+        .unwrap();
+    resp.text().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let spans = phoenix.spans("default").await;
+        let ours = spans
+            .iter()
+            .find(|s| attr(s, "input.value") == "Who starts this trace?");
+        let envoys = ours.and_then(|o| {
+            spans.iter().find(|s| {
+                s["context"]["span_id"] == o["parent_id"]
+                    && attr(s, "truthtable.capture.id").is_null()
+            })
+        });
+        if let (Some(ours), Some(envoys)) = (ours, envoys) {
+            assert_eq!(ours["context"]["trace_id"], envoys["context"]["trace_id"]);
+            assert!(envoys["parent_id"].is_null(), "Envoy's span is the root");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no capture span under an Envoy span: {spans:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     collector.stop().await;
 }
