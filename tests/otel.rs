@@ -133,12 +133,15 @@ struct Collector {
     db: tempfile::TempDir,
     env: Vec<(String, String)>,
     args: Vec<String>,
-    running: Option<(
-        Arc<AppState>,
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<Result<(), String>>,
-    )>,
+    running: Option<Running>,
 }
+
+/// A collector that is up: its state, its shutdown switch, its task.
+type Running = (
+    Arc<AppState>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), String>>,
+);
 
 impl Collector {
     fn new(phoenix: &Phoenix, project: &str, args: &[&str]) -> Collector {
