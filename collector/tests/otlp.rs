@@ -389,21 +389,42 @@ async fn exchanges_that_are_not_llm_calls_are_plain_http_spans_or_none() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ingest_answers_at_once_while_the_otlp_endpoint_hangs() {
-    // An endpoint that takes connections and never answers.
+async fn ingest_answers_at_once_while_the_otlp_endpoint_hangs_and_requests_carry_the_headers() {
+    // An endpoint that takes connections, reads what comes, and never answers.
+    use tokio::io::AsyncReadExt as _;
     let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", hang.local_addr().unwrap());
-    let held = tokio::spawn(async move {
-        let mut conns = Vec::new();
-        while let Ok((conn, _)) = hang.accept().await {
-            conns.push(conn);
+    let heads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let held = tokio::spawn({
+        let heads = Arc::clone(&heads);
+        async move {
+            let mut conns = Vec::new();
+            while let Ok((mut conn, _)) = hang.accept().await {
+                let mut buf = vec![0u8; 8192];
+                let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(0);
+                heads
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase());
+                conns.push(conn);
+            }
         }
     });
     let db = Db::sqlite();
     let c = Collector::start(
         &db,
         &["--otlp-endpoint", &url],
-        &[("OTEL_EXPORTER_OTLP_TIMEOUT", "60000")],
+        &[
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "60000"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "Authorization=Basic%20dGVzdDp0ZXN0,x-tenant=t1",
+            ),
+        ],
     )
     .await;
     let client = reqwest::Client::new();
@@ -435,6 +456,24 @@ async fn ingest_answers_at_once_while_the_otlp_endpoint_hangs() {
         .unwrap();
     assert_eq!(list["captures"].as_array().unwrap().len(), 200);
     assert_eq!(c.count(SpanCount::Exported), 0, "nothing was answered");
+    // What the exporter sent: OTLP/HTTP protobuf, with the configured headers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let head = loop {
+        if let Some(h) = heads.lock().unwrap().first().cloned() {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "no export request arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(head.starts_with("post /v1/traces http/1.1\r\n"), "{head}");
+    for line in [
+        "content-type: application/x-protobuf",
+        "authorization: basic dgvzddp0zxn0",
+        "x-tenant: t1",
+        "user-agent: truthtable-collector/",
+    ] {
+        assert!(head.contains(line), "{line} missing from\n{head}");
+    }
     held.abort();
 }
 
