@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::otlp::{self, NonLlm, OtlpInputs};
+
 /// Environment variable holding the token required on ingest.
 pub const INGEST_TOKEN_ENV: &str = "TRUTHTABLE_INGEST_TOKEN";
 /// Environment variable holding the token required on reads.
@@ -32,6 +34,27 @@ Environment:
                            GET /v1/captures/{id} require `authorization: Bearer <token>`.
   RUST_LOG                 Log filter (default: info), e.g. `debug` or `truthtable_collector=debug`.
 
+OpenTelemetry export (off unless an endpoint is set; a TRACES_ variable wins over the general one):
+  OTEL_EXPORTER_OTLP_ENDPOINT
+                           Base URL of the OTLP receiver (/v1/traces is added for http/protobuf).
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+                           The traces URL, used as it is.
+  OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
+                           http/protobuf (default) or grpc.
+  OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TRACES_HEADERS
+                           key=value,key2=value2 (percent-decoded): e.g. Authorization=Basic%20...
+  OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_EXPORTER_OTLP_TRACES_TIMEOUT
+                           Milliseconds one export request may take (default: 10000).
+  OTEL_EXPORTER_OTLP_COMPRESSION, OTEL_EXPORTER_OTLP_TRACES_COMPRESSION
+                           gzip or none (default).
+  OTEL_SERVICE_NAME        The resource's service.name (default: truthtable-collector).
+  OTEL_RESOURCE_ATTRIBUTES More resource attributes, key=value,... (e.g. openinference.project.name=rag).
+  OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT
+                           Longest string attribute, in characters (default: 65536).
+  OTEL_SDK_DISABLED        true turns export off.
+  OTEL_TRACES_EXPORTER     otlp, or none to turn export off.
+  TRUTHTABLE_OTLP_NON_LLM  The --otlp-non-llm value when the flag is not given.
+
 HTTP API:
   POST /v1/captures          NDJSON capture records (schema truthtable.capture.v1), one per line.
                              2xx only once every record of the request is durably committed;
@@ -41,7 +64,7 @@ HTTP API:
   GET  /v1/captures/{id}     {\"capture\": <record as received>, \"audit\": <audit view>}
   GET  /healthz              200 when the store takes writes, 503 (naming the cause) when not.
   GET  /livez                200 while the process serves HTTP, whatever the database does.
-  GET  /metrics              Prometheus text format.
+  GET  /metrics              Prometheus text format (export counters included).
 
 Signals: SIGTERM or SIGINT finish the requests in flight, then close the store and exit 0.";
 
@@ -86,6 +109,35 @@ pub struct Cli {
     /// Largest ingest request body accepted, in bytes; larger requests get 413.
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     pub max_body_bytes: usize,
+
+    /// Export every stored capture as an OpenTelemetry span to this OTLP endpoint: a base URL,
+    /// as OTEL_EXPORTER_OTLP_ENDPOINT (which it overrides). No export when neither is set.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The OTLP protocol, as OTEL_EXPORTER_OTLP_PROTOCOL (which it overrides); default
+    /// http/protobuf.
+    #[arg(long, value_enum, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<otlp::Protocol>,
+
+    /// Exchanges that are not LLM calls: exported as plain HTTP spans (`http`) or not at all
+    /// (`skip`).
+    #[arg(
+        long,
+        value_enum,
+        env = otlp::config::NON_LLM_ENV,
+        default_value = "http",
+        value_name = "WHAT"
+    )]
+    pub otlp_non_llm: NonLlm,
+
+    /// Most captures in one export request (requests also stay under 3 MiB).
+    #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub otlp_batch_size: u32,
+
+    /// Longest wait between export attempts while the OTLP endpoint is down, in milliseconds.
+    #[arg(long, default_value_t = 30_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub otlp_retry_max_ms: u64,
 }
 
 impl Cli {
@@ -148,6 +200,8 @@ pub struct Config {
     pub ingest_token: Option<String>,
     /// Bearer token required on reads, if any.
     pub read_token: Option<String>,
+    /// OpenTelemetry export, as given (checked by [`otlp::ExportConfig::resolve`]).
+    pub otlp: OtlpInputs,
 }
 
 impl Config {
@@ -170,6 +224,17 @@ impl Config {
             max_body_bytes: cli.max_body_bytes,
             ingest_token: var(INGEST_TOKEN_ENV),
             read_token: var(READ_TOKEN_ENV),
+            otlp: OtlpInputs {
+                endpoint: cli.otlp_endpoint,
+                protocol: cli.otlp_protocol,
+                non_llm: cli.otlp_non_llm,
+                batch_size: cli.otlp_batch_size,
+                retry_max: std::time::Duration::from_millis(cli.otlp_retry_max_ms),
+                env: otlp::config::VARIABLES
+                    .iter()
+                    .filter_map(|name| Some(((*name).to_owned(), var(name)?)))
+                    .collect(),
+            },
         }
     }
 
@@ -200,6 +265,46 @@ mod tests {
         assert_eq!(cfg.max_body_bytes, 64 * 1024 * 1024);
         assert_eq!(cfg.ingest_token, None);
         assert_eq!(cfg.read_token, None);
+        assert_eq!(cfg.otlp.endpoint, None);
+        assert_eq!(cfg.otlp.non_llm, NonLlm::Http);
+        assert_eq!(cfg.otlp.batch_size, 256);
+        assert_eq!(cfg.otlp.retry_max, std::time::Duration::from_secs(30));
+        assert!(otlp::ExportConfig::resolve(&cfg.otlp).unwrap().is_none());
+    }
+
+    #[test]
+    fn export_settings_come_from_the_otel_variables_and_the_flags() {
+        let cli = Cli::parse_from([
+            "x",
+            "--otlp-protocol",
+            "grpc",
+            "--otlp-non-llm",
+            "skip",
+            "--otlp-batch-size",
+            "10",
+        ]);
+        let cfg = Config::new(cli, |name| match name {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://phoenix:4317".into()),
+            "OTEL_SERVICE_NAME" => Some("audit".into()),
+            "OTEL_EXPORTER_OTLP_HEADERS" => Some(String::new()),
+            _ => None,
+        });
+        assert!(
+            !cfg.otlp.env.contains_key("OTEL_EXPORTER_OTLP_HEADERS"),
+            "empty is unset"
+        );
+        let export = otlp::ExportConfig::resolve(&cfg.otlp).unwrap().unwrap();
+        assert_eq!(export.url, "http://phoenix:4317");
+        assert_eq!(export.protocol, otlp::Protocol::Grpc);
+        assert_eq!(export.non_llm, NonLlm::Skip);
+        assert_eq!(export.batch_size, 10);
+        assert_eq!(export.resource[0].1, "audit");
+        let cli = Cli::parse_from(["x", "--otlp-endpoint", "http://flag:6006"]);
+        let export = otlp::ExportConfig::resolve(&Config::new(cli, |_| None).otlp)
+            .unwrap()
+            .unwrap();
+        assert_eq!(export.url, "http://flag:6006/v1/traces");
+        assert!(Cli::try_from_args(["x", "--otlp-protocol", "http/json"]).is_err());
     }
 
     #[test]
@@ -274,7 +379,15 @@ mod tests {
             DB_PASSWORD_FILE_ENV,
             PGPASSWORD_ENV,
             PGPASSFILE_ENV,
-        ] {
+            "--otlp-endpoint",
+            "--otlp-protocol",
+            "--otlp-non-llm",
+            "--otlp-batch-size",
+            "--otlp-retry-max-ms",
+        ]
+        .into_iter()
+        .chain(otlp::config::VARIABLES)
+        {
             assert!(help.contains(needle), "{needle} missing from --help");
         }
     }

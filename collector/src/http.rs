@@ -40,6 +40,8 @@ pub struct AppState {
     pub read_token: Option<String>,
     /// Largest ingest body in bytes.
     pub max_body_bytes: usize,
+    /// The OpenTelemetry exporter, when export is on.
+    pub otlp: Option<crate::otlp::Exporter>,
 }
 
 /// The collector's router.
@@ -231,6 +233,9 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
     match outcome {
         Ok(o) => {
             state.metrics.batch_committed(o.stored, o.duplicates);
+            if let (Some(exporter), true) = (&state.otlp, o.stored > 0) {
+                exporter.wake();
+            }
             tracing::debug!(
                 stored = o.stored,
                 duplicates = o.duplicates,

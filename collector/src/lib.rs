@@ -12,6 +12,7 @@ pub mod frames;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod otlp;
 pub mod record;
 pub mod sse;
 pub mod store;
@@ -27,28 +28,47 @@ use store::CaptureStore as _;
 pub use config::Config;
 pub use http::{app, AppState};
 
-/// Builds the shared state over an opened store.
+/// Builds the shared state over an opened store (with the OpenTelemetry exporter, when the
+/// configuration turns export on). Call it inside a Tokio runtime.
 pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppState>> {
+    let otlp = otlp::ExportConfig::resolve(&config.otlp)
+        .context("OpenTelemetry export")?
+        .map(otlp::Exporter::new)
+        .transpose()
+        .context("OpenTelemetry export")?;
     Ok(Arc::new(AppState {
         store,
         metrics: metrics::Metrics::new(),
         ingest_token: config.ingest_token.clone(),
         read_token: config.read_token.clone(),
         max_body_bytes: config.max_body_bytes,
+        otlp,
     }))
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves, lets requests in flight finish, then
+/// Serves `state` on `listener` (and exports, when export is on) until `shutdown` resolves, lets
+/// requests in flight finish, lets the exporter finish its request and save its cursor, then
 /// closes the store.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, app(Arc::clone(&state)))
+    let exporter = state
+        .otlp
+        .is_some()
+        .then(|| tokio::spawn(otlp::run(Arc::clone(&state))));
+    let served = axum::serve(listener, app(Arc::clone(&state)))
         .with_graceful_shutdown(shutdown)
         .await
-        .context("serving HTTP")?;
+        .context("serving HTTP");
+    if let (Some(task), Some(ex)) = (exporter, &state.otlp) {
+        ex.stop();
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "the exporter task failed");
+        }
+    }
+    served?;
     state.store.close().await.context("closing the store")?;
     tracing::info!("store closed; bye");
     Ok(())
@@ -70,6 +90,8 @@ pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'st
 /// Opens the store, binds the listen address and serves until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
+    // A bad export setting is a start-up error, before anything is opened.
+    otlp::ExportConfig::resolve(&config.otlp).context("OpenTelemetry export")?;
     let store = store::Store::open(&config).await.with_context(|| {
         format!(
             "opening the store at {}",

@@ -1,7 +1,7 @@
 //! Counters the collector exposes at `GET /metrics`, in Prometheus text format.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::store::StoreStats;
 
@@ -36,6 +36,19 @@ impl Rejection {
     }
 }
 
+/// What the OpenTelemetry exporter did with spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanCount {
+    /// Accepted by the OTLP endpoint.
+    Exported,
+    /// In a request that failed and is sent again (counted once per attempt).
+    Retried,
+    /// Refused for good by the endpoint, or from a stored record that no longer reads.
+    Failed,
+    /// Not exported: not an LLM call, under `--otlp-non-llm skip`.
+    Skipped,
+}
+
 /// Process-lifetime counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -45,6 +58,8 @@ pub struct Metrics {
     rejected: [AtomicU64; 4],
     store_errors: AtomicU64,
     store_unavailable: AtomicU64,
+    otlp_spans: [AtomicU64; 4],
+    otlp_exporting: AtomicBool,
 }
 
 /// What the store reports at scrape time.
@@ -88,6 +103,26 @@ impl Metrics {
     /// The store could not take an operation because the database is unavailable (503).
     pub fn store_unavailable(&self) {
         self.store_unavailable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The exporter did `what` with `n` spans.
+    pub fn otlp_spans(&self, what: SpanCount, n: u64) {
+        if let Some(c) = self.otlp_spans.get(what as usize) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// How many spans the exporter did `what` with so far.
+    pub fn otlp_count(&self, what: SpanCount) -> u64 {
+        self.otlp_spans
+            .get(what as usize)
+            .map(|c| c.load(Ordering::Relaxed))
+            .unwrap_or_default()
+    }
+
+    /// Whether this collector holds the export lease (is the one exporting).
+    pub fn otlp_exporting(&self, exporting: bool) {
+        self.otlp_exporting.store(exporting, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition, with what the store reports now.
@@ -157,6 +192,37 @@ impl Metrics {
             "1 when the store takes writes, 0 while the database is unavailable.",
             &[("", u64::from(store.up))],
         );
+        let spans = |what: SpanCount| [("", self.otlp_count(what))];
+        metric(
+            "truthtable_collector_otlp_spans_exported_total",
+            "counter",
+            "Spans the OTLP endpoint accepted.",
+            &spans(SpanCount::Exported),
+        );
+        metric(
+            "truthtable_collector_otlp_spans_retried_total",
+            "counter",
+            "Spans in export requests that failed and are sent again (once per attempt); they stay in the store meanwhile.",
+            &spans(SpanCount::Retried),
+        );
+        metric(
+            "truthtable_collector_otlp_spans_failed_total",
+            "counter",
+            "Spans the OTLP endpoint refused for good, or whose stored record no longer reads; the records stay in the store.",
+            &spans(SpanCount::Failed),
+        );
+        metric(
+            "truthtable_collector_otlp_spans_skipped_total",
+            "counter",
+            "Captures not exported because they are not LLM calls (--otlp-non-llm skip).",
+            &spans(SpanCount::Skipped),
+        );
+        metric(
+            "truthtable_collector_otlp_exporting",
+            "gauge",
+            "1 while this collector holds the export lease and exports; 0 when export is off or another collector exports.",
+            &[("", u64::from(self.otlp_exporting.load(Ordering::Relaxed)))],
+        );
         // Sizes come from the store; while it cannot tell, the samples are left out.
         let sample = |f: fn(&StoreStats) -> u64| store.stats.as_ref().map(|s| ("", f(s)));
         metric(
@@ -186,6 +252,10 @@ mod tests {
         m.batch_committed(3, 2);
         m.rejected(Rejection::TooLarge);
         m.store_unavailable();
+        m.otlp_spans(SpanCount::Exported, 5);
+        m.otlp_spans(SpanCount::Retried, 2);
+        m.otlp_spans(SpanCount::Retried, 2);
+        m.otlp_exporting(true);
         let text = m.render(StoreGauges {
             up: true,
             stats: Some(StoreStats {
@@ -203,6 +273,11 @@ mod tests {
             "truthtable_collector_store_bytes 4096",
             "truthtable_collector_store_unavailable_total 1",
             "truthtable_collector_store_up 1",
+            "truthtable_collector_otlp_spans_exported_total 5",
+            "truthtable_collector_otlp_spans_retried_total 4",
+            "truthtable_collector_otlp_spans_failed_total 0",
+            "truthtable_collector_otlp_spans_skipped_total 0",
+            "truthtable_collector_otlp_exporting 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }

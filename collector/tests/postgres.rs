@@ -326,7 +326,7 @@ async fn a_collector_started_before_its_database_waits_for_it_and_then_creates_t
     );
     assert_eq!(
         pg.sql(&db, "SELECT max(version) FROM truthtable_schema"),
-        "1"
+        "2"
     );
 }
 

@@ -2,7 +2,8 @@
 //! own description of the command line) and every environment variable (from the `--help` text and
 //! the constants the config reads) has a row with the real default, every metric `/metrics` renders
 //! is listed, and the example record is one the collector accepts. `collector/README.md` lists every
-//! field of the audit view, every protocol it can name and every kind of recognition evidence.
+//! field of the audit view, every protocol it can name and every kind of recognition evidence. The
+//! OpenTelemetry section names every attribute and event the exporter writes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -105,6 +106,11 @@ fn every_collector_variable_has_a_row() {
         .collect();
     vars.insert(INGEST_TOKEN_ENV.to_owned());
     vars.insert(READ_TOKEN_ENV.to_owned());
+    vars.extend(
+        truthtable_collector::otlp::config::VARIABLES
+            .iter()
+            .map(|v| (*v).to_owned()),
+    );
     assert!(vars.len() >= 3, "{vars:?}");
     for var in vars {
         assert!(
@@ -202,6 +208,106 @@ fn every_audit_view_field_protocol_and_evidence_source_is_documented() {
         assert!(
             recognition.contains(&format!("`{name}`")),
             "evidence source {name} is not named in collector/README.md"
+        );
+    }
+}
+
+/// Every attribute key and event name of the spans the exporter makes of `records`, indices as `N`.
+fn span_names(records: &[serde_json::Value]) -> BTreeSet<String> {
+    use truthtable_collector::otlp::span::{capture_span, Converted, SpanOptions};
+    let options = SpanOptions {
+        non_llm: truthtable_collector::otlp::NonLlm::Http,
+        value_limit: Some(8),
+    };
+    let index = |key: &str| -> String {
+        key.split('.')
+            .map(|part| {
+                if part.chars().all(|c| c.is_ascii_digit()) {
+                    "N"
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let mut names = BTreeSet::new();
+    for r in records {
+        let Converted::Span(span) = capture_span(&r.to_string(), &options) else {
+            panic!("no span for {r}");
+        };
+        names.extend(span.attributes.iter().map(|kv| index(&kv.key)));
+        for e in &span.events {
+            names.insert(e.name.clone());
+            names.extend(e.attributes.iter().map(|kv| index(&kv.key)));
+        }
+    }
+    names
+}
+
+/// A v1 record of a `path` exchange with these bodies.
+fn exchange(
+    path: &str,
+    request: serde_json::Value,
+    ct: &str,
+    response: &str,
+    outcome: &str,
+) -> serde_json::Value {
+    let body = |data: &str| serde_json::json!({"encoding": "utf8", "data": data, "size": data.len(), "truncated": false});
+    serde_json::json!({
+        "schema": "truthtable.capture.v1", "id": format!("{path}-{outcome}"),
+        "started_at": "2026-11-25T16:10:40.186Z", "duration_ms": 12.5, "outcome": outcome,
+        "detail": "via_upstream",
+        "request": {"method": "POST", "scheme": "http", "authority": "llm:8000", "path": path,
+            "query": "key=[REDACTED]", "headers": [["content-type", "application/json"], ["user-agent", "t"]],
+            "body": body(&request.to_string())},
+        "response": {"status": 500, "headers": [["content-type", ct]], "body": body(response), "first_byte_ms": 2.0}
+    })
+}
+
+#[test]
+fn every_span_attribute_and_event_is_documented() {
+    use serde_json::json;
+    let doc = section(&reference(), "OpenTelemetry export");
+    let chat = json!({"model": "gpt-4o", "messages": [
+        {"role": "system", "content": "Use the documents, all of them."},
+        {"role": "tool", "tool_call_id": "call_0", "content": "18C"},
+        {"role": "user", "content": "What is the weather in Paris today?"}],
+        "documents": [{"title": "t", "text": "Paris is the capital."}]});
+    let answer = json!({"object": "chat.completion", "model": "gpt-4o-1", "choices": [{"index": 0,
+        "message": {"role": "assistant", "content": "Sunny and warm.",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}});
+    let records = [
+        exchange(
+            "/v1/chat/completions",
+            chat.clone(),
+            "application/json",
+            &answer.to_string(),
+            "complete",
+        ),
+        exchange(
+            "/v1/chat/completions",
+            chat,
+            "text/event-stream",
+            "data: {\"choices\"",
+            "client_aborted",
+        ),
+        exchange(
+            "/v1/chat/completions",
+            json!({"model": "m"}),
+            "text/plain",
+            "",
+            "upstream_failed",
+        ),
+        exchange("/other", json!({"x": 1}), "text/plain", "", "complete"),
+    ];
+    let names = span_names(&records);
+    assert!(names.len() > 40, "{names:?}");
+    for name in &names {
+        assert!(
+            doc.contains(&format!("`{name}`")),
+            "{name} is not named in docs/reference.md's OpenTelemetry export section"
         );
     }
 }

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::postgres::{Postgres, PASSWORD};
 use truthtable_collector::config::{Config, DbTarget};
 use truthtable_collector::store::{BatchOutcome, CaptureStore, Cursor, NewCapture, Store};
@@ -239,6 +241,76 @@ async fn two_collectors_on_one_database_store_each_id_once(b: Backend) {
     assert_eq!(n as u64, a.stored + c.stored);
 }
 
+async fn a_reader_cursor_is_kept_under_its_holders_lease_and_survives_a_reopen(b: Backend) {
+    const LEASE: Duration = Duration::from_secs(60);
+    let store = b.open().await;
+    store.insert_batch(batch("e", 3)).await.unwrap();
+    async fn claim(store: &Store, holder: &str) -> Option<Cursor> {
+        store
+            .claim_cursor("otlp".into(), holder.into(), LEASE)
+            .await
+            .unwrap()
+    }
+    assert_eq!(claim(&store, "a").await, Some(Cursor::START));
+    assert_eq!(claim(&store, "b").await, None, "a holds it");
+    let read = store.read_after(Cursor::START, 2).await.unwrap();
+    let at = read[1].cursor;
+    assert!(store
+        .save_cursor("otlp".into(), "a".into(), at, LEASE)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .save_cursor("otlp".into(), "b".into(), Cursor::START, LEASE)
+            .await
+            .unwrap(),
+        "only the holder moves the cursor"
+    );
+    // Another reader's name is another cursor.
+    assert_eq!(
+        store
+            .claim_cursor("other".into(), "b".into(), LEASE)
+            .await
+            .unwrap(),
+        Some(Cursor::START)
+    );
+    store.close().await.unwrap();
+    let store = b.open().await;
+    assert_eq!(claim(&store, "b").await, None, "the lease is kept");
+    assert_eq!(claim(&store, "a").await, Some(at), "renewed");
+    store
+        .release_cursor("otlp".into(), "a".into())
+        .await
+        .unwrap();
+    assert_eq!(claim(&store, "b").await, Some(at), "released");
+    let rest: Vec<_> = store
+        .read_after(at, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(rest, ["e2"]);
+}
+
+async fn an_expired_lease_passes_to_the_next_claim(b: Backend) {
+    let store = b.open().await;
+    let short = Duration::from_millis(300);
+    let claim = |holder: &str, lease| store.claim_cursor("otlp".into(), holder.into(), lease);
+    assert_eq!(claim("a", short).await.unwrap(), Some(Cursor::START));
+    assert_eq!(claim("b", short).await.unwrap(), None);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(claim("b", short).await.unwrap(), Some(Cursor::START));
+    assert!(
+        !store
+            .save_cursor("otlp".into(), "a".into(), Cursor::START, short)
+            .await
+            .unwrap(),
+        "a lost its lease to b"
+    );
+    assert_eq!(claim("a", short).await.unwrap(), None);
+}
+
 async fn a_healthy_store_says_so(b: Backend) {
     let store = b.open().await;
     assert!(store.health().is_up());
@@ -274,5 +346,7 @@ store_suite!(
     raw_records_are_kept_byte_for_byte_and_survive_a_reopen,
     read_after_walks_every_record_once_in_commit_order,
     two_collectors_on_one_database_store_each_id_once,
+    a_reader_cursor_is_kept_under_its_holders_lease_and_survives_a_reopen,
+    an_expired_lease_passes_to_the_next_claim,
     a_healthy_store_says_so,
 );

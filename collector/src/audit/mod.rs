@@ -230,6 +230,10 @@ pub struct AuditView {
     pub overruled: Vec<Evidence>,
     /// The model that answered (the response's, else the request's).
     pub model: Option<String>,
+    /// The model the request asked for (its body's `model`, or a Gemini path's).
+    pub request_model: Option<String>,
+    /// The model the response named.
+    pub response_model: Option<String>,
     /// The text of the last user turn.
     pub question: Option<String>,
     /// System messages, tool results and retrieved documents, in request order.
@@ -273,6 +277,8 @@ impl AuditView {
             recognised_from: Vec::new(),
             overruled: Vec::new(),
             model: None,
+            request_model: None,
+            response_model: None,
             question: None,
             context: Vec::new(),
             attachments: Vec::new(),
@@ -728,6 +734,8 @@ pub fn derive(record: &CaptureRecord) -> AuditView {
         Payload::Unparseable(e) => problems.push(e.clone()),
         Payload::Empty | Payload::Stream(_) => {}
     }
+    // The request's model, then the response's: `model` is the latter, else the former.
+    view.request_model = view.model.take();
 
     let status = record.response.as_ref().map(|r| r.status);
     match &resp_payload {
@@ -768,6 +776,11 @@ pub fn derive(record: &CaptureRecord) -> AuditView {
         Payload::Unparseable(e) => problems.push(e.clone()),
         Payload::Empty => {}
     }
+    view.response_model = view.model.take();
+    view.model = view
+        .response_model
+        .clone()
+        .or_else(|| view.request_model.clone());
     explain_missing(
         record,
         &req_payload,

@@ -330,6 +330,29 @@ fn openai_chat_non_streamed_response() {
 }
 
 #[test]
+fn the_requested_and_the_answering_model_are_kept_apart() {
+    let v = derive(&exchange(
+        "/v1/chat/completions",
+        &chat_request(),
+        "application/json",
+        utf8(&chat_completion(), false),
+    ));
+    assert_eq!(v.request_model.as_deref(), Some("gpt-4o"));
+    assert_eq!(v.response_model.as_deref(), Some("gpt-4o-2024-08-06"));
+    assert_eq!(v.model, v.response_model);
+    // A response that names no model: `model` is the request's, `response_model` is null.
+    let v = derive(&exchange(
+        "/v1/chat/completions",
+        &chat_request(),
+        "application/json",
+        utf8(r#"{"choices":[{"message":{"content":"Paris."}}]}"#, false),
+    ));
+    assert_eq!(v.model.as_deref(), Some("gpt-4o"));
+    assert_eq!(v.request_model.as_deref(), Some("gpt-4o"));
+    assert_eq!(v.response_model, None);
+}
+
+#[test]
 fn openai_chat_truncated_json_body_says_so() {
     let full = chat_completion();
     let v = derive(&exchange(

@@ -12,6 +12,9 @@
 //!   on the same database: the paging cursor of the list, newest first;
 //! - [`CaptureStore::read_after`] walks every record exactly once in commit order behind a
 //!   [`Cursor`] a reader can persist (an exporter's position);
+//! - a named reader's cursor is kept in the store under a lease ([`CaptureStore::claim_cursor`]):
+//!   while one holder's lease runs, no other (in this collector or another sharing the database)
+//!   gets the cursor, and only the holder can move it;
 //! - a database that cannot be reached answers [`StoreError::Unavailable`] (ingest says 503, the
 //!   filter keeps the batch and sends it again) and [`CaptureStore::health`] says why.
 //!
@@ -26,6 +29,7 @@ pub mod sqlite;
 use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -212,6 +216,35 @@ pub trait CaptureStore: Send + Sync {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<StoredCapture>, StoreError>> + Send;
 
+    /// Takes (or renews) the lease on the reader cursor `name` for `holder`, for `lease` from now
+    /// by the database's clock, and returns the cursor ([`Cursor::START`] for a new name).
+    /// `None` while another holder's lease runs: that holder is the one reading.
+    fn claim_cursor(
+        &self,
+        name: String,
+        holder: String,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Option<Cursor>, StoreError>> + Send;
+
+    /// Moves the cursor `name` to `cursor` and renews `holder`'s lease. False (and nothing
+    /// changed) when `holder` no longer holds it: another holder claimed it after the lease ran
+    /// out.
+    fn save_cursor(
+        &self,
+        name: String,
+        holder: String,
+        cursor: Cursor,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Gives up `holder`'s lease on `name` (the cursor stays), so another holder can claim it at
+    /// once.
+    fn release_cursor(
+        &self,
+        name: String,
+        holder: String,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// How many records are stored and how much disk they take.
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
 
@@ -297,6 +330,29 @@ impl CaptureStore for Store {
         limit: u32,
     ) -> Result<Vec<StoredCapture>, StoreError> {
         dispatch!(self, s => s.read_after(after, limit).await)
+    }
+
+    async fn claim_cursor(
+        &self,
+        name: String,
+        holder: String,
+        lease: Duration,
+    ) -> Result<Option<Cursor>, StoreError> {
+        dispatch!(self, s => s.claim_cursor(name, holder, lease).await)
+    }
+
+    async fn save_cursor(
+        &self,
+        name: String,
+        holder: String,
+        cursor: Cursor,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.save_cursor(name, holder, cursor, lease).await)
+    }
+
+    async fn release_cursor(&self, name: String, holder: String) -> Result<(), StoreError> {
+        dispatch!(self, s => s.release_cursor(name, holder).await)
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {

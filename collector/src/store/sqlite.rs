@@ -2,11 +2,14 @@
 //!
 //! A commit is fsynced before [`SqliteStore::insert_batch`] returns; `INSERT OR IGNORE` on the
 //! unique `id` skips duplicates; `seq` (an `AUTOINCREMENT` key) grows in commit order, since
-//! SQLite has one writer at a time. Every call runs on tokio's blocking pool.
+//! SQLite has one writer at a time. Every call runs on tokio's blocking pool. A sequential reader
+//! ([`CaptureStore::read_after`], the exporter's) has a connection of its own, so a long read
+//! never holds up ingest (WAL lets one writer and readers work at once).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -22,13 +25,16 @@ pub struct SqliteStore {
 
 struct Inner {
     conn: Mutex<Option<Connection>>,
+    /// Reads for [`CaptureStore::read_after`], beside the writer.
+    reader: Mutex<Option<Connection>>,
     path: PathBuf,
     /// Rows in `captures`: counted at open, then kept by the one writer.
     records: AtomicU64,
 }
 
 /// Schema versions, applied in order; `PRAGMA user_version` holds how many have been applied.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE IF NOT EXISTS captures (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     id          TEXT NOT NULL UNIQUE,
@@ -41,7 +47,19 @@ CREATE TABLE IF NOT EXISTS captures (
     model       TEXT,
     record      TEXT NOT NULL
 );
-"];
+",
+    "
+CREATE TABLE IF NOT EXISTS export_cursors (
+    name           TEXT PRIMARY KEY,
+    cursor         TEXT NOT NULL DEFAULT '0-0',
+    holder         TEXT,
+    lease_until_ms INTEGER NOT NULL DEFAULT 0
+);
+",
+];
+
+/// Milliseconds since the Unix epoch, by SQLite's clock.
+const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` in WAL mode with `synchronous=FULL`,
@@ -58,9 +76,15 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         migrate(&conn)?;
         let records: i64 = conn.query_row("SELECT COUNT(*) FROM captures", [], |r| r.get(0))?;
+        let reader = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        reader.busy_timeout(std::time::Duration::from_secs(10))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 conn: Mutex::new(Some(conn)),
+                reader: Mutex::new(Some(reader)),
                 path: path.to_owned(),
                 records: AtomicU64::new(u64::try_from(records).unwrap_or_default()),
             }),
@@ -97,6 +121,15 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         ))?;
     }
     Ok(())
+}
+
+/// A cursor as `export_cursors` keeps it.
+fn parse_cursor(text: &str) -> Result<Cursor, StoreError> {
+    text.parse().map_err(|e: super::BadCursor| {
+        StoreError::Sqlite(rusqlite::Error::InvalidParameterName(format!(
+            "export_cursors holds {e}"
+        )))
+    })
 }
 
 fn insert_batch(conn: &mut Connection, batch: &[NewCapture]) -> Result<BatchOutcome, StoreError> {
@@ -191,7 +224,10 @@ impl CaptureStore for SqliteStore {
         after: Cursor,
         limit: u32,
     ) -> Result<Vec<StoredCapture>, StoreError> {
-        self.blocking(move |_, conn| {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let guard = inner.reader.lock().unwrap_or_else(|p| p.into_inner());
+            let conn = guard.as_ref().ok_or(StoreError::Closed)?;
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, id, record FROM captures WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?;
@@ -205,6 +241,68 @@ impl CaptureStore for SqliteStore {
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    async fn claim_cursor(
+        &self,
+        name: String,
+        holder: String,
+        lease: Duration,
+    ) -> Result<Option<Cursor>, StoreError> {
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        self.blocking(move |_, conn| {
+            let cursor: Option<String> = conn
+                .query_row(
+                    &format!(
+                        "INSERT INTO export_cursors AS c (name, holder, lease_until_ms)
+                         VALUES (?1, ?2, {NOW_MS} + ?3)
+                         ON CONFLICT (name) DO UPDATE
+                         SET holder = excluded.holder, lease_until_ms = excluded.lease_until_ms
+                         WHERE c.holder = excluded.holder OR c.holder IS NULL
+                            OR c.lease_until_ms < {NOW_MS}
+                         RETURNING cursor"
+                    ),
+                    params![name, holder, lease_ms],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            cursor.map(|c| parse_cursor(&c)).transpose()
+        })
+        .await
+    }
+
+    async fn save_cursor(
+        &self,
+        name: String,
+        holder: String,
+        cursor: Cursor,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        self.blocking(move |_, conn| {
+            let n = conn.execute(
+                &format!(
+                    "UPDATE export_cursors SET cursor = ?3, lease_until_ms = {NOW_MS} + ?4
+                     WHERE name = ?1 AND holder = ?2"
+                ),
+                params![name, holder, cursor.to_string(), lease_ms],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn release_cursor(&self, name: String, holder: String) -> Result<(), StoreError> {
+        self.blocking(move |_, conn| {
+            conn.execute(
+                "UPDATE export_cursors SET holder = NULL, lease_until_ms = 0
+                 WHERE name = ?1 AND holder = ?2",
+                params![name, holder],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -231,6 +329,14 @@ impl CaptureStore for SqliteStore {
     async fn close(&self) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
+            if let Some(reader) = inner
+                .reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                reader.close().map_err(|(_, e)| StoreError::Sqlite(e))?;
+            }
             let mut guard = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(conn) = guard.take() {
                 conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;

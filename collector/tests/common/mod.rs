@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod envoy;
+pub mod phoenix;
 pub mod postgres;
 
 use std::io::{BufRead, BufReader};
@@ -220,7 +221,11 @@ impl Process {
             "TRUTHTABLE_DB_PASSWORD_FILE",
             "PGPASSWORD",
             "PGPASSFILE",
-        ] {
+        ]
+        .into_iter()
+        .chain(truthtable_collector::otlp::config::VARIABLES)
+        .chain([truthtable_collector::otlp::config::NON_LLM_ENV])
+        {
             cmd.env_remove(var);
         }
         cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");

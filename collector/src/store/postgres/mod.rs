@@ -43,7 +43,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Schema versions, applied in order inside one transaction under an advisory lock, so
 /// replicas starting together migrate once. `truthtable_schema` holds the versions applied.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE captures (
     seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tx          xid8 NOT NULL DEFAULT pg_current_xact_id(),
@@ -58,7 +59,16 @@ CREATE TABLE captures (
     record      text NOT NULL
 );
 CREATE INDEX captures_commit_order ON captures (tx, seq);
-"];
+",
+    "
+CREATE TABLE export_cursors (
+    name        text PRIMARY KEY,
+    cursor      text NOT NULL DEFAULT '0-0',
+    holder      text,
+    lease_until timestamptz NOT NULL DEFAULT '-infinity'
+);
+",
+];
 
 /// Run on every new connection: a 2xx means committed durably, so a server whose default is
 /// `synchronous_commit = off` gets `on` for our sessions (stronger settings are left alone).
@@ -448,6 +458,82 @@ impl CaptureStore for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn claim_cursor(
+        &self,
+        name: String,
+        holder: String,
+        lease: Duration,
+    ) -> Result<Option<Cursor>, StoreError> {
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        // One statement: a new name is inserted already held; an existing one is taken only
+        // from its holder itself, from nobody, or from a holder whose lease ran out.
+        let cursor: Option<String> = self
+            .with_client(async |client| {
+                let stmt = client
+                    .prepare_cached(
+                        "INSERT INTO export_cursors AS c (name, holder, lease_until)
+                         VALUES ($1, $2, clock_timestamp() + $3::int8 * interval '1 millisecond')
+                         ON CONFLICT (name) DO UPDATE
+                         SET holder = excluded.holder, lease_until = excluded.lease_until
+                         WHERE c.holder = excluded.holder OR c.holder IS NULL
+                            OR c.lease_until < clock_timestamp()
+                         RETURNING c.cursor",
+                    )
+                    .await?;
+                Ok(client
+                    .query_opt(&stmt, &[&name, &holder, &lease_ms])
+                    .await?
+                    .map(|r| r.get(0)))
+            })
+            .await?;
+        cursor
+            .map(|c| {
+                c.parse()
+                    .map_err(|e| StoreError::Postgres(format!("export_cursors holds {e}")))
+            })
+            .transpose()
+    }
+
+    async fn save_cursor(
+        &self,
+        name: String,
+        holder: String,
+        cursor: Cursor,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let cursor = cursor.to_string();
+        let n = self
+            .with_client(async |client| {
+                let stmt = client
+                    .prepare_cached(
+                        "UPDATE export_cursors
+                         SET cursor = $3, lease_until = clock_timestamp() + $4::int8 * interval '1 millisecond'
+                         WHERE name = $1 AND holder = $2",
+                    )
+                    .await?;
+                client
+                    .execute(&stmt, &[&name, &holder, &cursor, &lease_ms])
+                    .await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn release_cursor(&self, name: String, holder: String) -> Result<(), StoreError> {
+        self.with_client(async |client| {
+            client
+                .execute(
+                    "UPDATE export_cursors SET holder = NULL, lease_until = '-infinity'
+                     WHERE name = $1 AND holder = $2",
+                    &[&name, &holder],
+                )
+                .await
+        })
+        .await?;
+        Ok(())
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
