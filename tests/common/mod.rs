@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -77,12 +77,8 @@ pub fn assert_envoy_validates(path: &Path) {
     );
 }
 
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+mod ports;
+pub use ports::free_port;
 
 /// The shipped Envoy config with its ports, the .wasm path and (optionally) the filter's
 /// configuration replaced. Every replacement must hit exactly once, so a change to the shipped
@@ -188,9 +184,24 @@ impl Envoy {
     }
 
     /// Starts Envoy on the shipped config rendered for `opts`, then changed by `edit`.
+    /// A listener port taken by another process between picking and binding is tried again with
+    /// fresh ports (twice at most).
     pub fn try_start_with(
         opts: EnvoyOpts<'_>,
-        edit: impl FnOnce(String) -> String,
+        edit: impl Fn(String) -> String,
+    ) -> Result<Envoy, String> {
+        let mut attempt = 0;
+        loop {
+            match Envoy::try_start_once(&opts, &edit) {
+                Err(log) if log.contains("Address already in use") && attempt < 2 => attempt += 1,
+                started => return started,
+            }
+        }
+    }
+
+    fn try_start_once(
+        opts: &EnvoyOpts<'_>,
+        edit: &impl Fn(String) -> String,
     ) -> Result<Envoy, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let (admin, port) = (free_port(), free_port());

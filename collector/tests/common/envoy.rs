@@ -1,19 +1,13 @@
 //! A real Envoy running the built filter from the shipped `envoy/envoy.yaml`, its audit cluster
 //! pointed at any number of collector endpoints, in front of a small JSON upstream.
 
+use super::free_port;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// A blocking GET on the admin port; the body of a 200, else `None`.

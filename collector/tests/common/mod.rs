@@ -3,6 +3,10 @@
 // Test support: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../../tests/common/ports.rs"]
+mod ports;
+pub use ports::free_port;
+
 pub mod envoy;
 pub mod phoenix;
 pub mod postgres;

@@ -9,6 +9,7 @@
 //! process ends, however it ends.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use super::free_port;
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -19,13 +20,6 @@ use serde_json::Value;
 
 /// How long Phoenix may take to start (about 10 s warm here, 30 s the first time).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
 
 /// `$PHOENIX_BIN`, else `.venv-phoenix/bin/phoenix` at the repository root.
 pub fn phoenix_bin() -> PathBuf {

@@ -7,8 +7,8 @@
 //! stop or restart it). Each server has a guardian process that stops it and removes its
 //! directory when the test process ends, however it ends.
 
+use super::free_port;
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,13 +63,6 @@ fn bin_dir() -> PathBuf {
     versions.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
         panic!("no PostgreSQL server binaries: apt-get install -y postgresql (scripts/setup does), or set PG_BIN")
     })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 fn run(cmd: &mut Command, what: &str) -> String {
