@@ -8,12 +8,17 @@
 
 pub mod audit;
 pub mod config;
+pub mod digest;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod reads;
 pub mod record;
+pub mod search;
 pub mod sse;
 pub mod store;
+pub mod timestamp;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,20 +39,29 @@ pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppStat
         ingest_token: config.ingest_token.clone(),
         read_token: config.read_token.clone(),
         max_body_bytes: config.max_body_bytes,
+        indexing: Arc::new(std::sync::atomic::AtomicBool::new(true)),
     }))
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, lets requests in flight finish, then
-/// closes the store.
+/// closes the store. Meanwhile gives every stored record without a current digest one
+/// ([`digest::backfill`]).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, app(Arc::clone(&state)))
+    let backfill = tokio::spawn({
+        let state = Arc::clone(&state);
+        async move { digest::backfill(&state.store, &state.indexing).await }
+    });
+    let served = axum::serve(listener, app(Arc::clone(&state)))
         .with_graceful_shutdown(shutdown)
         .await
-        .context("serving HTTP")?;
+        .context("serving HTTP");
+    backfill.abort();
+    let _ = backfill.await;
+    served?;
     state.store.close().await.context("closing the store")?;
     tracing::info!("store closed; bye");
     Ok(())

@@ -435,5 +435,6 @@ fn row(id: &str) -> truthtable_collector::store::NewCapture {
         duration_ms: 1.0,
         model: None,
         raw: format!("{{\"id\":\"{id}\"}}"),
+        digest: Default::default(),
     }
 }
