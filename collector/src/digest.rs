@@ -41,8 +41,30 @@ pub fn preview(text: &str) -> String {
     out.chars().take(PREVIEW_CHARS).collect()
 }
 
+/// What the answer column shows and search finds: the answer's text, else the tool calls the
+/// model answered with (`get_weather({"city":"Paris"})`).
+fn answer_text(view: &AuditView) -> Option<String> {
+    if let Some(a) = view
+        .answer
+        .as_ref()
+        .filter(|a| !a.trim().is_empty() || view.tool_calls.is_empty())
+    {
+        return Some(a.clone());
+    }
+    if view.tool_calls.is_empty() {
+        return None;
+    }
+    let calls: Vec<String> = view
+        .tool_calls
+        .iter()
+        .map(|t| format!("{}({})", t.name, t.arguments))
+        .collect();
+    Some(format!("tool call: {}", calls.join(", ")))
+}
+
 /// The digest of `record`, whose audit view is `view`.
 pub fn of(record: &CaptureRecord, view: &AuditView) -> Digest {
+    let answer = answer_text(view);
     Digest {
         version: VERSION,
         started_us: timestamp::unix_micros(&record.started_at),
@@ -51,11 +73,11 @@ pub fn of(record: &CaptureRecord, view: &AuditView) -> Digest {
         protocol: view.protocol.as_str().to_owned(),
         model: view.model.clone(),
         question: view.question.as_deref().map(preview),
-        answer: view.answer.as_deref().map(preview),
+        answer: answer.as_deref().map(preview),
         body_truncated: view.body_truncated,
         stream_complete: view.stream_complete,
         problems: u32::try_from(view.problems.len()).unwrap_or(u32::MAX),
-        words: search::index_words(view.question.as_deref(), view.answer.as_deref()),
+        words: search::index_words(view.question.as_deref(), answer.as_deref()),
     }
 }
 

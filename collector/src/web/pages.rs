@@ -144,12 +144,12 @@ fn capture_href(id: &str) -> String {
     format!("/ui/captures/{}", format::segment(id))
 }
 
-fn select(name: &str, label: &str, current: Option<&str>, options: &[&str]) -> Markup {
+fn select(name: &str, label: &str, current: Option<&str>, options: &[&str], any: &str) -> Markup {
     let known = current.is_none_or(|c| options.contains(&c));
     html! {
         label { (label)
             select name=(name) {
-                option value="" selected[current.is_none()] { "any" }
+                option value="" selected[current.is_none()] { (any) }
                 @for o in options { option value=(o) selected[current == Some(*o)] { (o) } }
                 @if !known { @if let Some(c) = current { option value=(c) selected { (c) } } }
             }
@@ -190,7 +190,7 @@ pub fn list(
     };
     let outcomes = Outcome::ALL.map(Outcome::as_str);
     let protocols = Protocol::ALL.map(Protocol::as_str);
-    let limits = ["25", "50", "100", "200", "500"];
+    let limits = ["25", "100", "200", "500"];
     html! {
         (layout("Captures", viewer, html! {
             form #filters.filters method="get" action="/ui" {
@@ -199,8 +199,8 @@ pub fn list(
                 }
                 label { "From (UTC)" input #since type="text" name="since" value=(value("since")) placeholder="2026-11-25T16:10"; }
                 label { "Until (UTC)" input #until type="text" name="until" value=(value("until")) placeholder="2026-11-25"; }
-                (select("outcome", "Outcome", req.filter_value("outcome"), &outcomes))
-                (select("protocol", "Protocol", req.filter_value("protocol"), &protocols))
+                (select("outcome", "Outcome", req.filter_value("outcome"), &outcomes, "any"))
+                (select("protocol", "Protocol", req.filter_value("protocol"), &protocols, "any"))
                 label { "Model"
                     input #model type="text" name="model" list="models" value=(value("model")) placeholder="exact name";
                     datalist #models { @for m in models { option value=(m) {} } }
@@ -212,7 +212,7 @@ pub fn list(
                         label.check { input type="checkbox" name="mark" value=(m) checked[marked(m)]; " " (m) }
                     }
                 }
-                (select("limit", "Per page", req.filter_value("limit"), &limits))
+                (select("limit", "Per page", req.filter_value("limit"), &limits, "50"))
                 div.actions {
                     button #apply type="submit" { "Apply" }
                     a href="/ui" { "Clear" }

@@ -3,6 +3,8 @@
 // Test support: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod browser;
+pub mod captures;
 pub mod envoy;
 pub mod postgres;
 
