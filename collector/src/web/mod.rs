@@ -32,16 +32,38 @@ pub const ICON_SVG: &str = include_str!("assets/icon.svg");
 /// Part of every asset's path, so a new build's assets are never served from an old cache.
 pub const ASSET_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The list's paths.
+pub const LIST_PATHS: [&str; 3] = ["/", "/ui", "/ui/"];
+/// A capture's page.
+pub const CAPTURE_PATH: &str = "/ui/captures/{id}";
+/// The sign-in form (GET) and the sign-in (POST).
+pub const SIGN_IN_PATH: &str = "/ui/login";
+/// The sign-out (POST).
+pub const SIGN_OUT_PATH: &str = "/ui/logout";
+/// The compiled-in stylesheet and icon.
+pub const ASSET_PATH: &str = "/ui/assets/{version}/{name}";
+/// Every path the web view serves.
+pub const PATHS: [&str; 7] = [
+    LIST_PATHS[0],
+    LIST_PATHS[1],
+    LIST_PATHS[2],
+    CAPTURE_PATH,
+    SIGN_IN_PATH,
+    SIGN_OUT_PATH,
+    ASSET_PATH,
+];
+
 /// The web view's routes.
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/", get(list_page))
-        .route("/ui", get(list_page))
-        .route("/ui/", get(list_page))
-        .route("/ui/captures/{id}", get(capture_page))
-        .route("/ui/login", get(sign_in_page).post(sign_in))
-        .route("/ui/logout", post(sign_out))
-        .route("/ui/assets/{version}/{name}", get(asset))
+    let mut router = Router::new();
+    for path in LIST_PATHS {
+        router = router.route(path, get(list_page));
+    }
+    router
+        .route(CAPTURE_PATH, get(capture_page))
+        .route(SIGN_IN_PATH, get(sign_in_page).post(sign_in))
+        .route(SIGN_OUT_PATH, post(sign_out))
+        .route(ASSET_PATH, get(asset))
 }
 
 fn html(status: StatusCode, page: Markup) -> Response {
