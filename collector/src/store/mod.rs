@@ -216,11 +216,15 @@ pub(crate) struct Dialect {
     pub search: fn(&str) -> String,
     /// The search parameter for these terms.
     pub search_param: fn(&[String]) -> String,
+    /// A word index to walk newest first instead of the digests when searching: its
+    /// `FROM` (joining `d`) and its `seq` column. With it, a search stops at the page's last
+    /// match rather than collecting every match first.
+    pub search_walk: Option<(&'static str, &'static str)>,
 }
 
 /// The list query: the SQL text and its parameters, in order. Unfiltered, it walks `captures` by
-/// `seq` and shows digests where they exist; filtered, it walks `capture_digests`, whose indexes
-/// cover every filter.
+/// `seq` and shows digests where they exist; filtered, it chooses the page from
+/// `capture_digests`, whose indexes cover every filter, and joins the records of that page only.
 pub(crate) fn list_sql(q: &ListQuery, dialect: &Dialect) -> (String, Vec<SqlValue>) {
     let mut params = Vec::new();
     let mut bind = |v: SqlValue| {
@@ -229,7 +233,12 @@ pub(crate) fn list_sql(q: &ListQuery, dialect: &Dialect) -> (String, Vec<SqlValu
     };
     let f = &q.filter;
     let mut conds: Vec<String> = Vec::new();
-    let key = if f.is_empty() { "c.seq" } else { "d.seq" };
+    let walk = dialect.search_walk.filter(|_| !f.terms.is_empty());
+    let key = match walk {
+        _ if f.is_empty() => "c.seq",
+        Some((_, key)) => key,
+        None => "d.seq",
+    };
     match q.page {
         Page::Newest => {}
         Page::Before(seq) => conds.push(format!("{key} < {}", bind(SqlValue::Int(seq)))),
@@ -281,11 +290,6 @@ pub(crate) fn list_sql(q: &ListQuery, dialect: &Dialect) -> (String, Vec<SqlValu
         let p = bind(SqlValue::Text((dialect.search_param)(&f.terms)));
         conds.push((dialect.search)(&p));
     }
-    let from = if f.is_empty() {
-        "captures c LEFT JOIN capture_digests d ON d.seq = c.seq"
-    } else {
-        "capture_digests d JOIN captures c ON c.seq = d.seq"
-    };
     let order = if matches!(q.page, Page::After(_)) {
         "ASC"
     } else {
@@ -297,11 +301,22 @@ pub(crate) fn list_sql(q: &ListQuery, dialect: &Dialect) -> (String, Vec<SqlValu
     } else {
         format!("WHERE {}", conds.join(" AND "))
     };
+    // Filtered, the page's seqs are chosen from the digests alone (narrow rows, or an index
+    // that covers the filter), and only that page's records are joined.
+    let source = match walk {
+        _ if f.is_empty() => "captures c",
+        Some((from, _)) => from,
+        None => "capture_digests d",
+    };
+    let from = format!(
+        "(SELECT {key} AS seq FROM {source} {where_} ORDER BY {key} {order} LIMIT {limit}) p"
+    );
     let sql = format!(
         "SELECT c.seq, c.id, c.started_at, c.method, c.path, c.status, c.outcome, c.duration_ms,
                 coalesce(d.model, c.model), d.protocol, d.question, d.answer, d.body_truncated,
                 d.stream_complete, d.problems
-         FROM {from} {where_} ORDER BY {key} {order} LIMIT {limit}"
+         FROM {from} JOIN captures c ON c.seq = p.seq LEFT JOIN capture_digests d ON d.seq = p.seq
+         ORDER BY p.seq {order}"
     );
     (sql, params)
 }

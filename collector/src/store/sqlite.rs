@@ -73,7 +73,7 @@ CREATE INDEX capture_digests_truncated ON capture_digests (seq) WHERE body_trunc
 CREATE INDEX capture_digests_incomplete ON capture_digests (seq) WHERE NOT stream_complete;
 CREATE INDEX capture_digests_problems ON capture_digests (seq) WHERE problems > 0;
 CREATE VIRTUAL TABLE capture_search USING fts5(
-    words, content='', contentless_delete=1, tokenize='ascii', detail='none'
+    words, content='', contentless_delete=1, tokenize='ascii', detail='none', prefix='2 3'
 );
 ",
 ];
@@ -90,6 +90,8 @@ const DIALECT: Dialect = Dialect {
             .collect::<Vec<_>>()
             .join(" ")
     },
+    // FTS5 gives its matches in rowid (= seq) order, newest first when asked.
+    search_walk: None,
 };
 
 impl SqliteStore {

@@ -105,6 +105,7 @@ const DIALECT: Dialect = Dialect {
             .collect::<Vec<_>>()
             .join(" & ")
     },
+    search_walk: None,
 };
 
 /// Run on every new connection: a 2xx means committed durably, so a server whose default is
