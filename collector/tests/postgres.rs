@@ -438,3 +438,92 @@ fn row(id: &str) -> truthtable_collector::store::NewCapture {
         digest: Default::default(),
     }
 }
+
+/// The schema collectors wrote before digests existed (migration 1), as it is on their databases.
+const SCHEMA_1: &str = "
+CREATE TABLE truthtable_schema (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO truthtable_schema (version) VALUES (1);
+CREATE TABLE captures (
+    seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tx          xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    id          text NOT NULL UNIQUE,
+    started_at  text NOT NULL,
+    method      text NOT NULL,
+    path        text NOT NULL,
+    status      integer,
+    outcome     text NOT NULL,
+    duration_ms double precision NOT NULL,
+    model       text,
+    record      text NOT NULL
+);
+CREATE INDEX captures_commit_order ON captures (tx, seq);";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_an_older_collector_is_migrated_at_start_and_its_records_digested() {
+    let pg = Postgres::shared();
+    let db = pg.database();
+    pg.sql(&db, SCHEMA_1);
+    for i in 0..250 {
+        let line = common::record(&format!("old-{i}"))
+            .to_string()
+            .replace('\'', "''");
+        pg.sql(
+            &db,
+            &format!(
+                "INSERT INTO captures (id, started_at, method, path, status, outcome, duration_ms, model, record)
+                 VALUES ('old-{i}', '2026-11-25T16:10:40.186123Z', 'POST', '/v1/chat/completions', 200, 'complete', 1804.25, 'gpt-4o-2024-08-06', '{line}')"
+            ),
+        );
+    }
+    let url = pg.url(&db);
+    let collector = Process::start_with(&["--db", &url], &[("PGPASSWORD", PASSWORD)]);
+    let client = reqwest::Client::new();
+    let base = collector.base();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let page: Value = client
+            .get(format!(
+                "{base}/v1/captures?protocol=openai.chat&q=question%20old&limit=1000"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["indexing"] == false {
+            break page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backfill did not finish: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(page["captures"].as_array().unwrap().len(), 250, "{page}");
+    assert_eq!(
+        page["captures"][0]["question_preview"],
+        "question for old-249"
+    );
+    assert_eq!(
+        pg.sql(&db, "SELECT max(version) FROM truthtable_schema"),
+        "2"
+    );
+    assert_eq!(pg.sql(&db, "SELECT count(*) FROM capture_digests"), "250");
+    assert_eq!(
+        collector.log_count("every stored record has its digest"),
+        1,
+        "{:?}",
+        collector.log()
+    );
+    // The records themselves are untouched.
+    let raw: Value = client
+        .get(format!("{base}/v1/captures/old-7"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(raw["capture"], common::record("old-7"));
+}
