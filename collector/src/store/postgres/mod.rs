@@ -151,13 +151,20 @@ SELECT s.seq, f.d_version, f.d_started_us, f.d_outcome, f.d_status, f.d_protocol
        array_to_tsvector(string_to_array(f.d_words, ' '))
 FROM stored s JOIN (SELECT DISTINCT ON (id) * FROM b ORDER BY id, n) f ON f.id = s.id";
 
-/// One digest written over an older one (or none), never over a newer derivation's.
-const PUT_DIGEST: &str = "
+/// Digests written over older ones (or none), never over a newer derivation's, in one
+/// statement; only for records that exist.
+const PUT_DIGESTS: &str = "
 INSERT INTO capture_digests (seq, version, started_us, outcome, status, protocol, model, question,
                              answer, body_truncated, stream_complete, problems, search)
-SELECT c.seq, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-       array_to_tsvector(string_to_array($13, ' '))
-FROM captures c WHERE c.seq = $1
+SELECT DISTINCT ON (b.seq) b.seq, b.version, b.started_us, b.outcome, b.status, b.protocol,
+       b.model, b.question, b.answer, b.truncated, b.complete, b.problems,
+       array_to_tsvector(string_to_array(b.words, ' '))
+FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::text[], $5::int4[], $6::text[], $7::text[],
+            $8::text[], $9::text[], $10::bool[], $11::bool[], $12::int4[], $13::text[])
+     AS b(seq, version, started_us, outcome, status, protocol, model, question, answer,
+          truncated, complete, problems, words)
+JOIN captures c ON c.seq = b.seq
+ORDER BY b.seq
 ON CONFLICT (seq) DO UPDATE SET
     version = EXCLUDED.version, started_us = EXCLUDED.started_us, outcome = EXCLUDED.outcome,
     status = EXCLUDED.status, protocol = EXCLUDED.protocol, model = EXCLUDED.model,
@@ -606,35 +613,31 @@ impl CaptureStore for PgStore {
     }
 
     async fn put_digests(&self, digests: Vec<(i64, Digest)>) -> Result<u64, StoreError> {
+        let seqs: Vec<i64> = digests.iter().map(|(s, _)| *s).collect();
+        let d: Vec<&Digest> = digests.iter().map(|(_, d)| d).collect();
+        let versions: Vec<i32> = d.iter().map(|d| d.version).collect();
+        let started: Vec<Option<i64>> = d.iter().map(|d| d.started_us).collect();
+        let outcomes: Vec<&str> = d.iter().map(|d| d.outcome.as_str()).collect();
+        let statuses: Vec<Option<i32>> = d.iter().map(|d| d.status.map(i32::from)).collect();
+        let protocols: Vec<&str> = d.iter().map(|d| d.protocol.as_str()).collect();
+        let models: Vec<Option<&str>> = d.iter().map(|d| d.model.as_deref()).collect();
+        let questions: Vec<Option<&str>> = d.iter().map(|d| d.question.as_deref()).collect();
+        let answers: Vec<Option<&str>> = d.iter().map(|d| d.answer.as_deref()).collect();
+        let truncated: Vec<bool> = d.iter().map(|d| d.body_truncated).collect();
+        let complete: Vec<Option<bool>> = d.iter().map(|d| d.stream_complete).collect();
+        let problems: Vec<i32> = d.iter().map(|d| int4(d.problems)).collect();
+        let words: Vec<&str> = d.iter().map(|d| d.words.as_str()).collect();
         self.with_client(async |client| {
-            let stmt = client.prepare_cached(PUT_DIGEST).await?;
-            let mut written = 0;
-            // Each digest is independent: a crash part-way leaves the rest stale, to be
-            // derived again.
-            for (seq, d) in &digests {
-                let status = d.status.map(i32::from);
-                written += client
-                    .execute(
-                        &stmt,
-                        &[
-                            seq,
-                            &d.version,
-                            &d.started_us,
-                            &d.outcome,
-                            &status,
-                            &d.protocol,
-                            &d.model,
-                            &d.question,
-                            &d.answer,
-                            &d.body_truncated,
-                            &d.stream_complete,
-                            &int4(d.problems),
-                            &d.words,
-                        ],
-                    )
-                    .await?;
-            }
-            Ok(written)
+            let stmt = client.prepare_cached(PUT_DIGESTS).await?;
+            client
+                .execute(
+                    &stmt,
+                    &[
+                        &seqs, &versions, &started, &outcomes, &statuses, &protocols, &models,
+                        &questions, &answers, &truncated, &complete, &problems, &words,
+                    ],
+                )
+                .await
         })
         .await
     }
