@@ -312,7 +312,15 @@ async fn the_list_filters_searches_and_pages_both_ways() {
         .map(|r| format!("{r}\n"))
         .collect();
     assert_eq!(post(&client, &server.base, body, None).await.status(), 200);
-    let page = list(&client, &server, "").await;
+    // A fresh store has nothing to backfill: `indexing` clears at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let page = loop {
+        let page = list(&client, &server, "").await;
+        if page["indexing"] == false || std::time::Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(page["indexing"], false);
     let rag = page["captures"]
         .as_array()
