@@ -175,6 +175,26 @@ async fn replicas_sharing_a_database_store_each_id_once_and_read_the_same() {
     );
     assert_eq!(pg.sql(&db, "SELECT count(*) FROM captures"), "30");
 
+    // Each replica checks for records to digest when it starts (`indexing` is its own progress);
+    // once both have, they answer every read alike, byte for byte.
+    for base in [a.base(), b.base()] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let page: Value = client
+                .get(format!("{base}/v1/captures?limit=1"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if page["indexing"] == false {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{base} still indexing");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     for path in ["/v1/captures?limit=7", "/v1/captures/rep-3"] {
         let read = |base: String| {
             let client = client.clone();
@@ -324,9 +344,10 @@ async fn a_collector_started_before_its_database_waits_for_it_and_then_creates_t
             .status(),
         200
     );
+    // The latest schema: the captures (1) and their digests (2).
     assert_eq!(
         pg.sql(&db, "SELECT max(version) FROM truthtable_schema"),
-        "1"
+        "2"
     );
 }
 
