@@ -3,7 +3,8 @@
 //! `set-cookie` and an echoed key from the upstream, a header and a parameter named only in the
 //! operator's lists, the ingest token itself — are found in no artifact the capture leaves: the
 //! collector's database files (WAL included), the collector's debug log, Envoy's log with the wasm
-//! component at debug, Envoy's stats, the filter's error lines, and the collector's JSON reads.
+//! component at debug, Envoy's stats, the filter's error lines, the collector's JSON reads and
+//! its web pages (the list and every capture's page).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -206,11 +207,28 @@ async fn no_canary_secret_reaches_any_stored_or_printed_artifact() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut records = Vec::new();
+    let page = |path: String| async move {
+        let resp = client().get(&path).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        resp.text().await.unwrap()
+    };
+    let mut pages = page(format!("{base}/ui?limit=1000")).await;
     for s in list["captures"].as_array().unwrap() {
-        let (one, text) = read(format!("{base}/v1/captures/{}", s["id"].as_str().unwrap())).await;
+        let id = s["id"].as_str().unwrap();
+        let (one, text) = read(format!("{base}/v1/captures/{id}")).await;
         reads.push_str(&text);
         records.push(one["capture"].clone());
+        let html = page(format!("{base}/ui/captures/{id}")).await;
+        assert!(
+            html.contains("[REDACTED]"),
+            "the page shows the redacted values as such"
+        );
+        pages.push_str(&html);
     }
+    assert!(
+        pages.matches(" id=\"request\"").count() >= sent,
+        "every capture's page"
+    );
     let record = |case: &str| {
         records
             .iter()
@@ -268,6 +286,7 @@ async fn no_canary_secret_reaches_any_stored_or_printed_artifact() {
     let mut artifacts: Vec<(String, Vec<u8>)> = vec![
         ("Envoy's stats".into(), stats.into_bytes()),
         ("the collector's JSON reads".into(), reads.into_bytes()),
+        ("the collector's web pages".into(), pages.into_bytes()),
         ("the filter's error lines".into(), error_lines.into_bytes()),
     ];
     let running = files_under(dir.path());

@@ -31,7 +31,9 @@ Environment:
   TRUTHTABLE_INGEST_TOKEN  When set (non-empty), POST /v1/captures requires
                            `authorization: Bearer <token>`; 401 otherwise.
   TRUTHTABLE_READ_TOKEN    When set (non-empty), GET /v1/captures and
-                           GET /v1/captures/{id} require `authorization: Bearer <token>`.
+                           GET /v1/captures/{id} require `authorization: Bearer <token>`
+                           (or the web view's session cookie), and the web view asks for it
+                           in a sign-in form.
   RUST_LOG                 Log filter (default: info), e.g. `debug` or `truthtable_collector=debug`.
 
 OpenTelemetry export (off unless an endpoint is set; a TRACES_ variable wins over the general one):
@@ -59,12 +61,15 @@ HTTP API:
   POST /v1/captures          NDJSON capture records (schema truthtable.capture.v1), one per line.
                              2xx only once every record of the request is durably committed;
                              503 while the database is unavailable (send again later).
-  GET  /v1/captures?limit=N&before=CURSOR
-                             Summaries, newest stored first; `next_before` pages further back.
+  GET  /v1/captures?limit=N&before=CURSOR&since=&until=&outcome=&protocol=&model=&status=&mark=&q=
+                             Summaries, newest stored first, filtered and searched;
+                             `next_before` / `prev_after` page older / newer.
   GET  /v1/captures/{id}     {\"capture\": <record as received>, \"audit\": <audit view>}
   GET  /healthz              200 when the store takes writes, 503 (naming the cause) when not.
   GET  /livez                200 while the process serves HTTP, whatever the database does.
   GET  /metrics              Prometheus text format (export counters included).
+  GET  /  (and /ui)          The web view: the list, filters and search; /ui/captures/{id}
+                             shows one capture; /ui/login signs in with the read token.
 
 Signals: SIGTERM or SIGINT finish the requests in flight, then close the store and exit 0.";
 

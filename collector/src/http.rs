@@ -1,32 +1,36 @@
-//! The HTTP surface: routes, bearer-token auth, body limits, JSON errors.
+//! The HTTP surface: routes, bearer-token auth, body limits, JSON errors, and the headers every
+//! answer carries (a Content-Security-Policy that lets no script run, `nosniff`, no framing).
 //!
-//! Every error answer is `{"error": "..."}`. An ingest answer is sent only after its transaction
+//! Every error answer of the JSON API is `{"error": "..."}`. An ingest answer is sent only after its transaction
 //! has committed; while the database is unavailable the answer is 503, so the filter keeps the
 //! batch and sends it again.
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
-use crate::audit;
 use crate::ingest;
 use crate::metrics::{Metrics, Rejection, StoreGauges};
-use crate::record::CaptureRecord;
+use crate::reads::{self, ListRequest};
 use crate::store::{CaptureStore, Health, Store, StoreError};
+use crate::web;
 
-/// Default page size of `GET /v1/captures`.
-pub const DEFAULT_LIMIT: u32 = 50;
-/// Largest page size of `GET /v1/captures`.
-pub const MAX_LIMIT: u32 = 1000;
+pub use crate::reads::{DEFAULT_LIMIT, MAX_LIMIT};
+
+/// The Content-Security-Policy of every answer: styles and images from the collector itself,
+/// forms posted only to it, and no script at all — whatever a captured body holds, it is text.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'none'; \
+     style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+     base-uri 'none'";
 
 /// What the handlers share.
 pub struct AppState {
@@ -42,6 +46,15 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The OpenTelemetry exporter, when export is on.
     pub otlp: Option<crate::otlp::Exporter>,
+    /// Stored records are still being given their digests (`crate::digest::backfill`).
+    pub indexing: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// True while the backfill runs: filters and search skip the records it has not reached.
+    pub fn indexing(&self) -> bool {
+        self.indexing.load(Ordering::SeqCst)
+    }
 }
 
 /// The collector's router.
@@ -52,8 +65,33 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
         .route("/metrics", get(metrics))
+        .merge(web::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::map_response(protective_headers))
         .with_state(state)
+}
+
+/// Headers on every answer: no script runs, no type is sniffed, no page is framed or sends a
+/// referrer, and nothing read from the store is cached unless its handler says otherwise.
+async fn protective_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -62,7 +100,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// An error answer: a status and the message of its `{"error": ...}` body.
 #[derive(Debug)]
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
     www_authenticate: bool,
@@ -70,6 +108,16 @@ struct ApiError {
 }
 
 impl ApiError {
+    /// The status of the answer.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The message of the answer.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -105,12 +153,24 @@ impl IntoResponse for ApiError {
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a guess was right.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `Ok` for a read when no read token is configured, the request carries it as a bearer token,
+/// or it carries a valid session cookie of the web view's sign-in.
+fn authorize_read(headers: &HeaderMap, state: &AppState) -> Result<(), ApiError> {
+    let Some(token) = state.read_token.as_deref() else {
+        return Ok(());
+    };
+    if !headers.contains_key(header::AUTHORIZATION) && web::session::valid(headers, token) {
+        return Ok(());
+    }
+    authorize(headers, Some(token))
+}
+
 /// `Ok` when no token is configured or the request carries `authorization: Bearer <token>`.
-fn authorize(headers: &HeaderMap, token: Option<&str>) -> Result<(), ApiError> {
+pub(crate) fn authorize(headers: &HeaderMap, token: Option<&str>) -> Result<(), ApiError> {
     let Some(token) = token else { return Ok(()) };
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -130,7 +190,7 @@ fn authorize(headers: &HeaderMap, token: Option<&str>) -> Result<(), ApiError> {
 
 /// The answer to a failed store call: 503 (with `retry-after`) while the database is
 /// unavailable, 500 otherwise. The cause is logged by the store's health tracker or here.
-fn store_failure(state: &AppState, e: &StoreError) -> ApiError {
+pub(crate) fn store_failure(state: &AppState, e: &StoreError) -> ApiError {
     if e.is_unavailable() {
         state.metrics.store_unavailable();
         tracing::debug!(error = %e, "store unavailable");
@@ -250,58 +310,28 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
 async fn list(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    if let Err(e) = authorize(&headers, state.read_token.as_deref()) {
+    if let Err(e) = authorize_read(&headers, &state) {
         return e.into_response();
     }
-    let Ok(Query(params)) = query else {
+    let Ok(Query(pairs)) = query else {
         return error(StatusCode::BAD_REQUEST, "malformed query string");
     };
-    let mut limit = DEFAULT_LIMIT;
-    let mut before = None;
-    for (key, value) in &params {
-        match key.as_str() {
-            "limit" => match value.parse::<u32>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!(
-                            "limit: expected an integer from 1 to {MAX_LIMIT}, got \"{value}\""
-                        ),
-                    )
-                }
-            },
-            "before" => match value.parse::<i64>() {
-                Ok(n) if n > 0 => before = Some(n),
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("before: expected a cursor from next_before, got \"{value}\""),
-                    )
-                }
-            },
-            other => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown query parameter \"{other}\"; expected limit, before"),
-                )
-            }
-        }
+    let req = match ListRequest::parse(&pairs) {
+        Ok(req) => req,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
+    };
+    match reads::list(&state, &req).await {
+        Ok(page) => Json(json!({
+            "captures": page.captures,
+            "next_before": page.next_before.map(|s| s.to_string()),
+            "prev_after": page.prev_after.map(|s| s.to_string()),
+            "indexing": page.indexing,
+        }))
+        .into_response(),
+        Err(e) => store_failure(&state, &e).into_response(),
     }
-    let rows = match state.store.list(limit + 1, before).await {
-        Ok(rows) => rows,
-        Err(e) => return store_failure(&state, &e).into_response(),
-    };
-    let more = rows.len() > limit as usize;
-    let page: Vec<_> = rows.into_iter().take(limit as usize).collect();
-    let next_before = if more {
-        page.last().map(|s| s.seq.to_string())
-    } else {
-        None
-    };
-    Json(json!({ "captures": page, "next_before": next_before })).into_response()
 }
 
 async fn get_one(
@@ -309,11 +339,11 @@ async fn get_one(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(e) = authorize(&headers, state.read_token.as_deref()) {
+    if let Err(e) = authorize_read(&headers, &state) {
         return e.into_response();
     }
-    let raw = match state.store.get(id.clone()).await {
-        Ok(Some(raw)) => raw,
+    let read = match reads::capture(&state, id.clone()).await {
+        Ok(Some(read)) => read,
         Ok(None) => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -322,15 +352,9 @@ async fn get_one(
         }
         Err(e) => return store_failure(&state, &e).into_response(),
     };
-    let view = match CaptureRecord::parse_line(&raw) {
-        Ok(record) => std::panic::catch_unwind(|| audit::derive(&record)).unwrap_or_else(|_| {
-            audit::AuditView::unknown("the audit derivation failed on this record")
-        }),
-        Err(e) => audit::AuditView::unknown(format!("stored record no longer validates: {e}")),
-    };
-    let view = serde_json::to_string(&view).unwrap_or_else(|_| "null".to_owned());
+    let view = serde_json::to_string(&read.view).unwrap_or_else(|_| "null".to_owned());
     // The stored line is valid JSON; splicing it keeps the record byte for byte as received.
-    let body = format!("{{\"capture\":{raw},\"audit\":{view}}}");
+    let body = format!("{{\"capture\":{},\"audit\":{view}}}", read.raw);
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 

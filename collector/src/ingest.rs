@@ -5,7 +5,7 @@
 //! line's (frame's) number and problem. NDJSON: blank lines are skipped; `\r\n` line ends are
 //! accepted.
 
-use crate::audit;
+use crate::digest;
 use crate::frames;
 use crate::record::{CaptureRecord, RecordError};
 use crate::store::NewCapture;
@@ -97,14 +97,14 @@ pub fn parse_framed(body: &[u8]) -> Result<Vec<IngestedLine>, IngestError> {
     Ok(out)
 }
 
-/// The store row for a validated line. The model comes from the audit view; if deriving it
-/// fails in any way, the row simply has no model: ingest never fails because of derivation.
+/// The store row for a validated line. The model and the digest come from the audit view; a
+/// derivation that fails in any way gives an `unknown` view: ingest never fails because of it.
 pub fn to_row(line: IngestedLine) -> NewCapture {
     let record = &line.record;
-    let model = std::panic::catch_unwind(|| audit::derive(record).model)
-        .ok()
-        .flatten();
+    let view = digest::view_of(record);
+    let model = view.model.clone();
     NewCapture {
+        digest: digest::of(record, &view),
         id: record.id.clone(),
         started_at: record.started_at.clone(),
         method: record.request.method.clone(),

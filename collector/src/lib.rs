@@ -8,14 +8,19 @@
 
 pub mod audit;
 pub mod config;
+pub mod digest;
 pub mod frames;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod otlp;
+pub mod reads;
 pub mod record;
+pub mod search;
 pub mod sse;
 pub mod store;
+pub mod timestamp;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,12 +48,14 @@ pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppStat
         read_token: config.read_token.clone(),
         max_body_bytes: config.max_body_bytes,
         otlp,
+        indexing: Arc::new(std::sync::atomic::AtomicBool::new(true)),
     }))
 }
 
 /// Serves `state` on `listener` (and exports, when export is on) until `shutdown` resolves, lets
 /// requests in flight finish, lets the exporter finish its request and save its cursor, then
-/// closes the store.
+/// closes the store. Meanwhile gives every stored record without a current digest one
+/// ([`digest::backfill`]).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -58,10 +65,16 @@ pub async fn serve(
         .otlp
         .is_some()
         .then(|| tokio::spawn(otlp::run(Arc::clone(&state))));
+    let backfill = tokio::spawn({
+        let state = Arc::clone(&state);
+        async move { digest::backfill(&state.store, &state.indexing).await }
+    });
     let served = axum::serve(listener, app(Arc::clone(&state)))
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving HTTP");
+    backfill.abort();
+    let _ = backfill.await;
     if let (Some(task), Some(ex)) = (exporter, &state.otlp) {
         ex.stop();
         if let Err(e) = task.await {

@@ -42,6 +42,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 3] = [
+        Outcome::Complete,
+        Outcome::ClientAborted,
+        Outcome::UpstreamFailed,
+    ];
+
     /// The contract's spelling of this outcome.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -284,6 +284,142 @@ async fn paging_walks_back_through_every_record_newest_first() {
     server.stop().await;
 }
 
+async fn list(client: &reqwest::Client, server: &InProcess, query: &str) -> Value {
+    let resp = client
+        .get(server.url(&format!("/v1/captures?{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{query}");
+    resp.json().await.unwrap()
+}
+
+fn listed(page: &Value) -> Vec<&str> {
+    page["captures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_list_filters_searches_and_pages_both_ways() {
+    let server = InProcess::start(None, None, None).await;
+    let client = reqwest::Client::new();
+    let body: String = common::captures::varied_set()
+        .iter()
+        .map(|r| format!("{r}\n"))
+        .collect();
+    assert_eq!(post(&client, &server.base, body, None).await.status(), 200);
+    // A fresh store has nothing to backfill: `indexing` clears at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let page = loop {
+        let page = list(&client, &server, "").await;
+        if page["indexing"] == false || std::time::Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(page["indexing"], false);
+    let rag = page["captures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "rag-refund-opened")
+        .unwrap();
+    assert_eq!(rag["protocol"], "openai.chat");
+    assert_eq!(rag["model"], "gpt-4o-2024-08-06");
+    assert_eq!(rag["question_preview"], "Can I return an opened item?");
+    assert!(rag["answer_preview"]
+        .as_str()
+        .unwrap()
+        .starts_with("Yes: opened items may be returned"));
+    assert_eq!(
+        (
+            &rag["body_truncated"],
+            &rag["stream_complete"],
+            &rag["problem_count"]
+        ),
+        (&Value::Bool(false), &Value::Null, &Value::from(0))
+    );
+    for (query, want) in [
+        (
+            "q=refund&protocol=openai.chat",
+            vec!["rag-refund-unopened", "rag-refund-opened"],
+        ),
+        ("q=REFUND%20gift", vec!["anthropic-giftcard"]),
+        (
+            "q=&protocol=",
+            vec![
+                "rag-refund-unopened",
+                "failed-berlin",
+                "truncated-contract",
+                "ollama-weather",
+                "aborted-warranty",
+                "anthropic-giftcard",
+                "rag-refund-opened",
+            ],
+        ),
+        (
+            "outcome=client_aborted,upstream_failed",
+            vec!["failed-berlin", "aborted-warranty"],
+        ),
+        (
+            "outcome=client_aborted&outcome=upstream_failed",
+            vec!["failed-berlin", "aborted-warranty"],
+        ),
+        ("status=none", vec!["failed-berlin"]),
+        ("status=2xx&mark=incomplete", vec!["aborted-warranty"]),
+        ("mark=truncated", vec!["truncated-contract"]),
+        ("mark=problems&protocol=ollama.chat", vec!["ollama-weather"]),
+        (
+            "model=claude-sonnet-4-5-20250929",
+            vec!["anthropic-giftcard"],
+        ),
+        (
+            "since=2026-11-25T09:05:00Z",
+            vec!["rag-refund-unopened", "failed-berlin"],
+        ),
+        (
+            "since=2026-11-25T10:04:00%2B01:00&until=2026-11-25T09:06",
+            vec!["failed-berlin", "truncated-contract"],
+        ),
+        ("q=paris%20tool", vec!["ollama-weather"]),
+        ("q=paris%20berlin", vec![]),
+        ("q=get_weather", vec!["ollama-weather"]),
+    ] {
+        assert_eq!(
+            listed(&list(&client, &server, query).await),
+            want,
+            "{query}"
+        );
+    }
+    // Paging a filtered list: older pages, then back to newer ones.
+    let first = list(&client, &server, "limit=2&mark=problems").await;
+    assert_eq!(listed(&first), ["failed-berlin", "truncated-contract"]);
+    assert_eq!(first["prev_after"], Value::Null);
+    let before = first["next_before"].as_str().unwrap();
+    let second = list(
+        &client,
+        &server,
+        &format!("limit=2&mark=problems&before={before}"),
+    )
+    .await;
+    assert_eq!(listed(&second), ["ollama-weather", "aborted-warranty"]);
+    let after = second["prev_after"].as_str().unwrap();
+    let back = list(
+        &client,
+        &server,
+        &format!("limit=2&mark=problems&after={after}"),
+    )
+    .await;
+    assert_eq!(listed(&back), ["failed-berlin", "truncated-contract"]);
+    assert_eq!(back["prev_after"], Value::Null, "the newest page again");
+    assert_eq!(second["next_before"], Value::Null, "the oldest page");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn bad_paging_parameters_get_400_with_a_json_error() {
     let server = InProcess::start(None, None, None).await;
@@ -294,6 +430,14 @@ async fn bad_paging_parameters_get_400_with_a_json_error() {
         "limit=ten",
         "before=x",
         "colour=red",
+        "before=3&after=2",
+        "since=yesterday",
+        "outcome=fine",
+        "protocol=soap",
+        "status=teapot",
+        "mark=red",
+        "q=%21%21",
+        "model=a&model=b",
     ] {
         let resp = client
             .get(server.url(&format!("/v1/captures?{query}")))

@@ -311,3 +311,86 @@ fn every_span_attribute_and_event_is_documented() {
         );
     }
 }
+
+#[test]
+fn every_list_parameter_and_field_is_documented_in_both_places() {
+    use truthtable_collector::reads::LIST_PARAMS;
+    use truthtable_collector::store::CaptureSummary;
+    let doc = section(&reference(), "Collector reads and web view");
+    let readme = collector_readme();
+    for param in LIST_PARAMS {
+        assert!(
+            doc.lines()
+                .any(|l| l.starts_with(&format!("| `{param}` |"))),
+            "list parameter {param} has no row in docs/reference.md"
+        );
+        assert!(
+            readme.contains(&format!("`{param}`")),
+            "list parameter {param} is not named in collector/README.md"
+        );
+    }
+    let summary = serde_json::to_value(CaptureSummary {
+        id: String::new(),
+        started_at: String::new(),
+        method: String::new(),
+        path: String::new(),
+        status: None,
+        outcome: String::new(),
+        duration_ms: 0.0,
+        model: None,
+        protocol: None,
+        question: None,
+        answer: None,
+        body_truncated: None,
+        stream_complete: None,
+        problems: None,
+        seq: 0,
+    })
+    .unwrap();
+    let mut fields: Vec<String> = summary
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| format!("captures[].{k}"))
+        .collect();
+    fields.extend(["next_before", "prev_after", "indexing"].map(str::to_owned));
+    for field in fields {
+        assert!(
+            doc.lines()
+                .any(|l| l.starts_with(&format!("| `{field}` |"))),
+            "list field {field} has no row in docs/reference.md"
+        );
+    }
+}
+
+#[test]
+fn every_web_path_the_sign_in_and_the_content_security_policy_are_documented() {
+    use truthtable_collector::http::CONTENT_SECURITY_POLICY;
+    use truthtable_collector::web::{session, PATHS};
+    let doc = section(&reference(), "Collector reads and web view");
+    for path in PATHS {
+        assert!(
+            doc.lines().any(|l| l.starts_with(&format!("| `{path}` |"))),
+            "web path {path} has no row in docs/reference.md"
+        );
+    }
+    assert!(
+        doc.contains(&format!(
+            "`Content-Security-Policy: {CONTENT_SECURITY_POLICY}`"
+        )),
+        "docs/reference.md does not quote the Content-Security-Policy as sent"
+    );
+    for name in [session::COOKIE, session::SECURE_COOKIE] {
+        assert!(
+            doc.contains(&format!("`{name}`")),
+            "cookie {name} is not named"
+        );
+    }
+    let hours = session::LIFETIME.as_secs() / 3600;
+    assert!(
+        doc.contains(&format!("valid {hours} hours")),
+        "the session lifetime"
+    );
+    let readme = collector_readme();
+    assert!(readme.contains("/ui/captures/{id}") && readme.contains("tt_session"));
+}

@@ -144,7 +144,20 @@ async fn postgresql_restarted_mid_load_loses_nothing_and_stores_nothing_twice() 
     let ports: Vec<u16> = replicas.iter().map(|r| r.addr.port()).collect();
     let envoy = Envoy::start(upstream().await, &ports, FILTER);
     let restart = async {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Once deliveries flow (a fixed delay let a fast load finish first, the outage then
+        // refusing nothing), and while the load goes on.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut delivered = 0;
+            for r in &replicas {
+                delivered += ingest_requests(r).await;
+            }
+            if delivered >= 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no delivery reached a replica");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // As a crash: no clean shutdown, recovery from the WAL at start.
         tokio::task::block_in_place(|| pg.stop("immediate"));
         tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -8,7 +8,13 @@ use std::time::Duration;
 
 use common::postgres::{Postgres, PASSWORD};
 use truthtable_collector::config::{Config, DbTarget};
-use truthtable_collector::store::{BatchOutcome, CaptureStore, Cursor, NewCapture, Store};
+use truthtable_collector::digest;
+use truthtable_collector::search;
+use truthtable_collector::store::{
+    BatchOutcome, CaptureStore, CaptureSummary, Cursor, Digest, ListFilter, ListQuery, NewCapture,
+    Page, StatusFilter, Store,
+};
+use truthtable_collector::timestamp::unix_micros;
 
 /// Where a case's store lives; `open` may be called again to reopen it.
 enum Backend {
@@ -22,17 +28,29 @@ impl Backend {
     }
 
     fn postgres() -> Backend {
-        let pg = Postgres::shared();
-        Backend::Postgres(pg.url(&pg.database()))
+        Backend::Postgres(Postgres::shared().database())
     }
 
     async fn open(&self) -> Store {
         let mut config = Config::with_db(match self {
             Backend::Sqlite(dir) => DbTarget::Sqlite(dir.path().join("t.db")),
-            Backend::Postgres(url) => DbTarget::Postgres(url.clone()),
+            Backend::Postgres(db) => DbTarget::Postgres(Postgres::shared().url(db)),
         });
         config.db_password.env = Some(PASSWORD.to_owned());
         Store::open(&config).await.unwrap()
+    }
+
+    /// Runs SQL on the store's database directly, beside the collector.
+    fn sql(&self, sql: &str) {
+        match self {
+            Backend::Sqlite(dir) => {
+                let conn = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+                conn.execute_batch(sql).unwrap();
+            }
+            Backend::Postgres(db) => {
+                Postgres::shared().sql(db, sql);
+            }
+        }
     }
 }
 
@@ -47,7 +65,38 @@ fn capture(id: &str) -> NewCapture {
         duration_ms: 12.5,
         model: Some("gpt-4o".into()),
         raw: format!("{{\"id\":\"{id}\"}}"),
+        digest: Digest {
+            version: digest::VERSION,
+            started_us: unix_micros("2026-11-25T16:10:40.186Z"),
+            outcome: "complete".into(),
+            status: Some(200),
+            protocol: "openai.chat".into(),
+            model: Some("gpt-4o".into()),
+            question: Some(format!("question of {id}")),
+            answer: Some("an answer".into()),
+            words: search::index_words(Some(&format!("question of {id}")), Some("an answer")),
+            ..Digest::default()
+        },
     }
+}
+
+fn newest(limit: u32) -> ListQuery {
+    ListQuery {
+        limit,
+        ..ListQuery::default()
+    }
+}
+
+fn filtered(filter: ListFilter) -> ListQuery {
+    ListQuery {
+        limit: 100,
+        filter,
+        page: Page::Newest,
+    }
+}
+
+fn ids(rows: &[CaptureSummary]) -> Vec<&str> {
+    rows.iter().map(|s| s.id.as_str()).collect()
 }
 
 fn batch(prefix: &str, n: usize) -> Vec<NewCapture> {
@@ -98,12 +147,26 @@ async fn the_copy_stored_first_is_kept(b: Backend) {
 async fn list_pages_newest_first(b: Backend) {
     let store = b.open().await;
     store.insert_batch(batch("r", 5)).await.unwrap();
-    let page = store.list(2, None).await.unwrap();
-    let ids: Vec<_> = page.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(ids, ["r4", "r3"]);
-    let page = store.list(10, Some(page[1].seq)).await.unwrap();
-    let ids: Vec<_> = page.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(ids, ["r2", "r1", "r0"]);
+    let page = store.list(newest(2)).await.unwrap();
+    assert_eq!(ids(&page), ["r4", "r3"]);
+    let older = store
+        .list(ListQuery {
+            page: Page::Before(page[1].seq),
+            ..newest(10)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&older), ["r2", "r1", "r0"]);
+    // After a seq: the page just newer than it, still newest first.
+    let newer = store
+        .list(ListQuery {
+            page: Page::After(older[2].seq),
+            ..newest(2)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&newer), ["r2", "r1"]);
+    let page = older;
     let s = &page[0];
     assert_eq!(
         (
@@ -115,6 +178,402 @@ async fn list_pages_newest_first(b: Backend) {
         ("POST", "/v1/chat/completions", Some(200), "complete")
     );
     assert_eq!((s.duration_ms, s.model.as_deref()), (12.5, Some("gpt-4o")));
+    assert_eq!(s.protocol.as_deref(), Some("openai.chat"));
+    assert_eq!(s.question.as_deref(), Some("question of r2"));
+    assert_eq!(s.answer.as_deref(), Some("an answer"));
+    assert_eq!(
+        (s.body_truncated, s.stream_complete, s.problems),
+        (Some(false), None, Some(0))
+    );
+}
+
+/// Captures that differ in everything the list filters on.
+fn varied() -> Vec<NewCapture> {
+    let mut rows = Vec::new();
+    let mut add = |id: &str, f: &dyn Fn(&mut NewCapture)| {
+        let mut c = capture(id);
+        f(&mut c);
+        c.digest.outcome = c.outcome.clone();
+        c.digest.status = c.status;
+        c.digest.words =
+            search::index_words(c.digest.question.as_deref(), c.digest.answer.as_deref());
+        rows.push(c);
+    };
+    add("early", &|c| {
+        c.digest.started_us = unix_micros("2026-11-24T08:00:00Z");
+        c.digest.question = Some("Who built Envoy?".into());
+        c.digest.answer = Some("Lyft built Envoy in 2016.".into());
+    });
+    add("aborted", &|c| {
+        c.outcome = "client_aborted".into();
+        c.digest.protocol = "anthropic.messages".into();
+        c.digest.model = Some("claude-sonnet-4-5".into());
+        c.digest.stream_complete = Some(false);
+        c.digest.problems = 1;
+        c.digest.question = Some("Summarise the refund policy".into());
+        c.digest.answer = Some("Opened items can be".into());
+    });
+    add("failed", &|c| {
+        c.outcome = "upstream_failed".into();
+        c.status = Some(503);
+        c.digest.problems = 2;
+        c.digest.answer = None;
+        c.digest.question = Some("What is a sidecar proxy?".into());
+    });
+    add("none", &|c| {
+        c.outcome = "upstream_failed".into();
+        c.status = None;
+        c.digest.answer = None;
+    });
+    add("cut", &|c| {
+        c.status = Some(404);
+        c.digest.body_truncated = true;
+        c.digest.protocol = "ollama.chat".into();
+        c.digest.model = Some("llama3.2".into());
+        c.digest.question = Some("Is Größe case-folded?".into());
+        c.digest.answer = Some("ENVOYS everywhere".into());
+    });
+    add("late", &|c| {
+        c.digest.started_us = unix_micros("2026-11-26T08:00:00+02:00");
+        c.digest.stream_complete = Some(true);
+    });
+    rows
+}
+
+async fn filters_narrow_the_list(b: Backend) {
+    let store = b.open().await;
+    store.insert_batch(varied()).await.unwrap();
+    let list = |filter: ListFilter| {
+        let store = &store;
+        async move { store.list(filtered(filter)).await.unwrap() }
+    };
+    let all = list(ListFilter::default()).await;
+    assert_eq!(
+        ids(&all),
+        ["late", "cut", "none", "failed", "aborted", "early"]
+    );
+    let cases: Vec<(ListFilter, Vec<&str>)> = vec![
+        (
+            ListFilter {
+                since_us: unix_micros("2026-11-25"),
+                ..Default::default()
+            },
+            vec!["late", "cut", "none", "failed", "aborted"],
+        ),
+        (
+            ListFilter {
+                since_us: unix_micros("2026-11-25"),
+                until_us: unix_micros("2026-11-26T06:00:00Z"),
+                ..Default::default()
+            },
+            vec!["cut", "none", "failed", "aborted"],
+        ),
+        (
+            ListFilter {
+                outcomes: vec!["upstream_failed".into(), "client_aborted".into()],
+                ..Default::default()
+            },
+            vec!["none", "failed", "aborted"],
+        ),
+        (
+            ListFilter {
+                protocols: vec!["anthropic.messages".into(), "ollama.chat".into()],
+                ..Default::default()
+            },
+            vec!["cut", "aborted"],
+        ),
+        (
+            ListFilter {
+                model: Some("llama3.2".into()),
+                ..Default::default()
+            },
+            vec!["cut"],
+        ),
+        (
+            ListFilter {
+                status: Some(StatusFilter::Is(503)),
+                ..Default::default()
+            },
+            vec!["failed"],
+        ),
+        (
+            ListFilter {
+                status: Some(StatusFilter::Class(4)),
+                ..Default::default()
+            },
+            vec!["cut"],
+        ),
+        (
+            ListFilter {
+                status: Some(StatusFilter::NoResponse),
+                ..Default::default()
+            },
+            vec!["none"],
+        ),
+        (
+            ListFilter {
+                truncated: true,
+                ..Default::default()
+            },
+            vec!["cut"],
+        ),
+        (
+            ListFilter {
+                incomplete: true,
+                ..Default::default()
+            },
+            vec!["aborted"],
+        ),
+        (
+            ListFilter {
+                problems: true,
+                ..Default::default()
+            },
+            vec!["failed", "aborted"],
+        ),
+        (
+            ListFilter {
+                problems: true,
+                outcomes: vec!["upstream_failed".into()],
+                status: Some(StatusFilter::Class(5)),
+                ..Default::default()
+            },
+            vec!["failed"],
+        ),
+    ];
+    for (filter, want) in cases {
+        assert_eq!(ids(&list(filter.clone()).await), want, "{filter:?}");
+    }
+    // Paging keeps the filter: older and newer pages of the failed and aborted.
+    let filter = ListFilter {
+        outcomes: vec!["upstream_failed".into(), "client_aborted".into()],
+        ..Default::default()
+    };
+    let first = store
+        .list(ListQuery {
+            limit: 2,
+            ..filtered(filter.clone())
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&first), ["none", "failed"]);
+    let older = store
+        .list(ListQuery {
+            limit: 2,
+            page: Page::Before(first[1].seq),
+            ..filtered(filter.clone())
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&older), ["aborted"]);
+    let newer = store
+        .list(ListQuery {
+            limit: 2,
+            page: Page::After(older[0].seq),
+            ..filtered(filter)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&newer), ["none", "failed"]);
+}
+
+async fn search_finds_word_prefixes_of_question_and_answer(b: Backend) {
+    let store = b.open().await;
+    store.insert_batch(varied()).await.unwrap();
+    let search = |q: &str| {
+        let terms = search::terms(q).unwrap();
+        let store = &store;
+        async move {
+            let rows = store
+                .list(filtered(ListFilter {
+                    terms,
+                    ..Default::default()
+                }))
+                .await
+                .unwrap();
+            rows.into_iter().map(|s| s.id).collect::<Vec<_>>()
+        }
+    };
+    // Case-insensitive, in the question or the answer, whole words or their start.
+    assert_eq!(search("envoy").await, ["cut", "early"]);
+    assert_eq!(search("ENV").await, ["cut", "early"]);
+    assert_eq!(
+        search("lyft 2016").await,
+        ["early"],
+        "every term must match"
+    );
+    assert_eq!(search("lyft refund").await, Vec::<String>::new());
+    assert_eq!(search("größe").await, ["cut"]);
+    assert_eq!(search("opened").await, ["aborted"]);
+    assert_eq!(search("sidecar").await, ["failed"]);
+    // A word inside another word is not a match; nor are fields other than question and answer.
+    assert_eq!(search("voy").await, Vec::<String>::new());
+    assert_eq!(search("chat").await, Vec::<String>::new());
+    // Search and filters together.
+    let rows = store
+        .list(filtered(ListFilter {
+            terms: search::terms("envoy").unwrap(),
+            truncated: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(ids(&rows), ["cut"]);
+}
+
+async fn models_are_listed_once_each_in_order(b: Backend) {
+    let store = b.open().await;
+    store.insert_batch(varied()).await.unwrap();
+    store.insert_batch(batch("more", 30)).await.unwrap();
+    assert_eq!(
+        store.models().await.unwrap(),
+        ["claude-sonnet-4-5", "gpt-4o", "llama3.2"]
+    );
+}
+
+async fn stale_digests_are_found_and_replaced(b: Backend) {
+    let store = b.open().await;
+    store.insert_batch(batch("d", 3)).await.unwrap();
+    let all: Vec<i64> = store
+        .list(newest(10))
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.seq)
+        .collect();
+    assert!(store
+        .stale_digests(0, digest::VERSION, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // Records stored before digests existed have none: listed, but no filter or search finds them.
+    b.sql("DELETE FROM capture_digests");
+    let listed = store.list(newest(10)).await.unwrap();
+    assert_eq!(ids(&listed), ["d2", "d1", "d0"]);
+    assert!(listed
+        .iter()
+        .all(|s| s.protocol.is_none() && s.question.is_none()));
+    let mut stale = store.stale_digests(0, digest::VERSION, 2).await.unwrap();
+    assert_eq!(
+        stale.iter().map(|s| s.seq).collect::<Vec<_>>(),
+        [all[2], all[1]]
+    );
+    stale.extend(
+        store
+            .stale_digests(stale[1].seq, digest::VERSION, 2)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(stale.len(), 3);
+    assert!(stale[0].raw.contains("\"d0\""));
+    // New digests: the words are replaced too.
+    let put: Vec<(i64, Digest)> = stale
+        .iter()
+        .map(|s| {
+            let mut d = capture("x").digest;
+            d.question = Some("rewritten question".into());
+            d.words = search::index_words(Some("rewritten question"), None);
+            (s.seq, d)
+        })
+        .collect();
+    assert_eq!(store.put_digests(put).await.unwrap(), 3);
+    assert!(store
+        .stale_digests(0, digest::VERSION, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let found = store
+        .list(filtered(ListFilter {
+            terms: vec!["rewritten".into()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(ids(&found), ["d2", "d1", "d0"]);
+    // A newer derivation's digests are stale to it; an older one never overwrites them.
+    assert_eq!(
+        store
+            .stale_digests(0, digest::VERSION + 1, 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let mut old = capture("x").digest;
+    old.version = digest::VERSION - 1;
+    old.words = "ancient".into();
+    assert_eq!(store.put_digests(vec![(all[0], old)]).await.unwrap(), 0);
+    let mut newer = capture("x").digest;
+    newer.version = digest::VERSION + 1;
+    newer.words = "brandnew".into();
+    assert_eq!(store.put_digests(vec![(all[0], newer)]).await.unwrap(), 1);
+    let found = |word: &'static str| {
+        let store = &store;
+        async move {
+            let rows = store
+                .list(filtered(ListFilter {
+                    terms: vec![word.into()],
+                    ..Default::default()
+                }))
+                .await
+                .unwrap();
+            rows.into_iter().map(|s| s.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(found("brandnew").await, ["d2"]);
+    assert_eq!(
+        found("rewritten").await,
+        ["d1", "d0"],
+        "the old words are gone"
+    );
+    assert!(found("ancient").await.is_empty());
+    // No digest for a record that does not exist.
+    assert_eq!(
+        store
+            .put_digests(vec![(9_999_999, capture("x").digest)])
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+async fn the_backfill_digests_every_stored_record(b: Backend) {
+    let store = b.open().await;
+    let lines: Vec<String> = (0..450)
+        .map(|i| {
+            let mut r = common::record(&format!("bf{i}"));
+            if i == 7 {
+                r["request"]["body"]["data"] = serde_json::json!(serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "needle in the haystack"}]}).to_string());
+                r["request"]["body"]["size"] = serde_json::json!(r["request"]["body"]["data"].as_str().unwrap().len());
+            }
+            r.to_string()
+        })
+        .collect();
+    let rows = truthtable_collector::ingest::parse_ndjson(lines.join("\n").as_bytes())
+        .unwrap()
+        .into_iter()
+        .map(truthtable_collector::ingest::to_row)
+        .collect();
+    store.insert_batch(rows).await.unwrap();
+    b.sql("DELETE FROM capture_digests");
+    let running = std::sync::atomic::AtomicBool::new(false);
+    digest::backfill(&store, &running).await;
+    assert!(!running.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(store
+        .stale_digests(0, digest::VERSION, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let found = store
+        .list(filtered(ListFilter {
+            terms: search::terms("haystack needle").unwrap(),
+            protocols: vec!["openai.chat".into()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(ids(&found), ["bf7"]);
+    assert_eq!(found[0].question.as_deref(), Some("needle in the haystack"));
 }
 
 async fn summaries_keep_missing_status_and_model(b: Backend) {
@@ -122,8 +581,9 @@ async fn summaries_keep_missing_status_and_model(b: Backend) {
     let mut c = capture("none");
     c.status = None;
     c.model = None;
+    c.digest.model = None;
     store.insert_batch(vec![c]).await.unwrap();
-    let s = store.list(1, None).await.unwrap().remove(0);
+    let s = store.list(newest(1)).await.unwrap().remove(0);
     assert_eq!((s.status, s.model), (None, None));
 }
 
@@ -208,6 +668,7 @@ async fn read_after_walks_every_record_once_in_commit_order(b: Backend) {
         more.extend(page.into_iter().map(|r| r.id));
     }
     assert_eq!(more, ["late-0", "late-1"]);
+    assert!(store.read_after(cursor, 100).await.unwrap().is_empty());
 }
 
 async fn two_collectors_on_one_database_store_each_id_once(b: Backend) {
@@ -343,6 +804,11 @@ store_suite!(
     the_copy_stored_first_is_kept,
     list_pages_newest_first,
     summaries_keep_missing_status_and_model,
+    filters_narrow_the_list,
+    search_finds_word_prefixes_of_question_and_answer,
+    models_are_listed_once_each_in_order,
+    stale_digests_are_found_and_replaced,
+    the_backfill_digests_every_stored_record,
     raw_records_are_kept_byte_for_byte_and_survive_a_reopen,
     read_after_walks_every_record_once_in_commit_order,
     two_collectors_on_one_database_store_each_id_once,

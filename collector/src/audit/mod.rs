@@ -513,6 +513,45 @@ fn ndjson_stream(bytes: &[u8]) -> StreamBody {
     }
 }
 
+/// A streamed JSON array, and whether bytes follow its closing `]`.
+fn json_array_stream(bytes: &[u8]) -> (StreamBody, bool) {
+    let (elements, tail) = json_array::parse_all(bytes);
+    let frame = |data| Frame {
+        event: String::new(),
+        data,
+    };
+    let stream = StreamBody {
+        format: StreamFormat::JsonArray,
+        frames: elements.into_iter().map(frame).collect(),
+        tail: tail.partial.map(frame),
+        closed: tail.closed,
+    };
+    (stream, tail.trailing)
+}
+
+/// The frames of a decoded response body, framed as the audit view frames it (SSE, NDJSON or a
+/// streamed JSON array); `None` when the body is not a stream. For showing a stream event by
+/// event.
+pub fn response_frames(headers: &Headers, bytes: &[u8]) -> Option<StreamBody> {
+    let ct = content_type(headers);
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    if is_event_stream(&ct, bytes) {
+        return Some(sse_stream(bytes));
+    }
+    if is_ndjson_type(&ct) {
+        return Some(ndjson_stream(bytes));
+    }
+    if first_bytes(bytes).starts_with(b"[") {
+        return Some(json_array_stream(bytes).0);
+    }
+    if serde_json::from_slice::<Value>(bytes).is_err() && looks_like_ndjson(bytes) {
+        return Some(ndjson_stream(bytes));
+    }
+    None
+}
+
 /// A body of several lines whose first line is a JSON text.
 fn looks_like_ndjson(bytes: &[u8]) -> bool {
     let (lines, tail) = ndjson::parse_all(bytes);
@@ -566,27 +605,13 @@ fn payload(
             return Payload::Stream(ndjson_stream(&bytes));
         }
         if first_bytes(&bytes).starts_with(b"[") {
-            let (elements, tail) = json_array::parse_all(&bytes);
-            if tail.trailing {
+            let (stream, trailing) = json_array_stream(&bytes);
+            if trailing {
                 problems.push(format!(
                     "{what} body has bytes after its JSON array's closing ]"
                 ));
             }
-            return Payload::Stream(StreamBody {
-                format: StreamFormat::JsonArray,
-                frames: elements
-                    .into_iter()
-                    .map(|data| Frame {
-                        event: String::new(),
-                        data,
-                    })
-                    .collect(),
-                tail: tail.partial.map(|data| Frame {
-                    event: String::new(),
-                    data,
-                }),
-                closed: tail.closed,
-            });
+            return Payload::Stream(stream);
         }
     }
     match serde_json::from_slice::<Value>(&bytes) {

@@ -18,9 +18,18 @@
 //! - a database that cannot be reached answers [`StoreError::Unavailable`] (ingest says 503, the
 //!   filter keeps the batch and sends it again) and [`CaptureStore::health`] says why.
 //!
-//! A new query (a filtered list, a search) is one method on [`CaptureStore`], implemented in
-//! `sqlite.rs` and `postgres/mod.rs`, one line in [`Store`]'s `dispatch!`, and one case in
-//! `tests/store.rs` that runs against both backends.
+//! - every record stored by [`CaptureStore::insert_batch`] gets its [`Digest`] in the same
+//!   transaction: the part of its audit view the list shows, filters and searches on, kept in a
+//!   table of its own (`capture_digests`, and a word index) beside the untouched record. A digest
+//!   is derived data: records stored before digests existed, or whose digest an older derivation
+//!   wrote ([`Digest::version`]), are found by [`CaptureStore::stale_digests`] and given a new one
+//!   by [`CaptureStore::put_digests`] (`crate::digest::backfill` does that at start);
+//! - [`CaptureStore::list`] answers a [`ListQuery`] — filters and a word search over question and
+//!   answer, paged by `seq` — from indexes, so it stays fast on a large store.
+//!
+//! A new query is one method on [`CaptureStore`], implemented in `sqlite.rs` and
+//! `postgres/mod.rs`, one line in [`Store`]'s `dispatch!`, and one case in `tests/store.rs` that
+//! runs against both backends.
 
 pub mod health;
 pub mod postgres;
@@ -86,7 +95,246 @@ pub struct NewCapture {
     pub model: Option<String>,
     /// The record exactly as received.
     pub raw: String,
+    /// What the list shows, filters and searches on.
+    pub digest: Digest,
 }
+
+/// The part of a record's audit view that the list shows, filters and searches on, derived once
+/// (at ingest, or by the backfill) rather than for every row of every query.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Digest {
+    /// The derivation that wrote it (`crate::digest::VERSION`); older digests are re-derived.
+    pub version: i32,
+    /// `started_at` in microseconds since the Unix epoch (`None` if it could not be read).
+    pub started_us: Option<i64>,
+    /// The record's outcome (copied, so every filter reads one table).
+    pub outcome: String,
+    /// The response status (copied likewise).
+    pub status: Option<u16>,
+    /// The recognised protocol's name (`openai.chat`, …, `unknown`).
+    pub protocol: String,
+    /// The model the view names.
+    pub model: Option<String>,
+    /// The first characters of the question, whitespace collapsed.
+    pub question: Option<String>,
+    /// The first characters of the answer, whitespace collapsed.
+    pub answer: Option<String>,
+    /// A body was truncated by the filter.
+    pub body_truncated: bool,
+    /// For a stream, whether its terminal event arrived; `None` when not streamed.
+    pub stream_complete: Option<bool>,
+    /// How many problems the view reports.
+    pub problems: u32,
+    /// The words of question and answer a search finds it by (`crate::search::index_words`).
+    pub words: String,
+}
+
+/// A record whose digest is missing or older than the current derivation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleDigest {
+    /// The record's sequence number.
+    pub seq: i64,
+    /// The record exactly as received.
+    pub raw: String,
+}
+
+/// Which responses a list keeps, by status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    /// Exactly this status.
+    Is(u16),
+    /// A class: `4` is 400–499.
+    Class(u16),
+    /// No response at all.
+    NoResponse,
+}
+
+/// What a list keeps; every part given must hold. A capture whose digest is still being derived
+/// matches only the empty filter.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListFilter {
+    /// `started_at` at or after this (microseconds since the epoch).
+    pub since_us: Option<i64>,
+    /// `started_at` before this.
+    pub until_us: Option<i64>,
+    /// One of these outcomes (any when empty).
+    pub outcomes: Vec<String>,
+    /// One of these protocols (any when empty).
+    pub protocols: Vec<String>,
+    /// Exactly this model.
+    pub model: Option<String>,
+    /// The response status.
+    pub status: Option<StatusFilter>,
+    /// Only captures with a truncated body.
+    pub truncated: bool,
+    /// Only streams that ended without their terminal event.
+    pub incomplete: bool,
+    /// Only captures whose view reports problems.
+    pub problems: bool,
+    /// Every term must start a word of the question or the answer (`crate::search::terms`).
+    pub terms: Vec<String>,
+}
+
+impl ListFilter {
+    /// True when nothing is filtered.
+    pub fn is_empty(&self) -> bool {
+        *self == ListFilter::default()
+    }
+}
+
+/// Where a page of the list starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Page {
+    /// The newest captures.
+    #[default]
+    Newest,
+    /// Captures stored before this `seq` (older).
+    Before(i64),
+    /// Captures stored after this `seq` (newer): the page just above it.
+    After(i64),
+}
+
+/// One page of the filtered list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListQuery {
+    /// What to keep.
+    pub filter: ListFilter,
+    /// Most rows to return.
+    pub limit: u32,
+    /// Where to start.
+    pub page: Page,
+}
+
+/// A value bound into a list query.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum SqlValue {
+    Int(i64),
+    Text(String),
+}
+
+/// How a backend spells what the shared list query needs.
+pub(crate) struct Dialect {
+    /// The placeholder of the `n`th (1-based) parameter.
+    pub placeholder: fn(usize) -> String,
+    /// The condition that `d.seq` matches the search bound at this placeholder.
+    pub search: fn(&str) -> String,
+    /// The search parameter for these terms.
+    pub search_param: fn(&[String]) -> String,
+    /// A word index to walk newest first instead of the digests when searching: its
+    /// `FROM` (joining `d`) and its `seq` column. With it, a search stops at the page's last
+    /// match rather than collecting every match first.
+    pub search_walk: Option<(&'static str, &'static str)>,
+}
+
+/// The list query: the SQL text and its parameters, in order. Unfiltered, it walks `captures` by
+/// `seq` and shows digests where they exist; filtered, it chooses the page from
+/// `capture_digests`, whose indexes cover every filter, and joins the records of that page only.
+pub(crate) fn list_sql(q: &ListQuery, dialect: &Dialect) -> (String, Vec<SqlValue>) {
+    let mut params = Vec::new();
+    let mut bind = |v: SqlValue| {
+        params.push(v);
+        (dialect.placeholder)(params.len())
+    };
+    let f = &q.filter;
+    let mut conds: Vec<String> = Vec::new();
+    let walk = dialect.search_walk.filter(|_| !f.terms.is_empty());
+    let key = match walk {
+        _ if f.is_empty() => "c.seq",
+        Some((_, key)) => key,
+        None => "d.seq",
+    };
+    match q.page {
+        Page::Newest => {}
+        Page::Before(seq) => conds.push(format!("{key} < {}", bind(SqlValue::Int(seq)))),
+        Page::After(seq) => conds.push(format!("{key} > {}", bind(SqlValue::Int(seq)))),
+    }
+    if let Some(t) = f.since_us {
+        conds.push(format!("d.started_us >= {}", bind(SqlValue::Int(t))));
+    }
+    if let Some(t) = f.until_us {
+        conds.push(format!("d.started_us < {}", bind(SqlValue::Int(t))));
+    }
+    let mut one_of = |column: &str, values: &[String], conds: &mut Vec<String>| {
+        if values.is_empty() {
+            return;
+        }
+        let list: Vec<String> = values
+            .iter()
+            .map(|v| bind(SqlValue::Text(v.clone())))
+            .collect();
+        conds.push(format!("{column} IN ({})", list.join(", ")));
+    };
+    one_of("d.outcome", &f.outcomes, &mut conds);
+    one_of("d.protocol", &f.protocols, &mut conds);
+    if let Some(m) = &f.model {
+        one_of("d.model", std::slice::from_ref(m), &mut conds);
+    }
+    match f.status {
+        None => {}
+        Some(StatusFilter::Is(s)) => {
+            conds.push(format!("d.status = {}", bind(SqlValue::Int(i64::from(s)))))
+        }
+        Some(StatusFilter::Class(c)) => {
+            let lo = bind(SqlValue::Int(i64::from(c) * 100));
+            let hi = bind(SqlValue::Int(i64::from(c) * 100 + 99));
+            conds.push(format!("d.status BETWEEN {lo} AND {hi}"));
+        }
+        Some(StatusFilter::NoResponse) => conds.push("d.status IS NULL".to_owned()),
+    }
+    if f.truncated {
+        conds.push("d.body_truncated".to_owned());
+    }
+    if f.incomplete {
+        conds.push("NOT d.stream_complete".to_owned());
+    }
+    if f.problems {
+        conds.push("d.problems > 0".to_owned());
+    }
+    if !f.terms.is_empty() {
+        let p = bind(SqlValue::Text((dialect.search_param)(&f.terms)));
+        conds.push((dialect.search)(&p));
+    }
+    let order = if matches!(q.page, Page::After(_)) {
+        "ASC"
+    } else {
+        "DESC"
+    };
+    let limit = bind(SqlValue::Int(i64::from(q.limit)));
+    let where_ = if conds.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conds.join(" AND "))
+    };
+    // Filtered, the page's seqs are chosen from the digests alone (narrow rows, or an index
+    // that covers the filter), and only that page's records are joined.
+    let source = match walk {
+        _ if f.is_empty() => "captures c",
+        Some((from, _)) => from,
+        None => "capture_digests d",
+    };
+    let from = format!(
+        "(SELECT {key} AS seq FROM {source} {where_} ORDER BY {key} {order} LIMIT {limit}) p"
+    );
+    let sql = format!(
+        "SELECT c.seq, c.id, c.started_at, c.method, c.path, c.status, c.outcome, c.duration_ms,
+                coalesce(d.model, c.model), d.protocol, d.question, d.answer, d.body_truncated,
+                d.stream_complete, d.problems
+         FROM {from} JOIN captures c ON c.seq = p.seq LEFT JOIN capture_digests d ON d.seq = p.seq
+         ORDER BY p.seq {order}"
+    );
+    (sql, params)
+}
+
+/// The distinct models of the digests, found by one index probe each (a loose index scan), so
+/// it is as fast on a large store as on a small one.
+pub(crate) const MODELS_SQL: &str = "
+WITH RECURSIVE m(model) AS (
+    SELECT min(model) FROM capture_digests
+    UNION ALL
+    SELECT (SELECT min(model) FROM capture_digests WHERE model > m.model)
+    FROM m WHERE m.model IS NOT NULL
+)
+SELECT model FROM m WHERE model IS NOT NULL LIMIT 1000";
 
 /// What one batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,6 +364,21 @@ pub struct CaptureSummary {
     pub duration_ms: f64,
     /// The model, when the audit view found one.
     pub model: Option<String>,
+    /// The recognised protocol; `null` while the digest is being derived.
+    pub protocol: Option<String>,
+    /// The first characters of the question.
+    #[serde(rename = "question_preview")]
+    pub question: Option<String>,
+    /// The first characters of the answer.
+    #[serde(rename = "answer_preview")]
+    pub answer: Option<String>,
+    /// A body was truncated by the filter.
+    pub body_truncated: Option<bool>,
+    /// For a stream, whether its terminal event arrived.
+    pub stream_complete: Option<bool>,
+    /// How many problems the audit view reports.
+    #[serde(rename = "problem_count")]
+    pub problems: Option<u32>,
     /// Storage sequence number (the paging cursor); not serialised.
     #[serde(skip)]
     pub seq: i64,
@@ -200,12 +463,31 @@ pub trait CaptureStore: Send + Sync {
     /// The raw record stored under `id`.
     fn get(&self, id: String) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
-    /// Up to `limit` summaries, newest stored first, all with `seq` below `before` if given.
+    /// Up to `query.limit` summaries that pass its filter, newest stored first, starting where
+    /// its page says.
     fn list(
         &self,
-        limit: u32,
-        before: Option<i64>,
+        query: ListQuery,
     ) -> impl Future<Output = Result<Vec<CaptureSummary>, StoreError>> + Send;
+
+    /// The distinct models named by the digests, in order (at most 1000).
+    fn models(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Up to `limit` records after `seq` (in `seq` order) whose digest is missing or older than
+    /// `version`.
+    fn stale_digests(
+        &self,
+        after: i64,
+        version: i32,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StaleDigest>, StoreError>> + Send;
+
+    /// Stores these digests (by `seq`), replacing older ones and their words; a digest already
+    /// of a newer version is kept. Returns how many were written.
+    fn put_digests(
+        &self,
+        digests: Vec<(i64, Digest)>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Up to `limit` records committed after `after`, in commit order (oldest first). Records of
     /// transactions still in progress are left for a later call, so a reader that persists the
@@ -316,12 +598,25 @@ impl CaptureStore for Store {
         dispatch!(self, s => s.get(id).await)
     }
 
-    async fn list(
+    async fn list(&self, query: ListQuery) -> Result<Vec<CaptureSummary>, StoreError> {
+        dispatch!(self, s => s.list(query).await)
+    }
+
+    async fn models(&self) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, s => s.models().await)
+    }
+
+    async fn stale_digests(
         &self,
+        after: i64,
+        version: i32,
         limit: u32,
-        before: Option<i64>,
-    ) -> Result<Vec<CaptureSummary>, StoreError> {
-        dispatch!(self, s => s.list(limit, before).await)
+    ) -> Result<Vec<StaleDigest>, StoreError> {
+        dispatch!(self, s => s.stale_digests(after, version, limit).await)
+    }
+
+    async fn put_digests(&self, digests: Vec<(i64, Digest)>) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.put_digests(digests).await)
     }
 
     async fn read_after(

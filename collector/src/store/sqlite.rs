@@ -5,6 +5,12 @@
 //! SQLite has one writer at a time. Every call runs on tokio's blocking pool. A sequential reader
 //! ([`CaptureStore::read_after`], the exporter's) has a connection of its own, so a long read
 //! never holds up ingest (WAL lets one writer and readers work at once).
+//!
+//!
+//! Digests live in `capture_digests` (keyed by `seq`, narrow rows, an index per filter) and their
+//! words in `capture_search`, a contentless FTS5 table (rowid = `seq`) with the `ascii`
+//! tokenizer: the words arrive already split and lower-cased by `crate::search`, so FTS5 keeps
+//! them as they are and a prefix query (`"env"*`) means what it means on PostgreSQL.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +20,9 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    BatchOutcome, CaptureStore, CaptureSummary, Cursor, Health, NewCapture, StoreError, StoreStats,
-    StoredCapture,
+    list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
+    ListQuery, NewCapture, Page, SqlValue, StaleDigest, StoreError, StoreStats, StoredCapture,
+    MODELS_SQL,
 };
 
 /// The SQLite store; cheap to share behind an `Arc`.
@@ -56,10 +63,53 @@ CREATE TABLE IF NOT EXISTS export_cursors (
     lease_until_ms INTEGER NOT NULL DEFAULT 0
 );
 ",
+    "
+CREATE TABLE capture_digests (
+    seq             INTEGER PRIMARY KEY,
+    version         INTEGER NOT NULL,
+    started_us      INTEGER,
+    outcome         TEXT NOT NULL,
+    status          INTEGER,
+    protocol        TEXT NOT NULL,
+    model           TEXT,
+    question        TEXT,
+    answer          TEXT,
+    body_truncated  INTEGER NOT NULL,
+    stream_complete INTEGER,
+    problems        INTEGER NOT NULL
+);
+CREATE INDEX capture_digests_started ON capture_digests (started_us);
+CREATE INDEX capture_digests_outcome ON capture_digests (outcome, seq);
+CREATE INDEX capture_digests_status ON capture_digests (status, seq);
+CREATE INDEX capture_digests_protocol ON capture_digests (protocol, seq);
+CREATE INDEX capture_digests_model ON capture_digests (model, seq);
+CREATE INDEX capture_digests_truncated ON capture_digests (seq) WHERE body_truncated;
+CREATE INDEX capture_digests_incomplete ON capture_digests (seq) WHERE NOT stream_complete;
+CREATE INDEX capture_digests_problems ON capture_digests (seq) WHERE problems > 0;
+CREATE VIRTUAL TABLE capture_search USING fts5(
+    words, content='', contentless_delete=1, tokenize='ascii', detail='none', prefix='2 3'
+);
+",
 ];
 
 /// Milliseconds since the Unix epoch, by SQLite's clock.
 const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+
+const DIALECT: Dialect = Dialect {
+    placeholder: |n| format!("?{n}"),
+    search: |p| {
+        format!("d.seq IN (SELECT rowid FROM capture_search WHERE capture_search MATCH {p})")
+    },
+    search_param: |terms| {
+        terms
+            .iter()
+            .map(|t| format!("\"{t}\"*"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    },
+    // FTS5 gives its matches in rowid (= seq) order, newest first when asked.
+    search_walk: None,
+};
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` in WAL mode with `synchronous=FULL`,
@@ -155,6 +205,7 @@ fn insert_batch(conn: &mut Connection, batch: &[NewCapture]) -> Result<BatchOutc
             ])?;
             if n == 1 {
                 outcome.stored += 1;
+                write_digest(&tx, tx.last_insert_rowid(), &c.digest)?;
             } else {
                 outcome.duplicates += 1;
             }
@@ -162,6 +213,55 @@ fn insert_batch(conn: &mut Connection, batch: &[NewCapture]) -> Result<BatchOutc
     }
     tx.commit()?;
     Ok(outcome)
+}
+
+/// Writes (or replaces) the digest of `seq` and its words.
+fn write_digest(conn: &Connection, seq: i64, d: &Digest) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO capture_digests
+         (seq, version, started_us, outcome, status, protocol, model, question, answer,
+          body_truncated, stream_complete, problems)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        seq,
+        d.version,
+        d.started_us,
+        d.outcome,
+        d.status,
+        d.protocol,
+        d.model,
+        d.question,
+        d.answer,
+        d.body_truncated,
+        d.stream_complete,
+        d.problems
+    ])?;
+    conn.prepare_cached("DELETE FROM capture_search WHERE rowid = ?1")?
+        .execute(params![seq])?;
+    conn.prepare_cached("INSERT INTO capture_search (rowid, words) VALUES (?1, ?2)")?
+        .execute(params![seq, d.words])?;
+    Ok(())
+}
+
+fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaptureSummary> {
+    Ok(CaptureSummary {
+        seq: r.get(0)?,
+        id: r.get(1)?,
+        started_at: r.get(2)?,
+        method: r.get(3)?,
+        path: r.get(4)?,
+        status: r.get(5)?,
+        outcome: r.get(6)?,
+        duration_ms: r.get(7)?,
+        model: r.get(8)?,
+        protocol: r.get(9)?,
+        question: r.get(10)?,
+        answer: r.get(11)?,
+        body_truncated: r.get(12)?,
+        stream_complete: r.get(13)?,
+        problems: r.get(14)?,
+    })
 }
 
 impl CaptureStore for SqliteStore {
@@ -191,30 +291,83 @@ impl CaptureStore for SqliteStore {
         .await
     }
 
-    async fn list(
+    async fn list(&self, query: ListQuery) -> Result<Vec<CaptureSummary>, StoreError> {
+        self.blocking(move |_, conn| {
+            let (sql, values) = list_sql(&query, &DIALECT);
+            let values: Vec<rusqlite::types::Value> = values
+                .into_iter()
+                .map(|v| match v {
+                    SqlValue::Int(i) => rusqlite::types::Value::Integer(i),
+                    SqlValue::Text(t) => rusqlite::types::Value::Text(t),
+                })
+                .collect();
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), summary)?;
+            let mut rows = rows.collect::<Result<Vec<_>, _>>()?;
+            if matches!(query.page, Page::After(_)) {
+                rows.reverse();
+            }
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn models(&self) -> Result<Vec<String>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached(MODELS_SQL)?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn stale_digests(
         &self,
+        after: i64,
+        version: i32,
         limit: u32,
-        before: Option<i64>,
-    ) -> Result<Vec<CaptureSummary>, StoreError> {
+    ) -> Result<Vec<StaleDigest>, StoreError> {
         self.blocking(move |_, conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT seq, id, started_at, method, path, status, outcome, duration_ms, model
-                 FROM captures WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+                "SELECT c.seq, c.record FROM captures c
+                 LEFT JOIN capture_digests d ON d.seq = c.seq
+                 WHERE c.seq > ?1 AND (d.seq IS NULL OR d.version < ?2)
+                 ORDER BY c.seq LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), limit], |r| {
-                Ok(CaptureSummary {
+            let rows = stmt.query_map(params![after, version, limit], |r| {
+                Ok(StaleDigest {
                     seq: r.get(0)?,
-                    id: r.get(1)?,
-                    started_at: r.get(2)?,
-                    method: r.get(3)?,
-                    path: r.get(4)?,
-                    status: r.get(5)?,
-                    outcome: r.get(6)?,
-                    duration_ms: r.get(7)?,
-                    model: r.get(8)?,
+                    raw: r.get(1)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn put_digests(&self, digests: Vec<(i64, Digest)>) -> Result<u64, StoreError> {
+        self.blocking(move |_, conn| {
+            let tx = conn.transaction()?;
+            let mut written = 0;
+            for (seq, digest) in &digests {
+                let current: Option<Option<i32>> = tx
+                    .prepare_cached(
+                        "SELECT d.version FROM captures c
+                         LEFT JOIN capture_digests d ON d.seq = c.seq WHERE c.seq = ?1",
+                    )?
+                    .query_row(params![seq], |r| r.get(0))
+                    .optional()?;
+                // Only records that exist, and never over a newer derivation's digest.
+                match current {
+                    Some(v) if v.is_none_or(|v| v < digest.version) => {
+                        write_digest(&tx, *seq, digest)?;
+                        written += 1;
+                    }
+                    _ => {}
+                }
+            }
+            tx.commit()?;
+            Ok(written)
         })
         .await
     }
@@ -391,6 +544,50 @@ mod tests {
             Some("{}")
         );
         assert_eq!(store.stats().await.unwrap().records, 1);
+    }
+
+    async fn protocol(store: &SqliteStore) -> usize {
+        let q = ListQuery {
+            limit: 10,
+            filter: crate::store::ListFilter {
+                protocols: vec!["openai.chat".into()],
+                ..Default::default()
+            },
+            page: Page::Newest,
+        };
+        store.list(q).await.unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn a_database_of_schema_1_is_migrated_and_its_records_digested() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        let raw = crate::record::tests::sample("old").to_string();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!("{} PRAGMA user_version = 1;", MIGRATIONS[0]))
+                .unwrap();
+            conn.execute(
+                "INSERT INTO captures (id, started_at, method, path, status, outcome, duration_ms, model, record)
+                 VALUES ('old', '2026-11-25T16:10:40Z', 'POST', '/v1/chat/completions', 200, 'complete', 1.0, NULL, ?1)",
+                [&raw],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(protocol(&store).await, 0, "not digested yet");
+        let running = std::sync::atomic::AtomicBool::new(true);
+        crate::digest::backfill(&store, &running).await;
+        assert_eq!(protocol(&store).await, 1);
+        let s = store
+            .list(ListQuery {
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(s[0].model.as_deref(), Some("gpt-4o"));
+        assert!(s[0].question.is_some());
     }
 
     #[tokio::test]

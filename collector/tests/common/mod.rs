@@ -7,6 +7,8 @@
 mod ports;
 pub use ports::free_port;
 
+pub mod browser;
+pub mod captures;
 pub mod envoy;
 pub mod phoenix;
 pub mod postgres;

@@ -8,6 +8,12 @@
 //! records its transaction (`tx`, an `xid8`), so [`read_after`](CaptureStore::read_after) can
 //! walk rows in commit order and leave those of transactions still in flight for later.
 //!
+//! Digests live in `capture_digests` (keyed by `seq`, an index per filter), their words in a
+//! `tsvector` built with `array_to_tsvector` from the words `crate::search` split — taken as
+//! they are, no text-search parser or dictionary — under a GIN index; a search is a `tsquery` of
+//! prefix terms (`'env':* & 'proxy':*`), so it means what it means on SQLite. A batch's records
+//! and digests are written by one statement.
+//!
 //! Availability: connections come from a pool that reconnects on demand; a background task
 //! prepares the schema (if the server was down at start) and probes the server, and every
 //! operation's result updates [`Health`]. Failures to reach the server are
@@ -27,8 +33,9 @@ use tokio_postgres::NoTls;
 use self::connect::{classify, Failure};
 use super::health::HealthTracker;
 use super::{
-    BatchOutcome, CaptureStore, CaptureSummary, Cursor, Health, NewCapture, StoreError, StoreStats,
-    StoredCapture,
+    list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
+    ListQuery, NewCapture, Page, SqlValue, StaleDigest, StoreError, StoreStats, StoredCapture,
+    MODELS_SQL,
 };
 use crate::config::PasswordSources;
 
@@ -68,7 +75,50 @@ CREATE TABLE export_cursors (
     lease_until timestamptz NOT NULL DEFAULT '-infinity'
 );
 ",
+    "
+CREATE TABLE capture_digests (
+    seq             bigint PRIMARY KEY,
+    version         integer NOT NULL,
+    started_us      bigint,
+    outcome         text NOT NULL,
+    status          integer,
+    protocol        text NOT NULL,
+    model           text,
+    question        text,
+    answer          text,
+    body_truncated  boolean NOT NULL,
+    stream_complete boolean,
+    problems        integer NOT NULL,
+    search          tsvector NOT NULL
+);
+CREATE INDEX capture_digests_started ON capture_digests (started_us);
+CREATE INDEX capture_digests_outcome ON capture_digests (outcome, seq);
+CREATE INDEX capture_digests_status ON capture_digests (status, seq);
+CREATE INDEX capture_digests_protocol ON capture_digests (protocol, seq);
+CREATE INDEX capture_digests_model ON capture_digests (model, seq);
+CREATE INDEX capture_digests_truncated ON capture_digests (seq) WHERE body_truncated;
+CREATE INDEX capture_digests_incomplete ON capture_digests (seq) WHERE NOT stream_complete;
+CREATE INDEX capture_digests_problems ON capture_digests (seq) WHERE problems > 0;
+-- A small pending list: new words are merged into the index 256 kB at a time (cheaper than
+-- one by one), and a search never scans more than that of unmerged words (the default 4 MB
+-- cost every search ~40 ms after a bulk load).
+CREATE INDEX capture_digests_search ON capture_digests USING gin (search)
+    WITH (gin_pending_list_limit = 256);
+",
 ];
+
+const DIALECT: Dialect = Dialect {
+    placeholder: |n| format!("${n}"),
+    search: |p| format!("d.search @@ {p}::text::tsquery"),
+    search_param: |terms| {
+        terms
+            .iter()
+            .map(|t| format!("'{t}':*"))
+            .collect::<Vec<_>>()
+            .join(" & ")
+    },
+    search_walk: None,
+};
 
 /// Run on every new connection: a 2xx means committed durably, so a server whose default is
 /// `synchronous_commit = off` gets `on` for our sessions (stronger settings are left alone).
@@ -81,15 +131,55 @@ END $$";
 /// Key of the advisory lock that serialises migrations (any constant other programs do not use).
 const MIGRATION_LOCK: i64 = 0x7472_7574_6874_6162; // "truthtab"
 
+/// The records and the digests of the records newly stored, in one statement. Of ids repeated in
+/// a batch the first is stored, and gets the first one's digest.
 const INSERT: &str = "
-INSERT INTO captures (id, started_at, method, path, status, outcome, duration_ms, model, record)
-SELECT id, started_at, method, path, status, outcome, duration_ms, model, record
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[],
-            $7::float8[], $8::text[], $9::text[])
-     WITH ORDINALITY AS b(id, started_at, method, path, status, outcome, duration_ms, model,
-                          record, n)
-ORDER BY n
-ON CONFLICT (id) DO NOTHING";
+WITH b AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[],
+                         $7::float8[], $8::text[], $9::text[],
+                         $10::int4[], $11::int8[], $12::text[], $13::text[], $14::text[],
+                         $15::bool[], $16::bool[], $17::int4[], $18::text[], $19::text[],
+                         $20::text[], $21::int4[])
+         WITH ORDINALITY AS b(id, started_at, method, path, status, outcome, duration_ms, model,
+                              record, d_version, d_started_us, d_protocol, d_question, d_answer,
+                              d_truncated, d_complete, d_problems, d_words, d_model, d_outcome,
+                              d_status, n)
+),
+stored AS (
+    INSERT INTO captures (id, started_at, method, path, status, outcome, duration_ms, model, record)
+    SELECT id, started_at, method, path, status, outcome, duration_ms, model, record
+    FROM b ORDER BY n
+    ON CONFLICT (id) DO NOTHING
+    RETURNING seq, id
+)
+INSERT INTO capture_digests (seq, version, started_us, outcome, status, protocol, model, question,
+                             answer, body_truncated, stream_complete, problems, search)
+SELECT s.seq, f.d_version, f.d_started_us, f.d_outcome, f.d_status, f.d_protocol, f.d_model,
+       f.d_question, f.d_answer, f.d_truncated, f.d_complete, f.d_problems,
+       array_to_tsvector(string_to_array(f.d_words, ' '))
+FROM stored s JOIN (SELECT DISTINCT ON (id) * FROM b ORDER BY id, n) f ON f.id = s.id";
+
+/// Digests written over older ones (or none), never over a newer derivation's, in one
+/// statement; only for records that exist.
+const PUT_DIGESTS: &str = "
+INSERT INTO capture_digests (seq, version, started_us, outcome, status, protocol, model, question,
+                             answer, body_truncated, stream_complete, problems, search)
+SELECT DISTINCT ON (b.seq) b.seq, b.version, b.started_us, b.outcome, b.status, b.protocol,
+       b.model, b.question, b.answer, b.truncated, b.complete, b.problems,
+       array_to_tsvector(string_to_array(b.words, ' '))
+FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::text[], $5::int4[], $6::text[], $7::text[],
+            $8::text[], $9::text[], $10::bool[], $11::bool[], $12::int4[], $13::text[])
+     AS b(seq, version, started_us, outcome, status, protocol, model, question, answer,
+          truncated, complete, problems, words)
+JOIN captures c ON c.seq = b.seq
+ORDER BY b.seq
+ON CONFLICT (seq) DO UPDATE SET
+    version = EXCLUDED.version, started_us = EXCLUDED.started_us, outcome = EXCLUDED.outcome,
+    status = EXCLUDED.status, protocol = EXCLUDED.protocol, model = EXCLUDED.model,
+    question = EXCLUDED.question, answer = EXCLUDED.answer,
+    body_truncated = EXCLUDED.body_truncated, stream_complete = EXCLUDED.stream_complete,
+    problems = EXCLUDED.problems, search = EXCLUDED.search
+WHERE capture_digests.version < EXCLUDED.version";
 
 /// The PostgreSQL store; cheap to share behind an `Arc`.
 pub struct PgStore {
@@ -348,7 +438,21 @@ fn summary(row: &tokio_postgres::Row) -> CaptureSummary {
         outcome: row.get(6),
         duration_ms: row.get(7),
         model: row.get(8),
+        protocol: row.get(9),
+        question: row.get(10),
+        answer: row.get(11),
+        body_truncated: row.get(12),
+        stream_complete: row.get(13),
+        problems: row
+            .get::<_, Option<i32>>(14)
+            .and_then(|p| u32::try_from(p).ok()),
     }
+}
+
+const NO_INT: Option<i32> = None;
+
+fn int4(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 impl CaptureStore for PgStore {
@@ -367,6 +471,24 @@ impl CaptureStore for PgStore {
         let statuses: Vec<Option<i32>> = batch.iter().map(|c| c.status.map(i32::from)).collect();
         let durations: Vec<f64> = batch.iter().map(|c| c.duration_ms).collect();
         let models: Vec<Option<&str>> = batch.iter().map(|c| c.model.as_deref()).collect();
+        let d_versions: Vec<i32> = batch.iter().map(|c| c.digest.version).collect();
+        let d_started: Vec<Option<i64>> = batch.iter().map(|c| c.digest.started_us).collect();
+        let d_protocols = column(|c| &c.digest.protocol);
+        let d_questions: Vec<Option<&str>> =
+            batch.iter().map(|c| c.digest.question.as_deref()).collect();
+        let d_answers: Vec<Option<&str>> =
+            batch.iter().map(|c| c.digest.answer.as_deref()).collect();
+        let d_truncated: Vec<bool> = batch.iter().map(|c| c.digest.body_truncated).collect();
+        let d_complete: Vec<Option<bool>> =
+            batch.iter().map(|c| c.digest.stream_complete).collect();
+        let d_problems: Vec<i32> = batch.iter().map(|c| int4(c.digest.problems)).collect();
+        let d_words = column(|c| &c.digest.words);
+        let d_models: Vec<Option<&str>> = batch.iter().map(|c| c.digest.model.as_deref()).collect();
+        let d_outcomes = column(|c| &c.digest.outcome);
+        let d_statuses: Vec<Option<i32>> = batch
+            .iter()
+            .map(|c| c.digest.status.map(i32::from))
+            .collect();
         let stored = self
             .with_client(async |client| {
                 let stmt = client.prepare_cached(INSERT).await?;
@@ -374,8 +496,27 @@ impl CaptureStore for PgStore {
                     .execute(
                         &stmt,
                         &[
-                            &ids, &started, &methods, &paths, &statuses, &outcomes, &durations,
-                            &models, &raws,
+                            &ids,
+                            &started,
+                            &methods,
+                            &paths,
+                            &statuses,
+                            &outcomes,
+                            &durations,
+                            &models,
+                            &raws,
+                            &d_versions,
+                            &d_started,
+                            &d_protocols,
+                            &d_questions,
+                            &d_answers,
+                            &d_truncated,
+                            &d_complete,
+                            &d_problems,
+                            &d_words,
+                            &d_models,
+                            &d_outcomes,
+                            &d_statuses,
                         ],
                     )
                     .await
@@ -397,26 +538,114 @@ impl CaptureStore for PgStore {
         .await
     }
 
-    async fn list(
+    async fn list(&self, query: ListQuery) -> Result<Vec<CaptureSummary>, StoreError> {
+        let (sql, values) = list_sql(&query, &DIALECT);
+        // Integers are bigint or integer depending on the column; text binds as text. The
+        // statement's parameter types say which, so each value is converted to fit.
+        let mut rows: Vec<CaptureSummary> = self
+            .with_client(async |client| {
+                // Prepared afresh, so it is planned for these values (how rare a search word
+                // is decides between the word index and walking `seq`), never a generic plan.
+                let stmt = client.prepare(&sql).await?;
+                let ints32: Vec<Option<i32>> = values
+                    .iter()
+                    .map(|v| match v {
+                        SqlValue::Int(i) => i32::try_from(*i).ok(),
+                        SqlValue::Text(_) => None,
+                    })
+                    .collect();
+                let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+                for (i, (v, ty)) in values.iter().zip(stmt.params()).enumerate() {
+                    match v {
+                        SqlValue::Text(t) => params.push(t),
+                        SqlValue::Int(_) if *ty == tokio_postgres::types::Type::INT4 => {
+                            params.push(ints32.get(i).unwrap_or(&NO_INT))
+                        }
+                        SqlValue::Int(n) => params.push(n),
+                    }
+                }
+                Ok(client
+                    .query(&stmt, &params)
+                    .await?
+                    .iter()
+                    .map(summary)
+                    .collect())
+            })
+            .await?;
+        if matches!(query.page, Page::After(_)) {
+            rows.reverse();
+        }
+        Ok(rows)
+    }
+
+    async fn models(&self) -> Result<Vec<String>, StoreError> {
+        self.with_client(async |client| {
+            let stmt = client.prepare_cached(MODELS_SQL).await?;
+            Ok(client
+                .query(&stmt, &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+        .await
+    }
+
+    async fn stale_digests(
         &self,
+        after: i64,
+        version: i32,
         limit: u32,
-        before: Option<i64>,
-    ) -> Result<Vec<CaptureSummary>, StoreError> {
-        let before = before.unwrap_or(i64::MAX);
+    ) -> Result<Vec<StaleDigest>, StoreError> {
         let limit = i64::from(limit);
         self.with_client(async |client| {
             let stmt = client
                 .prepare_cached(
-                    "SELECT seq, id, started_at, method, path, status, outcome, duration_ms, model
-                     FROM captures WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+                    "SELECT c.seq, c.record FROM captures c
+                     LEFT JOIN capture_digests d ON d.seq = c.seq
+                     WHERE c.seq > $1 AND (d.seq IS NULL OR d.version < $2)
+                     ORDER BY c.seq LIMIT $3",
                 )
                 .await?;
             Ok(client
-                .query(&stmt, &[&before, &limit])
+                .query(&stmt, &[&after, &version, &limit])
                 .await?
                 .iter()
-                .map(summary)
+                .map(|r| StaleDigest {
+                    seq: r.get(0),
+                    raw: r.get(1),
+                })
                 .collect())
+        })
+        .await
+    }
+
+    async fn put_digests(&self, digests: Vec<(i64, Digest)>) -> Result<u64, StoreError> {
+        let seqs: Vec<i64> = digests.iter().map(|(s, _)| *s).collect();
+        let d: Vec<&Digest> = digests.iter().map(|(_, d)| d).collect();
+        let versions: Vec<i32> = d.iter().map(|d| d.version).collect();
+        let started: Vec<Option<i64>> = d.iter().map(|d| d.started_us).collect();
+        let outcomes: Vec<&str> = d.iter().map(|d| d.outcome.as_str()).collect();
+        let statuses: Vec<Option<i32>> = d.iter().map(|d| d.status.map(i32::from)).collect();
+        let protocols: Vec<&str> = d.iter().map(|d| d.protocol.as_str()).collect();
+        let models: Vec<Option<&str>> = d.iter().map(|d| d.model.as_deref()).collect();
+        let questions: Vec<Option<&str>> = d.iter().map(|d| d.question.as_deref()).collect();
+        let answers: Vec<Option<&str>> = d.iter().map(|d| d.answer.as_deref()).collect();
+        let truncated: Vec<bool> = d.iter().map(|d| d.body_truncated).collect();
+        let complete: Vec<Option<bool>> = d.iter().map(|d| d.stream_complete).collect();
+        let problems: Vec<i32> = d.iter().map(|d| int4(d.problems)).collect();
+        let words: Vec<&str> = d.iter().map(|d| d.words.as_str()).collect();
+        self.with_client(async |client| {
+            let stmt = client.prepare_cached(PUT_DIGESTS).await?;
+            client
+                .execute(
+                    &stmt,
+                    &[
+                        &seqs, &versions, &started, &outcomes, &statuses, &protocols, &models,
+                        &questions, &answers, &truncated, &complete, &problems, &words,
+                    ],
+                )
+                .await
         })
         .await
     }

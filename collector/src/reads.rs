@@ -1,0 +1,366 @@
+//! The reads, once for every surface: the JSON API (`GET /v1/captures`, `GET /v1/captures/{id}`)
+//! and the web view call the same functions, so a filter means the same in both and a page shows
+//! what the API returns.
+
+use crate::audit::{AuditView, Protocol};
+use crate::digest;
+use crate::http::AppState;
+use crate::record::{CaptureRecord, Outcome};
+use crate::search;
+use crate::store::{CaptureStore, CaptureSummary, ListQuery, Page, StatusFilter, StoreError};
+use crate::timestamp;
+
+/// Default page size of the list.
+pub const DEFAULT_LIMIT: u32 = 50;
+/// Largest page size of the list.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// Every parameter the list takes (`GET /v1/captures`, `/`, `/ui`).
+pub const LIST_PARAMS: [&str; 11] = [
+    "limit", "before", "after", "since", "until", "outcome", "protocol", "model", "status", "mark",
+    "q",
+];
+
+/// The values of `mark`.
+pub const MARKS: [&str; 3] = ["truncated", "incomplete", "problems"];
+
+/// A list parameter that cannot be used; the message names it and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadParam(pub String);
+
+/// A parsed list request, and the filter parameters as given (for links to other pages).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListRequest {
+    /// What the store is asked.
+    pub query: ListQuery,
+    /// The non-empty filter parameters (not `before`/`after`), in the order given.
+    pub filters: Vec<(String, String)>,
+}
+
+impl ListRequest {
+    /// Reads query-string pairs. Empty values count as absent (what a form sends for an empty
+    /// field); `outcome`, `protocol` and `mark` take several values, repeated or comma-separated.
+    pub fn parse(pairs: &[(String, String)]) -> Result<ListRequest, BadParam> {
+        let mut req = ListRequest {
+            query: ListQuery {
+                limit: DEFAULT_LIMIT,
+                ..ListQuery::default()
+            },
+            filters: Vec::new(),
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        let f = &mut req.query.filter;
+        for (key, value) in pairs {
+            let value = value.trim();
+            let Some(known) = LIST_PARAMS.iter().find(|p| **p == key) else {
+                return Err(BadParam(format!(
+                    "unknown query parameter \"{key}\"; expected one of {}",
+                    LIST_PARAMS.join(", ")
+                )));
+            };
+            if value.is_empty() {
+                continue;
+            }
+            let multi = matches!(*known, "outcome" | "protocol" | "mark");
+            if !multi && seen.contains(known) {
+                return Err(BadParam(format!("{key}: given more than once")));
+            }
+            seen.push(known);
+            if !matches!(*known, "before" | "after") {
+                req.filters.push((key.clone(), value.to_owned()));
+            }
+            let each = || value.split(',').map(str::trim).filter(|v| !v.is_empty());
+            match *known {
+                "limit" => {
+                    req.query.limit = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            BadParam(format!(
+                                "limit: expected an integer from 1 to {MAX_LIMIT}, got \"{value}\""
+                            ))
+                        })?
+                }
+                "before" | "after" => {
+                    let seq = value.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        BadParam(format!(
+                            "{key}: expected a cursor from next_before or prev_after, got \"{value}\""
+                        ))
+                    })?;
+                    req.query.page = match (req.query.page, *known) {
+                        (Page::Newest, "before") => Page::Before(seq),
+                        (Page::Newest, _) => Page::After(seq),
+                        _ => {
+                            return Err(BadParam(
+                                "before and after: give one of them, not both".to_owned(),
+                            ))
+                        }
+                    };
+                }
+                "since" | "until" => {
+                    let us = timestamp::unix_micros(value).ok_or_else(|| {
+                        BadParam(format!(
+                            "{key}: expected a time like 2026-11-25T16:10:40Z, 2026-11-25T16:10 (UTC) or 2026-11-25, got \"{value}\""
+                        ))
+                    })?;
+                    if *known == "since" {
+                        f.since_us = Some(us);
+                    } else {
+                        f.until_us = Some(us);
+                    }
+                }
+                "outcome" => {
+                    for v in each() {
+                        if !Outcome::ALL.iter().any(|o| o.as_str() == v) {
+                            return Err(BadParam(format!(
+                                "outcome: expected {}, got \"{v}\"",
+                                Outcome::ALL.map(Outcome::as_str).join(", ")
+                            )));
+                        }
+                        f.outcomes.push(v.to_owned());
+                    }
+                }
+                "protocol" => {
+                    for v in each() {
+                        if !Protocol::ALL.iter().any(|p| p.as_str() == v) {
+                            return Err(BadParam(format!(
+                                "protocol: expected one of {}, got \"{v}\"",
+                                Protocol::ALL.map(Protocol::as_str).join(", ")
+                            )));
+                        }
+                        f.protocols.push(v.to_owned());
+                    }
+                }
+                "model" => f.model = Some(value.to_owned()),
+                "status" => f.status = Some(parse_status(value)?),
+                "mark" => {
+                    for v in each() {
+                        match v {
+                            "truncated" => f.truncated = true,
+                            "incomplete" => f.incomplete = true,
+                            "problems" => f.problems = true,
+                            other => {
+                                return Err(BadParam(format!(
+                                    "mark: expected {}, got \"{other}\"",
+                                    MARKS.join(", ")
+                                )))
+                            }
+                        }
+                    }
+                }
+                "q" => {
+                    f.terms = search::terms(value).map_err(|e| BadParam(format!("q: {e}")))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(req)
+    }
+
+    /// The value of a filter parameter as given (the first, for those given several times).
+    pub fn filter_value(&self, key: &str) -> Option<&str> {
+        self.filters
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn parse_status(value: &str) -> Result<StatusFilter, BadParam> {
+    let bad = || {
+        BadParam(format!(
+            "status: expected a status (200), a class (4xx) or none, got \"{value}\""
+        ))
+    };
+    let lower = value.to_ascii_lowercase();
+    if lower == "none" {
+        return Ok(StatusFilter::NoResponse);
+    }
+    if let Some(class) = lower.strip_suffix("xx") {
+        return match class.parse::<u16>() {
+            Ok(c) if (1..=5).contains(&c) => Ok(StatusFilter::Class(c)),
+            _ => Err(bad()),
+        };
+    }
+    match value.parse::<u16>() {
+        Ok(s) if (100..=599).contains(&s) => Ok(StatusFilter::Is(s)),
+        _ => Err(bad()),
+    }
+}
+
+/// One page of the list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListPage {
+    /// The captures, newest stored first.
+    pub captures: Vec<CaptureSummary>,
+    /// `before` for the next, older page; `None` on the oldest.
+    pub next_before: Option<i64>,
+    /// `after` for the previous, newer page; `None` on the newest.
+    pub prev_after: Option<i64>,
+    /// Stored records are still being given their digests: filters and search skip those.
+    pub indexing: bool,
+}
+
+/// The page `req` asks for.
+pub async fn list(state: &AppState, req: &ListRequest) -> Result<ListPage, StoreError> {
+    let limit = req.query.limit;
+    let mut query = ListQuery {
+        limit: limit + 1,
+        ..req.query.clone()
+    };
+    let mut rows = state.store.list(query.clone()).await?;
+    if matches!(query.page, Page::After(_)) && rows.len() <= limit as usize {
+        // Fewer newer captures than a page: that is the newest page.
+        query.page = Page::Newest;
+        rows = state.store.list(query.clone()).await?;
+    }
+    let more = rows.len() > limit as usize;
+    let (captures, next_before, prev_after) = match query.page {
+        Page::After(_) => {
+            let extra = rows.len().saturating_sub(limit as usize);
+            let page: Vec<_> = rows.into_iter().skip(extra).collect();
+            let older = page.last().map(|s| s.seq);
+            let newer = page.first().map(|s| s.seq);
+            (page, older, newer)
+        }
+        Page::Newest | Page::Before(_) => {
+            let page: Vec<_> = rows.into_iter().take(limit as usize).collect();
+            let older = if more {
+                page.last().map(|s| s.seq)
+            } else {
+                None
+            };
+            let newer = match query.page {
+                Page::Before(_) => page.first().map(|s| s.seq),
+                _ => None,
+            };
+            (page, older, newer)
+        }
+    };
+    Ok(ListPage {
+        captures,
+        next_before,
+        prev_after,
+        indexing: state.indexing(),
+    })
+}
+
+/// The distinct models the list can be filtered by.
+pub async fn models(state: &AppState) -> Result<Vec<String>, StoreError> {
+    state.store.models().await
+}
+
+/// One stored capture: the line as received, the record (or why it no longer validates), and
+/// its audit view, derived now.
+#[derive(Debug, Clone)]
+pub struct CaptureRead {
+    /// The record exactly as received.
+    pub raw: String,
+    /// The typed record, or why the stored line does not validate.
+    pub record: Result<CaptureRecord, String>,
+    /// The audit view.
+    pub view: AuditView,
+}
+
+/// The capture stored under `id`, if any.
+pub async fn capture(state: &AppState, id: String) -> Result<Option<CaptureRead>, StoreError> {
+    let Some(raw) = state.store.get(id).await? else {
+        return Ok(None);
+    };
+    // Deriving decodes and parses the bodies: CPU work, kept off the async workers.
+    let read = tokio::task::spawn_blocking(move || {
+        let record = CaptureRecord::parse_line(&raw).map_err(|e| e.to_string());
+        let view = match &record {
+            Ok(r) => digest::view_of(r),
+            Err(e) => AuditView::unknown(format!("stored record no longer validates: {e}")),
+        };
+        CaptureRead { raw, record, view }
+    })
+    .await
+    .map_err(|e| StoreError::Unavailable(format!("deriving the audit view failed: {e}")))?;
+    Ok(Some(read))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(q: &str) -> Result<ListRequest, BadParam> {
+        let pairs: Vec<(String, String)> = q
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        ListRequest::parse(&pairs)
+    }
+
+    #[test]
+    fn every_filter_is_read() {
+        let r = parse("since=2026-11-25&until=2026-11-26T00:00:00Z&outcome=client_aborted,upstream_failed&protocol=openai.chat&protocol=anthropic.messages&model=gpt-4o&status=5xx&mark=truncated,problems&q=Envoy proxy&limit=10&before=99").unwrap();
+        let f = &r.query.filter;
+        assert_eq!(f.since_us, timestamp::unix_micros("2026-11-25"));
+        assert_eq!(f.until_us, timestamp::unix_micros("2026-11-26"));
+        assert_eq!(f.outcomes, ["client_aborted", "upstream_failed"]);
+        assert_eq!(f.protocols, ["openai.chat", "anthropic.messages"]);
+        assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(f.status, Some(StatusFilter::Class(5)));
+        assert!(f.truncated && f.problems && !f.incomplete);
+        assert_eq!(f.terms, ["envoy", "proxy"]);
+        assert_eq!((r.query.limit, r.query.page), (10, Page::Before(99)));
+        assert_eq!(r.filter_value("model"), Some("gpt-4o"));
+        assert!(r.filters.iter().all(|(k, _)| k != "before"));
+    }
+
+    #[test]
+    fn empty_values_are_absent() {
+        let r = parse("since=&until=&outcome=&protocol=&model=&status=&q=&limit=").unwrap();
+        assert!(r.query.filter.is_empty());
+        assert_eq!(r.query.limit, DEFAULT_LIMIT);
+        assert!(r.filters.is_empty());
+    }
+
+    #[test]
+    fn statuses_are_exact_a_class_or_none() {
+        for (v, want) in [
+            ("200", StatusFilter::Is(200)),
+            ("4xx", StatusFilter::Class(4)),
+            ("5XX", StatusFilter::Class(5)),
+            ("none", StatusFilter::NoResponse),
+        ] {
+            assert_eq!(
+                parse(&format!("status={v}")).unwrap().query.filter.status,
+                Some(want)
+            );
+        }
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        for (q, start) in [
+            ("limit=0", "limit: expected an integer from 1 to 1000"),
+            ("limit=x", "limit: expected"),
+            ("before=-1", "before: expected a cursor"),
+            ("before=5&after=3", "before and after: give one"),
+            ("since=yesterday", "since: expected a time"),
+            (
+                "outcome=fine",
+                "outcome: expected complete, client_aborted, upstream_failed",
+            ),
+            ("protocol=soap", "protocol: expected one of openai.chat"),
+            ("status=700", "status: expected a status"),
+            ("status=9xx", "status: expected a status"),
+            ("mark=odd", "mark: expected truncated, incomplete, problems"),
+            ("q=!!", "q: has no letters or digits"),
+            ("model=a&model=b", "model: given more than once"),
+            ("sort=asc", "unknown query parameter \"sort\""),
+        ] {
+            let e = parse(q).unwrap_err().0;
+            assert!(e.starts_with(start), "{q}: {e}");
+        }
+    }
+}
