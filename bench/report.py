@@ -16,7 +16,7 @@ LABEL = {
     "capture": "TruthTable capture + delivery",
     "tap": "envoy.filters.http.tap (file per exchange)",
     "copy_only": "copy-only build (headers, bodies, details through the ABI; no record, no delivery)",
-    "record_only": "record-only build (copies + records written, then discarded; no delivery)",
+    "record_only": "record-only build (copies + framed records written, then discarded; no delivery)",
     "raw_abi": "capture + delivery, raw-ABI build of 516b67f (before the proxy-wasm SDK)",
     "framed": "TruthTable capture + delivery, delivery_format framed",
     "sdk_maps": "capture + delivery, header maps read with the SDK's get_map_bytes",
