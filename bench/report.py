@@ -55,8 +55,8 @@ def main() -> None:
         f"{WORKLOAD[w]} req/s | x plain | per-round x plain | Envoy CPU µs/req" for w in workloads) + " |"
     md.append(head)
     md.append("|---" * (1 + 4 * len(workloads)) + "|")
-    listeners = LISTENERS + [extra for extra in ("framed", "raw_abi", "sdk_maps", "copy_only", "record_only")
-                             if any(r["listener"] == extra for r in rows)]
+    listeners = [l for l in LISTENERS + ["framed", "raw_abi", "sdk_maps", "copy_only", "record_only"]
+                 if any(r["listener"] == l for r in rows)]
     med = {}
     for w in workloads:
         for l in listeners:
@@ -250,8 +250,8 @@ def main() -> None:
         summary["throughput"]["json"]["own_import_vs_sdk_maps"] = maps[0]
         md.append(f"- header maps through the filter's own import instead of the SDK's get_map_bytes: "
                   f"**{maps[0]:.3f}×** the throughput (per round {maps[1]:.3f}–{maps[2]:.3f}).")
-    if "json" in summary["throughput"]:
-        t = summary["throughput"]["json"]
+    t = summary["throughput"].get("json", {})
+    if "passthrough" in t and "tap" in t:
         md.append(f"- do-nothing wasm (1 KiB): {t['passthrough']['ratio']:.2f}; tap: {t['tap']['ratio']:.2f}.")
     if "capture" in summary["ttfe"]:
         a = summary["ttfe"]["capture"]["added_vs_plain_ms"]
