@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ndjson, post, record, InProcess};
+use common::{get_json, ndjson, post, record, InProcess};
 use serde_json::Value;
 
 fn ids(prefix: &str, n: usize) -> Vec<String> {
@@ -58,14 +58,7 @@ async fn ingest_then_read_back_returns_the_record_verbatim_and_its_audit_view() 
     assert_eq!(audit["context"][0]["source"], "system");
     assert_eq!(audit["usage"]["output_tokens"], 4);
 
-    let list: Value = client
-        .get(server.url("/v1/captures"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&client, server.url("/v1/captures")).await;
     let first = &list["captures"][0];
     assert_eq!(first["id"], "r-1");
     assert_eq!(first["method"], "POST");
@@ -96,14 +89,7 @@ async fn duplicate_ids_are_stored_once_and_counted_in_metrics() {
     assert_eq!(body["stored"], 0);
     assert_eq!(body["duplicates"], 3);
 
-    let list: Value = client
-        .get(server.url("/v1/captures"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&client, server.url("/v1/captures")).await;
     assert_eq!(list["captures"].as_array().unwrap().len(), 3);
     assert_eq!(
         metric(
@@ -176,14 +162,7 @@ async fn oversized_request_gets_413_and_stores_nothing() {
     assert!(err["error"].as_str().unwrap().contains("4096"));
     let small = post(&client, &server.base, ndjson(&ids("small", 1)), None).await;
     assert_eq!(small.status(), 200, "a request under the limit still works");
-    let list: Value = client
-        .get(server.url("/v1/captures"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&client, server.url("/v1/captures")).await;
     assert_eq!(list["captures"].as_array().unwrap().len(), 1);
     server.stop().await;
 }
@@ -484,14 +463,7 @@ async fn an_unrecognisable_exchange_is_stored_with_an_unknown_audit_view() {
             .status(),
         200
     );
-    let got: Value = client
-        .get(server.url("/v1/captures/odd"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: Value = get_json(&client, server.url("/v1/captures/odd")).await;
     assert_eq!(got["audit"]["protocol"], "unknown");
     assert!(got["audit"]["reason"].is_string());
     server.stop().await;
@@ -569,14 +541,7 @@ async fn a_framed_batch_is_stored_and_served_as_the_record_it_carries() {
     let got: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(got["audit"]["question"], "Capital of \"France\"?");
     assert_eq!(got["audit"]["answer"], "Paris.");
-    let binary: Value = client
-        .get(server.url("/v1/captures/f-2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let binary: Value = get_json(&client, server.url("/v1/captures/f-2")).await;
     assert_eq!(binary["capture"]["response"]["body"]["encoding"], "base64");
     assert_eq!(binary["capture"]["response"]["body"]["data"], "H4sIAA==");
 
@@ -604,14 +569,7 @@ async fn a_malformed_frame_is_refused_naming_it_and_nothing_of_the_request_is_st
     let message = error["error"].as_str().unwrap_or_default().to_owned() + &error.to_string();
     assert!(message.contains("frame 2"), "{message}");
     assert!(message.contains("bad-2"), "names the record: {message}");
-    let list: Value = client
-        .get(server.url("/v1/captures"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&client, server.url("/v1/captures")).await;
     assert_eq!(
         list["captures"].as_array().unwrap().len(),
         0,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use common::phoenix::{attr, span_of, Phoenix};
 use common::postgres::{Postgres, PASSWORD};
-use common::{ndjson, post, Process};
+use common::{get_json, ndjson, post, Process};
 use serde_json::{json, Value};
 use truthtable_collector::config::{Cli, Config};
 use truthtable_collector::metrics::SpanCount;
@@ -446,14 +446,7 @@ async fn ingest_answers_at_once_while_the_otlp_endpoint_hangs_and_requests_carry
         );
     }
     assert!(started.elapsed() < Duration::from_secs(20));
-    let list: Value = client
-        .get(format!("{}/v1/captures?limit=1000", c.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&client, format!("{}/v1/captures?limit=1000", c.base)).await;
     assert_eq!(list["captures"].as_array().unwrap().len(), 200);
     assert_eq!(c.count(SpanCount::Exported), 0, "nothing was answered");
     // What the exporter sent: OTLP/HTTP protobuf, with the configured headers.

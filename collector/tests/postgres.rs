@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::postgres::{PgOptions, Postgres, PASSWORD, USER};
-use common::{ndjson, post, Process};
+use common::{get_json, ndjson, post, Process};
 use serde_json::Value;
 use truthtable_collector::config::{Config, DbTarget};
 use truthtable_collector::store::{CaptureStore, Cursor, Store};
@@ -180,14 +180,7 @@ async fn replicas_sharing_a_database_store_each_id_once_and_read_the_same() {
     for base in [a.base(), b.base()] {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let page: Value = client
-                .get(format!("{base}/v1/captures?limit=1"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let page: Value = get_json(&client, format!("{base}/v1/captures?limit=1")).await;
             if page["indexing"] == false {
                 break;
             }
@@ -212,14 +205,7 @@ async fn replicas_sharing_a_database_store_each_id_once_and_read_the_same() {
         let (from_a, from_b) = tokio::join!(read(a.base()), read(b.base()));
         assert_eq!(from_a, from_b, "{path} differs between replicas");
     }
-    let got: Value = client
-        .get(format!("{}/v1/captures/rep-3", a.base()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: Value = get_json(&client, format!("{}/v1/captures/rep-3", a.base())).await;
     assert_eq!(got["audit"]["question"], "question for rep-3");
     let metrics = client
         .get(format!("{}/metrics", b.base()))
@@ -547,13 +533,6 @@ async fn a_database_of_an_older_collector_is_migrated_at_start_and_its_records_d
         collector.log()
     );
     // The records themselves are untouched.
-    let raw: Value = client
-        .get(format!("{base}/v1/captures/old-7"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let raw: Value = get_json(&client, format!("{base}/v1/captures/old-7")).await;
     assert_eq!(raw["capture"], common::record("old-7"));
 }

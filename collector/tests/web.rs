@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use common::browser::Browser;
 use common::captures::{self, HOSTILE_MARK};
-use common::{post, InProcess};
+use common::{get_json, post, InProcess};
 use serde_json::Value;
 use truthtable_collector::http::CONTENT_SECURITY_POLICY;
 
@@ -100,14 +100,7 @@ async fn the_list_is_served_at_the_root_and_at_ui_with_the_apis_filters() {
         "limit=2",
     ] {
         let html = page(&server, &format!("/ui?{query}")).await.2;
-        let api: Value = client()
-            .get(server.url(&format!("/v1/captures?{query}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let api: Value = get_json(&client(), server.url(&format!("/v1/captures?{query}"))).await;
         let api_ids: Vec<String> = api["captures"]
             .as_array()
             .unwrap()
@@ -500,7 +493,7 @@ async fn in_chromium_an_auditor_filters_opens_a_capture_and_reads_question_and_a
         .await;
     let q = browser.find("#question .text").await;
     assert_eq!(q.text().await, "Can I return an opened item?");
-    let a = browser.find("#answer .text").await.text().await;
+    let a = browser.text_of("#answer .text").await;
     assert!(
         a.starts_with("Yes: opened items may be returned within 30 days"),
         "{a}"
@@ -512,9 +505,7 @@ async fn in_chromium_an_auditor_filters_opens_a_capture_and_reads_question_and_a
     let docs = browser.find_all("#context article.context-item").await;
     assert_eq!(docs.len(), 3, "system message and two documents");
     assert!(browser
-        .find("#context")
-        .await
-        .text()
+        .text_of("#context")
         .await
         .contains("Refund policy §4"));
     browser.resize(1440, 1250).await;
@@ -523,7 +514,7 @@ async fn in_chromium_an_auditor_filters_opens_a_capture_and_reads_question_and_a
         .await;
     // The JSON record is one click away.
     browser.find("#json").await.click().await;
-    let text = browser.find("body").await.text().await;
+    let text = browser.text_of("body").await;
     let json: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(json["audit"]["question"], "Can I return an opened item?");
     drop(browser);
@@ -545,13 +536,13 @@ async fn in_chromium_signing_in_with_the_read_token_opens_the_view() {
         .type_text("not-the-token")
         .await;
     browser.find("#signin button").await.click().await;
-    let error = browser.find(".signin .error").await.text().await;
+    let error = browser.text_of(".signin .error").await;
     assert!(error.contains("not this collector's read token"), "{error}");
     assert!(browser.cookies().await.is_empty());
     browser.find("#token").await.type_text(READ_TOKEN).await;
     browser.find("#signin button").await.click().await;
     // Back where the auditor was going, signed in.
-    let q = browser.find("#question .text").await.text().await;
+    let q = browser.text_of("#question .text").await;
     assert_eq!(q, "Can I get a refund for a gift card?");
     let url = browser.url().await;
     assert!(url.ends_with("/ui/captures/anthropic-giftcard"), "{url}");
@@ -611,30 +602,19 @@ async fn in_chromium_a_hostile_capture_shows_its_markup_as_text_and_runs_nothing
         assert_eq!(browser.eval("return document.scripts.length").await, 0);
     }
     // On the capture's page the markup is there, as text.
-    let q = browser.find("#question .text").await.text().await;
+    let q = browser.text_of("#question .text").await;
     assert!(q.starts_with("<script>document.title="), "{q}");
     assert!(browser
-        .find("#answer .text")
-        .await
-        .text()
+        .text_of("#answer .text")
         .await
         .contains("<svg onload="));
     assert!(browser
-        .find("#context")
-        .await
-        .text()
+        .text_of("#context")
         .await
         .contains("<object data=\"javascript:"));
+    assert!(browser.text_of("#request").await.contains("x-note"));
     assert!(browser
-        .find("#request")
-        .await
-        .text()
-        .await
-        .contains("x-note"));
-    assert!(browser
-        .find("#response")
-        .await
-        .text()
+        .text_of("#response")
         .await
         .contains("<img src=x onerror="));
     // Hidden styles did not apply either: the page is visible.

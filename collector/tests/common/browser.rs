@@ -156,6 +156,11 @@ impl Browser {
             .to_owned()
     }
 
+    /// The text of the element `css` selects (see [`Browser::find`]).
+    pub async fn text_of(&self, css: &str) -> String {
+        self.find(css).await.text().await
+    }
+
     /// The element `css` selects, waiting up to 5 s for it.
     pub async fn find(&self, css: &str) -> Element<'_> {
         let deadline = Instant::now() + Duration::from_secs(5);

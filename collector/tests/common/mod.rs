@@ -148,6 +148,11 @@ pub fn sqlite_has(db: &Path, id: &str) -> bool {
         == 1
 }
 
+/// GETs `url` and parses the answer as JSON, whatever its status.
+pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Posts an NDJSON body to the ingest endpoint.
 pub async fn post(
     client: &reqwest::Client,
