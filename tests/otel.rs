@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::Response;
-use common::{client, filter_config, free_port, Envoy, EnvoyOpts};
+use common::{bind_when_free, client, filter_config, free_port, Envoy, EnvoyOpts};
 use futures_util::StreamExt;
 use phoenix::{attr, Phoenix};
 use serde_json::{json, Value};
@@ -174,12 +174,7 @@ impl Collector {
         );
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         config.listen = addr;
-        let listener = loop {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => break l,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        };
+        let listener = bind_when_free(addr).await;
         let store = truthtable_collector::store::Store::open(&config)
             .await
             .unwrap();

@@ -112,18 +112,13 @@ fn frame_of(line: &str) -> Vec<u8> {
     let json = v.to_string();
     let req_at = json.find(r#""body":{"#).unwrap() + 8;
     let resp_at = json.rfind(r#""body":{"#).unwrap() + 8;
-    let mut out = format!(
-        "TTF1 {:010} {req_at:010} {:010} {resp_at:010} {:010}\n",
-        json.len(),
-        bodies[0].len(),
-        bodies[1].len()
+    truthtable_collector::frames::encode(
+        &json,
+        req_at,
+        bodies[0].as_bytes(),
+        resp_at,
+        bodies[1].as_bytes(),
     )
-    .into_bytes();
-    out.extend_from_slice(json.as_bytes());
-    out.extend_from_slice(bodies[0].as_bytes());
-    out.extend_from_slice(bodies[1].as_bytes());
-    out.push(b'\n');
-    out
 }
 
 fn batch_lines(tag: &str, lane: usize, n: u64, batch: usize, size: usize) -> Vec<String> {

@@ -81,6 +81,31 @@ pub fn split(body: &[u8]) -> Result<Vec<Frame<'_>>, FrameError> {
     Ok(frames)
 }
 
+/// One frame as the filter writes it: `json` (the record without its bodies' `encoding` and
+/// `data`), the offsets in it where those belong (`resp_at` 0 when there is no response), and the
+/// body bytes. The inverse of [`split`]; the collector itself only reads frames (tests and the
+/// ingest benchmark write them).
+pub fn encode(
+    json: &str,
+    req_at: usize,
+    request: &[u8],
+    resp_at: usize,
+    response: &[u8],
+) -> Vec<u8> {
+    let mut out = format!(
+        "TTF1 {:010} {req_at:010} {:010} {resp_at:010} {:010}\n",
+        json.len(),
+        request.len(),
+        response.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(json.as_bytes());
+    out.extend_from_slice(request);
+    out.extend_from_slice(response);
+    out.push(b'\n');
+    out
+}
+
 /// The id in a malformed frame's JSON, when its header line gives where the JSON is.
 fn probe_id(rest: &[u8]) -> Option<String> {
     let end = rest.iter().take(MAX_HEADER).position(|&b| b == b'\n')?;
@@ -298,19 +323,7 @@ mod tests {
     fn frame(json: &str, request: &[u8], response: Option<&[u8]>) -> Vec<u8> {
         let req_at = json.find("\"body\":{").unwrap() + 8;
         let resp_at = response.map_or(0, |_| json.rfind("\"body\":{").unwrap() + 8);
-        let resp = response.unwrap_or_default();
-        let mut out = format!(
-            "TTF1 {:010} {req_at:010} {:010} {resp_at:010} {:010}\n",
-            json.len(),
-            request.len(),
-            resp.len()
-        )
-        .into_bytes();
-        out.extend_from_slice(json.as_bytes());
-        out.extend_from_slice(request);
-        out.extend_from_slice(resp);
-        out.push(b'\n');
-        out
+        encode(json, req_at, request, resp_at, response.unwrap_or_default())
     }
 
     const JSON: &str = r#"{"schema":"truthtable.capture.v1","id":"a1","request":{"path":"/","body":{"size":5,"truncated":false}},"response":{"status":200,"body":{"size":4,"truncated":false},"first_byte_ms":1.5}}"#;

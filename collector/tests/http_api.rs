@@ -4,25 +4,11 @@
 
 mod common;
 
-use common::{get_json, ndjson, post, record, InProcess};
+use common::{get_json, metric, ndjson, post, record, InProcess};
 use serde_json::Value;
 
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
-}
-
-async fn metric(client: &reqwest::Client, server: &InProcess, name: &str) -> u64 {
-    let text = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
 }
 
 #[tokio::test]
@@ -94,21 +80,26 @@ async fn duplicate_ids_are_stored_once_and_counted_in_metrics() {
     assert_eq!(
         metric(
             &client,
-            &server,
+            &server.base,
             "truthtable_collector_records_stored_total"
         )
         .await,
         3
     );
     assert_eq!(
-        metric(&client, &server, "truthtable_collector_duplicates_total").await,
+        metric(
+            &client,
+            &server.base,
+            "truthtable_collector_duplicates_total"
+        )
+        .await,
         3
     );
     assert_eq!(
-        metric(&client, &server, "truthtable_collector_records").await,
+        metric(&client, &server.base, "truthtable_collector_records").await,
         3
     );
-    assert!(metric(&client, &server, "truthtable_collector_store_bytes").await > 0);
+    assert!(metric(&client, &server.base, "truthtable_collector_store_bytes").await > 0);
     server.stop().await;
 }
 
@@ -141,7 +132,7 @@ async fn bad_line_3_is_rejected_naming_it_and_nothing_of_the_request_is_stored()
     assert_eq!(
         metric(
             &client,
-            &server,
+            &server.base,
             "truthtable_collector_rejected_requests_total{reason=\"invalid\"}"
         )
         .await,
@@ -193,7 +184,7 @@ async fn ingest_requires_the_ingest_token_when_set() {
     assert_eq!(
         metric(
             &client,
-            &server,
+            &server.base,
             "truthtable_collector_rejected_requests_total{reason=\"unauthorized\"}"
         )
         .await,
@@ -479,18 +470,7 @@ fn frame(id: &str, request: &[u8], response: &[u8]) -> Vec<u8> {
     );
     let req_at = json.find(r#""body":{"#).unwrap() + 8;
     let resp_at = json.rfind(r#""body":{"#).unwrap() + 8;
-    let mut out = format!(
-        "TTF1 {:010} {req_at:010} {:010} {resp_at:010} {:010}\n",
-        json.len(),
-        request.len(),
-        response.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(json.as_bytes());
-    out.extend_from_slice(request);
-    out.extend_from_slice(response);
-    out.push(b'\n');
-    out
+    truthtable_collector::frames::encode(&json, req_at, request, resp_at, response)
 }
 
 async fn post_framed(
@@ -578,7 +558,7 @@ async fn a_malformed_frame_is_refused_naming_it_and_nothing_of_the_request_is_st
     assert_eq!(
         metric(
             &client,
-            &server,
+            &server.base,
             "truthtable_collector_records_stored_total"
         )
         .await,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use common::phoenix::{attr, span_of, Phoenix};
 use common::postgres::{Postgres, PASSWORD};
-use common::{get_json, ndjson, post, Process};
+use common::{get_json, metric, ndjson, post, Process};
 use serde_json::{json, Value};
 use truthtable_collector::config::{Cli, Config};
 use truthtable_collector::metrics::SpanCount;
@@ -278,18 +278,10 @@ async fn of_two_collectors_on_one_database_one_exports_and_the_other_takes_over(
     let (ea, eb) = (a.count(SpanCount::Exported), b.count(SpanCount::Exported));
     assert_eq!(ea + eb, 40, "each span sent once between them");
     assert!(ea == 0 || eb == 0, "only one exports: {ea} and {eb}");
+    let client = reqwest::Client::new();
     let gauge = |c: &Collector| {
-        let url = format!("{}/metrics", c.base);
-        async move {
-            reqwest::get(url)
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-                .lines()
-                .any(|l| l == "truthtable_collector_otlp_exporting 1")
-        }
+        let (client, base) = (client.clone(), c.base.clone());
+        async move { metric(&client, &base, "truthtable_collector_otlp_exporting").await == 1 }
     };
     assert_ne!(gauge(&a).await, gauge(&b).await, "one gauge says 1");
 
@@ -496,27 +488,21 @@ async fn a_killed_collector_sends_at_most_its_last_request_again() {
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let args = ["--db", &db, "--otlp-batch-size", "10"];
-    let exported = |text: &str| -> u64 {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix("truthtable_collector_otlp_spans_exported_total ")?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0)
+    let exported = |p: &Process| {
+        let (client, base) = (client.clone(), p.base());
+        async move {
+            metric(
+                &client,
+                &base,
+                "truthtable_collector_otlp_spans_exported_total",
+            )
+            .await
+        }
     };
     let mut first = Process::start_with(&args, &env);
     let deadline = Instant::now() + Duration::from_secs(30);
     let seen = loop {
-        let text = client
-            .get(format!("{}/metrics", first.base()))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let n = exported(&text);
+        let n = exported(&first).await;
         if n >= 50 {
             break n;
         }
@@ -534,15 +520,7 @@ async fn a_killed_collector_sends_at_most_its_last_request_again() {
     assert_eq!(capture_ids(&spans), sorted(ids("k", 300)));
     // Every span is in Phoenix; the second collector's count settles once its last answer is in.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let text = client
-        .get(format!("{}/metrics", second.base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let resent = (exported(&text) + seen).saturating_sub(300);
+    let resent = (exported(&second).await + seen).saturating_sub(300);
     assert!(
         resent <= 10,
         "{resent} spans sent again after the kill; at most one request (10) may be"

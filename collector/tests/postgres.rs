@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::postgres::{PgOptions, Postgres, PASSWORD, USER};
-use common::{get_json, ndjson, post, Process};
+use common::{get_json, metric, ndjson, post, when_indexed, Process};
 use serde_json::Value;
 use truthtable_collector::config::{Config, DbTarget};
 use truthtable_collector::store::{CaptureStore, Cursor, Store};
@@ -178,15 +178,8 @@ async fn replicas_sharing_a_database_store_each_id_once_and_read_the_same() {
     // Each replica checks for records to digest when it starts (`indexing` is its own progress);
     // once both have, they answer every read alike, byte for byte.
     for base in [a.base(), b.base()] {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let page: Value = get_json(&client, format!("{base}/v1/captures?limit=1")).await;
-            if page["indexing"] == false {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{base} still indexing");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let url = format!("{base}/v1/captures?limit=1");
+        when_indexed(&client, &url, Duration::from_secs(15)).await;
     }
     for path in ["/v1/captures?limit=7", "/v1/captures/rep-3"] {
         let read = |base: String| {
@@ -207,25 +200,13 @@ async fn replicas_sharing_a_database_store_each_id_once_and_read_the_same() {
     }
     let got: Value = get_json(&client, format!("{}/v1/captures/rep-3", a.base())).await;
     assert_eq!(got["audit"]["question"], "question for rep-3");
-    let metrics = client
-        .get(format!("{}/metrics", b.base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "truthtable_collector_records 30"),
-        "{metrics}"
+    assert_eq!(
+        metric(&client, &b.base(), "truthtable_collector_records").await,
+        30
     );
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "truthtable_collector_store_up 1"),
-        "{metrics}"
+    assert_eq!(
+        metric(&client, &b.base(), "truthtable_collector_store_up").await,
+        1
     );
 }
 
@@ -298,21 +279,13 @@ async fn while_the_database_is_down_ingest_answers_503_health_says_why_and_it_re
         proc.log().join("\n")
     );
     assert!(ups >= 1 && ups <= downs, "{}", proc.log().join("\n"));
-    let metrics = client
-        .get(format!("{}/metrics", proc.base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let unavailable: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("truthtable_collector_store_unavailable_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(unavailable >= 5, "{metrics}");
+    let unavailable = metric(
+        &client,
+        &proc.base(),
+        "truthtable_collector_store_unavailable_total",
+    )
+    .await;
+    assert!(unavailable >= 5, "{unavailable}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,27 +468,8 @@ async fn a_database_of_an_older_collector_is_migrated_at_start_and_its_records_d
     let collector = Process::start_with(&["--db", &url], &[("PGPASSWORD", PASSWORD)]);
     let client = reqwest::Client::new();
     let base = collector.base();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let page = loop {
-        let page: Value = client
-            .get(format!(
-                "{base}/v1/captures?protocol=openai.chat&q=question%20old&limit=1000"
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if page["indexing"] == false {
-            break page;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the backfill did not finish: {page}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let url = format!("{base}/v1/captures?protocol=openai.chat&q=question%20old&limit=1000");
+    let page = when_indexed(&client, &url, Duration::from_secs(30)).await;
     assert_eq!(page["captures"].as_array().unwrap().len(), 250, "{page}");
     assert_eq!(
         page["captures"][0]["question_preview"],

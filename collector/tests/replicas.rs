@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::envoy::{upstream, Envoy};
 use common::postgres::{PgOptions, Postgres};
-use common::Process;
+use common::{metric, Process};
 
 /// Fast delivery and retries, as in the filter's own tests.
 const FILTER: &str = r#"{"audit_cluster": "truthtable_audit", "flush_interval_ms": 20, "retry_initial_ms": 50, "retry_max_ms": 400, "audit_timeout_ms": 2000}"#;
@@ -69,17 +69,13 @@ fn assert_each_stored_once(pg: &Postgres, db: &str, n: usize) {
 }
 
 async fn ingest_requests(proc: &Process) -> u64 {
-    reqwest::get(format!("{}/metrics", proc.base()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("truthtable_collector_ingest_requests_total "))
-        .unwrap()
-        .parse()
-        .unwrap()
+    let client = reqwest::Client::new();
+    metric(
+        &client,
+        &proc.base(),
+        "truthtable_collector_ingest_requests_total",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,6 +80,17 @@ pub fn assert_envoy_validates(path: &Path) {
 mod ports;
 pub use ports::free_port;
 
+/// A listener on `addr` as soon as the port is free again (a server restarted on its own port
+/// waits for the previous one to let go of it).
+pub async fn bind_when_free(addr: SocketAddr) -> TcpListener {
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 /// The shipped Envoy config with its ports, the .wasm path and (optionally) the filter's
 /// configuration replaced. Every replacement must hit exactly once, so a change to the shipped
 /// file that the tests no longer understand fails loudly.
@@ -542,12 +553,7 @@ impl Receiver {
     pub async fn resume(&mut self) {
         self.stop();
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let listener = loop {
-            match TcpListener::bind(addr).await {
-                Ok(l) => break l,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        };
+        let listener = bind_when_free(addr).await;
         let state = self.state.clone();
         self.task = Some(tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
@@ -817,12 +823,7 @@ impl Collector {
     pub async fn start(&mut self) {
         self.stop().await;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let listener = loop {
-            match TcpListener::bind(addr).await {
-                Ok(l) => break l,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        };
+        let listener = bind_when_free(addr).await;
         let mut config = truthtable_collector::Config::with_db(
             truthtable_collector::config::DbTarget::Sqlite(self.db.path().join("captures.db")),
         );

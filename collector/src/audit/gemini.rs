@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::content::{append, attachment, error_message, set_choices, text_of};
+use super::content::{append, attachment, error_message, set_choices, str_field, text_of};
 use super::{AuditView, ChoiceView, ContextSource, LooksFor, StreamBody, StreamFormat, ToolCall};
 
 pub(super) const LOOKS_FOR: LooksFor = LooksFor {
@@ -96,7 +96,7 @@ pub fn read_request(req: &Value, path: &str, view: &mut AuditView, problems: &mu
             let at = format!("contents[{i}].parts[{j}]");
             if let Some(fr) = get(part, "functionResponse", "function_response") {
                 let response = fr.get("response").unwrap_or(&Value::Null);
-                let name = fr.get("name").and_then(Value::as_str).map(str::to_owned);
+                let name = str_field(fr, "name");
                 let text = function_response_text(response);
                 view.push_context(
                     ContextSource::Tool,
@@ -188,7 +188,7 @@ fn apply(
             }
             if let Some(call) = get(part, "functionCall", "function_call") {
                 acc.tool_calls.push(ToolCall {
-                    id: call.get("id").and_then(Value::as_str).map(str::to_owned),
+                    id: str_field(call, "id"),
                     name: call
                         .get("name")
                         .and_then(Value::as_str)

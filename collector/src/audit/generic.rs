@@ -10,9 +10,9 @@
 
 use serde_json::Value;
 
-use super::content::{append, count, str_field, text_of};
+use super::content::{append, str_field, text_of};
 use super::recognise::{GENERIC_ANSWER_KEYS, GENERIC_QUESTION_KEYS};
-use super::{AuditView, ContextSource, LooksFor, StreamBody, StreamFormat, Usage};
+use super::{AuditView, ContextSource, LooksFor, StreamBody, StreamFormat};
 
 pub(super) const LOOKS_FOR: LooksFor = LooksFor {
     question: "a \"prompt\", \"query\", \"question\" or \"input\" string (or a \"messages\" item \
@@ -67,11 +67,8 @@ fn read_envelope(v: &Value, view: &mut AuditView) {
     if let Some(r) = FINISH_KEYS.iter().find_map(|k| str_field(v, k)) {
         view.finish_reason = Some(r);
     }
-    if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-        view.usage = Usage {
-            input_tokens: count(u, "prompt_tokens").or_else(|| count(u, "input_tokens")),
-            output_tokens: count(u, "completion_tokens").or_else(|| count(u, "output_tokens")),
-        };
+    if let Some(u) = super::openai_chat::usage(v) {
+        view.usage = u;
     }
 }
 
@@ -97,11 +94,7 @@ pub fn read_stream(
     let mut uses_markers = stream.format == StreamFormat::JsonArray;
     let mut ended = false;
     for (frame, whole) in stream.all() {
-        if frame.data.trim() == "[DONE]" {
-            uses_markers = true;
-            ended |= whole;
-        }
-        if END_EVENTS.contains(&frame.event.as_str()) {
+        if frame.data.trim() == "[DONE]" || END_EVENTS.contains(&frame.event.as_str()) {
             uses_markers = true;
             ended |= whole;
         }

@@ -352,7 +352,7 @@ pub struct StreamBody {
 
 impl StreamBody {
     /// Every frame, the unterminated tail last; the flag is true for complete frames.
-    fn all(&self) -> impl Iterator<Item = (&Frame, bool)> {
+    pub fn all(&self) -> impl Iterator<Item = (&Frame, bool)> {
         self.frames
             .iter()
             .map(|f| (f, true))

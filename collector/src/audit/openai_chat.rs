@@ -75,7 +75,7 @@ pub fn read_request(req: &Value, view: &mut AuditView) {
     }
 }
 
-fn usage(v: &Value) -> Option<Usage> {
+pub(super) fn usage(v: &Value) -> Option<Usage> {
     let u = v.get("usage").filter(|u| u.is_object())?;
     Some(Usage {
         input_tokens: count(u, "prompt_tokens").or_else(|| count(u, "input_tokens")),

@@ -281,7 +281,9 @@ pub(super) fn recognise(record: &CaptureRecord, req: &Payload, resp: &Payload) -
         Payload::Json(v) => request_shape(v),
         _ => None,
     };
-    let header_says = header_protocol(record)
+    let by_header = header_protocol(record);
+    let header_says = by_header
+        .as_ref()
         .filter(|(p, _)| request.as_ref().is_none_or(|r| r.fits.contains(p)));
     let framing = match resp {
         Payload::Stream(s) => Some(s.format),
@@ -299,7 +301,7 @@ pub(super) fn recognise(record: &CaptureRecord, req: &Payload, resp: &Payload) -
     let decided: Option<(Protocol, EvidenceSource)> = if let Some((p, _)) = &response {
         Some((*p, EvidenceSource::ResponseBody))
     } else if let Some((p, _)) = header_says {
-        Some((p, EvidenceSource::Header))
+        Some((*p, EvidenceSource::Header))
     } else if let Some(shape) = &request {
         if shape.fits.len() == 1 {
             Some((shape.guess, EvidenceSource::RequestBody))
@@ -326,7 +328,7 @@ pub(super) fn recognise(record: &CaptureRecord, req: &Payload, resp: &Payload) -
     if let Some((p, d)) = response {
         all.push((evidence(EvidenceSource::ResponseBody, p, d), p == protocol));
     }
-    if let Some((p, name)) = header_protocol(record) {
+    if let Some((p, name)) = by_header {
         let detail = format!("request header {name}");
         all.push((evidence(EvidenceSource::Header, p, detail), p == protocol));
     }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::config::NonLlm;
 use super::trace_context::span_context;
-use crate::audit::{self, AuditView, ContextSource, Protocol, ToolCall};
+use crate::audit::{AuditView, ContextSource, Protocol, ToolCall};
 use crate::record::{header, CaptureRecord, Outcome};
 
 /// Span flag bits saying whether the parent is remote (OTLP `SpanFlags`).
@@ -45,8 +45,7 @@ pub fn capture_span(raw: &str, options: &SpanOptions) -> Converted {
         Ok(r) => r,
         Err(e) => return Converted::Unreadable(e.to_string()),
     };
-    let view = std::panic::catch_unwind(|| audit::derive(&record))
-        .unwrap_or_else(|_| AuditView::unknown("the audit derivation failed on this record"));
+    let view = crate::digest::view_of(&record);
     if view.protocol == Protocol::Unknown && options.non_llm == NonLlm::Skip {
         return Converted::Skipped;
     }

@@ -43,6 +43,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::{Config, DbTarget};
+
+/// A cursor lease in whole milliseconds, as both stores keep it.
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
 pub use health::Health;
 
 /// A failure of the storage layer.

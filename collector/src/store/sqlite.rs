@@ -405,7 +405,7 @@ impl CaptureStore for SqliteStore {
         holder: String,
         lease: Duration,
     ) -> Result<Option<Cursor>, StoreError> {
-        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let lease_ms = super::lease_ms(lease);
         self.blocking(move |_, conn| {
             let cursor: Option<String> = conn
                 .query_row(
@@ -434,7 +434,7 @@ impl CaptureStore for SqliteStore {
         cursor: Cursor,
         lease: Duration,
     ) -> Result<bool, StoreError> {
-        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let lease_ms = super::lease_ms(lease);
         self.blocking(move |_, conn| {
             let n = conn.execute(
                 &format!(

@@ -414,7 +414,7 @@ fn stream_events(stream: &StreamBody) -> Markup {
             @if total > MAX_SHOWN_EVENTS { "; the first " (MAX_SHOWN_EVENTS) " are shown" }
         }
         ol.events {
-            @for (frame, whole) in stream.frames.iter().map(|f| (f, true)).chain(stream.tail.iter().map(|f| (f, false))).take(MAX_SHOWN_EVENTS) {
+            @for (frame, whole) in stream.all().take(MAX_SHOWN_EVENTS) {
                 li.event.cut[!whole] {
                     @if !frame.event.is_empty() { span.event-name { "event: " (frame.event) } }
                     @if !whole { span.mark.incomplete { "cut off: the body ends inside it" } }

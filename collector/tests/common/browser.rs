@@ -5,7 +5,7 @@
 //! the flags this machine needs (no sandbox as root, no background networking: the network is
 //! closed). Dropping it ends the chromedriver's process group, Chromium included.
 
-use std::net::TcpListener;
+use super::{free_port, is_root};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,10 +40,7 @@ impl Browser {
     pub async fn start() -> Browser {
         let chromium = bin("CHROMIUM", "/usr/bin/chromium");
         let chromedriver = bin("CHROMEDRIVER", "/usr/bin/chromedriver");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
+        let port = free_port();
         let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -287,14 +284,6 @@ impl Drop for Browser {
         }
         let _ = self.driver.wait();
     }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 pub struct Element<'a> {

@@ -153,6 +153,47 @@ pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> V
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// True when the tests run as root (servers that refuse root then run as another user).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The JSON list at `url` once the collector has given every stored record its digest
+/// (`indexing` false); panics with the last page after `within`.
+pub async fn when_indexed(client: &reqwest::Client, url: &str, within: Duration) -> Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let page = get_json(client, url).await;
+        if page["indexing"] == false {
+            return page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still indexing after {within:?}: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of the unlabelled sample `name` on `base`'s `/metrics`; panics when it is not there.
+pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> u64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+}
+
 /// Posts an NDJSON body to the ingest endpoint.
 pub async fn post(
     client: &reqwest::Client,

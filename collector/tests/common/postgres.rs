@@ -7,7 +7,7 @@
 //! stop or restart it). Each server has a guardian process that stops it and removes its
 //! directory when the test process ends, however it ends.
 
-use super::free_port;
+use super::{free_port, is_root};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -34,14 +34,6 @@ pub struct Postgres {
     bin: PathBuf,
     as_postgres: bool,
     guardian: Mutex<Option<(Child, ChildStdin)>>,
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 /// The directory of `initdb` and `pg_ctl`: `$PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`.

@@ -695,7 +695,7 @@ impl CaptureStore for PgStore {
         holder: String,
         lease: Duration,
     ) -> Result<Option<Cursor>, StoreError> {
-        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let lease_ms = super::lease_ms(lease);
         // One statement: a new name is inserted already held; an existing one is taken only
         // from its holder itself, from nobody, or from a holder whose lease ran out.
         let cursor: Option<String> = self
@@ -732,7 +732,7 @@ impl CaptureStore for PgStore {
         cursor: Cursor,
         lease: Duration,
     ) -> Result<bool, StoreError> {
-        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let lease_ms = super::lease_ms(lease);
         let cursor = cursor.to_string();
         let n = self
             .with_client(async |client| {
