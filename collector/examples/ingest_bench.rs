@@ -4,7 +4,9 @@
 //!
 //! - ingest: the release `truthtable-collector` on a fresh store; `--senders` concurrent clients
 //!   POST NDJSON batches of `--batch` records of about `--record-bytes` each, as the filter
-//!   sends them, for `--seconds`; only records acknowledged (200, all stored) count.
+//!   sends them, for `--seconds`; only records acknowledged (200, all stored) count. Then the
+//!   wait until the list no longer says `indexing` (the digests, written behind ingest, caught
+//!   up): reported as seconds after the last answer and as records/s from start to all indexed.
 //! - floor: the same records (same bytes, same summary columns, computed once) inserted into a
 //!   fresh store with the same schema, one transaction per batch, by the simplest loop the
 //!   store allows: one connection, a prepared `INSERT` per record between `BEGIN` and `COMMIT`.
@@ -136,6 +138,10 @@ struct Count {
 struct Rate {
     records_per_s: f64,
     mb_per_s: f64,
+    /// Ingest only: seconds from the last acknowledgement until every record had its digest.
+    catch_up_s: f64,
+    /// Ingest only: records acknowledged ÷ seconds from the start until all had their digests.
+    indexed_per_s: f64,
 }
 
 fn rate(count: &Count, elapsed: Duration) -> Rate {
@@ -143,6 +149,8 @@ fn rate(count: &Count, elapsed: Duration) -> Rate {
     Rate {
         records_per_s: count.records.load(Ordering::Relaxed) as f64 / s,
         mb_per_s: count.bytes.load(Ordering::Relaxed) as f64 / s / 1e6,
+        catch_up_s: 0.0,
+        indexed_per_s: 0.0,
     }
 }
 
@@ -261,9 +269,30 @@ async fn ingest(a: &Args, db: &str, tag: &str, framed: bool) -> Rate {
         t.unwrap();
     }
     let elapsed = start.elapsed();
+    // The index follows behind the acknowledgements: how long after the last one until every
+    // record has its digest.
+    let list = format!("{url}?limit=1");
+    loop {
+        let page: serde_json::Value = client
+            .get(&list)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["indexing"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let indexed = start.elapsed();
     let _ = child.kill();
     let _ = child.wait();
-    rate(&count, elapsed)
+    let mut r = rate(&count, elapsed);
+    r.catch_up_s = (indexed - elapsed).as_secs_f64();
+    r.indexed_per_s = count.records.load(Ordering::Relaxed) as f64 / indexed.as_secs_f64();
+    r
 }
 
 /// The floor: `loops` loops, each on its own connection, insert pre-built batches one
@@ -443,6 +472,7 @@ async fn main() {
         a.rounds
     );
     let mut summary = Vec::new();
+    let mut index_summary = Vec::new();
     for store in &a.stores {
         let mut runs: Vec<(&str, Vec<Rate>)> = vec![
             ("ingest", vec![]),
@@ -469,8 +499,16 @@ async fn main() {
                     "floor x1" => floor(&a, store, &db, &tag, 1).await,
                     _ => floor(&a, store, &db, &tag, a.senders).await,
                 };
+                let index = if kind.starts_with("ingest") {
+                    format!(
+                        "; indexed {:.1} s after the last answer ({:.0} records/s start to indexed)",
+                        r.catch_up_s, r.indexed_per_s
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "{store:8} {kind:13} round {round}: {:8.0} records/s {:7.1} MB/s",
+                    "{store:8} {kind:13} round {round}: {:8.0} records/s {:7.1} MB/s{index}",
                     r.records_per_s, r.mb_per_s
                 );
                 results.push(r);
@@ -498,11 +536,24 @@ async fn main() {
             ));
         }
         let _ = ingest_mb;
+        for (kind, rs) in runs.iter().filter(|(k, _)| k.starts_with("ingest")) {
+            index_summary.push(format!(
+                "| {store} | {kind} | {:.1} | {:.0} |",
+                median(rs.iter().map(|r| r.catch_up_s).collect()),
+                median(rs.iter().map(|r| r.indexed_per_s).collect()),
+            ));
+        }
     }
     println!();
     println!("| store | run | records/s (median) | MB/s (median) | ingest ÷ this (medians) | ingest ÷ this (median of paired rounds) |");
     println!("|---|---|---|---|---|---|");
     for line in summary {
+        println!("{line}");
+    }
+    println!();
+    println!("| store | run | index caught up, s after the last answer (median) | records/s from start to all indexed (median) |");
+    println!("|---|---|---|---|");
+    for line in index_summary {
         println!("{line}");
     }
 }

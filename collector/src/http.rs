@@ -5,7 +5,6 @@
 //! has committed; while the database is unavailable the answer is 503, so the filter keeps the
 //! batch and sends it again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -19,7 +18,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 use crate::ingest;
-use crate::metrics::{Metrics, Rejection, StoreGauges};
+use crate::metrics::{IndexGauges, Metrics, Rejection, StoreGauges};
 use crate::reads::{self, ListRequest};
 use crate::store::{CaptureStore, Health, Store, StoreError};
 use crate::web;
@@ -46,14 +45,14 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The OpenTelemetry exporter, when export is on.
     pub otlp: Option<crate::otlp::Exporter>,
-    /// Stored records are still being given their digests (`crate::digest::backfill`).
-    pub indexing: Arc<AtomicBool>,
+    /// Gives stored records their digests, behind ingest (`crate::indexer`).
+    pub indexer: Arc<crate::indexer::Indexer>,
 }
 
 impl AppState {
-    /// True while the backfill runs: filters and search skip the records it has not reached.
+    /// True while stored records wait for their digests: filters and search skip them meanwhile.
     pub fn indexing(&self) -> bool {
-        self.indexing.load(Ordering::SeqCst)
+        self.indexer.busy()
     }
 }
 
@@ -273,18 +272,8 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
             )
         }
     };
-    // Deriving each row's model decodes its bodies: CPU work, kept off the async workers.
-    let rows = match tokio::task::spawn_blocking(move || {
-        lines.into_iter().map(ingest::to_row).collect::<Vec<_>>()
-    })
-    .await
-    {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::error!(error = %e, "deriving rows failed");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
-        }
-    };
+    let (rows, records): (Vec<_>, Vec<_>) = lines.into_iter().map(ingest::to_row).unzip();
+    let sizes: Vec<usize> = rows.iter().map(|r| r.raw.len()).collect();
     let outcome = state
         .store
         .insert_batch(rows)
@@ -301,6 +290,11 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
                 duplicates = o.duplicates,
                 "batch committed"
             );
+            // Committed; the digests follow behind the answer (crate::indexer).
+            let mut records: Vec<Option<_>> = records.into_iter().map(Some).collect();
+            state.indexer.push(o.new.iter().filter_map(|&(i, seq)| {
+                Some((seq, records.get_mut(i)?.take()?, sizes.get(i).copied()?))
+            }));
             Json(json!({ "stored": o.stored, "duplicates": o.duplicates })).into_response()
         }
         Err(e) => e.into_response(),
@@ -385,7 +379,13 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(StoreGauges { up, stats }),
+        state.metrics.render(
+            StoreGauges { up, stats },
+            IndexGauges {
+                pending: state.indexer.pending(),
+                written: state.indexer.written(),
+            },
+        ),
     )
         .into_response()
 }

@@ -5,7 +5,6 @@
 //! line's (frame's) number and problem. NDJSON: blank lines are skipped; `\r\n` line ends are
 //! accepted.
 
-use crate::digest;
 use crate::frames;
 use crate::record::{CaptureRecord, RecordError};
 use crate::store::NewCapture;
@@ -97,14 +96,11 @@ pub fn parse_framed(body: &[u8]) -> Result<Vec<IngestedLine>, IngestError> {
     Ok(out)
 }
 
-/// The store row for a validated line. The model and the digest come from the audit view; a
-/// derivation that fails in any way gives an `unknown` view: ingest never fails because of it.
-pub fn to_row(line: IngestedLine) -> NewCapture {
-    let record = &line.record;
-    let view = digest::view_of(record);
-    let model = view.model.clone();
-    NewCapture {
-        digest: digest::of(record, &view),
+/// The store row for a validated line, and its record (for the indexer, which derives the
+/// digest from it once the row is committed).
+pub fn to_row(line: IngestedLine) -> (NewCapture, CaptureRecord) {
+    let record = line.record;
+    let row = NewCapture {
         id: record.id.clone(),
         started_at: record.started_at.clone(),
         method: record.request.method.clone(),
@@ -112,9 +108,9 @@ pub fn to_row(line: IngestedLine) -> NewCapture {
         status: record.response.as_ref().map(|r| r.status),
         outcome: record.outcome.as_str().to_owned(),
         duration_ms: record.duration_ms,
-        model,
         raw: line.raw,
-    }
+    };
+    (row, record)
 }
 
 #[cfg(test)]
@@ -183,10 +179,11 @@ mod tests {
             .unwrap()
             .remove(0);
         let raw = line.raw.clone();
-        let row = to_row(line);
+        let (row, record) = to_row(line);
         assert_eq!(row.id, "a");
         assert_eq!(row.status, Some(200));
-        assert_eq!(row.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(row.outcome, "complete");
         assert_eq!(row.raw, raw);
+        assert_eq!(record.id, "a");
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod digest;
 pub mod frames;
 pub mod http;
+pub mod indexer;
 pub mod ingest;
 pub mod metrics;
 pub mod otlp;
@@ -48,14 +49,14 @@ pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppStat
         read_token: config.read_token.clone(),
         max_body_bytes: config.max_body_bytes,
         otlp,
-        indexing: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        indexer: Arc::new(indexer::Indexer::new()),
     }))
 }
 
 /// Serves `state` on `listener` (and exports, when export is on) until `shutdown` resolves, lets
-/// requests in flight finish, lets the exporter finish its request and save its cursor, then
-/// closes the store. Meanwhile gives every stored record without a current digest one
-/// ([`digest::backfill`]).
+/// requests in flight finish, gives the indexer a few seconds to write the digests it was handed,
+/// lets the exporter finish its request and save its cursor, then closes the store. Meanwhile
+/// gives every stored record its digest ([`indexer::run`]).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -65,16 +66,26 @@ pub async fn serve(
         .otlp
         .is_some()
         .then(|| tokio::spawn(otlp::run(Arc::clone(&state))));
-    let backfill = tokio::spawn({
+    let indexing = tokio::spawn({
         let state = Arc::clone(&state);
-        async move { digest::backfill(&state.store, &state.indexing).await }
+        // One collector owns a SQLite file; a shared database may hold records a replica that
+        // stopped stored and never indexed.
+        let rescan = (state.store.backend() != "sqlite").then_some(indexer::RESCAN_EVERY);
+        async move { indexer::run(&state.store, &state.indexer, rescan).await }
     });
     let served = axum::serve(listener, app(Arc::clone(&state)))
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving HTTP");
-    backfill.abort();
-    let _ = backfill.await;
+    let left = state.indexer.settle(SHUTDOWN_INDEXING).await;
+    if left > 0 {
+        tracing::info!(
+            records = left,
+            "stopping with records not yet indexed; the next start gives them their digests"
+        );
+    }
+    indexing.abort();
+    let _ = indexing.await;
     if let (Some(task), Some(ex)) = (exporter, &state.otlp) {
         ex.stop();
         if let Err(e) = task.await {
@@ -86,6 +97,9 @@ pub async fn serve(
     tracing::info!("store closed; bye");
     Ok(())
 }
+
+/// How long a stopping collector waits for the indexer to write what it was handed.
+const SHUTDOWN_INDEXING: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Installs the SIGTERM and SIGINT handlers now, and returns a future that resolves on either.
 pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {

@@ -62,6 +62,15 @@ pub struct Metrics {
     otlp_exporting: AtomicBool,
 }
 
+/// What the indexer reports at scrape time (`crate::indexer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IndexGauges {
+    /// Records stored and waiting for their digests in this process's queue.
+    pub pending: u64,
+    /// Digests this process wrote from its queue.
+    pub written: u64,
+}
+
 /// What the store reports at scrape time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreGauges {
@@ -126,7 +135,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with what the store reports now.
-    pub fn render(&self, store: StoreGauges) -> String {
+    pub fn render(&self, store: StoreGauges, index: IndexGauges) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
@@ -223,6 +232,18 @@ impl Metrics {
             "1 while this collector holds the export lease and exports; 0 when export is off or another collector exports.",
             &[("", u64::from(self.otlp_exporting.load(Ordering::Relaxed)))],
         );
+        metric(
+            "truthtable_collector_index_pending",
+            "gauge",
+            "Records this process stored whose digests (the list's filters and search) are not written yet.",
+            &[("", index.pending)],
+        );
+        metric(
+            "truthtable_collector_digests_written_total",
+            "counter",
+            "Digests this process wrote behind ingest (not counting those of a scan of the store).",
+            &[("", index.written)],
+        );
         // Sizes come from the store; while it cannot tell, the samples are left out.
         let sample = |f: fn(&StoreStats) -> u64| store.stats.as_ref().map(|s| ("", f(s)));
         metric(
@@ -256,13 +277,19 @@ mod tests {
         m.otlp_spans(SpanCount::Retried, 2);
         m.otlp_spans(SpanCount::Retried, 2);
         m.otlp_exporting(true);
-        let text = m.render(StoreGauges {
-            up: true,
-            stats: Some(StoreStats {
-                records: 8,
-                bytes: 4096,
-            }),
-        });
+        let text = m.render(
+            StoreGauges {
+                up: true,
+                stats: Some(StoreStats {
+                    records: 8,
+                    bytes: 4096,
+                }),
+            },
+            IndexGauges {
+                pending: 7,
+                written: 9,
+            },
+        );
         for line in [
             "truthtable_collector_ingest_requests_total 1",
             "truthtable_collector_records_stored_total 3",
@@ -278,6 +305,8 @@ mod tests {
             "truthtable_collector_otlp_spans_failed_total 0",
             "truthtable_collector_otlp_spans_skipped_total 0",
             "truthtable_collector_otlp_exporting 1",
+            "truthtable_collector_index_pending 7",
+            "truthtable_collector_digests_written_total 9",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
@@ -285,10 +314,13 @@ mod tests {
 
     #[test]
     fn sizes_are_left_out_while_the_store_cannot_tell() {
-        let text = Metrics::new().render(StoreGauges {
-            up: false,
-            stats: None,
-        });
+        let text = Metrics::new().render(
+            StoreGauges {
+                up: false,
+                stats: None,
+            },
+            IndexGauges::default(),
+        );
         assert!(text.lines().any(|l| l == "truthtable_collector_store_up 0"));
         assert!(text.contains("# TYPE truthtable_collector_records gauge"));
         assert!(!text

@@ -282,7 +282,7 @@ async fn the_list_filters_searches_and_pages_both_ways() {
         .map(|r| format!("{r}\n"))
         .collect();
     assert_eq!(post(&client, &server.base, body, None).await.status(), 200);
-    // A fresh store has nothing to backfill: `indexing` clears at once.
+    // `indexing` clears once the indexer, behind ingest, has written the batch's digests.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let page = loop {
         let page = list(&client, &server, "").await;
@@ -564,4 +564,62 @@ async fn a_malformed_frame_is_refused_naming_it_and_nothing_of_the_request_is_st
         .await,
         0
     );
+}
+
+#[tokio::test]
+async fn digests_are_written_behind_ingest_and_never_hold_it_up() {
+    let server = InProcess::start(None, None, None).await;
+    let client = reqwest::Client::new();
+    let searched = |q: &'static str| {
+        let (client, url) = (client.clone(), server.url(&format!("/v1/captures?q={q}")));
+        async move {
+            let page = get_json(&client, url).await;
+            let found: Vec<String> = page["captures"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned())
+                .collect();
+            found
+        }
+    };
+    let resp = post(&client, &server.base, ndjson(&ids("idx", 3)), None).await;
+    assert_eq!(resp.status(), 200);
+    server.indexed().await;
+    assert_eq!(searched("idx").await, ["idx-2", "idx-1", "idx-0"]);
+    let written = "truthtable_collector_digests_written_total";
+    assert_eq!(metric(&client, &server.base, written).await, 3);
+    assert_eq!(
+        metric(&client, &server.base, "truthtable_collector_index_pending").await,
+        0
+    );
+
+    // The word index cannot be written any more: ingest still stores and acknowledges every
+    // record (it never waits for the index); only their digests wait, and the list says so.
+    rusqlite::Connection::open(&server.db)
+        .unwrap()
+        .execute_batch("DROP TABLE capture_search")
+        .unwrap();
+    let resp = post(&client, &server.base, ndjson(&ids("late", 2)), None).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["stored"], 2);
+    assert_eq!(common::sqlite_count(&server.db), 5);
+    let page = get_json(&client, server.url("/v1/captures")).await;
+    let listed: Vec<&str> = page["captures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["late-1", "late-0", "idx-2", "idx-1", "idx-0"]);
+    assert_eq!(
+        page["captures"][0]["protocol"],
+        Value::Null,
+        "no digest yet"
+    );
+    assert_eq!(page["captures"][2]["protocol"], "openai.chat");
+    assert_eq!(page["indexing"], true);
+    assert_eq!(metric(&client, &server.base, written).await, 3);
+    server.stop().await;
 }

@@ -422,9 +422,7 @@ fn row(id: &str) -> truthtable_collector::store::NewCapture {
         status: None,
         outcome: "complete".into(),
         duration_ms: 1.0,
-        model: None,
         raw: format!("{{\"id\":\"{id}\"}}"),
-        digest: Default::default(),
     }
 }
 

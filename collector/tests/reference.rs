@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use truthtable_collector::audit::{AuditView, EvidenceSource, Protocol};
 use truthtable_collector::config::{Cli, INGEST_TOKEN_ENV, READ_TOKEN_ENV};
-use truthtable_collector::metrics::{Metrics, StoreGauges};
+use truthtable_collector::metrics::{IndexGauges, Metrics, StoreGauges};
 use truthtable_collector::record::CaptureRecord;
 use truthtable_collector::store::StoreStats;
 
@@ -123,10 +123,13 @@ fn every_collector_variable_has_a_row() {
 #[test]
 fn every_collector_metric_is_listed() {
     let metrics = section(&reference(), "Metrics");
-    let rendered = Metrics::new().render(StoreGauges {
-        up: true,
-        stats: Some(StoreStats::default()),
-    });
+    let rendered = Metrics::new().render(
+        StoreGauges {
+            up: true,
+            stats: Some(StoreStats::default()),
+        },
+        IndexGauges::default(),
+    );
     let mut names = BTreeSet::new();
     for line in rendered.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {

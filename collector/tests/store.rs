@@ -63,21 +63,49 @@ fn capture(id: &str) -> NewCapture {
         status: Some(200),
         outcome: "complete".into(),
         duration_ms: 12.5,
-        model: Some("gpt-4o".into()),
         raw: format!("{{\"id\":\"{id}\"}}"),
-        digest: Digest {
-            version: digest::VERSION,
-            started_us: unix_micros("2026-11-25T16:10:40.186Z"),
-            outcome: "complete".into(),
-            status: Some(200),
-            protocol: "openai.chat".into(),
-            model: Some("gpt-4o".into()),
-            question: Some(format!("question of {id}")),
-            answer: Some("an answer".into()),
-            words: search::index_words(Some(&format!("question of {id}")), Some("an answer")),
-            ..Digest::default()
-        },
     }
+}
+
+/// The digest the tests give `capture(id)`.
+fn digest_for(id: &str) -> Digest {
+    Digest {
+        version: digest::VERSION,
+        started_us: unix_micros("2026-11-25T16:10:40.186Z"),
+        outcome: "complete".into(),
+        status: Some(200),
+        protocol: "openai.chat".into(),
+        model: Some("gpt-4o".into()),
+        question: Some(format!("question of {id}")),
+        answer: Some("an answer".into()),
+        words: search::index_words(Some(&format!("question of {id}")), Some("an answer")),
+        ..Digest::default()
+    }
+}
+
+/// Each capture with its `digest_for`.
+fn indexed(captures: Vec<NewCapture>) -> Vec<(NewCapture, Digest)> {
+    captures
+        .into_iter()
+        .map(|c| {
+            let d = digest_for(&c.id);
+            (c, d)
+        })
+        .collect()
+}
+
+/// Stores the captures as ingest does, then writes the digests of those newly stored as the
+/// indexer does behind it (`truthtable_collector::indexer`).
+async fn store_indexed(store: &Store, rows: Vec<(NewCapture, Digest)>) -> BatchOutcome {
+    let (captures, digests): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
+    let out = store.insert_batch(captures).await.unwrap();
+    let put = out
+        .new
+        .iter()
+        .map(|&(i, seq)| (seq, digests[i].clone()))
+        .collect();
+    assert_eq!(store.put_digests(put).await.unwrap(), out.stored);
+    out
 }
 
 fn newest(limit: u32) -> ListQuery {
@@ -109,24 +137,18 @@ async fn duplicates_are_skipped_and_counted(b: Backend) {
         .insert_batch(vec![capture("a"), capture("b"), capture("a")])
         .await
         .unwrap();
-    assert_eq!(
-        out,
-        BatchOutcome {
-            stored: 2,
-            duplicates: 1
-        }
-    );
-    let out = store
+    assert_eq!((out.stored, out.duplicates), (2, 1));
+    // The records stored, by their place in the batch, with growing seqs.
+    assert_eq!(out.new.iter().map(|n| n.0).collect::<Vec<_>>(), [0, 1]);
+    assert!(out.new[0].1 < out.new[1].1);
+    let again = store
         .insert_batch(vec![capture("b"), capture("c")])
         .await
         .unwrap();
-    assert_eq!(
-        out,
-        BatchOutcome {
-            stored: 1,
-            duplicates: 1
-        }
-    );
+    assert_eq!((again.stored, again.duplicates), (1, 1));
+    assert_eq!(again.new.len(), 1);
+    assert_eq!(again.new[0].0, 1);
+    assert!(again.new[0].1 > out.new[1].1);
     assert_eq!(store.stats().await.unwrap().records, 3);
 }
 
@@ -146,7 +168,7 @@ async fn the_copy_stored_first_is_kept(b: Backend) {
 
 async fn list_pages_newest_first(b: Backend) {
     let store = b.open().await;
-    store.insert_batch(batch("r", 5)).await.unwrap();
+    store_indexed(&store, indexed(batch("r", 5))).await;
     let page = store.list(newest(2)).await.unwrap();
     assert_eq!(ids(&page), ["r4", "r3"]);
     let older = store
@@ -188,61 +210,60 @@ async fn list_pages_newest_first(b: Backend) {
 }
 
 /// Captures that differ in everything the list filters on.
-fn varied() -> Vec<NewCapture> {
+fn varied() -> Vec<(NewCapture, Digest)> {
     let mut rows = Vec::new();
-    let mut add = |id: &str, f: &dyn Fn(&mut NewCapture)| {
-        let mut c = capture(id);
-        f(&mut c);
-        c.digest.outcome = c.outcome.clone();
-        c.digest.status = c.status;
-        c.digest.words =
-            search::index_words(c.digest.question.as_deref(), c.digest.answer.as_deref());
-        rows.push(c);
+    let mut add = |id: &str, f: &dyn Fn(&mut NewCapture, &mut Digest)| {
+        let (mut c, mut d) = (capture(id), digest_for(id));
+        f(&mut c, &mut d);
+        d.outcome = c.outcome.clone();
+        d.status = c.status;
+        d.words = search::index_words(d.question.as_deref(), d.answer.as_deref());
+        rows.push((c, d));
     };
-    add("early", &|c| {
-        c.digest.started_us = unix_micros("2026-11-24T08:00:00Z");
-        c.digest.question = Some("Who built Envoy?".into());
-        c.digest.answer = Some("Lyft built Envoy in 2016.".into());
+    add("early", &|_, d| {
+        d.started_us = unix_micros("2026-11-24T08:00:00Z");
+        d.question = Some("Who built Envoy?".into());
+        d.answer = Some("Lyft built Envoy in 2016.".into());
     });
-    add("aborted", &|c| {
+    add("aborted", &|c, d| {
         c.outcome = "client_aborted".into();
-        c.digest.protocol = "anthropic.messages".into();
-        c.digest.model = Some("claude-sonnet-4-5".into());
-        c.digest.stream_complete = Some(false);
-        c.digest.problems = 1;
-        c.digest.question = Some("Summarise the refund policy".into());
-        c.digest.answer = Some("Opened items can be".into());
+        d.protocol = "anthropic.messages".into();
+        d.model = Some("claude-sonnet-4-5".into());
+        d.stream_complete = Some(false);
+        d.problems = 1;
+        d.question = Some("Summarise the refund policy".into());
+        d.answer = Some("Opened items can be".into());
     });
-    add("failed", &|c| {
+    add("failed", &|c, d| {
         c.outcome = "upstream_failed".into();
         c.status = Some(503);
-        c.digest.problems = 2;
-        c.digest.answer = None;
-        c.digest.question = Some("What is a sidecar proxy?".into());
+        d.problems = 2;
+        d.answer = None;
+        d.question = Some("What is a sidecar proxy?".into());
     });
-    add("none", &|c| {
+    add("none", &|c, d| {
         c.outcome = "upstream_failed".into();
         c.status = None;
-        c.digest.answer = None;
+        d.answer = None;
     });
-    add("cut", &|c| {
+    add("cut", &|c, d| {
         c.status = Some(404);
-        c.digest.body_truncated = true;
-        c.digest.protocol = "ollama.chat".into();
-        c.digest.model = Some("llama3.2".into());
-        c.digest.question = Some("Is Größe case-folded?".into());
-        c.digest.answer = Some("ENVOYS everywhere".into());
+        d.body_truncated = true;
+        d.protocol = "ollama.chat".into();
+        d.model = Some("llama3.2".into());
+        d.question = Some("Is Größe case-folded?".into());
+        d.answer = Some("ENVOYS everywhere".into());
     });
-    add("late", &|c| {
-        c.digest.started_us = unix_micros("2026-11-26T08:00:00+02:00");
-        c.digest.stream_complete = Some(true);
+    add("late", &|_, d| {
+        d.started_us = unix_micros("2026-11-26T08:00:00+02:00");
+        d.stream_complete = Some(true);
     });
     rows
 }
 
 async fn filters_narrow_the_list(b: Backend) {
     let store = b.open().await;
-    store.insert_batch(varied()).await.unwrap();
+    store_indexed(&store, varied()).await;
     let list = |filter: ListFilter| {
         let store = &store;
         async move { store.list(filtered(filter)).await.unwrap() }
@@ -379,7 +400,7 @@ async fn filters_narrow_the_list(b: Backend) {
 
 async fn search_finds_word_prefixes_of_question_and_answer(b: Backend) {
     let store = b.open().await;
-    store.insert_batch(varied()).await.unwrap();
+    store_indexed(&store, varied()).await;
     let search = |q: &str| {
         let terms = search::terms(q).unwrap();
         let store = &store;
@@ -423,8 +444,8 @@ async fn search_finds_word_prefixes_of_question_and_answer(b: Backend) {
 
 async fn models_are_listed_once_each_in_order(b: Backend) {
     let store = b.open().await;
-    store.insert_batch(varied()).await.unwrap();
-    store.insert_batch(batch("more", 30)).await.unwrap();
+    store_indexed(&store, varied()).await;
+    store_indexed(&store, indexed(batch("more", 30))).await;
     assert_eq!(
         store.models().await.unwrap(),
         ["claude-sonnet-4-5", "gpt-4o", "llama3.2"]
@@ -433,7 +454,7 @@ async fn models_are_listed_once_each_in_order(b: Backend) {
 
 async fn stale_digests_are_found_and_replaced(b: Backend) {
     let store = b.open().await;
-    store.insert_batch(batch("d", 3)).await.unwrap();
+    store_indexed(&store, indexed(batch("d", 3))).await;
     let all: Vec<i64> = store
         .list(newest(10))
         .await
@@ -470,7 +491,7 @@ async fn stale_digests_are_found_and_replaced(b: Backend) {
     let put: Vec<(i64, Digest)> = stale
         .iter()
         .map(|s| {
-            let mut d = capture("x").digest;
+            let mut d = digest_for("x");
             d.question = Some("rewritten question".into());
             d.words = search::index_words(Some("rewritten question"), None);
             (s.seq, d)
@@ -499,11 +520,11 @@ async fn stale_digests_are_found_and_replaced(b: Backend) {
             .len(),
         3
     );
-    let mut old = capture("x").digest;
+    let mut old = digest_for("x");
     old.version = digest::VERSION - 1;
     old.words = "ancient".into();
     assert_eq!(store.put_digests(vec![(all[0], old)]).await.unwrap(), 0);
-    let mut newer = capture("x").digest;
+    let mut newer = digest_for("x");
     newer.version = digest::VERSION + 1;
     newer.words = "brandnew".into();
     assert_eq!(store.put_digests(vec![(all[0], newer)]).await.unwrap(), 1);
@@ -530,7 +551,7 @@ async fn stale_digests_are_found_and_replaced(b: Backend) {
     // No digest for a record that does not exist.
     assert_eq!(
         store
-            .put_digests(vec![(9_999_999, capture("x").digest)])
+            .put_digests(vec![(9_999_999, digest_for("x"))])
             .await
             .unwrap(),
         0
@@ -552,10 +573,10 @@ async fn the_backfill_digests_every_stored_record(b: Backend) {
     let rows = truthtable_collector::ingest::parse_ndjson(lines.join("\n").as_bytes())
         .unwrap()
         .into_iter()
-        .map(truthtable_collector::ingest::to_row)
+        .map(|line| truthtable_collector::ingest::to_row(line).0)
         .collect();
+    // Stored as ingest stores them: no digest until the indexer or the backfill writes one.
     store.insert_batch(rows).await.unwrap();
-    b.sql("DELETE FROM capture_digests");
     let running = std::sync::atomic::AtomicBool::new(false);
     digest::backfill(&store, &running).await;
     assert!(!running.load(std::sync::atomic::Ordering::SeqCst));
@@ -578,11 +599,11 @@ async fn the_backfill_digests_every_stored_record(b: Backend) {
 
 async fn summaries_keep_missing_status_and_model(b: Backend) {
     let store = b.open().await;
-    let mut c = capture("none");
+    let (mut c, mut d) = (capture("none"), digest_for("none"));
     c.status = None;
-    c.model = None;
-    c.digest.model = None;
-    store.insert_batch(vec![c]).await.unwrap();
+    d.status = None;
+    d.model = None;
+    store_indexed(&store, vec![(c, d)]).await;
     let s = store.list(newest(1)).await.unwrap().remove(0);
     assert_eq!((s.status, s.model), (None, None));
 }

@@ -29,6 +29,7 @@ async fn store_records(server: &InProcess, records: &[Value]) {
     let body: String = records.iter().map(|r| format!("{r}\n")).collect();
     let resp = post(&client(), &server.base, body, None).await;
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    server.indexed().await;
 }
 
 async fn page(

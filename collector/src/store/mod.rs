@@ -18,12 +18,13 @@
 //! - a database that cannot be reached answers [`StoreError::Unavailable`] (ingest says 503, the
 //!   filter keeps the batch and sends it again) and [`CaptureStore::health`] says why.
 //!
-//! - every record stored by [`CaptureStore::insert_batch`] gets its [`Digest`] in the same
-//!   transaction: the part of its audit view the list shows, filters and searches on, kept in a
-//!   table of its own (`capture_digests`, and a word index) beside the untouched record. A digest
-//!   is derived data: records stored before digests existed, or whose digest an older derivation
-//!   wrote ([`Digest::version`]), are found by [`CaptureStore::stale_digests`] and given a new one
-//!   by [`CaptureStore::put_digests`] (`crate::digest::backfill` does that at start);
+//! - every record gets a [`Digest`]: the part of its audit view the list shows, filters and
+//!   searches on, kept in a table of its own (`capture_digests`, and a word index) beside the
+//!   untouched record. A digest is derived data, written behind ingest in transactions of its own
+//!   by [`CaptureStore::put_digests`] (`crate::indexer`, fed with the `seq`s
+//!   [`CaptureStore::insert_batch`] returns); records without a current one — not reached yet,
+//!   stored before digests existed, or digested by an older derivation ([`Digest::version`]) —
+//!   are found by [`CaptureStore::stale_digests`] (`crate::digest::backfill`);
 //! - [`CaptureStore::list`] answers a [`ListQuery`] — filters and a word search over question and
 //!   answer, paged by `seq` — from indexes, so it stays fast on a large store.
 //!
@@ -96,16 +97,12 @@ pub struct NewCapture {
     pub outcome: String,
     /// Duration in milliseconds.
     pub duration_ms: f64,
-    /// Model from the audit view, when one was found.
-    pub model: Option<String>,
     /// The record exactly as received.
     pub raw: String,
-    /// What the list shows, filters and searches on.
-    pub digest: Digest,
 }
 
 /// The part of a record's audit view that the list shows, filters and searches on, derived once
-/// (at ingest, or by the backfill) rather than for every row of every query.
+/// (behind ingest, or by the backfill) rather than for every row of every query.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Digest {
     /// The derivation that wrote it (`crate::digest::VERSION`); older digests are re-derived.
@@ -342,12 +339,14 @@ WITH RECURSIVE m(model) AS (
 SELECT model FROM m WHERE model IS NOT NULL LIMIT 1000";
 
 /// What one batch did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BatchOutcome {
     /// Records newly stored.
     pub stored: u64,
     /// Records skipped because their id was already stored (or repeated in the batch).
     pub duplicates: u64,
+    /// Each newly stored record's place in the batch and its `seq`, in batch order.
+    pub new: Vec<(usize, i64)>,
 }
 
 /// A row of the capture list.

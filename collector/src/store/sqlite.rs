@@ -186,12 +186,13 @@ fn insert_batch(conn: &mut Connection, batch: &[NewCapture]) -> Result<BatchOutc
     let tx = conn.transaction()?;
     let mut outcome = BatchOutcome::default();
     {
+        // `model` stays NULL: the digest, written behind ingest, names the model.
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO captures
-             (id, started_at, method, path, status, outcome, duration_ms, model, record)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             (id, started_at, method, path, status, outcome, duration_ms, record)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        for c in batch {
+        for (i, c) in batch.iter().enumerate() {
             let n = stmt.execute(params![
                 c.id,
                 c.started_at,
@@ -200,12 +201,11 @@ fn insert_batch(conn: &mut Connection, batch: &[NewCapture]) -> Result<BatchOutc
                 c.status,
                 c.outcome,
                 c.duration_ms,
-                c.model,
                 c.raw
             ])?;
             if n == 1 {
                 outcome.stored += 1;
-                write_digest(&tx, tx.last_insert_rowid(), &c.digest)?;
+                outcome.new.push((i, tx.last_insert_rowid()));
             } else {
                 outcome.duplicates += 1;
             }

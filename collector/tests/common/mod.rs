@@ -63,6 +63,7 @@ pub fn ndjson(ids: &[String]) -> String {
 pub struct InProcess {
     pub base: String,
     pub db: PathBuf,
+    state: Arc<truthtable_collector::http::AppState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -110,6 +111,7 @@ impl InProcess {
         InProcess {
             base: format!("http://{addr}"),
             db,
+            state,
             shutdown: Some(tx),
             task: Some(task),
             _dir: dir,
@@ -118,6 +120,19 @@ impl InProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Waits until every stored record has its digest (the indexer runs behind ingest); panics
+    /// after 20 s.
+    pub async fn indexed(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.state.indexing() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still indexing after 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops the server and waits until the store is closed.

@@ -131,36 +131,21 @@ END $$";
 /// Key of the advisory lock that serialises migrations (any constant other programs do not use).
 const MIGRATION_LOCK: i64 = 0x7472_7574_6874_6162; // "truthtab"
 
-/// The records and the digests of the records newly stored, in one statement. Of ids repeated in
-/// a batch the first is stored, and gets the first one's digest.
+/// The records of a batch; of ids repeated in a batch the first is stored. `model` stays NULL:
+/// the digest, written behind ingest, names the model.
 const INSERT: &str = "
-WITH b AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[],
-                         $7::float8[], $8::text[], $9::text[],
-                         $10::int4[], $11::int8[], $12::text[], $13::text[], $14::text[],
-                         $15::bool[], $16::bool[], $17::int4[], $18::text[], $19::text[],
-                         $20::text[], $21::int4[])
-         WITH ORDINALITY AS b(id, started_at, method, path, status, outcome, duration_ms, model,
-                              record, d_version, d_started_us, d_protocol, d_question, d_answer,
-                              d_truncated, d_complete, d_problems, d_words, d_model, d_outcome,
-                              d_status, n)
-),
-stored AS (
-    INSERT INTO captures (id, started_at, method, path, status, outcome, duration_ms, model, record)
-    SELECT id, started_at, method, path, status, outcome, duration_ms, model, record
-    FROM b ORDER BY n
-    ON CONFLICT (id) DO NOTHING
-    RETURNING seq, id
-)
-INSERT INTO capture_digests (seq, version, started_us, outcome, status, protocol, model, question,
-                             answer, body_truncated, stream_complete, problems, search)
-SELECT s.seq, f.d_version, f.d_started_us, f.d_outcome, f.d_status, f.d_protocol, f.d_model,
-       f.d_question, f.d_answer, f.d_truncated, f.d_complete, f.d_problems,
-       array_to_tsvector(string_to_array(f.d_words, ' '))
-FROM stored s JOIN (SELECT DISTINCT ON (id) * FROM b ORDER BY id, n) f ON f.id = s.id";
+INSERT INTO captures (id, started_at, method, path, status, outcome, duration_ms, record)
+SELECT id, started_at, method, path, status, outcome, duration_ms, record
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[],
+            $7::float8[], $8::text[])
+     WITH ORDINALITY AS b(id, started_at, method, path, status, outcome, duration_ms, record, n)
+ORDER BY n
+ON CONFLICT (id) DO NOTHING
+RETURNING seq, id";
 
 /// Digests written over older ones (or none), never over a newer derivation's, in one
-/// statement; only for records that exist.
+/// statement; only for records that exist (looked up by key: a join let the planner hash the
+/// whole table, a cost that grew with it).
 const PUT_DIGESTS: &str = "
 INSERT INTO capture_digests (seq, version, started_us, outcome, status, protocol, model, question,
                              answer, body_truncated, stream_complete, problems, search)
@@ -171,7 +156,7 @@ FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::text[], $5::int4[], $6::text
             $8::text[], $9::text[], $10::bool[], $11::bool[], $12::int4[], $13::text[])
      AS b(seq, version, started_us, outcome, status, protocol, model, question, answer,
           truncated, complete, problems, words)
-JOIN captures c ON c.seq = b.seq
+WHERE b.seq IN (SELECT seq FROM captures WHERE seq = ANY($1::int8[]))
 ORDER BY b.seq
 ON CONFLICT (seq) DO UPDATE SET
     version = EXCLUDED.version, started_us = EXCLUDED.started_us, outcome = EXCLUDED.outcome,
@@ -470,61 +455,35 @@ impl CaptureStore for PgStore {
         let raws = column(|c| &c.raw);
         let statuses: Vec<Option<i32>> = batch.iter().map(|c| c.status.map(i32::from)).collect();
         let durations: Vec<f64> = batch.iter().map(|c| c.duration_ms).collect();
-        let models: Vec<Option<&str>> = batch.iter().map(|c| c.model.as_deref()).collect();
-        let d_versions: Vec<i32> = batch.iter().map(|c| c.digest.version).collect();
-        let d_started: Vec<Option<i64>> = batch.iter().map(|c| c.digest.started_us).collect();
-        let d_protocols = column(|c| &c.digest.protocol);
-        let d_questions: Vec<Option<&str>> =
-            batch.iter().map(|c| c.digest.question.as_deref()).collect();
-        let d_answers: Vec<Option<&str>> =
-            batch.iter().map(|c| c.digest.answer.as_deref()).collect();
-        let d_truncated: Vec<bool> = batch.iter().map(|c| c.digest.body_truncated).collect();
-        let d_complete: Vec<Option<bool>> =
-            batch.iter().map(|c| c.digest.stream_complete).collect();
-        let d_problems: Vec<i32> = batch.iter().map(|c| int4(c.digest.problems)).collect();
-        let d_words = column(|c| &c.digest.words);
-        let d_models: Vec<Option<&str>> = batch.iter().map(|c| c.digest.model.as_deref()).collect();
-        let d_outcomes = column(|c| &c.digest.outcome);
-        let d_statuses: Vec<Option<i32>> = batch
-            .iter()
-            .map(|c| c.digest.status.map(i32::from))
-            .collect();
-        let stored = self
+        let rows = self
             .with_client(async |client| {
                 let stmt = client.prepare_cached(INSERT).await?;
                 client
-                    .execute(
+                    .query(
                         &stmt,
                         &[
-                            &ids,
-                            &started,
-                            &methods,
-                            &paths,
-                            &statuses,
-                            &outcomes,
-                            &durations,
-                            &models,
+                            &ids, &started, &methods, &paths, &statuses, &outcomes, &durations,
                             &raws,
-                            &d_versions,
-                            &d_started,
-                            &d_protocols,
-                            &d_questions,
-                            &d_answers,
-                            &d_truncated,
-                            &d_complete,
-                            &d_problems,
-                            &d_words,
-                            &d_models,
-                            &d_outcomes,
-                            &d_statuses,
                         ],
                     )
                     .await
             })
             .await?;
+        // RETURNING comes in no promised order: each stored id is the first of its repeats.
+        let mut first = std::collections::HashMap::with_capacity(batch.len());
+        for (i, id) in ids.iter().enumerate() {
+            first.entry(*id).or_insert(i);
+        }
+        let mut new: Vec<(usize, i64)> = rows
+            .iter()
+            .filter_map(|r| Some((*first.get(r.get::<_, &str>(1))?, r.get(0))))
+            .collect();
+        new.sort_unstable();
+        let stored = new.len() as u64;
         Ok(BatchOutcome {
             stored,
             duplicates: (batch.len() as u64).saturating_sub(stored),
+            new,
         })
     }
 
