@@ -23,8 +23,22 @@ pub const VERSION: i32 = 1;
 /// Characters kept of the question and of the answer for the list.
 pub const PREVIEW_CHARS: usize = 200;
 
-/// Records read and re-derived per backfill step.
-const BACKFILL_BATCH: u32 = 200;
+/// Records read and re-derived in the backfill's first step; later steps take as many as make
+/// about [`BACKFILL_STEP_BYTES`] at the size of the records just read, up to [`BACKFILL_MAX`].
+const BACKFILL_FIRST: u32 = 200;
+/// Most records a backfill step reads.
+const BACKFILL_MAX: u32 = 2000;
+/// Bytes of records (raw lines) a backfill step aims to read.
+const BACKFILL_STEP_BYTES: usize = 16 << 20;
+
+/// How many records the next step reads, after one that read `records` of `bytes` in all: many
+/// small records make few transactions, large ones never many megabytes at once.
+fn next_step(records: usize, bytes: usize) -> u32 {
+    let average = (bytes / records.max(1)).max(1);
+    u32::try_from(BACKFILL_STEP_BYTES / average)
+        .unwrap_or(BACKFILL_MAX)
+        .clamp(1, BACKFILL_MAX)
+}
 
 /// The first [`PREVIEW_CHARS`] characters of `text`, every run of whitespace one space.
 pub fn preview(text: &str) -> String {
@@ -110,8 +124,9 @@ pub async fn backfill(store: &impl CaptureStore, running: &AtomicBool) {
     let started = Instant::now();
     let mut after = 0;
     let mut done = 0u64;
+    let mut step = BACKFILL_FIRST;
     loop {
-        let stale = match store.stale_digests(after, VERSION, BACKFILL_BATCH).await {
+        let stale = match store.stale_digests(after, VERSION, step).await {
             Ok(stale) => stale,
             Err(e) => {
                 if !e.is_unavailable() {
@@ -124,6 +139,7 @@ pub async fn backfill(store: &impl CaptureStore, running: &AtomicBool) {
         let Some(last) = stale.last().map(|s| s.seq) else {
             break;
         };
+        step = next_step(stale.len(), stale.iter().map(|s| s.raw.len()).sum());
         if done == 0 {
             tracing::info!("deriving the digests of stored records (the list's filters and search skip them until done)");
         }
@@ -174,6 +190,14 @@ pub async fn backfill(store: &impl CaptureStore, running: &AtomicBool) {
 mod tests {
     use super::*;
     use crate::record::tests::sample;
+
+    #[test]
+    fn backfill_steps_grow_for_small_records_and_shrink_for_large_ones() {
+        assert_eq!(next_step(200, 200 * 3_000), BACKFILL_MAX);
+        assert_eq!(next_step(200, 200 * 64 * 1024), 256);
+        assert_eq!(next_step(3, 3 * (40 << 20)), 1, "always at least one");
+        assert_eq!(next_step(0, 0), BACKFILL_MAX);
+    }
 
     #[test]
     fn previews_collapse_whitespace_and_stop_at_the_limit() {

@@ -161,19 +161,21 @@ impl Indexer {
 /// Runs until aborted. While the store is unavailable a step waits and is written again.
 pub async fn run(store: &impl CaptureStore, indexer: &Indexer, rescan_every: Option<Duration>) {
     let mut next_rescan = rescan_every.map(|every| tokio::time::Instant::now() + every);
+    // Digests derived and not yet written.
+    let mut ready: Option<Vec<(i64, Digest)>> = None;
     loop {
         if let Some(at) = next_rescan.filter(|at| *at <= tokio::time::Instant::now()) {
             indexer.rescan.store(true, Ordering::SeqCst);
             next_rescan = rescan_every.map(|every| at.max(tokio::time::Instant::now()) + every);
         }
-        if indexer.rescan.load(Ordering::SeqCst) {
+        if ready.is_none() && indexer.rescan.load(Ordering::SeqCst) {
             // `scanning` first, so that `busy` stays true throughout.
             indexer.scanning.store(true, Ordering::SeqCst);
             indexer.rescan.store(false, Ordering::SeqCst);
             digest::backfill(store, &indexer.scanning).await;
         }
         let step = indexer.take();
-        if step.is_empty() {
+        if step.is_empty() && ready.is_none() {
             let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
             tokio::select! {
                 () = indexer.wake.notified() => {}
@@ -181,21 +183,41 @@ pub async fn run(store: &impl CaptureStore, indexer: &Indexer, rescan_every: Opt
             }
             continue;
         }
-        let n = step.len() as u64;
-        let derived = tokio::task::spawn_blocking(move || {
-            step.into_iter()
-                .map(|(seq, record)| (seq, digest::of(&record, &digest::view_of(&record))))
-                .collect::<Vec<(i64, Digest)>>()
-        })
-        .await;
-        match derived {
-            Ok(digests) => write(store, indexer, digests).await,
-            Err(e) => {
-                tracing::error!(error = %e, "deriving digests failed; a scan of the store gives them");
-                indexer.rescan.store(true, Ordering::SeqCst);
+        // A step is derived while the one before it is written: the two work on different cores
+        // (a blocking thread of ours, and the database server or SQLite's writer).
+        let writing = async {
+            if let Some(digests) = ready.take() {
+                let n = digests.len() as u64;
+                write(store, indexer, digests).await;
+                indexer.pending.fetch_sub(n, Ordering::SeqCst);
             }
+        };
+        let (derived, ()) = tokio::join!(derive(indexer, step), writing);
+        ready = derived;
+    }
+}
+
+/// The digests of a step's records, derived on the blocking pool; `None` for an empty step, or
+/// when the derivation failed (its records are then left to a scan, and no longer pending).
+async fn derive(indexer: &Indexer, step: Vec<(i64, CaptureRecord)>) -> Option<Vec<(i64, Digest)>> {
+    if step.is_empty() {
+        return None;
+    }
+    let n = step.len() as u64;
+    let derived = tokio::task::spawn_blocking(move || {
+        step.into_iter()
+            .map(|(seq, record)| (seq, digest::of(&record, &digest::view_of(&record))))
+            .collect::<Vec<(i64, Digest)>>()
+    })
+    .await;
+    match derived {
+        Ok(digests) => Some(digests),
+        Err(e) => {
+            tracing::error!(error = %e, "deriving digests failed; a scan of the store gives them");
+            indexer.rescan.store(true, Ordering::SeqCst);
+            indexer.pending.fetch_sub(n, Ordering::SeqCst);
+            None
         }
-        indexer.pending.fetch_sub(n, Ordering::SeqCst);
     }
 }
 

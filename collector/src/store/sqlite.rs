@@ -215,32 +215,43 @@ fn insert_batch(conn: &mut Connection, batch: &[NewCapture]) -> Result<BatchOutc
     Ok(outcome)
 }
 
-/// Writes (or replaces) the digest of `seq` and its words.
-fn write_digest(conn: &Connection, seq: i64, d: &Digest) -> Result<(), StoreError> {
-    conn.prepare_cached(
+/// Writes (or replaces) the digests of `written` — `(seq, digest, whether one is replaced)` —
+/// and their words: every digest row first, then every word row. An FTS5 table writes out the
+/// words it holds in memory at each statement of the transaction that needs a statement journal,
+/// which an `INSERT OR REPLACE` into a table with indexes does: interleaved, the two wrote a
+/// segment of the word index per record, at three times the cost (BENCHMARKS.md).
+fn write_digests(conn: &Connection, written: &[(i64, &Digest, bool)]) -> Result<(), StoreError> {
+    let mut row = conn.prepare_cached(
         "INSERT OR REPLACE INTO capture_digests
          (seq, version, started_us, outcome, status, protocol, model, question, answer,
           body_truncated, stream_complete, problems)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .execute(params![
-        seq,
-        d.version,
-        d.started_us,
-        d.outcome,
-        d.status,
-        d.protocol,
-        d.model,
-        d.question,
-        d.answer,
-        d.body_truncated,
-        d.stream_complete,
-        d.problems
-    ])?;
-    conn.prepare_cached("DELETE FROM capture_search WHERE rowid = ?1")?
-        .execute(params![seq])?;
-    conn.prepare_cached("INSERT INTO capture_search (rowid, words) VALUES (?1, ?2)")?
-        .execute(params![seq, d.words])?;
+    )?;
+    for (seq, d, _) in written {
+        row.execute(params![
+            seq,
+            d.version,
+            d.started_us,
+            d.outcome,
+            d.status,
+            d.protocol,
+            d.model,
+            d.question,
+            d.answer,
+            d.body_truncated,
+            d.stream_complete,
+            d.problems
+        ])?;
+    }
+    let mut forget = conn.prepare_cached("DELETE FROM capture_search WHERE rowid = ?1")?;
+    let mut words =
+        conn.prepare_cached("INSERT INTO capture_search (rowid, words) VALUES (?1, ?2)")?;
+    for (seq, d, replacing) in written {
+        if *replacing {
+            forget.execute(params![seq])?;
+        }
+        words.execute(params![seq, d.words])?;
+    }
     Ok(())
 }
 
@@ -348,26 +359,27 @@ impl CaptureStore for SqliteStore {
     async fn put_digests(&self, digests: Vec<(i64, Digest)>) -> Result<u64, StoreError> {
         self.blocking(move |_, conn| {
             let tx = conn.transaction()?;
-            let mut written = 0;
-            for (seq, digest) in &digests {
-                let current: Option<Option<i32>> = tx
-                    .prepare_cached(
-                        "SELECT d.version FROM captures c
-                         LEFT JOIN capture_digests d ON d.seq = c.seq WHERE c.seq = ?1",
-                    )?
-                    .query_row(params![seq], |r| r.get(0))
-                    .optional()?;
-                // Only records that exist, and never over a newer derivation's digest.
-                match current {
-                    Some(v) if v.is_none_or(|v| v < digest.version) => {
-                        write_digest(&tx, *seq, digest)?;
-                        written += 1;
+            let mut written = Vec::with_capacity(digests.len());
+            {
+                let mut current = tx.prepare_cached(
+                    "SELECT d.version FROM captures c
+                     LEFT JOIN capture_digests d ON d.seq = c.seq WHERE c.seq = ?1",
+                )?;
+                for (seq, digest) in &digests {
+                    let version: Option<Option<i32>> =
+                        current.query_row(params![seq], |r| r.get(0)).optional()?;
+                    // Only records that exist, and never over a newer derivation's digest.
+                    match version {
+                        Some(v) if v.is_none_or(|v| v < digest.version) => {
+                            written.push((*seq, digest, v.is_some()));
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
+            write_digests(&tx, &written)?;
             tx.commit()?;
-            Ok(written)
+            Ok(written.len() as u64)
         })
         .await
     }
