@@ -144,9 +144,6 @@ fn apply(
     view: &mut AuditView,
     problems: &mut Vec<String>,
 ) -> bool {
-    if let Some(err) = resp.get("error").filter(|e| !e.is_null()) {
-        problems.push(format!("stream error: {}", error_message(err)));
-    }
     if let Some(m) = get_str(resp, "modelVersion", "model_version") {
         view.model = Some(m);
     }
@@ -240,6 +237,10 @@ pub fn read_stream(stream: &StreamBody, view: &mut AuditView, problems: &mut Vec
     let mut blocked = false;
     let mut frames = stream.json_frames(|_| false);
     for (resp, _, _) in frames.by_ref() {
+        // A non-streamed answer's `error` is reported by the caller, with the status.
+        if let Some(err) = resp.get("error").filter(|e| !e.is_null()) {
+            problems.push(format!("stream error: {}", error_message(err)));
+        }
         blocked |= apply(&resp, &mut candidates, view, problems);
     }
     frames.report(problems);
@@ -335,6 +336,43 @@ mod tests {
         assert_eq!(v.model.as_deref(), Some("gemini-2.5-flash"));
         assert!(v.answer_complete);
         assert!(v.problems.is_empty(), "{:?}", v.problems);
+    }
+
+    #[test]
+    fn an_error_in_a_stream_is_a_stream_error_and_a_plain_error_is_said_once() {
+        let error = json!({"error": {"code": 503, "message": "the model is overloaded", "status": "UNAVAILABLE"}});
+        let events = [("", chunk("A light", None)), ("", error.clone())];
+        let v = derive(&exchange(
+            STREAM,
+            &request(),
+            "text/event-stream",
+            utf8(&sse(&events), false),
+        ));
+        let said: Vec<&String> = v
+            .problems
+            .iter()
+            .filter(|p| p.contains("overloaded"))
+            .collect();
+        assert_eq!(said.len(), 1, "{:?}", v.problems);
+        assert!(said[0].starts_with("stream error: "), "{said:?}");
+        assert_eq!(v.answer.as_deref(), Some("A light"));
+        let mut plain = exchange(
+            PLAIN,
+            &request(),
+            "application/json",
+            utf8(&error.to_string(), false),
+        );
+        if let Some(r) = plain.response.as_mut() {
+            r.status = 503;
+        }
+        let v = derive(&plain);
+        let said: Vec<&String> = v
+            .problems
+            .iter()
+            .filter(|p| p.contains("overloaded"))
+            .collect();
+        assert_eq!(said.len(), 1, "{:?}", v.problems);
+        assert!(said[0].starts_with("upstream answered 503: "), "{said:?}");
     }
 
     #[test]

@@ -954,7 +954,13 @@ fn the_request_shape_wins_over_a_path_it_does_not_fit() {
         sources(&v.overruled),
         [(EvidenceSource::Path, Protocol::OpenAiChat)]
     );
-    assert!(v.problems.iter().any(|p| p.contains("bad gateway")));
+    // The error once, with the status: a non-streamed answer is not a stream.
+    let errors: Vec<&String> = v
+        .problems
+        .iter()
+        .filter(|p| p.contains("bad gateway"))
+        .collect();
+    assert_eq!(errors, ["upstream answered 502: bad gateway"]);
     assert!(
         v.problems.iter().any(|p| p
             .starts_with("no answer: looked for candidates[].content.parts[].text")
