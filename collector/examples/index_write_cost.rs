@@ -1,8 +1,8 @@
 //! What writing digests costs SQLite, by the order of the statements in a transaction:
 //! `cargo run --release -p truthtable-collector --example index_write_cost`.
 //!
-//! Writes 40 000 digests — a `capture_digests` row with the collector's indexes and the words of
-//! an 18-word question and answer into the collector's FTS5 table — in transactions of 88 (an
+//! Writes 40 000 digests — a `capture_digests` row with its indexes and the words of an 18-word
+//! question and answer into the FTS5 table, in the schema the collector's store creates — in transactions of 88 (an
 //! ingest batch) and of 2000 records (an indexer step), WAL and `synchronous=FULL` as the
 //! collector opens its file, and prints records/s and µs a record for:
 //! - interleaved: each record's row, then its words (the collector before c1344ae);
@@ -17,26 +17,9 @@
 use std::time::Instant;
 
 use rusqlite::{params, Connection, Transaction};
+use truthtable_collector::store::sqlite::SqliteStore;
 
 const RECORDS: usize = 40_000;
-
-/// The collector's digest table and FTS5 table (collector/src/store/sqlite.rs, migration 3).
-const SCHEMA: &str = "
-CREATE TABLE capture_digests (
-    seq INTEGER PRIMARY KEY, version INTEGER NOT NULL, started_us INTEGER, outcome TEXT NOT NULL,
-    status INTEGER, protocol TEXT NOT NULL, model TEXT, question TEXT, answer TEXT,
-    body_truncated INTEGER NOT NULL, stream_complete INTEGER, problems INTEGER NOT NULL);
-CREATE INDEX capture_digests_started ON capture_digests (started_us);
-CREATE INDEX capture_digests_outcome ON capture_digests (outcome, seq);
-CREATE INDEX capture_digests_status ON capture_digests (status, seq);
-CREATE INDEX capture_digests_protocol ON capture_digests (protocol, seq);
-CREATE INDEX capture_digests_model ON capture_digests (model, seq);
-CREATE INDEX capture_digests_truncated ON capture_digests (seq) WHERE body_truncated;
-CREATE INDEX capture_digests_incomplete ON capture_digests (seq) WHERE NOT stream_complete;
-CREATE INDEX capture_digests_problems ON capture_digests (seq) WHERE problems > 0;
-CREATE VIRTUAL TABLE capture_search USING fts5(
-    words, content='', contentless_delete=1, tokenize='ascii', detail='none', prefix='2 3');
-";
 
 const WORDS: &str =
     "what does the refund policy say about opened items can be returned within 30 days";
@@ -69,10 +52,12 @@ fn words(tx: &Transaction<'_>, seq: i64) {
 
 fn run(order: Order, step: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let mut conn = Connection::open(dir.path().join("probe.db")).unwrap();
-    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    let path = dir.path().join("probe.db");
+    // The collector's own schema, as its store creates it (WAL and `synchronous=FULL` are the
+    // file's and the connection's; set again here for this connection).
+    drop(SqliteStore::open(&path).unwrap());
+    let mut conn = Connection::open(&path).unwrap();
     conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    conn.execute_batch(SCHEMA).unwrap();
     let started = Instant::now();
     for first in (1..=RECORDS as i64).step_by(step) {
         let seqs = first..first + step as i64;
