@@ -218,10 +218,15 @@ mod tests {
         assert_eq!(d.model.as_deref(), Some("gpt-4o"));
         assert_eq!(d.outcome, "complete");
         assert_eq!(d.status, Some(200));
-        assert_eq!(d.started_us, timestamp::unix_micros(&record.started_at));
-        assert!(d.started_us.is_some());
-        assert_eq!(d.question.as_deref(), view_of(&record).question.as_deref());
-        assert!(!d.words.is_empty());
+        // 2026-11-25T16:10:40.186123Z
+        assert_eq!(d.started_us, Some(1_795_623_040_186_123));
+        assert_eq!(d.question.as_deref(), Some("hi"));
+        assert_eq!(d.answer.as_deref(), Some("hello"));
+        assert_eq!(d.words, "hi hello");
+        assert_eq!(
+            (d.body_truncated, d.stream_complete, d.problems),
+            (false, None, 0)
+        );
     }
 
     #[test]
