@@ -226,9 +226,15 @@ async fn no_canary_secret_reaches_any_stored_or_printed_artifact() {
         );
         pages.push_str(&html);
     }
-    assert!(
-        pages.matches(" id=\"request\"").count() >= sent,
-        "every capture's page"
+    assert_eq!(
+        list["captures"].as_array().unwrap().len(),
+        sent,
+        "each exchange stored once"
+    );
+    assert_eq!(
+        pages.matches(" id=\"request\"").count(),
+        sent,
+        "every capture's page, once each"
     );
     let record = |case: &str| {
         records
