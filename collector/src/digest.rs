@@ -1,11 +1,12 @@
 //! A record's [`Digest`]: the part of its audit view the list shows, filters and searches on.
 //!
 //! Deriving an audit view decodes and parses both bodies, far too slow to do for every row of a
-//! filtered list of a large store, so ingest derives it once and the store keeps the digest
-//! beside the record, indexed. The record stays the truth (a capture's own page derives its view
-//! afresh); the digest is a cache of one derivation, stamped with [`VERSION`]. [`backfill`] gives
-//! every record stored before digests existed, or digested by an older derivation, a current
-//! one — at every start, in batches, while the collector serves.
+//! filtered list of a large store, so it is derived once, just behind ingest (`crate::indexer`),
+//! and the store keeps the digest beside the record, indexed. The record stays the truth (a
+//! capture's own page derives its view afresh); the digest is a cache of one derivation, stamped
+//! with [`VERSION`]. [`backfill`] gives every record without a current digest — not reached
+//! before a stop, stored before digests existed, or digested by an older derivation — one: at
+//! every start (and when the indexer asks), in batches, while the collector serves.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -272,8 +272,15 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
             )
         }
     };
-    let (rows, records): (Vec<_>, Vec<_>) = lines.into_iter().map(ingest::to_row).unzip();
-    let sizes: Vec<usize> = rows.iter().map(|r| r.raw.len()).collect();
+    // Each record with its line's size, kept for the indexer (taken by the batch's place).
+    let (rows, mut records): (Vec<_>, Vec<_>) = lines
+        .into_iter()
+        .map(|line| {
+            let (row, record) = ingest::to_row(line);
+            let size = row.raw.len();
+            (row, Some((record, size)))
+        })
+        .unzip();
     let outcome = state
         .store
         .insert_batch(rows)
@@ -291,9 +298,9 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
                 "batch committed"
             );
             // Committed; the digests follow behind the answer (crate::indexer).
-            let mut records: Vec<Option<_>> = records.into_iter().map(Some).collect();
             state.indexer.push(o.new.iter().filter_map(|&(i, seq)| {
-                Some((seq, records.get_mut(i)?.take()?, sizes.get(i).copied()?))
+                let (record, size) = records.get_mut(i)?.take()?;
+                Some((seq, record, size))
             }));
             Json(json!({ "stored": o.stored, "duplicates": o.duplicates })).into_response()
         }

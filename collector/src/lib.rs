@@ -70,7 +70,8 @@ pub async fn serve(
         let state = Arc::clone(&state);
         // One collector owns a SQLite file; a shared database may hold records a replica that
         // stopped stored and never indexed.
-        let rescan = (state.store.backend() != "sqlite").then_some(indexer::RESCAN_EVERY);
+        let rescan =
+            matches!(state.store, store::Store::Postgres(_)).then_some(indexer::RESCAN_EVERY);
         async move { indexer::run(&state.store, &state.indexer, rescan).await }
     });
     let served = axum::serve(listener, app(Arc::clone(&state)))

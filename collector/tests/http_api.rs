@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{get_json, metric, ndjson, post, record, InProcess};
+use common::{get_json, metric, ndjson, post, record, when_indexed, InProcess};
 use serde_json::Value;
 
 fn ids(prefix: &str, n: usize) -> Vec<String> {
@@ -283,14 +283,12 @@ async fn the_list_filters_searches_and_pages_both_ways() {
         .collect();
     assert_eq!(post(&client, &server.base, body, None).await.status(), 200);
     // `indexing` clears once the indexer, behind ingest, has written the batch's digests.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let page = loop {
-        let page = list(&client, &server, "").await;
-        if page["indexing"] == false || std::time::Instant::now() > deadline {
-            break page;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let page = when_indexed(
+        &client,
+        &server.url("/v1/captures?"),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(page["indexing"], false);
     let rag = page["captures"]
         .as_array()
