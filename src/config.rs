@@ -73,11 +73,11 @@ struct RawConfig {
     audit_path: String,
     #[serde(default)]
     audit_authority: Option<String>,
-    #[serde(default = "default_audit_timeout_ms")]
+    #[serde(default = "default_audit_timeout_ms", deserialize_with = "integer")]
     audit_timeout_ms: u64,
     #[serde(default)]
     audit_headers: BTreeMap<String, String>,
-    #[serde(default = "default_max_body_bytes")]
+    #[serde(default = "default_max_body_bytes", deserialize_with = "integer")]
     max_body_bytes: u64,
     #[serde(default)]
     redact_headers: Vec<String>,
@@ -85,19 +85,19 @@ struct RawConfig {
     redact_query_params: Vec<String>,
     #[serde(default = "default_delivery_format")]
     delivery_format: String,
-    #[serde(default = "default_batch_max_bytes")]
+    #[serde(default = "default_batch_max_bytes", deserialize_with = "integer")]
     batch_max_bytes: u64,
-    #[serde(default = "default_flush_interval_ms")]
+    #[serde(default = "default_flush_interval_ms", deserialize_with = "integer")]
     flush_interval_ms: u64,
-    #[serde(default = "default_queue_max_bytes")]
+    #[serde(default = "default_queue_max_bytes", deserialize_with = "integer")]
     queue_max_bytes: u64,
-    #[serde(default = "default_max_inflight")]
+    #[serde(default = "default_max_inflight", deserialize_with = "integer")]
     max_inflight: u64,
-    #[serde(default = "default_retry_initial_ms")]
+    #[serde(default = "default_retry_initial_ms", deserialize_with = "integer")]
     retry_initial_ms: u64,
-    #[serde(default = "default_retry_max_ms")]
+    #[serde(default = "default_retry_max_ms", deserialize_with = "integer")]
     retry_max_ms: u64,
-    #[serde(default = "default_drain_timeout_ms")]
+    #[serde(default = "default_drain_timeout_ms", deserialize_with = "integer")]
     drain_timeout_ms: u64,
 }
 
@@ -137,9 +137,61 @@ fn default_drain_timeout_ms() -> u64 {
 
 const MIB: u64 = 1 << 20;
 
+/// An integer key: any JSON number that denotes a non-negative integer, whichever way it is
+/// written. Control planes and YAML tooling print `1048576` as `1048576.0` or `1.048576e6` (a
+/// structured `pluginConfig` travels as a `google.protobuf.Struct`, whose numbers are doubles), and
+/// all three mean the same. A fraction, a negative number or one beyond `u64` is refused here;
+/// each key's own range is checked in [`RawConfig::validate`].
+fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    struct Integer;
+    impl serde::de::Visitor<'_> for Integer {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a non-negative integer")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| {
+                E::custom(format!(
+                    "{v} is out of range (expected a non-negative integer)"
+                ))
+            })
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            // 2^64 is exactly representable; every finite double below it converts exactly.
+            const LIMIT: f64 = 18_446_744_073_709_551_616.0;
+            if !v.is_finite() || v.fract() != 0.0 {
+                return Err(E::custom(format!("{v} is not an integer")));
+            }
+            if !(0.0..LIMIT).contains(&v) {
+                let shown = if v.abs() < 1e21 {
+                    format!("{v}")
+                } else {
+                    format!("{v:e}")
+                };
+                return Err(E::custom(format!(
+                    "{shown} is out of range (expected a non-negative integer)"
+                )));
+            }
+            Ok(v as u64)
+        }
+    }
+    deserializer.deserialize_any(Integer)
+}
+
 impl Config {
     /// Parses and validates the plugin configuration bytes.
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        // Istio sends no configuration at all for a `WasmPlugin` without `pluginConfig`, Envoy
+        // Gateway an empty string for an entry without `config`: what is missing is the cluster.
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ConfigError {
+                key: "audit_cluster".to_owned(),
+                problem: "missing: the configuration is empty (expected a JSON object naming at least audit_cluster)".to_owned(),
+            });
+        }
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let key = e.path().to_string();
@@ -469,7 +521,6 @@ mod tests {
         let e = err("audit_cluster: a");
         assert_eq!(e.key, "configuration");
         assert!(e.problem.contains("not valid JSON"), "{e}");
-        assert_eq!(err("").key, "configuration");
         assert_eq!(err(r#"{"audit_cluster":"a"} x"#).key, "configuration");
     }
 
@@ -604,7 +655,73 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_empty_configuration_is_refused_naming_audit_cluster() {
+        // What Istio sends for a WasmPlugin without pluginConfig (nothing) and Envoy Gateway for
+        // an entry without config (""), and an object without the one required key.
+        for empty in ["", " ", "\n\t ", "{}", " { } "] {
+            let e = err(empty);
+            assert_eq!(e.key, "audit_cluster", "{empty:?}: {e}");
+            assert!(e.problem.contains("missing"), "{empty:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_integer_key_takes_any_json_number_that_denotes_an_integer() {
+        for written in [
+            "1048576",
+            "1048576.0",
+            "1.048576e6",
+            "1.048576E+6",
+            "10485760e-1",
+        ] {
+            let json = format!(r#"{{"audit_cluster":"a","max_body_bytes":{written}}}"#);
+            let c = Config::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{written}: {e}"));
+            assert_eq!(c.max_body_bytes, 1_048_576, "{written}");
+        }
+        let c =
+            Config::parse(br#"{"audit_cluster":"a","drain_timeout_ms":0.0,"max_inflight":2e0}"#)
+                .unwrap();
+        assert_eq!((c.drain_timeout_ms, c.delivery.max_inflight), (0, 2));
+    }
+
+    #[test]
+    fn a_fraction_or_out_of_range_number_is_refused_naming_the_key() {
+        for (value, key, problem) in [
+            ("1048576.5", "max_body_bytes", "1048576.5 is not an integer"),
+            ("1.5e0", "audit_timeout_ms", "1.5 is not an integer"),
+            ("-1", "max_inflight", "-1 is out of range"),
+            ("-1.0", "retry_max_ms", "-1 is out of range"),
+            ("1e300", "queue_max_bytes", "1e300 is out of range"),
+            ("18446744073709551616", "batch_max_bytes", "out of range"),
+            ("1e12", "max_body_bytes", "1000000000000 is out of range"),
+            ("65.0e6", "drain_timeout_ms", "65000000 is out of range"),
+        ] {
+            let json = format!(r#"{{"audit_cluster":"a","{key}":{value}}}"#);
+            let e = err(&json);
+            assert_eq!(e.key, key, "{json}: {e}");
+            assert!(e.problem.contains(problem), "{json}: {e}");
+            assert_eq!(e.to_string().lines().count(), 1, "{e}");
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn every_spelling_of_an_integer_reads_the_same(n in 0u64..=(64 << 20)) {
+            for written in [n.to_string(), format!("{n}.0"), format!("{n:e}"), format!("{:e}", n as f64)] {
+                let json = format!(r#"{{"audit_cluster":"a","max_body_bytes":{written}}}"#);
+                let c = Config::parse(json.as_bytes()).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{written}: {e}")))?;
+                proptest::prop_assert_eq!(c.max_body_bytes as u64, n, "{}", written);
+            }
+        }
+
+        #[test]
+        fn a_fraction_is_never_taken_for_an_integer(n in 0u64..(64 << 20), tenths in 1u64..10) {
+            let json = format!(r#"{{"audit_cluster":"a","max_body_bytes":{n}.{tenths}}}"#);
+            let e = Config::parse(json.as_bytes()).err();
+            proptest::prop_assert_eq!(e.map(|e| e.key), Some("max_body_bytes".to_owned()));
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             let _ = Config::parse(&bytes);

@@ -35,6 +35,13 @@ fn the_error_line(log: &str) -> &str {
 fn each_invalid_configuration_is_refused_with_a_line_naming_the_key() {
     for (config, key, problem) in [
         (r#"{}"#, "audit_cluster", "missing field"),
+        // What Istio sends for a WasmPlugin without pluginConfig, Envoy Gateway for no config.
+        ("", "audit_cluster", "the configuration is empty"),
+        (
+            r#"{"audit_cluster": "truthtable_audit", "max_body_bytes": 1048576.5}"#,
+            "max_body_bytes",
+            "1048576.5 is not an integer",
+        ),
         (r#"{"audit_cluster": 7}"#, "audit_cluster", "invalid type"),
         (
             r#"{"audit_cluster": "truthtable_audit", "max_body_bytes": "lots"}"#,
@@ -98,4 +105,20 @@ fn every_shipped_envoy_yaml_validates_with_the_built_filter() {
     }
     assert!(checked >= 1, "found no Envoy YAML to validate");
     assert!(wasm.exists());
+}
+
+#[test]
+fn envoy_takes_an_integer_written_as_a_float_or_in_exponent_form() {
+    // Control planes and YAML tooling print integers these ways (a structured pluginConfig is a
+    // google.protobuf.Struct, whose numbers are doubles).
+    let config = filter_config(r#""max_body_bytes": 1.048576e6, "audit_timeout_ms": 2000.0"#);
+    let envoy = Envoy::try_start(EnvoyOpts {
+        upstream: free_port(),
+        audit: free_port(),
+        filter: Some(&config),
+        workers: 1,
+    });
+    if let Err(log) = envoy {
+        panic!("Envoy refused {config}:\n{log}");
+    }
 }
