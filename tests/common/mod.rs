@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 pub mod lds;
+pub mod planes;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
