@@ -139,10 +139,33 @@ impl BootEnvoy {
     /// it is ready and `port` takes connections. `Err` carries the log.
     pub fn start(
         dir: tempfile::TempDir,
-        mut bootstrap: Value,
+        bootstrap: Value,
         port: u16,
         workers: u32,
     ) -> Result<BootEnvoy, String> {
+        let mut envoy = BootEnvoy::spawn(dir, bootstrap, workers);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(_)) = envoy.child.try_wait() {
+                return Err(envoy.log_text());
+            }
+            if envoy.is_live() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(envoy);
+            }
+            if Instant::now() > deadline {
+                return Err(envoy.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether Envoy's admin `/ready` says it is live (initialised, listeners warmed).
+    pub fn is_live(&self) -> bool {
+        admin_get(self.admin, "/ready").is_some_and(|b| b.starts_with("LIVE"))
+    }
+
+    /// Starts Envoy on `bootstrap` (its admin port set) without waiting for anything.
+    pub fn spawn(dir: tempfile::TempDir, mut bootstrap: Value, workers: u32) -> BootEnvoy {
         let admin = super::free_port();
         bootstrap["admin"] = serde_json::json!({"address": {"socket_address": {
             "address": "127.0.0.1", "port_value": admin}}});
@@ -152,26 +175,11 @@ impl BootEnvoy {
         let child = super::envoy_command(&config, workers, &log)
             .spawn()
             .expect("spawn envoy");
-        let mut envoy = BootEnvoy {
+        BootEnvoy {
             child,
             admin,
             log,
             dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(_)) = envoy.child.try_wait() {
-                return Err(envoy.log_text());
-            }
-            if admin_get(admin, "/ready").is_some_and(|b| b.starts_with("LIVE"))
-                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            {
-                return Ok(envoy);
-            }
-            if Instant::now() > deadline {
-                return Err(envoy.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
