@@ -401,8 +401,17 @@ fn offline_override_changes_only_where_images_come_from() {
                     let build = value.as_object().unwrap();
                     for k in build.keys() {
                         assert!(
-                            ["target", "network"].contains(&k.as_str()),
+                            ["target", "network", "args"].contains(&k.as_str()),
                             "{name}: offline.yml changes build.{k}"
+                        );
+                    }
+                    // Only where the prebuilt binaries are, defaulting to the Dockerfile's own.
+                    if let Some(args) = build.get("args") {
+                        let args = args.as_object().unwrap();
+                        assert_eq!(args.keys().collect::<Vec<_>>(), ["BIN_DIR"], "{name}");
+                        assert_eq!(
+                            args["BIN_DIR"], "${TRUTHTABLE_BIN_DIR:-target/release}",
+                            "{name}"
                         );
                     }
                     // The target it names is a stage of the service's own Dockerfile.
