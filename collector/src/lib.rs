@@ -13,6 +13,7 @@ pub mod frames;
 pub mod http;
 pub mod indexer;
 pub mod ingest;
+pub mod log;
 pub mod metrics;
 pub mod otlp;
 pub mod reads;
