@@ -358,7 +358,12 @@ async fn get_one(
     };
     let view = serde_json::to_string(&read.view).unwrap_or_else(|_| "null".to_owned());
     // The stored line is valid JSON; splicing it keeps the record byte for byte as received.
-    let body = format!("{{\"capture\":{},\"audit\":{view}}}", read.raw);
+    let mut body = format!("{{\"capture\":{},\"audit\":{view}", read.raw);
+    if let Some(place) = read.log {
+        body.push_str(",\"log\":");
+        body.push_str(&crate::log::http::place_json(&id, place).to_string());
+    }
+    body.push('}');
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 

@@ -453,3 +453,67 @@ fn keygen_writes_a_key_the_collector_signs_with_and_a_bad_key_file_refuses_start
         assert!(err.contains(says), "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_log_that_fails_its_own_check_says_so_keeps_ingesting_and_signs_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("check.db");
+    let client = reqwest::Client::new();
+    let mut proc = Process::start(&db);
+    let ids: Vec<String> = (0..5).map(|i| format!("c-{i}")).collect();
+    assert_eq!(
+        post(&client, &proc.base(), ndjson(&ids), None)
+            .await
+            .status(),
+        200
+    );
+    let signed = checkpoint_of(&client, &proc.base(), 5).await;
+    proc.sigterm();
+    assert!(proc.wait(20).success());
+    // Someone rewrites a stored hash of the tree behind the collector's back: the root of the
+    // first four records (stored index 6 in Go's layout: 0; 1, 2; 3; 4, 5, 6; 7).
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE log_hashes SET hash = zeroblob(32) WHERE idx = 6",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+
+    let proc = Process::start(&db);
+    let base = proc.base();
+    let more: Vec<String> = (0..3).map(|i| format!("d-{i}")).collect();
+    assert_eq!(
+        post(&client, &base, ndjson(&more), None).await.status(),
+        200,
+        "ingest goes on"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc.log_count("THE VERIFIABLE LOG FAILS ITS OWN CHECK") == 0 {
+        assert!(Instant::now() < deadline, "not said: {:?}", proc.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        common::metric(&client, &base, "truthtable_log_failing").await,
+        1
+    );
+    assert!(
+        common::metric(&client, &base, "truthtable_log_verification_failures_total").await >= 1
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        common::metric(&client, &base, "truthtable_log_size").await,
+        8,
+        "still sequenced"
+    );
+    assert_eq!(
+        text(&client, format!("{base}/v1/log/checkpoint")).await.1,
+        signed,
+        "no checkpoint signed over a tree that disagrees with the last one"
+    );
+    assert_eq!(
+        proc.log_count("FAILS ITS OWN CHECK"),
+        1,
+        "said once, not every poll"
+    );
+}

@@ -195,3 +195,14 @@ async fn proof(
         Err(e) => failure(&state, e),
     }
 }
+
+/// A capture's place in the log as the JSON API shows it: `index` (`null` until sequenced),
+/// `checkpoint_size` (the latest signed checkpoint's), and `proof`, the path of its proof once
+/// that checkpoint includes it.
+pub fn place_json(id: &str, place: crate::reads::LogPlace) -> serde_json::Value {
+    serde_json::json!({
+        "index": place.index,
+        "checkpoint_size": place.checkpoint_size,
+        "proof": place.proven().then(|| format!("/v1/captures/{}/proof", crate::web::format::segment(id))),
+    })
+}
