@@ -26,7 +26,10 @@ pub const POLL: Duration = Duration::from_millis(200);
 /// Records appended in one transaction at most.
 pub const STEP: u32 = 2000;
 /// The lease that makes one collector the sequencer and signer.
-const LEASE: Duration = Duration::from_secs(10);
+const LEASE: Duration = Duration::from_secs(5);
+/// How often the sequencer also looks for committed records its cursor walked past (on a shared
+/// database a record can commit behind the cursor of commit order).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// The lease's name in the store's cursor table.
 pub const LEASE_NAME: &str = "truthtable.log";
 
@@ -195,14 +198,34 @@ pub async fn root(store: &impl LogStore, size: u64) -> Result<Hash, LogError> {
         .ok_or_else(|| LogError::Inconsistent("no root".to_owned()))
 }
 
-/// Appends up to [`STEP`] records committed after the log's cursor; returns how many.
-pub async fn sequence<S: CaptureStore + LogStore>(store: &S, log: &Log) -> Result<usize, LogError> {
+/// Appends up to [`STEP`] records committed after the log's cursor — or, with `sweep`, any
+/// committed records the log does not hold — skipping any the log already holds; returns how
+/// many it read.
+pub async fn sequence<S: CaptureStore + LogStore>(
+    store: &S,
+    log: &Log,
+    sweep: bool,
+) -> Result<usize, LogError> {
     let state = store.log_state().await?;
     log.size.store(state.size, Ordering::Relaxed);
-    let records = store.read_after(state.cursor, STEP).await?;
-    let Some(last) = records.last().map(|r| r.cursor) else {
+    let mut records = if sweep {
+        store.log_unlogged(STEP).await?
+    } else {
+        store.read_after(state.cursor, STEP).await?
+    };
+    let read = records.len();
+    let Some(last) = records.last().map(|r| r.cursor.max(state.cursor)) else {
         return Ok(0);
     };
+    // A record a cursor meets twice (a sweep's, or a shared database's commit order seen
+    // twice) is appended once.
+    let logged = store
+        .log_logged(records.iter().map(|r| r.seq).collect())
+        .await?;
+    if !logged.is_empty() {
+        let logged: std::collections::HashSet<i64> = logged.into_iter().collect();
+        records.retain(|r| !logged.contains(&r.seq));
+    }
     let mut known = store.log_hashes(tree::frontier(state.size)).await?;
     let leaves: Vec<Hash> = records
         .iter()
@@ -213,7 +236,7 @@ pub async fn sequence<S: CaptureStore + LogStore>(store: &S, log: &Log) -> Resul
     let n = entries.len();
     if store.log_append(state.size, last, entries, made).await? {
         log.size.store(state.size + n as u64, Ordering::Relaxed);
-        Ok(n)
+        Ok(read)
     } else {
         // Another sequencer moved the log first; read again.
         Ok(0)
@@ -308,6 +331,9 @@ pub async fn sign(store: &impl LogStore, log: &Log) -> Result<Option<u64>, LogEr
 /// Sequences and signs until aborted; with `leased` (a database several collectors share), only
 /// while this collector holds the log's lease.
 pub async fn run<S: CaptureStore + LogStore>(store: &S, log: &Log, leased: bool) {
+    // On a shared database the sequencer also sweeps now and then; one collector's SQLite
+    // commits in `seq` order, so its cursor misses nothing.
+    let mut last_sweep = tokio::time::Instant::now();
     loop {
         let held = if leased {
             store
@@ -333,7 +359,11 @@ pub async fn run<S: CaptureStore + LogStore>(store: &S, log: &Log, leased: bool)
             }
         }
         let mut full = false;
-        match sequence(store, log).await {
+        let sweep = leased && last_sweep.elapsed() >= SWEEP_EVERY;
+        if sweep {
+            last_sweep = tokio::time::Instant::now();
+        }
+        match sequence(store, log, sweep).await {
             Ok(n) => full = n == STEP as usize,
             Err(e) => tracing::warn!(error = %e, "sequencing the log failed; trying again"),
         }

@@ -113,6 +113,19 @@ pub trait LogStore: Send + Sync {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<LoggedRecord>, StoreError>> + Send;
 
+    /// Of these `seq`s, those the log already holds.
+    fn log_logged(
+        &self,
+        seqs: Vec<i64>,
+    ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
+
+    /// Up to `limit` committed records the log does not hold, in commit order (the sweep that
+    /// catches a record a cursor walked past; on PostgreSQL among the 100 000 newest `seq`s).
+    fn log_unlogged(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<super::StoredCapture>, StoreError>> + Send;
+
     /// Captures the log does not hold: `(id, whether the sequencer has passed it)` — one it has
     /// passed was put in the store behind the log's back.
     fn log_missing(
@@ -172,6 +185,14 @@ impl LogStore for Store {
 
     async fn log_records(&self, from: u64, limit: u32) -> Result<Vec<LoggedRecord>, StoreError> {
         dispatch!(self, s => s.log_records(from, limit).await)
+    }
+
+    async fn log_logged(&self, seqs: Vec<i64>) -> Result<Vec<i64>, StoreError> {
+        dispatch!(self, s => s.log_logged(seqs).await)
+    }
+
+    async fn log_unlogged(&self, limit: u32) -> Result<Vec<super::StoredCapture>, StoreError> {
+        dispatch!(self, s => s.log_unlogged(limit).await)
     }
 
     async fn log_missing(&self, cursor: Cursor) -> Result<Vec<(String, bool)>, StoreError> {

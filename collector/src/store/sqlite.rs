@@ -713,6 +713,41 @@ impl LogStore for SqliteStore {
         .await
     }
 
+    async fn log_logged(&self, seqs: Vec<i64>) -> Result<Vec<i64>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached("SELECT 1 FROM log_entries WHERE seq = ?1")?;
+            let mut out = Vec::new();
+            for seq in seqs {
+                if stmt.exists(params![seq])? {
+                    out.push(seq);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn log_unlogged(&self, limit: u32) -> Result<Vec<StoredCapture>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT c.seq, c.id, c.record FROM captures c
+                 WHERE NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = c.seq)
+                 ORDER BY c.seq LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit], |r| {
+                let seq: i64 = r.get(0)?;
+                Ok(StoredCapture {
+                    cursor: Cursor { tx: 0, seq },
+                    seq,
+                    id: r.get(1)?,
+                    raw: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn log_missing(&self, cursor: Cursor) -> Result<Vec<(String, bool)>, StoreError> {
         self.blocking(move |_, conn| {
             let mut stmt = conn.prepare(

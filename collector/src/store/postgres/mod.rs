@@ -1005,6 +1005,51 @@ impl LogStore for PgStore {
             .collect())
     }
 
+    async fn log_logged(&self, seqs: Vec<i64>) -> Result<Vec<i64>, StoreError> {
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query("SELECT seq FROM log_entries WHERE seq = ANY($1)", &[&seqs])
+                    .await
+            })
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn log_unlogged(&self, limit: u32) -> Result<Vec<StoredCapture>, StoreError> {
+        let limit = i64::from(limit);
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query(
+                        "SELECT c.tx::text, c.seq, c.id, c.record FROM captures c
+                         WHERE c.seq > coalesce((SELECT max(seq) FROM log_entries), 0) - 100000
+                           AND NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = c.seq)
+                           AND c.tx < pg_snapshot_xmin(pg_current_snapshot())
+                         ORDER BY c.tx, c.seq LIMIT $1",
+                        &[&limit],
+                    )
+                    .await
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let tx: String = row.get(0);
+                Ok(StoredCapture {
+                    cursor: Cursor {
+                        tx: tx.parse().map_err(|_| {
+                            StoreError::Postgres(format!("transaction id {tx:?} is not a number"))
+                        })?,
+                        seq: row.get(1),
+                    },
+                    seq: row.get(1),
+                    id: row.get(2),
+                    raw: row.get(3),
+                })
+            })
+            .collect()
+    }
+
     async fn log_missing(&self, cursor: Cursor) -> Result<Vec<(String, bool)>, StoreError> {
         let tx = cursor.tx.to_string();
         let rows = self
