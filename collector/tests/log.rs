@@ -331,6 +331,60 @@ async fn verify_passes_a_clean_store_and_names_each_tampering() {
     );
     assert!(!ok, "another key's verifier refuses the checkpoints: {out}");
 
+    // Evidence for an auditor: chosen captures, checked with no database.
+    let bundle = dir.path().join("evidence");
+    let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+        .args([
+            "export",
+            "--db",
+            &db.display().to_string(),
+            "--id",
+            "id-3",
+            "--id",
+            "id-7",
+            "--out",
+        ])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("verifier-key"))
+            .unwrap()
+            .trim(),
+        vkey.trim()
+    );
+    let check_bundle = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+            .args(["verify", "--bundle"])
+            .arg(&bundle)
+            .args(["--key", vkey.trim()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, report) = check_bundle();
+    assert!(ok, "{report}");
+    assert!(report.ends_with("2 of 2 records verified\n"), "{report}");
+    let entry = bundle.join("id-7.entry");
+    let altered = std::fs::read_to_string(&entry)
+        .unwrap()
+        .replace("answer for id-7", "answer for id-8");
+    std::fs::write(&entry, altered).unwrap();
+    let (ok, report) = check_bundle();
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains("FAIL id-7: the entry at index 7 is not in the tree"),
+        "{report}"
+    );
+
     let cases = [
         (
             "modified",
@@ -515,5 +569,92 @@ async fn a_log_that_fails_its_own_check_says_so_keeps_ingesting_and_signs_nothin
         proc.log_count("FAILS ITS OWN CHECK"),
         1,
         "said once, not every poll"
+    );
+}
+
+#[tokio::test]
+async fn the_monitor_trusts_a_growing_log_and_catches_one_rebuilt_and_re_signed_with_the_same_key()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("log.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+        .args(["keygen", "--name", "monitor.test/log", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    let vkey = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let state = dir.path().join("trusted-checkpoint");
+    let monitor = |base: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+            .args(["monitor", "--url", base, "--key", &vkey, "--state"])
+            .arg(&state)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let client = reqwest::Client::new();
+    let start = |db: &str| {
+        Process::start_with(
+            &[
+                "--db",
+                &dir.path().join(db).display().to_string(),
+                "--log-key",
+                &key.display().to_string(),
+            ],
+            &[],
+        )
+    };
+    let honest = start("honest.db");
+    let base = honest.base();
+    let first: Vec<String> = (0..5).map(|i| format!("h-{i}")).collect();
+    assert_eq!(
+        post(&client, &base, ndjson(&first), None).await.status(),
+        200
+    );
+    checkpoint_of(&client, &base, 5).await;
+    let (ok, said) = monitor(&base);
+    assert!(
+        ok && said.contains("size 5 is signed; trusting it"),
+        "{said}"
+    );
+    let more: Vec<String> = (5..8).map(|i| format!("h-{i}")).collect();
+    assert_eq!(
+        post(&client, &base, ndjson(&more), None).await.status(),
+        200
+    );
+    checkpoint_of(&client, &base, 8).await;
+    let (ok, said) = monitor(&base);
+    assert!(
+        ok && said
+            .contains("size 8 is signed and consistent with the trusted checkpoint of size 5"),
+        "{said}"
+    );
+    drop(honest);
+    let trusted = std::fs::read_to_string(&state).unwrap();
+
+    // Someone with the key rebuilds the log with other records and re-signs it.
+    let forged = start("forged.db");
+    let base = forged.base();
+    let other: Vec<String> = (0..9).map(|i| format!("f-{i}")).collect();
+    assert_eq!(
+        post(&client, &base, ndjson(&other), None).await.status(),
+        200
+    );
+    checkpoint_of(&client, &base, 9).await;
+    let (ok, said) = monitor(&base);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains(
+            "FAIL the checkpoint of size 9 is not consistent with the trusted checkpoint of size 8"
+        ),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&state).unwrap(),
+        trusted,
+        "still trusts the honest one"
     );
 }

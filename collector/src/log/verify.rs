@@ -209,3 +209,46 @@ pub async fn verify_store(
     r.lines.push(summary);
     Ok(r)
 }
+
+/// Checks an evidence bundle offline: every `<id>.entry` against its `<id>.tlog-proof`, each
+/// proof's checkpoint against `key`, and the proofs' checkpoints against each other.
+pub fn verify_bundle(dir: &std::path::Path, key: &VerifierKey) -> anyhow::Result<Report> {
+    use anyhow::Context as _;
+    let mut r = Report::default();
+    r.say(format!(
+        "checking the bundle {} against the key {}",
+        dir.display(),
+        key.as_str()
+    ));
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".tlog-proof").map(str::to_owned))
+        .collect();
+    names.sort();
+    for name in names {
+        r.total += 1;
+        let proof = std::fs::read_to_string(dir.join(format!("{name}.tlog-proof")))
+            .with_context(|| format!("reading {name}.tlog-proof"))?;
+        let entry = match std::fs::read(dir.join(format!("{name}.entry"))) {
+            Ok(e) => e,
+            Err(e) => {
+                r.problem(format!("{name}: its entry cannot be read: {e}"));
+                continue;
+            }
+        };
+        match super::proof::TlogProof::parse(&proof).map(|p| (p.verify(&entry, key), p.index)) {
+            Ok((Ok(c), index)) => {
+                r.verified += 1;
+                r.say(format!(
+                    "ok {name}: index {index}, in the signed checkpoint of size {}",
+                    c.size
+                ));
+            }
+            Ok((Err(e), _)) | Err(e) => r.problem(format!("{name}: {e}")),
+        }
+    }
+    let summary = format!("{} of {} records verified", r.verified, r.total);
+    r.lines.push(summary);
+    Ok(r)
+}
