@@ -158,9 +158,10 @@ pub struct Cli {
     #[arg(long, env = LOG_KEY_ENV, value_name = "PATH")]
     pub log_key: Option<PathBuf>,
 
-    /// Turns the verifiable log off: nothing is sequenced or signed (for measuring its cost).
-    #[arg(long)]
-    pub log_off: bool,
+    /// The verifiable log: `on`, or `off` (nothing is sequenced or signed; for measuring its
+    /// cost).
+    #[arg(long, value_enum, default_value = "on", value_name = "ON_OFF")]
+    pub log: Switch,
 
     /// Longest wait between export attempts while the OTLP endpoint is down, in milliseconds.
     #[arg(long, default_value_t = 30_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
@@ -176,6 +177,15 @@ impl Cli {
     {
         Cli::try_parse_from(args)
     }
+}
+
+/// A feature on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 /// Where the captures are kept, as `--db` names it.
@@ -256,7 +266,7 @@ impl Config {
             ingest_token: var(INGEST_TOKEN_ENV),
             read_token: var(READ_TOKEN_ENV),
             log_key: cli.log_key,
-            log_off: cli.log_off,
+            log_off: cli.log == Switch::Off,
             otlp: OtlpInputs {
                 endpoint: cli.otlp_endpoint,
                 protocol: cli.otlp_protocol,
@@ -418,7 +428,7 @@ mod tests {
             "--otlp-batch-size",
             "--otlp-retry-max-ms",
             "--log-key",
-            "--log-off",
+            "--log ",
             LOG_KEY_ENV,
         ]
         .into_iter()

@@ -37,7 +37,7 @@ fn log_of<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a Arc<Log>, 
     state.log.as_ref().ok_or_else(|| {
         Box::new(error(
             StatusCode::NOT_FOUND,
-            "the verifiable log is off on this collector (--log-off, or PostgreSQL without --log-key)",
+            "the verifiable log is off on this collector (--log off, or PostgreSQL without --log-key)",
         ))
     })
 }
