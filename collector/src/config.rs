@@ -15,6 +15,8 @@ pub const READ_TOKEN_ENV: &str = "TRUTHTABLE_READ_TOKEN";
 pub const DB_ENV: &str = "TRUTHTABLE_DB";
 /// Environment variable that may hold `--db-password-file`.
 pub const DB_PASSWORD_FILE_ENV: &str = "TRUTHTABLE_DB_PASSWORD_FILE";
+/// Environment variable that may hold `--log-key`.
+pub const LOG_KEY_ENV: &str = "TRUTHTABLE_LOG_KEY";
 /// The PostgreSQL password, as libpq reads it.
 pub const PGPASSWORD_ENV: &str = "PGPASSWORD";
 /// A libpq password file (`host:port:database:user:password` lines), as libpq reads it.
@@ -34,6 +36,7 @@ Environment:
                            GET /v1/captures/{id} require `authorization: Bearer <token>`
                            (or the web view's session cookie), and the web view asks for it
                            in a sign-in form.
+  TRUTHTABLE_LOG_KEY       The --log-key value when the flag is not given.
   RUST_LOG                 Log filter (default: info), e.g. `debug` or `truthtable_collector=debug`.
 
 OpenTelemetry export (off unless an endpoint is set; a TRACES_ variable wins over the general one):
@@ -65,6 +68,14 @@ HTTP API:
                              Summaries, newest stored first, filtered and searched;
                              `next_before` / `prev_after` page older / newer.
   GET  /v1/captures/{id}     {\"capture\": <record as received>, \"audit\": <audit view>}
+  GET  /v1/log/checkpoint    The verifiable log's latest signed checkpoint (C2SP signed note).
+  GET  /v1/log/key           Its verifier key.
+  GET  /v1/log/consistency?old=N&new=M
+                             RFC 9162 consistency proof, one base64 hash a line.
+  GET  /v1/captures/{id}/entry
+                             The capture's log entry: its record bytes exactly as stored.
+  GET  /v1/captures/{id}/proof[?size=N]
+                             A C2SP tlog-proof of the entry (against checkpoint N).
   GET  /healthz              200 when the store takes writes, 503 (naming the cause) when not.
   GET  /livez                200 while the process serves HTTP, whatever the database does.
   GET  /metrics              Prometheus text format (export counters included).
@@ -140,6 +151,18 @@ pub struct Cli {
     #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub otlp_batch_size: u32,
 
+    /// The verifiable log's signing key: a file holding an Ed25519 key in Go `sumdb/note`
+    /// private-key format (`PRIVATE+KEY+<name>+<hash>+<base64>`), as `truthtable-collector
+    /// keygen` writes it. Without it, a SQLite store's key is `<db>.log-key` beside the
+    /// database, created at first start; on PostgreSQL the log needs this key.
+    #[arg(long, env = LOG_KEY_ENV, value_name = "PATH")]
+    pub log_key: Option<PathBuf>,
+
+    /// The verifiable log: `on`, or `off` (nothing is sequenced or signed; for measuring its
+    /// cost).
+    #[arg(long, value_enum, default_value = "on", value_name = "ON_OFF")]
+    pub log: Switch,
+
     /// Longest wait between export attempts while the OTLP endpoint is down, in milliseconds.
     #[arg(long, default_value_t = 30_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub otlp_retry_max_ms: u64,
@@ -154,6 +177,15 @@ impl Cli {
     {
         Cli::try_parse_from(args)
     }
+}
+
+/// A feature on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 /// Where the captures are kept, as `--db` names it.
@@ -207,6 +239,10 @@ pub struct Config {
     pub read_token: Option<String>,
     /// OpenTelemetry export, as given (checked by [`otlp::ExportConfig::resolve`]).
     pub otlp: OtlpInputs,
+    /// The verifiable log's key file, if given.
+    pub log_key: Option<PathBuf>,
+    /// The verifiable log is off.
+    pub log_off: bool,
 }
 
 impl Config {
@@ -229,6 +265,8 @@ impl Config {
             max_body_bytes: cli.max_body_bytes,
             ingest_token: var(INGEST_TOKEN_ENV),
             read_token: var(READ_TOKEN_ENV),
+            log_key: cli.log_key,
+            log_off: cli.log == Switch::Off,
             otlp: OtlpInputs {
                 endpoint: cli.otlp_endpoint,
                 protocol: cli.otlp_protocol,
@@ -389,6 +427,9 @@ mod tests {
             "--otlp-non-llm",
             "--otlp-batch-size",
             "--otlp-retry-max-ms",
+            "--log-key",
+            "--log ",
+            LOG_KEY_ENV,
         ]
         .into_iter()
         .chain(otlp::config::VARIABLES)

@@ -47,6 +47,8 @@ pub struct AppState {
     pub otlp: Option<crate::otlp::Exporter>,
     /// Gives stored records their digests, behind ingest (`crate::indexer`).
     pub indexer: Arc<crate::indexer::Indexer>,
+    /// The verifiable log, when it is on (`crate::log`).
+    pub log: Option<Arc<crate::log::Log>>,
 }
 
 impl AppState {
@@ -65,6 +67,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/livez", get(livez))
         .route("/metrics", get(metrics))
         .merge(web::routes())
+        .merge(crate::log::http::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::map_response(protective_headers))
         .with_state(state)
@@ -93,7 +96,7 @@ async fn protective_headers(mut response: Response) -> Response {
     response
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     ApiError::new(status, message).into_response()
 }
 
@@ -158,7 +161,7 @@ pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// `Ok` for a read when no read token is configured, the request carries it as a bearer token,
 /// or it carries a valid session cookie of the web view's sign-in.
-fn authorize_read(headers: &HeaderMap, state: &AppState) -> Result<(), ApiError> {
+pub(crate) fn authorize_read(headers: &HeaderMap, state: &AppState) -> Result<(), ApiError> {
     let Some(token) = state.read_token.as_deref() else {
         return Ok(());
     };
@@ -355,7 +358,12 @@ async fn get_one(
     };
     let view = serde_json::to_string(&read.view).unwrap_or_else(|_| "null".to_owned());
     // The stored line is valid JSON; splicing it keeps the record byte for byte as received.
-    let body = format!("{{\"capture\":{},\"audit\":{view}}}", read.raw);
+    let mut body = format!("{{\"capture\":{},\"audit\":{view}", read.raw);
+    if let Some(place) = read.log {
+        body.push_str(",\"log\":");
+        body.push_str(&crate::log::http::place_json(&id, place).to_string());
+    }
+    body.push('}');
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -384,17 +392,17 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     } else {
         None
     };
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(
-            StoreGauges { up, stats },
-            IndexGauges {
-                pending: state.indexer.pending(),
-                written: state.indexer.written(),
-            },
-        ),
-    )
-        .into_response()
+    let mut text = state.metrics.render(
+        StoreGauges { up, stats },
+        IndexGauges {
+            pending: state.indexer.pending(),
+            written: state.indexer.written(),
+        },
+    );
+    if let Some(log) = &state.log {
+        text.push_str(&log.render_metrics(stats.map(|s| s.records)));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod frames;
 pub mod http;
 pub mod indexer;
 pub mod ingest;
+pub mod log;
 pub mod metrics;
 pub mod otlp;
 pub mod reads;
@@ -42,6 +43,12 @@ pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppStat
         .map(otlp::Exporter::new)
         .transpose()
         .context("OpenTelemetry export")?;
+    let log = log::configured_key(config)?
+        .map(|key| log::Log::new(key).map(Arc::new))
+        .transpose()?;
+    if let Some(log) = &log {
+        tracing::info!(verifier_key = %log.verifier().as_str(), "verifiable log on");
+    }
     Ok(Arc::new(AppState {
         store,
         metrics: metrics::Metrics::new(),
@@ -50,6 +57,7 @@ pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppStat
         max_body_bytes: config.max_body_bytes,
         otlp,
         indexer: Arc::new(indexer::Indexer::new()),
+        log,
     }))
 }
 
@@ -74,6 +82,11 @@ pub async fn serve(
             matches!(state.store, store::Store::Postgres(_)).then_some(indexer::RESCAN_EVERY);
         async move { indexer::run(&state.store, &state.indexer, rescan).await }
     });
+    let logging = state.log.clone().map(|log| {
+        let state = Arc::clone(&state);
+        let leased = matches!(state.store, store::Store::Postgres(_));
+        tokio::spawn(async move { log::sequencer::run(&state.store, &log, leased).await })
+    });
     let served = axum::serve(listener, app(Arc::clone(&state)))
         .with_graceful_shutdown(shutdown)
         .await
@@ -87,6 +100,11 @@ pub async fn serve(
     }
     indexing.abort();
     let _ = indexing.await;
+    if let (Some(task), Some(log)) = (logging, &state.log) {
+        task.abort();
+        let _ = task.await;
+        log::sequencer::release(&state.store, log).await;
+    }
     if let (Some(task), Some(ex)) = (exporter, &state.otlp) {
         ex.stop();
         if let Err(e) = task.await {

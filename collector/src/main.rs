@@ -7,6 +7,13 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| truthtable_collector::log::cli::COMMANDS.contains(&a.as_str()))
+    {
+        return truthtable_collector::log::cli::main(args).await;
+    }
     let config = truthtable_collector::Config::from_process();
     tracing_subscriber::fmt()
         .with_env_filter(

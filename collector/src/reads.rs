@@ -262,10 +262,44 @@ pub struct CaptureRead {
     pub record: Result<CaptureRecord, String>,
     /// The audit view.
     pub view: AuditView,
+    /// Where the verifiable log has it, when the log is on.
+    pub log: Option<LogPlace>,
+}
+
+/// A capture's place in the verifiable log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LogPlace {
+    /// Its index; `None` until the sequencer reaches it (a second or so after it is stored).
+    pub index: Option<u64>,
+    /// The size of the latest signed checkpoint; the capture is in it when `index` is below it.
+    pub checkpoint_size: Option<u64>,
+}
+
+impl LogPlace {
+    /// The capture is in the latest signed checkpoint, so its proof is served.
+    pub fn proven(&self) -> bool {
+        matches!((self.index, self.checkpoint_size), (Some(i), Some(n)) if i < n)
+    }
 }
 
 /// The capture stored under `id`, if any.
 pub async fn capture(state: &AppState, id: String) -> Result<Option<CaptureRead>, StoreError> {
+    use crate::store::log::LogStore as _;
+    let log = match &state.log {
+        Some(_) => {
+            let index = state
+                .store
+                .log_entry(id.clone())
+                .await?
+                .and_then(|e| e.index);
+            let checkpoint_size = state.store.log_checkpoint(None).await?.map(|c| c.0);
+            Some(LogPlace {
+                index,
+                checkpoint_size,
+            })
+        }
+        None => None,
+    };
     let Some(raw) = state.store.get(id).await? else {
         return Ok(None);
     };
@@ -276,7 +310,12 @@ pub async fn capture(state: &AppState, id: String) -> Result<Option<CaptureRead>
             Ok(r) => digest::view_of(r),
             Err(e) => AuditView::unknown(format!("stored record no longer validates: {e}")),
         };
-        CaptureRead { raw, record, view }
+        CaptureRead {
+            raw,
+            record,
+            view,
+            log,
+        }
     })
     .await
     .map_err(|e| StoreError::Unavailable(format!("deriving the audit view failed: {e}")))?;

@@ -33,6 +33,7 @@
 //! runs against both backends.
 
 pub mod health;
+pub mod log;
 pub mod postgres;
 pub mod sqlite;
 

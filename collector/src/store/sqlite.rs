@@ -19,6 +19,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::log::tree::{Hash, Hashes};
+
+use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord};
 use super::{
     list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
     ListQuery, NewCapture, Page, SqlValue, StaleDigest, StoreError, StoreStats, StoredCapture,
@@ -89,6 +92,31 @@ CREATE INDEX capture_digests_problems ON capture_digests (seq) WHERE problems > 
 CREATE VIRTUAL TABLE capture_search USING fts5(
     words, content='', contentless_delete=1, tokenize='ascii', detail='none', prefix='2 3'
 );
+",
+    // The verifiable log (crate::log): the sequencer gives the records already stored their
+    // entries first.
+    "
+CREATE TABLE log_entries (
+    idx INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    id  TEXT NOT NULL
+);
+CREATE TABLE log_hashes (
+    idx  INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL
+);
+CREATE TABLE log_checkpoints (
+    size         INTEGER PRIMARY KEY,
+    note         TEXT NOT NULL,
+    signed_at_ms INTEGER NOT NULL
+);
+CREATE TABLE log_state (
+    one          INTEGER PRIMARY KEY CHECK (one = 1),
+    size         INTEGER NOT NULL,
+    cursor       TEXT NOT NULL,
+    verifier_key TEXT
+);
+INSERT INTO log_state (one, size, cursor) VALUES (1, 0, '0-0');
 ",
 ];
 
@@ -511,6 +539,226 @@ impl CaptureStore for SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+impl LogStore for SqliteStore {
+    async fn log_state(&self) -> Result<LogState, StoreError> {
+        self.blocking(|_, conn| {
+            let (size, cursor, verifier_key): (i64, String, Option<String>) = conn.query_row(
+                "SELECT size, cursor, verifier_key FROM log_state WHERE one = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            Ok(LogState {
+                size: u64::try_from(size).unwrap_or_default(),
+                cursor: parse_cursor(&cursor)?,
+                verifier_key,
+            })
+        })
+        .await
+    }
+
+    async fn log_hashes(&self, indexes: Vec<u64>) -> Result<Hashes, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached("SELECT hash FROM log_hashes WHERE idx = ?1")?;
+            let mut out = Hashes::default();
+            for i in indexes {
+                let hash: Option<Vec<u8>> = stmt
+                    .query_row(params![db_int(i)], |r| r.get(0))
+                    .optional()?;
+                if let Some(hash) = hash {
+                    out.0.insert(i, hash_from(&hash)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn log_append(
+        &self,
+        from: u64,
+        cursor: Cursor,
+        entries: Vec<(i64, String)>,
+        hashes: Vec<(u64, Hash)>,
+    ) -> Result<bool, StoreError> {
+        self.blocking(move |_, conn| {
+            let tx = conn.transaction()?;
+            let to = from + entries.len() as u64;
+            let moved = tx.execute(
+                "UPDATE log_state SET size = ?1, cursor = ?2 WHERE one = 1 AND size = ?3",
+                params![db_int(to), cursor.to_string(), db_int(from)],
+            )?;
+            if moved != 1 {
+                return Ok(false);
+            }
+            {
+                let mut entry = tx
+                    .prepare_cached("INSERT INTO log_entries (idx, seq, id) VALUES (?1, ?2, ?3)")?;
+                for (idx, (seq, id)) in (from..).zip(&entries) {
+                    entry.execute(params![db_int(idx), seq, id])?;
+                }
+                let mut hash =
+                    tx.prepare_cached("INSERT INTO log_hashes (idx, hash) VALUES (?1, ?2)")?;
+                for (idx, h) in &hashes {
+                    hash.execute(params![db_int(*idx), &h.0[..]])?;
+                }
+            }
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn log_put_checkpoint(
+        &self,
+        size: u64,
+        note: String,
+        verifier_key: String,
+    ) -> Result<(), StoreError> {
+        self.blocking(move |_, conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO log_checkpoints (size, note, signed_at_ms) VALUES (?1, ?2, {NOW_MS})
+                     ON CONFLICT (size) DO NOTHING"
+                ),
+                params![db_int(size), note],
+            )?;
+            tx.execute(
+                "UPDATE log_state SET verifier_key = ?1 WHERE one = 1 AND verifier_key IS NULL",
+                params![verifier_key],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn log_checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, StoreError> {
+        self.blocking(move |_, conn| {
+            let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, String)> {
+                Ok((r.get(0)?, r.get(1)?))
+            };
+            let found = match size {
+                Some(n) => conn
+                    .query_row(
+                        "SELECT size, note FROM log_checkpoints WHERE size = ?1",
+                        params![db_int(n)],
+                        row,
+                    )
+                    .optional()?,
+                None => conn
+                    .query_row(
+                        "SELECT size, note FROM log_checkpoints ORDER BY size DESC LIMIT 1",
+                        [],
+                        row,
+                    )
+                    .optional()?,
+            };
+            Ok(found.map(|(n, note)| (u64::try_from(n).unwrap_or_default(), note)))
+        })
+        .await
+    }
+
+    async fn log_checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        self.blocking(|_, conn| {
+            let mut stmt = conn.prepare("SELECT size, note FROM log_checkpoints ORDER BY size")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    u64::try_from(r.get::<_, i64>(0)?).unwrap_or_default(),
+                    r.get(1)?,
+                ))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn log_entry(&self, id: String) -> Result<Option<LogEntry>, StoreError> {
+        self.blocking(move |_, conn| {
+            let found: Option<(String, Option<i64>)> = conn
+                .query_row(
+                    "SELECT c.record, e.idx FROM captures c
+                     LEFT JOIN log_entries e ON e.seq = c.seq WHERE c.id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            Ok(found.map(|(raw, idx)| LogEntry {
+                raw,
+                index: idx.and_then(|i| u64::try_from(i).ok()),
+            }))
+        })
+        .await
+    }
+
+    async fn log_records(&self, from: u64, limit: u32) -> Result<Vec<LoggedRecord>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT e.idx, e.id, c.record FROM log_entries e
+                 LEFT JOIN captures c ON c.seq = e.seq
+                 WHERE e.idx >= ?1 ORDER BY e.idx LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![db_int(from), limit], |r| {
+                Ok(LoggedRecord {
+                    index: u64::try_from(r.get::<_, i64>(0)?).unwrap_or_default(),
+                    id: r.get(1)?,
+                    raw: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn log_logged(&self, seqs: Vec<i64>) -> Result<Vec<i64>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached("SELECT 1 FROM log_entries WHERE seq = ?1")?;
+            let mut out = Vec::new();
+            for seq in seqs {
+                if stmt.exists(params![seq])? {
+                    out.push(seq);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn log_unlogged(&self, limit: u32) -> Result<Vec<StoredCapture>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT c.seq, c.id, c.record FROM captures c
+                 WHERE NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = c.seq)
+                 ORDER BY c.seq LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit], |r| {
+                let seq: i64 = r.get(0)?;
+                Ok(StoredCapture {
+                    cursor: Cursor { tx: 0, seq },
+                    seq,
+                    id: r.get(1)?,
+                    raw: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn log_missing(&self, cursor: Cursor) -> Result<Vec<(String, bool)>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare(
+                "SELECT c.id, c.seq <= ?1 FROM captures c
+                 WHERE NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = c.seq)
+                 ORDER BY c.seq",
+            )?;
+            let rows = stmt.query_map(params![cursor.seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
     }
 }
 

@@ -508,6 +508,7 @@ pub fn capture(id: &str, read: &CaptureRead, viewer: Viewer) -> Markup {
                     p { a #json href=(json_href) { "JSON record" } }
                 }
             }
+            @if let Some(place) = read.log { (log_place(id, place)) }
             @if view.body_truncated { p.notice { (mark("truncated", "truncated", "")) " A body was cut at the filter's max_body_bytes: what follows from it is partial." } }
             @if let Some(reason) = &view.reason { p.notice { "Not recognised: " (reason) } }
             (audit_columns(view))
@@ -527,5 +528,29 @@ pub fn capture(id: &str, read: &CaptureRead, viewer: Viewer) -> Markup {
             }
             @if let Ok(r) = &read.record { div.exchange-raw { (raw_exchange(r)) } }
         }))
+    }
+}
+
+/// Where the verifiable log has a capture: its index, the checkpoint that includes it, and a
+/// link to its proof.
+fn log_place(id: &str, place: crate::reads::LogPlace) -> Markup {
+    let proof_href = format!("/v1/captures/{}/proof", format::segment(id));
+    html! {
+        p.meta #log {
+            span { "verifiable log: " }
+            @match (place.index, place.checkpoint_size) {
+                (Some(i), Some(n)) if i < n => {
+                    span { "index " strong #log-index { (i) } }
+                    span { "in the signed checkpoint of size " strong #log-checkpoint { (n) } " ("
+                        a href="/v1/log/checkpoint" { "checkpoint" } ")" }
+                    span { a #log-proof href=(proof_href) { "inclusion proof" } }
+                }
+                (Some(i), _) => {
+                    span { "index " strong #log-index { (i) } }
+                    span { "not yet in a signed checkpoint: the next one includes it" }
+                }
+                (None, _) => span { "not yet sequenced: it gets its index within seconds" },
+            }
+        }
     }
 }

@@ -288,6 +288,7 @@ impl Process {
             "TRUTHTABLE_DB_PASSWORD_FILE",
             "PGPASSWORD",
             "PGPASSFILE",
+            "TRUTHTABLE_LOG_KEY",
         ]
         .into_iter()
         .chain(truthtable_collector::otlp::config::VARIABLES)

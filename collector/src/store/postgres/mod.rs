@@ -32,12 +32,14 @@ use tokio_postgres::NoTls;
 
 use self::connect::{classify, Failure};
 use super::health::HealthTracker;
+use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord};
 use super::{
     list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
     ListQuery, NewCapture, Page, SqlValue, StaleDigest, StoreError, StoreStats, StoredCapture,
     MODELS_SQL,
 };
 use crate::config::PasswordSources;
+use crate::log::tree::{Hash, Hashes};
 
 /// Longest wait for a pooled connection when every one is busy.
 const POOL_WAIT: Duration = Duration::from_secs(10);
@@ -104,6 +106,31 @@ CREATE INDEX capture_digests_problems ON capture_digests (seq) WHERE problems > 
 -- cost every search ~40 ms after a bulk load).
 CREATE INDEX capture_digests_search ON capture_digests USING gin (search)
     WITH (gin_pending_list_limit = 256);
+",
+    // The verifiable log (crate::log): the sequencer gives the records already stored their
+    // entries first.
+    "
+CREATE TABLE log_entries (
+    idx bigint PRIMARY KEY,
+    seq bigint NOT NULL UNIQUE,
+    id  text NOT NULL
+);
+CREATE TABLE log_hashes (
+    idx  bigint PRIMARY KEY,
+    hash bytea NOT NULL
+);
+CREATE TABLE log_checkpoints (
+    size      bigint PRIMARY KEY,
+    note      text NOT NULL,
+    signed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE log_state (
+    one          integer PRIMARY KEY CHECK (one = 1),
+    size         bigint NOT NULL,
+    cursor       text NOT NULL,
+    verifier_key text
+);
+INSERT INTO log_state (one, size, cursor) VALUES (1, 0, '0-0');
 ",
 ];
 
@@ -761,5 +788,282 @@ impl CaptureStore for PgStore {
         }
         self.inner.pool.close();
         Ok(())
+    }
+}
+
+/// A log append in one statement (one transaction): the state moves only from the size the
+/// sequencer read — a racing sequencer waits for the row, then finds another size and writes
+/// nothing — and the entries and hashes are written only when it moved.
+const LOG_APPEND: &str = "
+WITH moved AS (
+    UPDATE log_state SET size = $1, cursor = $2 WHERE one = 1 AND size = $3 RETURNING size
+), entries AS (
+    INSERT INTO log_entries (idx, seq, id)
+    SELECT * FROM unnest($4::int8[], $5::int8[], $6::text[]) WHERE EXISTS (SELECT 1 FROM moved)
+), hashes AS (
+    INSERT INTO log_hashes (idx, hash)
+    SELECT * FROM unnest($7::int8[], $8::bytea[]) WHERE EXISTS (SELECT 1 FROM moved)
+)
+SELECT count(*) FROM moved";
+
+impl LogStore for PgStore {
+    async fn log_state(&self) -> Result<LogState, StoreError> {
+        let row = self
+            .with_client(async |client| {
+                client
+                    .query_one(
+                        "SELECT size, cursor, verifier_key FROM log_state WHERE one = 1",
+                        &[],
+                    )
+                    .await
+            })
+            .await?;
+        let cursor: String = row.get(1);
+        Ok(LogState {
+            size: u64::try_from(row.get::<_, i64>(0)).unwrap_or_default(),
+            cursor: cursor
+                .parse()
+                .map_err(|e| StoreError::Postgres(format!("log_state holds {e}")))?,
+            verifier_key: row.get(2),
+        })
+    }
+
+    async fn log_hashes(&self, indexes: Vec<u64>) -> Result<Hashes, StoreError> {
+        let wanted: Vec<i64> = indexes.iter().map(|i| db_int(*i)).collect();
+        let rows = self
+            .with_client(async |client| {
+                let stmt = client
+                    .prepare_cached("SELECT idx, hash FROM log_hashes WHERE idx = ANY($1)")
+                    .await?;
+                client.query(&stmt, &[&wanted]).await
+            })
+            .await?;
+        let mut out = Hashes::default();
+        for row in rows {
+            let idx: i64 = row.get(0);
+            let hash: &[u8] = row.get(1);
+            out.0
+                .insert(u64::try_from(idx).unwrap_or_default(), hash_from(hash)?);
+        }
+        Ok(out)
+    }
+
+    async fn log_append(
+        &self,
+        from: u64,
+        cursor: Cursor,
+        entries: Vec<(i64, String)>,
+        hashes: Vec<(u64, Hash)>,
+    ) -> Result<bool, StoreError> {
+        let to = db_int(from + entries.len() as u64);
+        let from_ = db_int(from);
+        let cursor = cursor.to_string();
+        let idxs: Vec<i64> = (from..).take(entries.len()).map(db_int).collect();
+        let seqs: Vec<i64> = entries.iter().map(|e| e.0).collect();
+        let ids: Vec<&str> = entries.iter().map(|e| e.1.as_str()).collect();
+        let hash_idxs: Vec<i64> = hashes.iter().map(|h| db_int(h.0)).collect();
+        let hash_bytes: Vec<&[u8]> = hashes.iter().map(|h| &h.1 .0[..]).collect();
+        let moved: i64 = self
+            .with_client(async |client| {
+                let stmt = client.prepare_cached(LOG_APPEND).await?;
+                client
+                    .query_one(
+                        &stmt,
+                        &[
+                            &to,
+                            &cursor,
+                            &from_,
+                            &idxs,
+                            &seqs,
+                            &ids,
+                            &hash_idxs,
+                            &hash_bytes,
+                        ],
+                    )
+                    .await
+                    .map(|r| r.get(0))
+            })
+            .await?;
+        Ok(moved == 1)
+    }
+
+    async fn log_put_checkpoint(
+        &self,
+        size: u64,
+        note: String,
+        verifier_key: String,
+    ) -> Result<(), StoreError> {
+        let size = db_int(size);
+        self.with_client(async |client| {
+            client
+                .execute(
+                    "WITH stored AS (
+                         INSERT INTO log_checkpoints (size, note) VALUES ($1, $2)
+                         ON CONFLICT (size) DO NOTHING
+                     )
+                     UPDATE log_state SET verifier_key = $3
+                     WHERE one = 1 AND verifier_key IS NULL",
+                    &[&size, &note, &verifier_key],
+                )
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn log_checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, StoreError> {
+        let wanted = size.map(db_int);
+        let row = self
+            .with_client(async |client| match wanted {
+                Some(n) => {
+                    client
+                        .query_opt(
+                            "SELECT size, note FROM log_checkpoints WHERE size = $1",
+                            &[&n],
+                        )
+                        .await
+                }
+                None => {
+                    client
+                        .query_opt(
+                            "SELECT size, note FROM log_checkpoints ORDER BY size DESC LIMIT 1",
+                            &[],
+                        )
+                        .await
+                }
+            })
+            .await?;
+        Ok(row.map(|r| {
+            (
+                u64::try_from(r.get::<_, i64>(0)).unwrap_or_default(),
+                r.get(1),
+            )
+        }))
+    }
+
+    async fn log_checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query("SELECT size, note FROM log_checkpoints ORDER BY size", &[])
+                    .await
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    u64::try_from(r.get::<_, i64>(0)).unwrap_or_default(),
+                    r.get(1),
+                )
+            })
+            .collect())
+    }
+
+    async fn log_entry(&self, id: String) -> Result<Option<LogEntry>, StoreError> {
+        let row = self
+            .with_client(async |client| {
+                client
+                    .query_opt(
+                        "SELECT c.record, e.idx FROM captures c
+                         LEFT JOIN log_entries e ON e.seq = c.seq WHERE c.id = $1",
+                        &[&id],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(row.map(|r| LogEntry {
+            raw: r.get(0),
+            index: r
+                .get::<_, Option<i64>>(1)
+                .and_then(|i| u64::try_from(i).ok()),
+        }))
+    }
+
+    async fn log_records(&self, from: u64, limit: u32) -> Result<Vec<LoggedRecord>, StoreError> {
+        let from = db_int(from);
+        let limit = i64::from(limit);
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query(
+                        "SELECT e.idx, e.id, c.record FROM log_entries e
+                         LEFT JOIN captures c ON c.seq = e.seq
+                         WHERE e.idx >= $1 ORDER BY e.idx LIMIT $2",
+                        &[&from, &limit],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| LoggedRecord {
+                index: u64::try_from(r.get::<_, i64>(0)).unwrap_or_default(),
+                id: r.get(1),
+                raw: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn log_logged(&self, seqs: Vec<i64>) -> Result<Vec<i64>, StoreError> {
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query("SELECT seq FROM log_entries WHERE seq = ANY($1)", &[&seqs])
+                    .await
+            })
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn log_unlogged(&self, limit: u32) -> Result<Vec<StoredCapture>, StoreError> {
+        let limit = i64::from(limit);
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query(
+                        "SELECT c.tx::text, c.seq, c.id, c.record FROM captures c
+                         WHERE c.seq > coalesce((SELECT max(seq) FROM log_entries), 0) - 100000
+                           AND NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = c.seq)
+                           AND c.tx < pg_snapshot_xmin(pg_current_snapshot())
+                         ORDER BY c.tx, c.seq LIMIT $1",
+                        &[&limit],
+                    )
+                    .await
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let tx: String = row.get(0);
+                Ok(StoredCapture {
+                    cursor: Cursor {
+                        tx: tx.parse().map_err(|_| {
+                            StoreError::Postgres(format!("transaction id {tx:?} is not a number"))
+                        })?,
+                        seq: row.get(1),
+                    },
+                    seq: row.get(1),
+                    id: row.get(2),
+                    raw: row.get(3),
+                })
+            })
+            .collect()
+    }
+
+    async fn log_missing(&self, cursor: Cursor) -> Result<Vec<(String, bool)>, StoreError> {
+        let tx = cursor.tx.to_string();
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query(
+                        "SELECT c.id, (c.tx, c.seq) <= ($1::text::xid8, $2) FROM captures c
+                         WHERE NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = c.seq)
+                         ORDER BY c.seq",
+                        &[&tx, &cursor.seq],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }

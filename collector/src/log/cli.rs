@@ -1,0 +1,313 @@
+//! The log's commands: `truthtable-collector keygen` and `truthtable-collector verify`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use super::note::{LogKey, VerifierKey};
+use crate::config::{Cli, Config};
+use crate::store::Store;
+
+/// The commands beside serving, chosen by the first argument.
+pub const COMMANDS: [&str; 4] = ["keygen", "verify", "export", "monitor"];
+
+/// `truthtable-collector keygen`: writes a new signing key and prints its verifier key.
+#[derive(Debug, Parser)]
+#[command(
+    name = "truthtable-collector keygen",
+    about = "Writes a new Ed25519 signing key for the verifiable log (Go sumdb/note private-key format, file mode 0600) and prints its verifier key"
+)]
+pub struct Keygen {
+    /// The key's name: the origin line of every checkpoint (no spaces, no '+'), e.g.
+    /// `audit.example.com/truthtable`.
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// Where to write the key (never over an existing file).
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+}
+
+/// `truthtable-collector verify`: the offline check of a store.
+#[derive(Debug, Parser)]
+#[command(
+    name = "truthtable-collector verify",
+    about = "Checks a store against its signed checkpoints, offline: recomputes the tree from the stored records, checks every kept checkpoint, and names each record modified, deleted, inserted or moved, and a cut-off tail. Exit 0 only when it verifies."
+)]
+pub struct Verify {
+    /// The store: a SQLite file or a PostgreSQL URL (passwords as for serving: PGPASSWORD, ...).
+    #[arg(long, value_name = "PATH_OR_URL", required_unless_present = "bundle")]
+    pub db: Option<String>,
+    /// Checks an evidence bundle (`truthtable-collector export`) instead of a store: each entry
+    /// against its proof and the proofs' checkpoints against the key. Needs no database.
+    #[arg(long, value_name = "DIR", conflicts_with = "db")]
+    pub bundle: Option<PathBuf>,
+    /// The verifier key (`<name>+<hash>+<base64>`) to check signatures against; without it,
+    /// the log's own.
+    #[arg(long, value_name = "VKEY")]
+    pub key: Option<String>,
+}
+
+/// `truthtable-collector export`: evidence for an auditor.
+#[derive(Debug, Parser)]
+#[command(
+    name = "truthtable-collector export",
+    about = "Writes chosen captures with their log entries, inclusion proofs, the checkpoint and the verifier key into a directory that `truthtable-collector verify --bundle DIR --key VKEY` checks with no database and no network"
+)]
+pub struct Export {
+    /// The store: a SQLite file or a PostgreSQL URL.
+    #[arg(long, value_name = "PATH_OR_URL")]
+    pub db: String,
+    /// A capture to include (repeat for more).
+    #[arg(long = "id", value_name = "ID", required = true)]
+    pub ids: Vec<String>,
+    /// The directory to write (created; must not exist yet).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// `truthtable-collector monitor`: watches a collector's log from outside.
+#[derive(Debug, Parser)]
+#[command(
+    name = "truthtable-collector monitor",
+    about = "Fetches a collector's newest checkpoint, checks its signature and that it is consistent with the last checkpoint this monitor trusted (kept in --state), and says so; exit 0 only when it is. Catches a history rewritten and re-signed, even by someone holding the key. Run it from another machine on a schedule."
+)]
+pub struct Monitor {
+    /// The collector's base URL, e.g. `https://collector.internal:8081`.
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    /// The log's verifier key (`<name>+<hash>+<base64>`).
+    #[arg(long, value_name = "VKEY")]
+    pub key: String,
+    /// File holding the last trusted checkpoint (created at the first run).
+    #[arg(long, value_name = "PATH")]
+    pub state: PathBuf,
+}
+
+/// Runs the command `args[1]` names (`args[0]` is the program).
+pub async fn main(args: Vec<String>) -> ExitCode {
+    let command = args.get(1).cloned().unwrap_or_default();
+    let rest: Vec<String> = std::iter::once(format!("truthtable-collector {command}"))
+        .chain(args.into_iter().skip(2))
+        .collect();
+    let result = match command.as_str() {
+        "keygen" => match Keygen::try_parse_from(rest) {
+            Ok(k) => keygen(k),
+            Err(e) => e.exit(),
+        },
+        "export" => match Export::try_parse_from(rest) {
+            Ok(x) => export(x).await,
+            Err(e) => e.exit(),
+        },
+        "monitor" => match Monitor::try_parse_from(rest) {
+            Ok(m) => monitor(m).await,
+            Err(e) => e.exit(),
+        },
+        _ => match Verify::try_parse_from(rest) {
+            Ok(v) => verify(v).await,
+            Err(e) => e.exit(),
+        },
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn keygen(k: Keygen) -> anyhow::Result<ExitCode> {
+    let key = LogKey::generate(&k.name)?;
+    super::write_key(&k.out, &key)?;
+    println!("{}", key.verifier_key());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(v: Verify) -> anyhow::Result<ExitCode> {
+    let key = v
+        .key
+        .as_deref()
+        .map(VerifierKey::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--key: {e}"))?;
+    let (report, store) = match (&v.bundle, &v.db) {
+        (Some(dir), _) => {
+            let key = key.ok_or_else(|| anyhow::anyhow!("--bundle needs the --key you trust"))?;
+            (super::verify::verify_bundle(dir, &key)?, None)
+        }
+        (None, Some(db)) => {
+            let store = open_store(db).await?;
+            (super::verify::verify_store(&store, key).await?, Some(store))
+        }
+        (None, None) => anyhow::bail!("give --db or --bundle"),
+    };
+    for line in &report.lines {
+        println!("{line}");
+    }
+    if let Some(store) = store {
+        let _ = crate::store::CaptureStore::close(&store).await;
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Opens the store `db` names as serving would (without creating a SQLite file).
+async fn open_store(db: &str) -> anyhow::Result<Store> {
+    let cli = Cli::try_parse_from(["truthtable-collector", "--db", db])?;
+    let config = Config::new(cli, |name| std::env::var(name).ok());
+    if let crate::config::DbTarget::Sqlite(path) = &config.db {
+        if !path.exists() {
+            anyhow::bail!("no SQLite database at {}", path.display());
+        }
+    }
+    Ok(Store::open(&config).await?)
+}
+
+/// A capture id as a file name in a bundle: its characters outside `[A-Za-z0-9._-]` as `%XX`.
+pub fn bundle_name(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+async fn export(x: Export) -> anyhow::Result<ExitCode> {
+    use crate::store::log::LogStore as _;
+    use anyhow::Context as _;
+    let store = open_store(&x.db).await?;
+    let state = store.log_state().await?;
+    let vkey = state
+        .verifier_key
+        .ok_or_else(|| anyhow::anyhow!("the store's log has no signed checkpoint yet"))?;
+    let (size, note) = store
+        .log_checkpoint(None)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the store's log has no signed checkpoint yet"))?;
+    let mut files = Vec::new();
+    for id in &x.ids {
+        let entry = store
+            .log_entry(id.clone())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no capture with id {id:?}"))?;
+        let index = entry
+            .index
+            .filter(|i| *i < size)
+            .ok_or_else(|| anyhow::anyhow!("capture {id:?} is not yet in a signed checkpoint"))?;
+        let path = super::sequencer::answer(&store, super::Query::Inclusion { index, size })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let proof = super::TlogProof {
+            index,
+            path,
+            checkpoint: note.clone(),
+        };
+        files.push((format!("{}.entry", bundle_name(id)), entry.raw));
+        files.push((format!("{}.tlog-proof", bundle_name(id)), proof.to_text()));
+    }
+    std::fs::create_dir(&x.out).with_context(|| format!("creating {}", x.out.display()))?;
+    files.push(("checkpoint".to_owned(), note));
+    files.push(("verifier-key".to_owned(), format!("{vkey}\n")));
+    for (name, body) in files {
+        let path = x.out.join(name);
+        std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "wrote {} capture(s) with their proofs against the checkpoint of size {size} to {}",
+        x.ids.len(),
+        x.out.display()
+    );
+    let _ = crate::store::CaptureStore::close(&store).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn monitor(m: Monitor) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    let key = VerifierKey::parse(&m.key).map_err(|e| anyhow::anyhow!("--key: {e}"))?;
+    let base = m.url.trim_end_matches('/');
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    let token = std::env::var(crate::config::READ_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty());
+    let get = |path: String| {
+        let mut req = client.get(format!("{base}{path}"));
+        if let Some(t) = &token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let r = req
+                .send()
+                .await
+                .with_context(|| format!("GET {base}{path}"))?;
+            let status = r.status();
+            let body = r.text().await?;
+            if !status.is_success() {
+                anyhow::bail!("GET {base}{path}: {status}: {body}");
+            }
+            Ok(body)
+        }
+    };
+    let newest = get("/v1/log/checkpoint".to_owned()).await?;
+    let new = match key.open(&newest) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("FAIL the newest checkpoint: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let trusted = match std::fs::read_to_string(&m.state) {
+        Ok(text) => Some(
+            key.open(&text)
+                .with_context(|| format!("the trusted checkpoint in {}", m.state.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", m.state.display())),
+    };
+    if let Some(old) = trusted {
+        if new.size < old.size {
+            println!(
+                "FAIL the log shrank: it shows a checkpoint of size {}, and a checkpoint of size {} was trusted before",
+                new.size, old.size
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        let proof = get(format!(
+            "/v1/log/consistency?old={}&new={}",
+            old.size, new.size
+        ))
+        .await?;
+        let hashes: Result<Vec<super::Hash>, _> =
+            proof.lines().map(super::Hash::parse_hash).collect();
+        let consistent = hashes.is_ok_and(|p| {
+            super::tree::check_consistency(&p, old.size, old.root, new.size, new.root).is_ok()
+        });
+        if !consistent {
+            println!(
+                "FAIL the checkpoint of size {} is not consistent with the trusted checkpoint of size {}: the log's history was rewritten",
+                new.size, old.size
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        println!(
+            "OK checkpoint of size {} is signed and consistent with the trusted checkpoint of size {}",
+            new.size, old.size
+        );
+    } else {
+        println!(
+            "OK checkpoint of size {} is signed; trusting it from now on (first run)",
+            new.size
+        );
+    }
+    let tmp = m.state.with_extension("tmp");
+    std::fs::write(&tmp, &newest)
+        .and_then(|()| std::fs::rename(&tmp, &m.state))
+        .with_context(|| format!("saving the trusted checkpoint to {}", m.state.display()))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,660 @@
+//! The verifiable log end to end, on the real binary over SQLite: proofs that a third party
+//! checks (with its own RFC 6962 code and ring's Ed25519, not the collector's), `verify` on a
+//! clean store and on each kind of tampering, restarts, keys.
+// This whole crate is tests; its helpers may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{ndjson, post, Process};
+use sha2::{Digest as _, Sha256};
+
+type H = [u8; 32];
+
+fn b64(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn leaf(entry: &[u8]) -> H {
+    Sha256::new()
+        .chain_update([0])
+        .chain_update(entry)
+        .finalize()
+        .into()
+}
+
+fn node(l: &H, r: &H) -> H {
+    Sha256::new()
+        .chain_update([1])
+        .chain_update(l)
+        .chain_update(r)
+        .finalize()
+        .into()
+}
+
+/// RFC 9162 section 2.1.3.2: the root an inclusion proof leads to.
+fn inclusion_root(index: u64, size: u64, leaf: H, proof: &[H]) -> Option<H> {
+    if index >= size {
+        return None;
+    }
+    let (mut f_n, mut s_n, mut r) = (index, size - 1, leaf);
+    for p in proof {
+        if s_n == 0 {
+            return None;
+        }
+        if f_n & 1 == 1 || f_n == s_n {
+            r = node(p, &r);
+            if f_n & 1 == 0 {
+                while f_n & 1 == 0 && f_n != 0 {
+                    f_n >>= 1;
+                    s_n >>= 1;
+                }
+            }
+        } else {
+            r = node(&r, p);
+        }
+        f_n >>= 1;
+        s_n >>= 1;
+    }
+    (s_n == 0).then_some(r)
+}
+
+/// RFC 9162 section 2.1.4.2: whether a consistency proof joins the two roots.
+fn consistent(old: u64, new: u64, old_root: H, new_root: H, proof: &[H]) -> bool {
+    if old == new {
+        return proof.is_empty() && old_root == new_root;
+    }
+    if old == 0 || old > new {
+        return false;
+    }
+    let mut path: Vec<H> = proof.to_vec();
+    if old.is_power_of_two() {
+        path.insert(0, old_root);
+    }
+    let (mut f_n, mut s_n) = (old - 1, new - 1);
+    while f_n & 1 == 1 {
+        f_n >>= 1;
+        s_n >>= 1;
+    }
+    let Some((first, rest)) = path.split_first() else {
+        return false;
+    };
+    let (mut f_r, mut s_r) = (*first, *first);
+    for c in rest {
+        if s_n == 0 {
+            return false;
+        }
+        if f_n & 1 == 1 || f_n == s_n {
+            f_r = node(c, &f_r);
+            s_r = node(c, &s_r);
+            if f_n & 1 == 0 {
+                while f_n & 1 == 0 && f_n != 0 {
+                    f_n >>= 1;
+                    s_n >>= 1;
+                }
+            }
+        } else {
+            s_r = node(&s_r, c);
+        }
+        f_n >>= 1;
+        s_n >>= 1;
+    }
+    f_r == old_root && s_r == new_root && s_n == 0
+}
+
+/// Checks a signed checkpoint with ring against a verifier key and returns (size, root).
+fn open_checkpoint(note: &str, vkey: &str) -> (u64, H) {
+    let mut parts = vkey.trim().splitn(3, '+');
+    let (name, hash, key) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        b64(parts.next().unwrap()),
+    );
+    assert_eq!(key[0], 1, "an Ed25519 key");
+    let (text, sigs) = note.split_once("\n\n").unwrap();
+    let text = format!("{text}\n");
+    let sig_line = sigs
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("\u{2014} {name} ")))
+        .expect("a signature by the log's key");
+    let blob = b64(sig_line);
+    assert_eq!(hex(&blob[..4]), hash);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &key[1..])
+        .verify(text.as_bytes(), &blob[4..])
+        .expect("the checkpoint's signature verifies");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], name, "the origin is the key's name");
+    (lines[1].parse().unwrap(), b64(lines[2]).try_into().unwrap())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn text(client: &reqwest::Client, url: String) -> (u16, String) {
+    let r = client.get(url).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Waits until the latest checkpoint covers `size` records; returns it.
+async fn checkpoint_of(client: &reqwest::Client, base: &str, size: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, note) = text(client, format!("{base}/v1/log/checkpoint")).await;
+        if status == 200 && note.lines().nth(1).and_then(|l| l.parse::<u64>().ok()) >= Some(size) {
+            return note;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of {size}: {status} {note}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks the tlog-proof of `id` the collector serves against the entry it serves and the key.
+async fn check_proof(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    vkey: &str,
+    query: &str,
+) -> (u64, H) {
+    let (status, entry) = text(client, format!("{base}/v1/captures/{id}/entry")).await;
+    assert_eq!(status, 200);
+    let (status, proof) = text(client, format!("{base}/v1/captures/{id}/proof{query}")).await;
+    assert_eq!(status, 200, "{proof}");
+    let (head, note) = proof.split_once("\n\n").unwrap();
+    let mut lines = head.lines();
+    assert_eq!(lines.next(), Some("c2sp.org/tlog-proof@v1"));
+    let index: u64 = lines
+        .next()
+        .unwrap()
+        .strip_prefix("index ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let path: Vec<H> = lines.map(|l| b64(l).try_into().unwrap()).collect();
+    let (size, root) = open_checkpoint(note, vkey);
+    assert_eq!(
+        inclusion_root(index, size, leaf(entry.as_bytes()), &path),
+        Some(root),
+        "{id}'s proof leads to the checkpoint's root"
+    );
+    (size, root)
+}
+
+fn verify(db: &Path, key: Option<&str>) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"));
+    cmd.args(["verify", "--db", &db.display().to_string()]);
+    if let Some(k) = key {
+        cmd.args(["--key", k]);
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn proofs_from_before_and_after_a_restart_verify_and_their_checkpoints_are_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db");
+    let client = reqwest::Client::new();
+    let mut proc = Process::start(&db);
+    let base = proc.base();
+    assert!(
+        proc.log_count("created a signing key for the verifiable log") == 1,
+        "the first start makes a key beside the database and says so"
+    );
+    let (status, vkey) = text(&client, format!("{base}/v1/log/key")).await;
+    assert_eq!(status, 200);
+    let first: Vec<String> = (0..5).map(|i| format!("a-{i}")).collect();
+    assert_eq!(
+        post(&client, &base, ndjson(&first), None).await.status(),
+        200
+    );
+    checkpoint_of(&client, &base, 5).await;
+    let (old_size, old_root) = check_proof(&client, &base, "a-1", &vkey, "").await;
+    assert_eq!(old_size, 5);
+    proc.sigterm();
+    assert!(proc.wait(20).success());
+
+    let proc = Process::start(&db);
+    let base = proc.base();
+    assert_eq!(
+        proc.log_count("created a signing key"),
+        0,
+        "the key is kept"
+    );
+    assert_eq!(text(&client, format!("{base}/v1/log/key")).await.1, vkey);
+    let second: Vec<String> = (0..7).map(|i| format!("b-{i}")).collect();
+    assert_eq!(
+        post(&client, &base, ndjson(&second), None).await.status(),
+        200
+    );
+    checkpoint_of(&client, &base, 12).await;
+    let (new_size, new_root) = check_proof(&client, &base, "a-1", &vkey, "").await;
+    assert_eq!(new_size, 12);
+    check_proof(&client, &base, "b-6", &vkey, "").await;
+    // The earlier checkpoint is still served, and proves against it still verify.
+    assert_eq!(
+        check_proof(&client, &base, "a-4", &vkey, "?size=5").await,
+        (old_size, old_root)
+    );
+    let (status, consistency) =
+        text(&client, format!("{base}/v1/log/consistency?old=5&new=12")).await;
+    assert_eq!(status, 200);
+    let proof: Vec<H> = consistency
+        .lines()
+        .map(|l| b64(l).try_into().unwrap())
+        .collect();
+    assert!(consistent(5, 12, old_root, new_root, &proof));
+    assert!(!consistent(5, 12, leaf(b"other"), new_root, &proof));
+    // Unknown ids and sizes beyond the log answer clearly.
+    assert_eq!(
+        text(&client, format!("{base}/v1/captures/nope/proof"))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        text(&client, format!("{base}/v1/captures/nope/entry"))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        text(&client, format!("{base}/v1/log/consistency?old=5&new=99"))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        text(&client, format!("{base}/v1/captures/b-6/proof?size=5"))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        common::metric(&client, &base, "truthtable_log_size").await,
+        12
+    );
+    drop(proc);
+}
+
+/// Copies the clean store, changes the copy with `sql`, and returns what `verify` says of it.
+fn tampered(clean: &Path, name: &str, sql: &str) -> (bool, String) {
+    let copy = clean.with_file_name(format!("{name}.db"));
+    std::fs::copy(clean, &copy).unwrap();
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    conn.execute_batch(sql).unwrap();
+    drop(conn);
+    verify(&copy, None)
+}
+
+#[tokio::test]
+async fn verify_passes_a_clean_store_and_names_each_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("clean.db");
+    let client = reqwest::Client::new();
+    let mut proc = Process::start(&db);
+    let ids: Vec<String> = (0..20).map(|i| format!("id-{i}")).collect();
+    assert_eq!(
+        post(&client, &proc.base(), ndjson(&ids), None)
+            .await
+            .status(),
+        200
+    );
+    checkpoint_of(&client, &proc.base(), 20).await;
+    let vkey = text(&client, format!("{}/v1/log/key", proc.base())).await.1;
+    proc.sigterm();
+    assert!(proc.wait(20).success());
+
+    let (ok, out) = verify(&db, Some(vkey.trim()));
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.lines().last(),
+        Some("20 of 20 records verified"),
+        "{out}"
+    );
+    let (ok, out) = verify(&db, None);
+    assert!(ok, "{out}");
+    assert!(out.contains("the log's own key"), "{out}");
+    let (ok, out) = verify(
+        &db,
+        Some("other+12345678+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k"),
+    );
+    assert!(!ok, "another key's verifier refuses the checkpoints: {out}");
+
+    // Evidence for an auditor: chosen captures, checked with no database.
+    let bundle = dir.path().join("evidence");
+    let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+        .args([
+            "export",
+            "--db",
+            &db.display().to_string(),
+            "--id",
+            "id-3",
+            "--id",
+            "id-7",
+            "--out",
+        ])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("verifier-key"))
+            .unwrap()
+            .trim(),
+        vkey.trim()
+    );
+    let check_bundle = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+            .args(["verify", "--bundle"])
+            .arg(&bundle)
+            .args(["--key", vkey.trim()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, report) = check_bundle();
+    assert!(ok, "{report}");
+    assert!(report.ends_with("2 of 2 records verified\n"), "{report}");
+    let entry = bundle.join("id-7.entry");
+    let altered = std::fs::read_to_string(&entry)
+        .unwrap()
+        .replace("answer for id-7", "answer for id-8");
+    std::fs::write(&entry, altered).unwrap();
+    let (ok, report) = check_bundle();
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains("FAIL id-7: the entry at index 7 is not in the tree"),
+        "{report}"
+    );
+
+    let cases = [
+        (
+            "modified",
+            "UPDATE captures SET record = replace(record, 'answer for id-5', 'answer for id-6') WHERE id = 'id-5'",
+            "capture id-5 (index 5): modified",
+        ),
+        (
+            "deleted",
+            "DELETE FROM captures WHERE id = 'id-7'",
+            "capture id-7 (index 7): deleted",
+        ),
+        (
+            "inserted",
+            "INSERT INTO captures (seq, id, started_at, method, path, status, outcome, duration_ms, record)
+             SELECT 0, 'forged', started_at, method, path, status, outcome, duration_ms,
+                    replace(record, 'id-3', 'forged') FROM captures WHERE id = 'id-3'",
+            "capture forged: inserted",
+        ),
+        (
+            "swapped",
+            "UPDATE captures SET record = CASE id
+                 WHEN 'id-2' THEN (SELECT record FROM captures WHERE id = 'id-3')
+                 ELSE (SELECT record FROM captures WHERE id = 'id-2') END
+             WHERE id IN ('id-2', 'id-3')",
+            "capture id-2 (index 2): moved — the store holds under it the record logged at index 3 (capture id-3)",
+        ),
+        (
+            "cut",
+            "DELETE FROM captures WHERE seq > 17; DELETE FROM log_entries WHERE idx >= 17",
+            "cut-off tail: a checkpoint of size 20 was signed, and the log holds 17 entries — entries 17 to 19 are gone",
+        ),
+    ];
+    for (name, sql, finding) in cases {
+        let (ok, out) = tampered(&db, name, sql);
+        assert!(!ok, "{name}: verify passed a tampered store:\n{out}");
+        assert!(out.contains(finding), "{name}: no {finding:?} in\n{out}");
+        assert!(
+            out.lines()
+                .last()
+                .is_some_and(|l| l.ends_with("records verified")),
+            "{name}: {out}"
+        );
+    }
+}
+
+#[test]
+fn keygen_writes_a_key_the_collector_signs_with_and_a_bad_key_file_refuses_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("log.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+        .args(["keygen", "--name", "audit.example.com/log", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let vkey = String::from_utf8(out.stdout).unwrap();
+    assert!(vkey.starts_with("audit.example.com/log+"), "{vkey}");
+    let private = std::fs::read_to_string(&key).unwrap();
+    assert!(private.starts_with("PRIVATE+KEY+audit.example.com/log+"));
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let again = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+        .args(["keygen", "--name", "x", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "never over an existing key");
+
+    let db = dir.path().join("k.db");
+    let proc = Process::start_with(
+        &[
+            "--db",
+            &db.display().to_string(),
+            "--log-key",
+            &key.display().to_string(),
+        ],
+        &[],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let served = rt.block_on(async {
+        text(
+            &reqwest::Client::new(),
+            format!("{}/v1/log/key", proc.base()),
+        )
+        .await
+    });
+    assert_eq!(served, (200, vkey.clone()));
+    drop(proc);
+    assert!(
+        !dir.path().join("k.db.log-key").exists(),
+        "no key made beside the database"
+    );
+
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, "PRIVATE+KEY+oops\n").unwrap();
+    for (path, says) in [
+        (dir.path().join("missing.key"), "reading the log key"),
+        (bad.clone(), "not a note private key"),
+    ] {
+        let out = Process::command(
+            &[
+                "--db",
+                &db.display().to_string(),
+                "--log-key",
+                &path.display().to_string(),
+            ],
+            &[],
+        )
+        .output()
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started with {}", path.display());
+        assert!(
+            err.contains(&path.display().to_string()),
+            "names the file: {err}"
+        );
+        assert!(err.contains(says), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_log_that_fails_its_own_check_says_so_keeps_ingesting_and_signs_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("check.db");
+    let client = reqwest::Client::new();
+    let mut proc = Process::start(&db);
+    let ids: Vec<String> = (0..5).map(|i| format!("c-{i}")).collect();
+    assert_eq!(
+        post(&client, &proc.base(), ndjson(&ids), None)
+            .await
+            .status(),
+        200
+    );
+    let signed = checkpoint_of(&client, &proc.base(), 5).await;
+    proc.sigterm();
+    assert!(proc.wait(20).success());
+    // Someone rewrites a stored hash of the tree behind the collector's back: the root of the
+    // first four records (stored index 6 in Go's layout: 0; 1, 2; 3; 4, 5, 6; 7).
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE log_hashes SET hash = zeroblob(32) WHERE idx = 6",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+
+    let proc = Process::start(&db);
+    let base = proc.base();
+    let more: Vec<String> = (0..3).map(|i| format!("d-{i}")).collect();
+    assert_eq!(
+        post(&client, &base, ndjson(&more), None).await.status(),
+        200,
+        "ingest goes on"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc.log_count("THE VERIFIABLE LOG FAILS ITS OWN CHECK") == 0 {
+        assert!(Instant::now() < deadline, "not said: {:?}", proc.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        common::metric(&client, &base, "truthtable_log_failing").await,
+        1
+    );
+    assert!(
+        common::metric(&client, &base, "truthtable_log_verification_failures_total").await >= 1
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        common::metric(&client, &base, "truthtable_log_size").await,
+        8,
+        "still sequenced"
+    );
+    assert_eq!(
+        text(&client, format!("{base}/v1/log/checkpoint")).await.1,
+        signed,
+        "no checkpoint signed over a tree that disagrees with the last one"
+    );
+    assert_eq!(
+        proc.log_count("FAILS ITS OWN CHECK"),
+        1,
+        "said once, not every poll"
+    );
+}
+
+#[tokio::test]
+async fn the_monitor_trusts_a_growing_log_and_catches_one_rebuilt_and_re_signed_with_the_same_key()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("log.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+        .args(["keygen", "--name", "monitor.test/log", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    let vkey = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let state = dir.path().join("trusted-checkpoint");
+    let monitor = |base: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+            .args(["monitor", "--url", base, "--key", &vkey, "--state"])
+            .arg(&state)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let client = reqwest::Client::new();
+    let start = |db: &str| {
+        Process::start_with(
+            &[
+                "--db",
+                &dir.path().join(db).display().to_string(),
+                "--log-key",
+                &key.display().to_string(),
+            ],
+            &[],
+        )
+    };
+    let honest = start("honest.db");
+    let base = honest.base();
+    let first: Vec<String> = (0..5).map(|i| format!("h-{i}")).collect();
+    assert_eq!(
+        post(&client, &base, ndjson(&first), None).await.status(),
+        200
+    );
+    checkpoint_of(&client, &base, 5).await;
+    let (ok, said) = monitor(&base);
+    assert!(
+        ok && said.contains("size 5 is signed; trusting it"),
+        "{said}"
+    );
+    let more: Vec<String> = (5..8).map(|i| format!("h-{i}")).collect();
+    assert_eq!(
+        post(&client, &base, ndjson(&more), None).await.status(),
+        200
+    );
+    checkpoint_of(&client, &base, 8).await;
+    let (ok, said) = monitor(&base);
+    assert!(
+        ok && said
+            .contains("size 8 is signed and consistent with the trusted checkpoint of size 5"),
+        "{said}"
+    );
+    drop(honest);
+    let trusted = std::fs::read_to_string(&state).unwrap();
+
+    // Someone with the key rebuilds the log with other records and re-signs it.
+    let forged = start("forged.db");
+    let base = forged.base();
+    let other: Vec<String> = (0..9).map(|i| format!("f-{i}")).collect();
+    assert_eq!(
+        post(&client, &base, ndjson(&other), None).await.status(),
+        200
+    );
+    checkpoint_of(&client, &base, 9).await;
+    let (ok, said) = monitor(&base);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains(
+            "FAIL the checkpoint of size 9 is not consistent with the trusted checkpoint of size 8"
+        ),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&state).unwrap(),
+        trusted,
+        "still trusts the honest one"
+    );
+}
