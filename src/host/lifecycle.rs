@@ -11,6 +11,7 @@
 use super::{calls, Root, Worker};
 use crate::batcher::Budget;
 use crate::handoff;
+use crate::hold::{HoldStats, Holds};
 use crate::registry::{self, Entry, Registry};
 use calls::{now_ms, now_ns};
 use log::{debug, info, warn};
@@ -24,6 +25,11 @@ use std::rc::{Rc, Weak};
 pub(super) struct Vm {
     pub(super) budget: Budget,
     roots: Vec<Local>,
+    /// Held ends of every root's streams (`complete_after_stored`): a stream whose root was
+    /// replaced is still resumed, released or reset by whichever root of the VM acts first.
+    pub(super) holds: Holds,
+    /// The hold counts as last published to the metrics (once per VM, not per root).
+    pub(super) holds_reported: HoldStats,
 }
 
 struct Local {

@@ -1,0 +1,274 @@
+//! `complete_after_stored`: a real Envoy running the built filter, a real upstream and the real
+//! collector. The response streams as it comes; its end reaches the client only once the
+//! collector has stored the exchange's record — checked by reading the store at the moment the
+//! client sees the end.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+/// A flush interval long enough that a record sent at the timer could not be stored before the
+/// client's end: only the hold's immediate send gets it there in time.
+const SLOW_FLUSH: &str = r#""flush_interval_ms": 3000"#;
+
+fn hold_config(extra: &str) -> String {
+    let keys = if extra.is_empty() {
+        format!(r#""complete_after_stored": true, {SLOW_FLUSH}"#)
+    } else {
+        format!(r#""complete_after_stored": true, {SLOW_FLUSH}, {extra}"#)
+    };
+    filter_config(&keys)
+}
+
+/// Envoy with `filter` in front of `upstream`, sending captures to `audit`, and telling each
+/// client its exchange's id (`x-request-id`, which is the capture's id).
+fn envoy(upstream: u16, audit: u16, filter: &str) -> Envoy {
+    Envoy::try_start_with(
+        EnvoyOpts {
+            upstream,
+            audit,
+            filter: Some(filter),
+            workers: 2,
+        },
+        |yaml| {
+            yaml.replace(
+                "preserve_external_request_id: false",
+                "preserve_external_request_id: false\n          always_set_request_id_in_response: true",
+            )
+        },
+    )
+    .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"))
+}
+
+/// Whether the collector has stored the capture `id` (read straight from its store).
+async fn stored(collector: &Collector, id: &str) -> bool {
+    let url = format!("http://127.0.0.1:{}/v1/captures/{id}", collector.port);
+    client().get(url).send().await.unwrap().status() == 200
+}
+
+/// Waits until Envoy's metric `name` reads `value` (the filter publishes at its ticks).
+async fn metric_becomes(envoy: &Envoy, name: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = envoy.metric(name);
+        if now == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} is {now:?}, expected {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn request_id(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-request-id")
+        .expect("Envoy sets x-request-id on the response")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_json_answer_ends_only_once_its_record_is_stored() {
+    let upstream = Upstream::start().await;
+    let collector = Collector::running().await;
+    let envoy = envoy(upstream.port, collector.port, &hold_config(""));
+    for path in ["/v1/chat/completions", "/bytes?n=40000"] {
+        let resp = client()
+            .post(envoy.url(path))
+            .body(r#"{"q":"capital of France?"}"#)
+            .send()
+            .await
+            .unwrap();
+        let id = request_id(&resp);
+        let body = resp.bytes().await.unwrap();
+        assert!(!body.is_empty());
+        assert!(
+            stored(&collector, &id).await,
+            "{path}: the client had the whole answer before its record {id} was stored"
+        );
+    }
+    metric_becomes(&envoy, "truthtable_hold_ends_stored", 2.0).await;
+    metric_becomes(&envoy, "truthtable_hold_ends_released_unrecorded", 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_hold_the_same_answer_ends_before_its_record_is_stored() {
+    // The control: the check above would catch an end that does not wait.
+    let upstream = Upstream::start().await;
+    let collector = Collector::running().await;
+    let envoy = envoy(upstream.port, collector.port, &filter_config(SLOW_FLUSH));
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let id = request_id(&resp);
+    resp.bytes().await.unwrap();
+    assert!(!stored(&collector, &id).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sse_events_stream_at_once_and_done_waits_for_the_record() {
+    let upstream = Upstream::start().await;
+    let collector = Collector::running().await;
+    let envoy = envoy(upstream.port, collector.port, &hold_config(""));
+    let mut resp = client()
+        .post(envoy.url("/sse-hold"))
+        .body(r#"{"stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    let id = request_id(&resp);
+    // The upstream has sent one event and waits: that event reaches the client now.
+    let first = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+        .await
+        .expect("the first event arrives while the upstream is still streaming")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, sse_event(0).as_bytes());
+    assert!(!stored(&collector, &id).await, "no record before the end");
+    upstream.release();
+    let mut rest = Vec::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        let had_done = String::from_utf8_lossy(&rest).contains("data: [DONE]");
+        rest.extend_from_slice(&chunk);
+        if !had_done && String::from_utf8_lossy(&rest).contains("data: [DONE]") {
+            assert!(
+                stored(&collector, &id).await,
+                "the client saw data: [DONE] before the record was stored"
+            );
+        }
+    }
+    let rest = String::from_utf8(rest).unwrap();
+    assert_eq!(rest, format!("{}data: [DONE]\n\n", sse_event(1)));
+    let record = &collector.get(&format!("/v1/captures/{id}")).await["capture"];
+    assert_eq!(record["outcome"], "complete");
+    let body = String::from_utf8(body_bytes(&record["response"])).unwrap();
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    assert!(body.starts_with(&sse_event(0)), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bodiless_answers_end_once_their_record_is_stored() {
+    let upstream = Upstream::start().await;
+    let collector = Collector::running().await;
+    let envoy = envoy(upstream.port, collector.port, &hold_config(""));
+    for (method, path, status) in [
+        (reqwest::Method::GET, "/status?code=204", 204),
+        (reqwest::Method::GET, "/status?code=304", 304),
+        (reqwest::Method::HEAD, "/v1/chat/completions", 200),
+    ] {
+        let resp = client()
+            .request(method.clone(), envoy.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{method} {path}");
+        let id = request_id(&resp);
+        resp.bytes().await.unwrap();
+        assert!(
+            stored(&collector, &id).await,
+            "{method} {path}: ended before its record was stored"
+        );
+        let record = &collector.get(&format!("/v1/captures/{id}")).await["capture"];
+        assert_eq!(record["response"]["status"], status);
+        assert_eq!(record["outcome"], "complete");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_collector_down_the_end_is_released_at_the_timeout_and_counted() {
+    let upstream = Upstream::start().await;
+    let mut collector = Collector::down(None);
+    let envoy = envoy(
+        upstream.port,
+        collector.port,
+        &hold_config(r#""hold_timeout_ms": 600, "on_hold_timeout": "release""#),
+    );
+    let started = Instant::now();
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let id = request_id(&resp);
+    let body = resp.bytes().await.unwrap();
+    let waited = started.elapsed();
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("the whole answer");
+    assert_eq!(answer["choices"][0]["message"]["content"], "Paris.");
+    assert!(
+        waited >= Duration::from_millis(550) && waited < Duration::from_millis(2000),
+        "the end waited hold_timeout_ms: {waited:?}"
+    );
+    metric_becomes(&envoy, "truthtable_hold_ends_released_unrecorded", 1.0).await;
+    // The record stayed queued and is delivered once the collector is back.
+    collector.start().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !stored(&collector, &id).await {
+        assert!(Instant::now() < deadline, "the queued record never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_collector_down_reset_never_lets_the_client_see_the_end() {
+    let upstream = Upstream::start().await;
+    let mut collector = Collector::down(None);
+    let envoy = envoy(
+        upstream.port,
+        collector.port,
+        &hold_config(r#""hold_timeout_ms": 400, "on_hold_timeout": "reset""#),
+    );
+    // A JSON answer: the client gets an error, never the whole body.
+    let started = Instant::now();
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .body("{}")
+        .send()
+        .await;
+    match resp {
+        Ok(resp) => {
+            let id = request_id(&resp);
+            let body = resp.bytes().await;
+            assert!(body.is_err(), "the client got a complete answer: {body:?}");
+            assert!(started.elapsed() >= Duration::from_millis(350));
+            // The record says what happened: stored first as complete, then amended.
+            collector.start().await;
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !stored(&collector, &id).await {
+                assert!(Instant::now() < deadline, "the record never arrived");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Err(e) => panic!("the response headers should have reached the client: {e}"),
+    }
+    // An SSE stream: the first event arrives, data: [DONE] never does.
+    collector.stop().await;
+    let mut resp = client()
+        .post(envoy.url("/sse?events=3&delay_ms=10"))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let ended = loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => seen.extend_from_slice(&c),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with(&sse_event(0)), "{seen}");
+    assert!(!seen.contains("[DONE]"), "{seen}");
+    assert!(ended.is_err(), "the stream was reset, not ended");
+    metric_becomes(&envoy, "truthtable_hold_streams_reset", 2.0).await;
+}
