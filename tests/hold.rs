@@ -272,3 +272,163 @@ async fn with_the_collector_down_reset_never_lets_the_client_see_the_end() {
     assert!(ended.is_err(), "the stream was reset, not ended");
     metric_becomes(&envoy, "truthtable_hold_streams_reset", 2.0).await;
 }
+
+// ---- terminal events ----------------------------------------------------------------------------
+
+/// An upstream that answers each path with fixed chunks, `None` standing for a 150 ms pause.
+async fn scripted(routes: Vec<(&'static str, &'static str, Vec<Option<&'static str>>)>) -> u16 {
+    use axum::body::Body;
+    use axum::http::{Response, Uri};
+    let routes = std::sync::Arc::new(routes);
+    let app = axum::Router::new().fallback(move |uri: Uri| {
+        let routes = routes.clone();
+        async move {
+            let (_, content_type, chunks) = routes
+                .iter()
+                .find(|(p, _, _)| *p == uri.path())
+                .expect("a scripted path")
+                .clone();
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
+            tokio::spawn(async move {
+                for chunk in chunks {
+                    match chunk {
+                        Some(c) => {
+                            if tx.send(Ok(bytes::Bytes::from(c))).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(150)).await,
+                    }
+                }
+            });
+            Response::builder()
+                .header("content-type", content_type)
+                .body(Body::from_stream(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                ))
+                .unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// Streams `path` through Envoy: the chunks before the terminal event arrive before it, the
+/// client sees the event only once the record is stored, and the whole body arrives. Returns the
+/// stored record.
+async fn terminal_event_waits(
+    envoy: &Envoy,
+    collector: &Collector,
+    path: &str,
+    event: &str,
+    whole: &str,
+) -> serde_json::Value {
+    let started = Instant::now();
+    let mut resp = client().post(envoy.url(path)).send().await.unwrap();
+    let id = request_id(&resp);
+    let mut seen = String::new();
+    let mut first_at = None;
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        first_at.get_or_insert(started.elapsed());
+        let had = seen.contains(event);
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        if !had && seen.contains(event) {
+            assert!(
+                stored(collector, &id).await,
+                "{path}: the client saw {event:?} before the record was stored"
+            );
+        }
+    }
+    assert_eq!(seen, whole, "{path}: the whole body, in order");
+    let total = started.elapsed();
+    assert!(
+        first_at.unwrap() + Duration::from_millis(250) < total,
+        "{path}: the first chunk arrived at once ({first_at:?} of {total:?})"
+    );
+    collector.get(&format!("/v1/captures/{id}")).await["capture"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_protocols_terminal_event_reaches_the_client_only_once_stored() {
+    let openai = vec![
+        Some("data: {\"choices\":[{\"delta\":{\"content\":\"Par\"}}]}\n\n"),
+        None,
+        Some("data: {\"choices\":[{\"delta\":{\"content\":\"is\"}}]}\n\nda"),
+        None,
+        Some("ta: [DO"),
+        None,
+        Some("NE]\n\n"),
+    ];
+    let anthropic = vec![
+        Some("event: message_start\ndata: {\"type\":\"message_start\"}\n\n"),
+        None,
+        Some("event: message_delta\ndata: {\"type\":\"message_delta\"}\n\nevent: message_st"),
+        None,
+        Some("op\ndata: {\"type\":\"message_stop\"}\n\n"),
+        // Bytes after the terminal event, once the end went out: they still reach the client.
+        None,
+        None,
+        Some(": keep-alive after the end\n\n"),
+    ];
+    let ollama = vec![
+        Some("{\"message\":{\"content\":\"Par\"},\"done\":false}\n"),
+        None,
+        Some("{\"message\":{\"content\":\"is\"},\"done\":false}\n{\"message\":{},\"done\""),
+        None,
+        Some(": true,\"total_duration\":1}\n"),
+    ];
+    let gemini = vec![
+        Some("[{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Par\"}]}}]}\n"),
+        None,
+        Some(",\r\n{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"is\"}]},\"finishReason\": \"STOP\"}]}\n"),
+        None,
+        Some("]"),
+    ];
+    let whole = |chunks: &Vec<Option<&str>>| chunks.iter().flatten().copied().collect::<String>();
+    let cases = [
+        (
+            "/v1/chat/completions",
+            "text/event-stream",
+            openai,
+            "data: [DONE]",
+        ),
+        (
+            "/v1/messages",
+            "text/event-stream",
+            anthropic,
+            "event: message_stop",
+        ),
+        (
+            "/api/chat",
+            "application/x-ndjson",
+            ollama,
+            "\"done\": true",
+        ),
+        (
+            "/v1beta/models/gemini-2.0-flash:streamGenerateContent",
+            "application/json",
+            gemini,
+            "\"finishReason\"",
+        ),
+    ];
+    let port = scripted(
+        cases
+            .iter()
+            .map(|(p, ct, chunks, _)| (*p, *ct, chunks.clone()))
+            .collect(),
+    )
+    .await;
+    let collector = Collector::running().await;
+    let envoy = envoy(port, collector.port, &hold_config(""));
+    for (path, _, chunks, event) in &cases {
+        let record = terminal_event_waits(&envoy, &collector, path, event, &whole(chunks)).await;
+        assert_eq!(record["outcome"], "complete", "{path}");
+        let body = String::from_utf8(body_bytes(&record["response"])).unwrap();
+        assert!(
+            body.contains(event) && whole(chunks).starts_with(&body),
+            "{path}: the record holds everything up to the terminal event: {body:?}"
+        );
+    }
+}
