@@ -593,3 +593,198 @@ async fn without_the_hold_sigkills_lose_answers_clients_received() {
         "no loss without the hold: the test could not tell"
     );
 }
+
+// ---- after the record is stored -----------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_leaves_during_the_hold_is_told_by_an_amendment_of_the_capture() {
+    let upstream = Upstream::start().await;
+    let mut collector = Collector::down(None);
+    let envoy = envoy(
+        upstream.port,
+        collector.port,
+        &hold_config(r#""hold_timeout_ms": 20000"#),
+    );
+    // The collector is down: the end stays held. The client has the headers, then goes away.
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let id = request_id(&resp);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(resp);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    collector.start().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let read = loop {
+        let url = format!("http://127.0.0.1:{}/v1/captures/{id}", collector.port);
+        let resp = client().get(url).send().await.unwrap();
+        if resp.status() == 200 {
+            let read: serde_json::Value = resp.json().await.unwrap();
+            if read.get("amendments").is_some() {
+                break read;
+            }
+        }
+        assert!(Instant::now() < deadline, "no amended capture {id}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The capture as written at the end, unchanged; the amendment says the client never got it.
+    assert_eq!(read["capture"]["outcome"], "complete");
+    assert!(read["capture"].get("amendment").is_none());
+    let amendments = read["amendments"].as_array().unwrap();
+    assert_eq!(amendments.len(), 1, "{amendments:?}");
+    let a = &amendments[0];
+    assert_eq!(a["id"], id.as_str());
+    assert_eq!(a["outcome"], "client_aborted");
+    assert_eq!(a["amendment"]["reason"], "client_gone_during_hold");
+    assert!(a["amendment"]["held_ms"].as_f64().unwrap() >= 150.0, "{a}");
+}
+
+// ---- HTTP/2 and Envoy's own replies -------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_http2_stream_ends_only_once_its_record_is_stored() {
+    let upstream = Upstream::start().await;
+    let collector = Collector::running().await;
+    let envoy = envoy(upstream.port, collector.port, &hold_config(""));
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("headers");
+    for path in ["/sse?events=3&delay_ms=20", "/v1/chat/completions"] {
+        // curl over HTTP/2 with prior knowledge (h2c): a real HTTP/2 client.
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--http2-prior-knowledge", "-X", "POST", "-d", "{}"])
+            .args(["-w", "%{http_version}", "-D"])
+            .arg(&headers)
+            .arg(envoy.url(path))
+            .output()
+            .await
+            .expect("curl (scripts/setup installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(stdout.ends_with('2'), "HTTP/2: {stdout}");
+        let id = std::fs::read_to_string(&headers)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: ").map(str::to_owned))
+            .expect("x-request-id");
+        assert!(
+            stored(&collector, id.trim()).await,
+            "{path}: curl had the whole HTTP/2 answer before its record was stored"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn envoys_own_error_reply_ends_only_once_its_record_is_stored() {
+    let collector = Collector::running().await;
+    // Nothing listens upstream: Envoy answers 503 itself.
+    let nobody = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let envoy = envoy(nobody, collector.port, &hold_config(""));
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let id = request_id(&resp);
+    let body = resp.bytes().await.unwrap();
+    assert!(!body.is_empty(), "Envoy's reply has a body");
+    assert!(
+        stored(&collector, &id).await,
+        "the local reply ended before its record was stored"
+    );
+    let record = &collector.get(&format!("/v1/captures/{id}")).await["capture"];
+    assert_eq!(record["outcome"], "upstream_failed");
+    assert_eq!(record["response"]["status"], 503);
+}
+
+// ---- configuration changes ----------------------------------------------------------------------
+
+/// The record of the request that carried `x-test-case: case`, if the collector has stored it.
+async fn stored_case(collector: &Collector, case: &str) -> bool {
+    let list = collector.get("/v1/captures?limit=1000").await;
+    for s in list["captures"].as_array().unwrap() {
+        let read = collector
+            .get(&format!("/v1/captures/{}", s["id"].as_str().unwrap()))
+            .await;
+        if header(&read["capture"]["request"], "x-test-case") == Some(case) {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_stream_whose_configuration_is_replaced_still_completes_or_times_out() {
+    use common::lds::{LdsEnvoy, Listener, VmLayout};
+    let upstream = Upstream::start().await;
+    let mut collector = Collector::down(None);
+    let port = free_port();
+    let config = |timeout: u32, flush: u32| {
+        filter_config(&format!(
+            r#""complete_after_stored": true, "hold_timeout_ms": {timeout}, "flush_interval_ms": {flush}"#
+        ))
+    };
+    let (a, b, c) = (config(10_000, 3000), config(800, 2000), config(800, 1000));
+    let listener = |config| Listener {
+        name: "llm",
+        port,
+        plugin: "truthtable",
+        config,
+        vm: VmLayout::Shared("truthtable"),
+    };
+    let mut envoy = LdsEnvoy::start(upstream.port, collector.port, 2, 5, &[listener(&a)]);
+    let url = envoy.url(port, "/v1/chat/completions");
+    let ask = |case: &'static str| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let body = fetch(client().post(url).header("x-test-case", case).body("{}")).await;
+            (body, started.elapsed())
+        })
+    };
+
+    // Held under A with the collector down; A is replaced by B; the collector comes back: the
+    // old configuration's record is stored and its end goes out.
+    let held = ask("held-under-a");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    envoy.update(&[listener(&b)]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "the end waits for the record");
+    collector.start().await;
+    let (body, took) = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the end went out once stored")
+        .unwrap();
+    assert!(body.starts_with(b"{"), "the whole answer");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(stored_case(&collector, "held-under-a").await);
+
+    // Held under B with the collector down again; B is replaced by C: B's hold_timeout_ms
+    // releases the end.
+    collector.stop().await;
+    let held = ask("held-under-b");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    envoy.update(&[listener(&c)]);
+    let (body, took) = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("released at hold_timeout_ms")
+        .unwrap();
+    assert!(body.starts_with(b"{"), "the whole answer");
+    assert!(took >= Duration::from_millis(750), "{took:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while envoy.metric("truthtable_hold_ends_released_unrecorded") != Some(1.0) {
+        assert!(Instant::now() < deadline, "the release is counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
