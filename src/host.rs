@@ -60,6 +60,12 @@ struct Worker {
     fallback_ids: u64,
     /// A stream asked the root for an immediate tick (a batch is full and may be sent).
     hurried: bool,
+    /// `complete_after_stored`: this root's own shared queue, a wake-up the stream of a held end
+    /// sends it (Envoy posts `on_queue_ready` to the worker's event loop at once, where a 1 ms
+    /// timer fires on a coarse clock, up to ~4 ms later).
+    wake_queue: Option<u32>,
+    /// A wake-up was sent and not yet received.
+    woken: bool,
 }
 
 /// An exchange that is over, with what only `on_log` could read.
@@ -85,6 +91,8 @@ impl Worker {
             truncated_bytes: 0,
             fallback_ids: 0,
             hurried: false,
+            wake_queue: None,
+            woken: false,
         }
     }
 
@@ -257,6 +265,7 @@ impl RootContext for Root {
         let now = now_ms();
         self.identify();
         self.receive_queue();
+        self.wake_on_holds();
         {
             let mut w = worker.borrow_mut();
             if w.hurried {
@@ -280,8 +289,17 @@ impl RootContext for Root {
         sync_log_level();
     }
 
-    fn on_queue_ready(&mut self, _queue_id: u32) {
+    fn on_queue_ready(&mut self, queue_id: u32) {
         let now = now_ms();
+        if let Some(worker) = &self.worker {
+            let mut w = worker.borrow_mut();
+            if w.wake_queue == Some(queue_id) {
+                while calls::dequeue(queue_id).is_some() {}
+                w.woken = false;
+                w.deliver(now);
+                return;
+            }
+        }
         self.take_handed_on(now);
         if let Some(worker) = &self.worker {
             worker.borrow_mut().deliver(now);
@@ -317,6 +335,18 @@ impl RootContext for Root {
 }
 
 impl Root {
+    /// At a tick, under `complete_after_stored`: registers this root's wake-up queue (named by
+    /// its proxy-wide nonce, so no other root receives its wake-ups).
+    fn wake_on_holds(&mut self) {
+        let (Some(worker), Some(nonce)) = (&self.worker, self.nonce()) else {
+            return;
+        };
+        let mut w = worker.borrow_mut();
+        if w.config.hold.is_some() && w.wake_queue.is_none() {
+            w.wake_queue = calls::register_queue(&format!("truthtable.wake/{nonce:x}"));
+        }
+    }
+
     /// Resumes or resets held streams as `steps` say; runs in a root callback.
     fn act_on_holds(&self, steps: &[Step]) {
         for step in steps {
@@ -608,12 +638,18 @@ impl Capture {
             }
             None => {}
         }
-        // The root sends the batch at its next tick, made due now (with other ends held
-        // meanwhile), not at the flush interval.
-        if !w.hurried && w.batcher.has_holds_due(now) && calls::set_effective_context(self.root_id)
-        {
-            w.hurried = calls::set_tick_period_ms(1);
-            calls::set_effective_context(self.context_id);
+        // The root sends the batch as soon as it is woken (with other ends held meanwhile), not
+        // at the flush interval: through its wake-up queue, or before its first tick by making
+        // its timer due.
+        if !w.woken && w.batcher.has_holds_due(now) {
+            match w.wake_queue {
+                Some(queue) => w.woken = calls::enqueue(queue, b"w"),
+                None if !w.hurried && calls::set_effective_context(self.root_id) => {
+                    w.hurried = calls::set_tick_period_ms(1);
+                    calls::set_effective_context(self.context_id);
+                }
+                None => {}
+            }
         }
         Action::Pause
     }

@@ -153,6 +153,11 @@ impl Root {
         });
     }
 
+    /// This root's proxy-wide nonce, once it is configured.
+    pub(super) fn nonce(&self) -> Option<u64> {
+        self.me.as_ref().map(|me| me.nonce)
+    }
+
     /// At the first tick: becomes the receiver of the plugin's hand-off queue (creating it).
     pub(super) fn receive_queue(&mut self) {
         if let Some(me) = self.me.as_mut().filter(|me| !me.receiving) {
