@@ -61,6 +61,7 @@ fn main() {
             now_ns: 5_000_000,
             details: "via_upstream",
             fallback_id: "",
+            amendment: None,
         };
         let mut out = Vec::with_capacity(1 << 22);
         let rounds = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2000u32);

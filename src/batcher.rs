@@ -50,6 +50,8 @@ pub struct Batch {
     /// Callouts that carried this batch and failed.
     pub failures: u32,
     sent_ms: u64,
+    /// The stream contexts whose ends wait for this batch's records (`complete_after_stored`).
+    pub holds: Vec<u32>,
 }
 
 impl Batch {
@@ -61,6 +63,7 @@ impl Batch {
             format,
             failures,
             sent_ms: 0,
+            holds: Vec::new(),
         }
     }
 }
@@ -117,6 +120,8 @@ pub struct Batcher {
     open: Vec<u8>,
     open_records: u64,
     open_since_ms: u64,
+    /// Streams whose ends wait for a record of the open batch: it leaves at once.
+    open_holds: Vec<u32>,
     waiting: VecDeque<Batch>,
     inflight: Vec<(u32, Batch)>,
     held_bytes: usize,
@@ -137,6 +142,7 @@ impl Batcher {
             open: Vec::new(),
             open_records: 0,
             open_since_ms: 0,
+            open_holds: Vec::new(),
             waiting: VecDeque::new(),
             inflight: Vec::new(),
             held_bytes: 0,
@@ -269,7 +275,38 @@ impl Batcher {
             format: self.format,
             failures: 0,
             sent_ms: 0,
+            holds: std::mem::take(&mut self.open_holds),
         });
+    }
+
+    /// [`Batcher::append`] for the record of a stream whose end is held until the record is
+    /// stored: the open batch is due at once, and its acknowledgement names `context_id`
+    /// ([`Batcher::answered`]).
+    pub fn append_held(
+        &mut self,
+        now_ms: u64,
+        at_least: usize,
+        context_id: u32,
+        write: impl FnMut(&mut Vec<u8>, Bodies),
+    ) -> Appended {
+        let sealed_before = self.waiting.len();
+        let appended = self.append(now_ms, at_least, write);
+        if matches!(appended, Appended::Whole | Appended::WithoutBodies) {
+            // The record filled the open batch, which was sealed with it.
+            let sealed_with_it = self.waiting.len() > sealed_before && self.open_records == 0;
+            match self.waiting.back_mut() {
+                Some(b) if sealed_with_it => b.holds.push(context_id),
+                _ => self.open_holds.push(context_id),
+            }
+        }
+        appended
+    }
+
+    /// True when a record whose stream's end is held waits in the open batch or a sealed one:
+    /// the root sends it now rather than at the flush interval.
+    pub fn has_holds_due(&self, now_ms: u64) -> bool {
+        (!self.open_holds.is_empty() || self.waiting.iter().any(|b| !b.holds.is_empty()))
+            && self.may_call_out(now_ms)
     }
 
     /// True when a sealed batch (a full one, or one that failed before) may be sent right now:
@@ -296,7 +333,8 @@ impl Batcher {
         }
         if self.waiting.is_empty()
             && self.open_records > 0
-            && now_ms.saturating_sub(self.open_since_ms) >= self.limits.flush_interval_ms
+            && (!self.open_holds.is_empty()
+                || now_ms.saturating_sub(self.open_since_ms) >= self.limits.flush_interval_ms)
         {
             self.seal();
         }
@@ -318,18 +356,21 @@ impl Batcher {
     }
 
     /// The answer to callout `token` arrived; `stored` is true exactly for a 2xx `:status`.
-    pub fn answered(&mut self, token: u32, stored: bool, now_ms: u64) {
+    /// Returns the streams whose held ends waited for the records it stored.
+    pub fn answered(&mut self, token: u32, stored: bool, now_ms: u64) -> Vec<u32> {
         let Some(i) = self.inflight.iter().position(|(t, _)| *t == token) else {
-            return;
+            return Vec::new();
         };
-        let (_, batch) = self.inflight.swap_remove(i);
+        let (_, mut batch) = self.inflight.swap_remove(i);
         if stored {
             self.unhold(&batch);
             self.stats.delivered += batch.records;
             self.failures_in_a_row = 0;
             self.paused_until_ms = 0;
+            std::mem::take(&mut batch.holds)
         } else {
             self.fail(batch, now_ms);
+            Vec::new()
         }
     }
 

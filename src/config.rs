@@ -27,6 +27,25 @@ pub struct Config {
     /// How long a root context that is shut down with no successor keeps delivering what it
     /// holds before the rest is counted as dropped.
     pub drain_timeout_ms: u64,
+    /// `complete_after_stored`: hold the end of each response until its record is stored.
+    pub hold: Option<HoldPolicy>,
+}
+
+/// What `complete_after_stored`, `hold_timeout_ms` and `on_hold_timeout` ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldPolicy {
+    /// The longest an end waits for its record's acknowledgement.
+    pub timeout_ms: u64,
+    pub on_timeout: OnHoldTimeout,
+}
+
+/// What happens to an end still held after `hold_timeout_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnHoldTimeout {
+    /// The end goes out; the record stays queued and the end is counted as released unrecorded.
+    Release,
+    /// The client's stream is reset: it never sees a complete answer without a record.
+    Reset,
 }
 
 /// How the root context batches, bounds and retries deliveries.
@@ -99,6 +118,12 @@ struct RawConfig {
     retry_max_ms: u64,
     #[serde(default = "default_drain_timeout_ms", deserialize_with = "integer")]
     drain_timeout_ms: u64,
+    #[serde(default)]
+    complete_after_stored: bool,
+    #[serde(default = "default_hold_timeout_ms")]
+    hold_timeout_ms: u64,
+    #[serde(default = "default_on_hold_timeout")]
+    on_hold_timeout: String,
 }
 
 fn default_audit_path() -> String {
@@ -133,6 +158,12 @@ fn default_delivery_format() -> String {
 }
 fn default_drain_timeout_ms() -> u64 {
     30_000
+}
+fn default_hold_timeout_ms() -> u64 {
+    5000
+}
+fn default_on_hold_timeout() -> String {
+    "release".to_owned()
 }
 
 const MIB: u64 = 1 << 20;
@@ -204,6 +235,16 @@ impl Config {
             problem: format!("trailing characters after the JSON object: {e}"),
         })?;
         raw.validate()
+    }
+
+    /// The root context's tick period: the flush interval, shorter under `complete_after_stored`
+    /// so that a held end's timeout is noticed within a quarter of `hold_timeout_ms`.
+    pub fn tick_ms(&self) -> u64 {
+        let flush = self.delivery.flush_interval_ms;
+        match self.hold {
+            Some(h) => flush.min((h.timeout_ms / 4).max(10)),
+            None => flush,
+        }
     }
 
     /// Whether a header of this name is recorded as `[REDACTED]` (names compare case-insensitively).
@@ -397,6 +438,23 @@ impl RawConfig {
                 "at least retry_initial_ms",
             ));
         }
+        let hold_timeout_ms = check("hold_timeout_ms", self.hold_timeout_ms, 1, 600_000)?;
+        let on_timeout = match self.on_hold_timeout.as_str() {
+            "release" => OnHoldTimeout::Release,
+            "reset" => OnHoldTimeout::Reset,
+            other => {
+                return Err(ConfigError {
+                    key: "on_hold_timeout".to_owned(),
+                    problem: format!(
+                        "{other:?} is not a hold timeout policy (expected \"release\" or \"reset\")"
+                    ),
+                })
+            }
+        };
+        let hold = self.complete_after_stored.then_some(HoldPolicy {
+            timeout_ms: hold_timeout_ms,
+            on_timeout,
+        });
         Ok(Config {
             audit_cluster: self.audit_cluster,
             audit_path: self.audit_path,
@@ -416,6 +474,7 @@ impl RawConfig {
                 retry_max_ms,
             },
             drain_timeout_ms: check("drain_timeout_ms", self.drain_timeout_ms, 0, 3_600_000)?,
+            hold,
         })
     }
 }
@@ -444,6 +503,48 @@ mod tests {
         );
         assert_eq!(c.drain_timeout_ms, 30_000);
         assert_eq!(c.delivery_format, Format::Ndjson);
+        assert_eq!(c.hold, None, "complete_after_stored is off by default");
+    }
+
+    #[test]
+    fn the_hold_keys_are_read_with_their_defaults() {
+        let c = Config::parse(br#"{"audit_cluster":"a","complete_after_stored":true}"#).unwrap();
+        assert_eq!(
+            c.hold,
+            Some(HoldPolicy {
+                timeout_ms: 5000,
+                on_timeout: OnHoldTimeout::Release
+            })
+        );
+        let c = Config::parse(
+            br#"{"audit_cluster":"a","complete_after_stored":true,"hold_timeout_ms":250,"on_hold_timeout":"reset"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.hold,
+            Some(HoldPolicy {
+                timeout_ms: 250,
+                on_timeout: OnHoldTimeout::Reset
+            })
+        );
+        assert_eq!(
+            c.tick_ms(),
+            62,
+            "a timeout is noticed within a quarter of it"
+        );
+        // The policy keys are checked even while the hold is off.
+        assert_eq!(
+            err(r#"{"audit_cluster":"a","on_hold_timeout":"wait"}"#).key,
+            "on_hold_timeout"
+        );
+        assert_eq!(
+            err(r#"{"audit_cluster":"a","hold_timeout_ms":0}"#).key,
+            "hold_timeout_ms"
+        );
+        assert_eq!(
+            err(r#"{"audit_cluster":"a","complete_after_stored":"yes"}"#).key,
+            "complete_after_stored"
+        );
     }
 
     #[test]

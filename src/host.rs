@@ -25,9 +25,11 @@ use metrics::{Metrics, Reported};
 
 use crate::batcher::{acknowledged, Appended, Batcher, Budget};
 use crate::body::BodyTap;
-use crate::config::Config;
+use crate::config::{Config, HoldPolicy, OnHoldTimeout};
 use crate::group::Group;
-use crate::record::{Ending, Exchange};
+use crate::hold::{self, EndFinder, Fate, Step};
+use crate::outcome::Outcome;
+use crate::record::{Amendment, Ending, Exchange};
 use calls::{now_ms, now_ns};
 use log::{debug, error, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -58,6 +60,12 @@ struct Worker {
     fallback_ids: u64,
     /// A stream asked the root for an immediate tick (a batch is full and may be sent).
     hurried: bool,
+    /// `complete_after_stored`: this root's own shared queue, a wake-up the stream of a held end
+    /// sends it (Envoy posts `on_queue_ready` to the worker's event loop at once, where a 1 ms
+    /// timer fires on a coarse clock, up to ~4 ms later).
+    wake_queue: Option<u32>,
+    /// A wake-up was sent and not yet received.
+    woken: bool,
 }
 
 /// An exchange that is over, with what only `on_log` could read.
@@ -66,6 +74,9 @@ struct Finished {
     /// Envoy's `response.code_details`.
     details: Vec<u8>,
     now_ns: u64,
+    /// The id its first record was written with, when it has no `x-request-id` (an amendment).
+    id: Option<String>,
+    amendment: Option<Amendment>,
 }
 
 impl Worker {
@@ -80,7 +91,15 @@ impl Worker {
             truncated_bytes: 0,
             fallback_ids: 0,
             hurried: false,
+            wake_queue: None,
+            woken: false,
         }
+    }
+
+    /// A record id for an exchange without `x-request-id`, unique in the proxy.
+    fn fallback_id(&mut self, now_ns: u64) -> String {
+        self.fallback_ids += 1;
+        format!("tt-{now_ns:x}-{:x}", self.fallback_ids)
     }
 
     /// Writes the records of every finished exchange into the batcher, oldest first.
@@ -97,19 +116,24 @@ impl Worker {
             exchange: ex,
             details,
             now_ns,
+            id,
+            amendment,
         } in finished.drain()
         {
-            let fallback_id = if ex.request_id().is_none() {
-                *fallback_ids += 1;
-                format!("tt-{now_ns:x}-{:x}", *fallback_ids)
-            } else {
-                String::new()
+            let fallback_id = match id {
+                Some(id) => id,
+                None if ex.request_id().is_none() => {
+                    *fallback_ids += 1;
+                    format!("tt-{now_ns:x}-{:x}", *fallback_ids)
+                }
+                None => String::new(),
             };
             let details = String::from_utf8_lossy(&details);
             let end = Ending {
                 now_ns,
                 details: &details,
                 fallback_id: &fallback_id,
+                amendment,
             };
             let kept = ex.kept_body_bytes();
             let appended = batcher.append(now_ns / 1_000_000, kept, |out, bodies| {
@@ -205,7 +229,7 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let tick = config.delivery.flush_interval_ms;
+        let tick = config.tick_ms();
         // The record-only benchmark build reports nothing: its "delivered" would be made up.
         if self.metrics.is_none() && !cfg!(feature = "record-only") {
             self.metrics = Metrics::define();
@@ -241,16 +265,19 @@ impl RootContext for Root {
         let now = now_ms();
         self.identify();
         self.receive_queue();
+        self.wake_on_holds();
         {
             let mut w = worker.borrow_mut();
             if w.hurried {
                 w.hurried = false;
-                calls::set_tick_period_ms(w.config.delivery.flush_interval_ms);
+                calls::set_tick_period_ms(w.config.tick_ms());
             }
             w.write_finished();
             let timeout = w.config.audit_timeout_ms;
             w.batcher.expire(now, timeout);
         }
+        let expired = with_vm(|vm| vm.holds.expire(now)).unwrap_or_default();
+        self.act_on_holds(&expired);
         self.take_handed_on(now);
         worker.borrow_mut().deliver(now);
         if self.drain_until_ms.is_some() && self.drain_step(now) {
@@ -262,8 +289,17 @@ impl RootContext for Root {
         sync_log_level();
     }
 
-    fn on_queue_ready(&mut self, _queue_id: u32) {
+    fn on_queue_ready(&mut self, queue_id: u32) {
         let now = now_ms();
+        if let Some(worker) = &self.worker {
+            let mut w = worker.borrow_mut();
+            if w.wake_queue == Some(queue_id) {
+                while calls::dequeue(queue_id).is_some() {}
+                w.woken = false;
+                w.deliver(now);
+                return;
+            }
+        }
         self.take_handed_on(now);
         if let Some(worker) = &self.worker {
             worker.borrow_mut().deliver(now);
@@ -274,18 +310,54 @@ impl RootContext for Root {
         // The SDK panics on None: a root without a configuration gets streams that capture
         // nothing (Envoy sends none to it; the configuration failed or never came).
         match &self.worker {
-            Some(worker) if !cfg!(feature = "passthrough") => Some(Box::new(Capture {
-                worker: Rc::clone(worker),
-                root_id: self.context_id,
-                context_id,
-                exchange: Exchange::new(worker.borrow().config.max_body_bytes),
-            })),
+            Some(worker) if !cfg!(feature = "passthrough") => {
+                let w = worker.borrow();
+                Some(Box::new(Capture {
+                    worker: Rc::clone(worker),
+                    root_id: self.context_id,
+                    context_id,
+                    exchange: Exchange::new(w.config.max_body_bytes),
+                    hold: w.config.hold.map(|policy| HoldState {
+                        policy,
+                        end: None,
+                        held: None,
+                        buffered_seen: 0,
+                    }),
+                }))
+            }
             _ => Some(Box::new(Passthrough)),
         }
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+impl Root {
+    /// At a tick, under `complete_after_stored`: registers this root's wake-up queue (named by
+    /// its proxy-wide nonce, so no other root receives its wake-ups).
+    fn wake_on_holds(&mut self) {
+        let (Some(worker), Some(nonce)) = (&self.worker, self.nonce()) else {
+            return;
+        };
+        let mut w = worker.borrow_mut();
+        if w.config.hold.is_some() && w.wake_queue.is_none() {
+            w.wake_queue = calls::register_queue(&format!("truthtable.wake/{nonce:x}"));
+        }
+    }
+
+    /// Resumes or resets held streams as `steps` say; runs in a root callback.
+    fn act_on_holds(&self, steps: &[Step]) {
+        for step in steps {
+            let (id, done) = match *step {
+                Step::Resume(id) => (id, calls::resume_response(id, self.context_id)),
+                Step::Reset(id) => (id, calls::reset_response(id, self.context_id)),
+            };
+            if !done {
+                debug!("truthtable: held stream {id} is gone");
+            }
+        }
     }
 }
 
@@ -319,7 +391,11 @@ impl Context for Root {
                     status.unwrap_or_default()
                 );
             }
-            w.batcher.answered(token, stored, now);
+            let stored_holds = w.batcher.answered(token, stored, now);
+            if !stored_holds.is_empty() {
+                let steps = with_vm(|vm| vm.holds.stored(&stored_holds)).unwrap_or_default();
+                self.act_on_holds(&steps);
+            }
             // An answer frees a callout slot: send what is due without waiting for the tick.
             w.deliver(now);
         }
@@ -343,6 +419,21 @@ struct Capture {
     root_id: u32,
     context_id: u32,
     exchange: Exchange,
+    /// `complete_after_stored`: `None` when it is off.
+    hold: Option<HoldState>,
+}
+
+/// A stream's part of `complete_after_stored`.
+struct HoldState {
+    policy: HoldPolicy,
+    /// Where the response's end is; known from the response headers.
+    end: Option<EndFinder>,
+    /// Set when the end was held and the record written: when, and the record's id if the
+    /// request had no `x-request-id`.
+    held: Option<(u64, Option<String>)>,
+    /// Bytes of the paused response buffer already copied (Envoy hands a paused stream's whole
+    /// buffer to each later callback).
+    buffered_seen: usize,
 }
 
 impl Context for Capture {}
@@ -350,6 +441,10 @@ impl Context for Capture {}
 impl HttpContext for Capture {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.exchange.started_ns = Some(now_ns());
+        if self.hold.is_some() {
+            // The record is written before on_log, when only this callback sees the request.
+            self.exchange.request_headers = calls::header_block(MapType::HttpRequestHeaders);
+        }
         #[cfg(feature = "test-panic")]
         test_panic();
         Action::Continue
@@ -367,35 +462,228 @@ impl HttpContext for Capture {
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.exchange.response_headers_ns = Some(now_ns());
         self.exchange.response_ended |= end_of_stream;
+        let Some(hold) = self.hold.as_mut() else {
+            return Action::Continue;
+        };
+        let headers = calls::header_block(MapType::HttpResponseHeaders).filter(|b| !b.is_empty());
+        let content_length = headers
+            .as_ref()
+            .and_then(|h| h.get("content-length"))
+            .and_then(hold::content_length);
+        let content_type = headers.as_ref().and_then(|h| h.get("content-type"));
+        let path = self
+            .exchange
+            .request_headers
+            .as_ref()
+            .and_then(|h| h.get(":path"));
+        let end = EndFinder::new(content_length, hold::Stream::of(content_type, path));
+        let at_end = end.at_headers(end_of_stream);
+        hold.end = Some(end);
+        self.exchange.response_headers = headers;
+        if at_end {
+            return self.hold_end();
+        }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        tap(
-            &mut self.exchange.response_body,
-            BufferType::HttpResponseBody,
-            body_size,
-        );
+        let Some(hold) = self.hold.as_mut() else {
+            tap(
+                &mut self.exchange.response_body,
+                BufferType::HttpResponseBody,
+                body_size,
+            );
+            self.exchange.response_ended |= end_of_stream;
+            return Action::Continue;
+        };
+        if let Some((_, _)) = hold.held {
+            let waiting = with_vm(|vm| vm.holds.get(self.context_id))
+                .flatten()
+                .is_some_and(|h| h.fate == Fate::Waiting);
+            // While the end waits, Envoy hands over its whole buffer: copy what is new.
+            let seen = if waiting { hold.buffered_seen } else { 0 };
+            let new = body_size.saturating_sub(seen);
+            let room = self.exchange.response_body.room(new);
+            match (room > 0)
+                .then(|| calls::body_at(BufferType::HttpResponseBody, seen, room))
+                .flatten()
+            {
+                Some(bytes) => self.exchange.response_body.push(new, bytes),
+                None => self.exchange.response_body.count(new),
+            }
+            hold.buffered_seen = if waiting { body_size } else { 0 };
+            return if waiting {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
+        }
+        let scans = hold.end.as_ref().is_some_and(EndFinder::scans);
+        let at_end = if scans {
+            // The terminal event is looked for in every byte, kept or not.
+            let bytes = calls::body(BufferType::HttpResponseBody, body_size);
+            let at_end = hold
+                .end
+                .as_mut()
+                .is_some_and(|e| e.at_chunk(body_size, bytes.as_deref(), end_of_stream));
+            match bytes {
+                Some(bytes) => self.exchange.response_body.push(body_size, bytes),
+                None => self.exchange.response_body.count(body_size),
+            }
+            at_end
+        } else {
+            tap(
+                &mut self.exchange.response_body,
+                BufferType::HttpResponseBody,
+                body_size,
+            );
+            match hold.end.as_mut() {
+                Some(e) => e.at_chunk(body_size, None, end_of_stream),
+                None => end_of_stream,
+            }
+        };
         self.exchange.response_ended |= end_of_stream;
+        if at_end {
+            hold.buffered_seen = body_size;
+            return self.hold_end();
+        }
         Action::Continue
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         self.exchange.response_ended = true;
-        Action::Continue
+        let Some(hold) = self.hold.as_mut() else {
+            return Action::Continue;
+        };
+        if hold.held.is_none() {
+            hold.buffered_seen = 0;
+            return self.hold_end();
+        }
+        let waiting = with_vm(|vm| vm.holds.get(self.context_id))
+            .flatten()
+            .is_some_and(|h| h.fate == Fate::Waiting);
+        if waiting {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 
     fn on_log(&mut self) {
         let exchange = std::mem::take(&mut self.exchange);
-        self.finish(exchange);
+        match self.hold.as_ref().and_then(|h| h.held.clone()) {
+            Some((since_ms, id)) => self.after_hold(exchange, since_ms, id),
+            None => self.finish(exchange, None, None),
+        }
     }
 }
 
 impl Capture {
+    /// The response's end is here: writes the exchange's record now, from everything that
+    /// passed, into a batch that leaves at once, and holds the end until the root hears the
+    /// record was stored (or `hold_timeout_ms` passes).
+    fn hold_end(&mut self) -> Action {
+        let Some(hold) = self.hold.as_mut() else {
+            return Action::Continue;
+        };
+        let now_ns = now_ns();
+        let now = now_ns / 1_000_000;
+        self.exchange.response_ended = true;
+        if self.exchange.request_headers.is_none() {
+            self.exchange.request_headers = calls::header_block(MapType::HttpRequestHeaders);
+        }
+        let details = calls::property(vec!["response", "code_details"]).unwrap_or_default();
+        let details = String::from_utf8_lossy(&details);
+        let mut w = self.worker.borrow_mut();
+        // Records of exchanges that finished before this one go first.
+        w.write_finished();
+        let id = match self.exchange.request_id() {
+            Some(_) => None,
+            None => Some(w.fallback_id(now_ns)),
+        };
+        let end = Ending {
+            now_ns,
+            details: &details,
+            fallback_id: id.as_deref().unwrap_or_default(),
+            amendment: None,
+        };
+        let kept = self.exchange.kept_body_bytes();
+        let Worker {
+            config, batcher, ..
+        } = &mut *w;
+        let ex = &self.exchange;
+        let appended = batcher.append_held(now, kept, self.context_id, |out, bodies| {
+            ex.write_record(out, &end, config, bodies)
+        });
+        hold.held = Some((now, id));
+        let (timeout, reset) = (
+            hold.policy.timeout_ms,
+            hold.policy.on_timeout == OnHoldTimeout::Reset,
+        );
+        let context_id = self.context_id;
+        let step = with_vm(|vm| {
+            vm.holds.hold(context_id, now, timeout, reset);
+            match appended {
+                Appended::Whole | Appended::WithoutBodies => None,
+                // Never to be stored: the policy applies now.
+                Appended::Dropped | Appended::Nothing => vm.holds.give_up(context_id, now),
+            }
+        })
+        .flatten();
+        match step {
+            Some(Step::Resume(_)) => return Action::Continue,
+            Some(Step::Reset(_)) => {
+                calls::reset_own_response();
+                return Action::Pause;
+            }
+            None => {}
+        }
+        // The root sends the batch as soon as it is woken (with other ends held meanwhile), not
+        // at the flush interval: through its wake-up queue, or before its first tick by making
+        // its timer due.
+        if !w.woken && w.batcher.has_holds_due(now) {
+            match w.wake_queue {
+                Some(queue) => w.woken = calls::enqueue(queue, b"w"),
+                None if !w.hurried && calls::set_effective_context(self.root_id) => {
+                    w.hurried = calls::set_tick_period_ms(1);
+                    calls::set_effective_context(self.context_id);
+                }
+                None => {}
+            }
+        }
+        Action::Pause
+    }
+
+    /// `on_log` of a stream whose record was written when its end was held: what happened
+    /// since then is sent as an amendment when the record no longer tells it (the client left
+    /// during the hold, the stream was reset at the timeout, or it failed after the end went
+    /// out).
+    fn after_hold(&self, mut ex: Exchange, since_ms: u64, id: Option<String>) {
+        let context_id = self.context_id;
+        let fate = with_vm(|vm| vm.holds.end(context_id))
+            .flatten()
+            .map(|h| h.fate);
+        let reason = match fate {
+            Some(Fate::Waiting) => "client_gone_during_hold",
+            Some(Fate::Reset) => "reset_after_hold_timeout",
+            Some(Fate::Stored | Fate::Released) | None => {
+                let details = calls::property(vec!["response", "code_details"]).unwrap_or_default();
+                if ex.outcome(&String::from_utf8_lossy(&details)) == Outcome::Complete {
+                    return;
+                }
+                "failed_after_release"
+            }
+        };
+        // The client never saw the end.
+        ex.response_ended = !matches!(fate, Some(Fate::Waiting | Fate::Reset));
+        let held_us = now_ms().saturating_sub(since_ms).saturating_mul(1000);
+        self.finish(ex, id, Some(Amendment { reason, held_us }));
+    }
+
     /// Reads what only `on_log` can, hands the exchange to the worker's group of finished ones,
     /// writes the group's records when it is due, and asks the root for an immediate tick when a
     /// batch is full and may leave.
-    fn finish(&self, mut ex: Exchange) {
+    fn finish(&self, mut ex: Exchange, id: Option<String>, amendment: Option<Amendment>) {
         let now_ns = now_ns();
         // Headers are read once, here: the request as the router sent it upstream (rewrites
         // included), the response as the client got it, and both even when on_log is the
@@ -416,6 +704,8 @@ impl Capture {
             exchange: ex,
             details,
             now_ns,
+            id,
+            amendment,
         };
         if !w.finished.push(finished, kept) {
             return;

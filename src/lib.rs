@@ -11,6 +11,7 @@ pub mod config;
 pub mod group;
 pub mod handoff;
 pub mod headers;
+pub mod hold;
 pub mod json;
 pub mod outcome;
 pub mod record;

@@ -75,6 +75,20 @@ pub struct Ending<'a> {
     pub details: &'a str,
     /// The record id when the request carried no `x-request-id`.
     pub fallback_id: &'a str,
+    /// Set when this record amends one already stored for the same exchange (see [`Amendment`]).
+    pub amendment: Option<Amendment>,
+}
+
+/// What happened to an exchange after its record was stored under `complete_after_stored`: the
+/// same exchange's record again, as the stream ended, with
+/// `"amendment": {"reason": …, "held_ms": …}` added. A v1 receiver deduplicating by `id` drops it;
+/// the collector keeps it beside the capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Amendment {
+    /// `client_gone_during_hold`, `reset_after_hold_timeout` or `failed_after_release`.
+    pub reason: &'static str,
+    /// Microseconds from the end being held until the stream ended.
+    pub held_us: u64,
 }
 
 impl Exchange {
@@ -217,6 +231,13 @@ impl Exchange {
                 json::millis(out, micros_since_start(first_byte_ns));
                 out.push(b'}');
             }
+        }
+        if let Some(a) = end.amendment {
+            out.extend_from_slice(b",\"amendment\":{\"reason\":\"");
+            out.extend_from_slice(a.reason.as_bytes());
+            out.extend_from_slice(b"\",\"held_ms\":");
+            json::millis(out, a.held_us);
+            out.push(b'}');
         }
         out.push(b'}');
     }
@@ -383,7 +404,33 @@ mod tests {
         now_ns: T0,
         details: "",
         fallback_id: "x",
+        amendment: None,
     };
+
+    #[test]
+    fn an_amendment_is_the_same_record_with_its_reason_added() {
+        let ex = chat_exchange();
+        let plain = write(&ex, AT_T0);
+        let amended = write(
+            &ex,
+            Ending {
+                amendment: Some(Amendment {
+                    reason: "client_gone_during_hold",
+                    held_us: 1_500,
+                }),
+                ..AT_T0
+            },
+        );
+        assert_eq!(amended["id"], plain["id"]);
+        assert_eq!(
+            amended["amendment"],
+            json!({"reason": "client_gone_during_hold", "held_ms": 1.5})
+        );
+        let mut without = amended.clone();
+        without.as_object_mut().unwrap().remove("amendment");
+        assert_eq!(without, plain, "nothing else differs");
+        assert!(plain.get("amendment").is_none());
+    }
 
     fn base64_data(body: &Value) -> Vec<u8> {
         assert_eq!(body["encoding"], "base64");
@@ -427,6 +474,7 @@ mod tests {
                 now_ns: T0 + 1_804_200_000,
                 details: "via_upstream",
                 fallback_id: "unused",
+                amendment: None,
             },
         );
         assert_eq!(
@@ -465,6 +513,7 @@ mod tests {
             now_ns: T0 + 1_000_000,
             details: "via_upstream",
             fallback_id: "x",
+            amendment: None,
         };
         let (mut whole, mut lean) = (Vec::new(), Vec::new());
         ex.write_record(&mut whole, &end, &config(), Bodies::Kept);
@@ -513,6 +562,7 @@ mod tests {
                 now_ns: T0,
                 details: "via_upstream",
                 fallback_id: "x",
+                amendment: None,
             },
             &config(),
             Bodies::Kept,
@@ -537,6 +587,7 @@ mod tests {
                 now_ns: T0 + 5_000_000,
                 details: "downstream_remote_disconnect",
                 fallback_id: "tt-1",
+                amendment: None,
             },
         );
         assert_eq!(got["id"], "tt-1");
@@ -556,6 +607,7 @@ mod tests {
                 now_ns: T0,
                 details: "",
                 fallback_id: "tt-2",
+                amendment: None,
             },
         );
         assert_eq!(got["id"], "tt-2");

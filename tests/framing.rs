@@ -97,7 +97,7 @@ proptest! {
         shed: bool,
     ) {
         let ex = exchange(cap, path, &request, &req_chunks, response.as_deref(), &resp_chunks);
-        let end = Ending { now_ns: 1_795_623_041_990_323_456, details: "via_upstream", fallback_id: "tt-1" };
+        let end = Ending { now_ns: 1_795_623_041_990_323_456, details: "via_upstream", fallback_id: "tt-1", amendment: None };
         let bodies = if shed { Bodies::Shed } else { Bodies::Kept };
         let mut ndjson = Vec::new();
         ex.write_record(&mut ndjson, &end, &config("ndjson", cap), bodies);

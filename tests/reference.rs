@@ -284,6 +284,7 @@ fn real_record() -> Value {
             now_ns: t0 + 1_804_200_000,
             details: "via_upstream",
             fallback_id: "unused",
+            amendment: None,
         },
         &config,
         Bodies::Kept,

@@ -357,12 +357,19 @@ async fn get_one(
         Err(e) => return store_failure(&state, &e).into_response(),
     };
     let view = serde_json::to_string(&read.view).unwrap_or_else(|_| "null".to_owned());
+    // Amendments (`complete_after_stored`), shown only when there are some.
+    let amendments = match state.store.amendments(id).await {
+        Ok(a) if a.is_empty() => String::new(),
+        Ok(a) => format!(",\"amendments\":[{}]", a.join(",")),
+        Err(e) => return store_failure(&state, &e).into_response(),
+    };
     // The stored line is valid JSON; splicing it keeps the record byte for byte as received.
     let mut body = format!("{{\"capture\":{},\"audit\":{view}", read.raw);
     if let Some(place) = read.log {
         body.push_str(",\"log\":");
         body.push_str(&crate::log::http::place_json(&id, place).to_string());
     }
+    body.push_str(&amendments);
     body.push('}');
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

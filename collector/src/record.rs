@@ -147,6 +147,18 @@ pub struct CaptureRecord {
     pub response: Option<CapturedResponse>,
 }
 
+/// Whether a stored line is an amendment: a record the filter sends again, under
+/// `complete_after_stored`, to say what happened to the exchange after its record was stored
+/// (top-level `"amendment": {"reason": …, "held_ms": …}`). The store keeps it beside the capture
+/// instead of dropping it as a duplicate. A key can only appear as `"amendment":` outside a JSON
+/// string, so the scan is exact once the parse confirms it is the record's own key.
+pub fn is_amendment(raw: &str) -> bool {
+    raw.contains("\"amendment\":")
+        && serde_json::from_str::<Value>(raw)
+            .ok()
+            .is_some_and(|v| v.get("amendment").is_some_and(Value::is_object))
+}
+
 /// Case-insensitive lookup of the first header named `name`.
 pub fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
     headers

@@ -166,6 +166,55 @@ async fn the_copy_stored_first_is_kept(b: Backend) {
     assert_eq!(store.get("x".into()).await.unwrap(), Some(first.raw));
 }
 
+async fn an_amendment_is_kept_beside_its_capture_whose_bytes_stay(b: Backend) {
+    let store = b.open().await;
+    let first = capture("held");
+    let mut amendment = capture("held");
+    amendment.outcome = "client_aborted".into();
+    amendment.raw = r#"{"id":"held","outcome":"client_aborted","amendment":{"reason":"client_gone_during_hold","held_ms":3.5}}"#.into();
+    store.insert_batch(vec![first.clone()]).await.unwrap();
+    assert_eq!(
+        store.amendments("held".into()).await.unwrap(),
+        Vec::<String>::new()
+    );
+    // Delivered twice (a retry): kept once; the capture's stored bytes do not change.
+    let out = store
+        .insert_batch(vec![amendment.clone(), capture("other")])
+        .await
+        .unwrap();
+    assert_eq!((out.stored, out.duplicates), (1, 1));
+    store.insert_batch(vec![amendment.clone()]).await.unwrap();
+    assert_eq!(store.get("held".into()).await.unwrap(), Some(first.raw));
+    assert_eq!(
+        store.amendments("held".into()).await.unwrap(),
+        vec![amendment.raw.clone()]
+    );
+    assert_eq!(
+        store.amendments("other".into()).await.unwrap(),
+        Vec::<String>::new()
+    );
+    // An amendment that arrives before its capture is a whole record: stored as the capture too.
+    let mut early = capture("early");
+    early.raw = amendment.raw.replace("held", "early");
+    store.insert_batch(vec![early.clone()]).await.unwrap();
+    assert_eq!(
+        store.get("early".into()).await.unwrap(),
+        Some(early.raw.clone())
+    );
+    assert_eq!(
+        store.amendments("early".into()).await.unwrap(),
+        vec![early.raw]
+    );
+    // A body that merely mentions the word is no amendment.
+    let mut mention = capture("mention");
+    mention.raw = r#"{"id":"mention","data":"say \"amendment\": {}"}"#.into();
+    store.insert_batch(vec![mention]).await.unwrap();
+    assert_eq!(
+        store.amendments("mention".into()).await.unwrap(),
+        Vec::<String>::new()
+    );
+}
+
 async fn list_pages_newest_first(b: Backend) {
     let store = b.open().await;
     store_indexed(&store, indexed(batch("r", 5))).await;
@@ -837,6 +886,7 @@ macro_rules! store_suite {
 store_suite!(
     duplicates_are_skipped_and_counted,
     the_copy_stored_first_is_kept,
+    an_amendment_is_kept_beside_its_capture_whose_bytes_stay,
     list_pages_newest_first,
     summaries_keep_missing_status_and_model,
     filters_narrow_the_list,

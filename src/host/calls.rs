@@ -31,6 +31,33 @@ pub fn body(buffer: BufferType, max: usize) -> Option<Vec<u8>> {
     hostcalls::get_buffer(buffer, 0, max).ok().flatten()
 }
 
+/// Up to `max` bytes from offset `start` of the body being processed (a paused stream's buffer
+/// grows with each chunk); `None` when the host has none.
+pub fn body_at(buffer: BufferType, start: usize, max: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(buffer, start, max).ok().flatten()
+}
+
+/// Lets the held response of stream `context_id` go on, from a root callback; false when the
+/// host knows no such context. The calls that follow act for the root again.
+pub fn resume_response(context_id: u32, root_id: u32) -> bool {
+    let done = set_effective_context(context_id) && hostcalls::resume_http_response().is_ok();
+    set_effective_context(root_id);
+    done
+}
+
+/// Resets the client's stream of `context_id` (Envoy's `proxy_close_stream` on the response),
+/// from a root callback; false when the host knows no such context.
+pub fn reset_response(context_id: u32, root_id: u32) -> bool {
+    let done = set_effective_context(context_id) && hostcalls::reset_http_response().is_ok();
+    set_effective_context(root_id);
+    done
+}
+
+/// Resets the client's stream being processed (a stream callback).
+pub fn reset_own_response() -> bool {
+    hostcalls::reset_http_response().is_ok()
+}
+
 /// The whole plugin configuration; `None` when the host has none.
 pub fn plugin_configuration() -> Option<Vec<u8>> {
     hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)

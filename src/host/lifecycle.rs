@@ -11,6 +11,7 @@
 use super::{calls, Root, Worker};
 use crate::batcher::Budget;
 use crate::handoff;
+use crate::hold::{HoldStats, Holds};
 use crate::registry::{self, Entry, Registry};
 use calls::{now_ms, now_ns};
 use log::{debug, info, warn};
@@ -24,6 +25,11 @@ use std::rc::{Rc, Weak};
 pub(super) struct Vm {
     pub(super) budget: Budget,
     roots: Vec<Local>,
+    /// Held ends of every root's streams (`complete_after_stored`): a stream whose root was
+    /// replaced is still resumed, released or reset by whichever root of the VM acts first.
+    pub(super) holds: Holds,
+    /// The hold counts as last published to the metrics (once per VM, not per root).
+    pub(super) holds_reported: HoldStats,
 }
 
 struct Local {
@@ -145,6 +151,11 @@ impl Root {
             stale_ms: flush.saturating_mul(10).max(10_000),
             receiving: false,
         });
+    }
+
+    /// This root's proxy-wide nonce, once it is configured.
+    pub(super) fn nonce(&self) -> Option<u64> {
+        self.me.as_ref().map(|me| me.nonce)
     }
 
     /// At the first tick: becomes the receiver of the plugin's hand-off queue (creating it).

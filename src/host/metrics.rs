@@ -1,6 +1,7 @@
 //! The filter's Envoy metrics: counters and gauges moved by deltas, so that every VM's roots add
 //! up to the proxy's totals.
 
+use super::lifecycle::with_vm;
 use super::{calls, Root};
 use crate::batcher::Stats;
 use proxy_wasm::types::MetricType;
@@ -26,6 +27,10 @@ pub(super) struct Metrics {
     pub(super) truncated_bytes: u32,
     pub(super) queue_bytes: u32,
     pub(super) queue_records: u32,
+    pub(super) holds: u32,
+    pub(super) holds_stored: u32,
+    pub(super) holds_released_unrecorded: u32,
+    pub(super) holds_reset: u32,
 }
 
 impl Metrics {
@@ -44,6 +49,10 @@ impl Metrics {
             truncated_bytes: counter("truthtable_body_bytes_truncated")?,
             queue_bytes: gauge("truthtable_queue_bytes")?,
             queue_records: gauge("truthtable_queue_records")?,
+            holds: counter("truthtable_hold_ends_held")?,
+            holds_stored: counter("truthtable_hold_ends_stored")?,
+            holds_released_unrecorded: counter("truthtable_hold_ends_released_unrecorded")?,
+            holds_reset: counter("truthtable_hold_streams_reset")?,
         })
     }
 
@@ -90,5 +99,18 @@ impl Root {
             self.reported.held_records,
         );
         self.reported = now;
+        // Held ends are the VM's, not one root's: whichever root reports first publishes them.
+        with_vm(|vm| {
+            let (h, was) = (vm.holds.stats, vm.holds_reported);
+            m.add(m.holds, h.held, was.held);
+            m.add(m.holds_stored, h.stored, was.stored);
+            m.add(
+                m.holds_released_unrecorded,
+                h.released_unrecorded,
+                was.released_unrecorded,
+            );
+            m.add(m.holds_reset, h.reset, was.reset);
+            vm.holds_reported = h;
+        });
     }
 }

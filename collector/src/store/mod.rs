@@ -468,6 +468,13 @@ pub trait CaptureStore: Send + Sync {
     /// The raw record stored under `id`.
     fn get(&self, id: String) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
+    /// The amendments stored for capture `id` (records carrying `"amendment"`, see
+    /// [`crate::record::is_amendment`]), as received, oldest first.
+    fn amendments(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
     /// Up to `query.limit` summaries that pass its filter, newest stored first, starting where
     /// its page says.
     fn list(
@@ -601,6 +608,10 @@ impl CaptureStore for Store {
 
     async fn get(&self, id: String) -> Result<Option<String>, StoreError> {
         dispatch!(self, s => s.get(id).await)
+    }
+
+    async fn amendments(&self, id: String) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, s => s.amendments(id).await)
     }
 
     async fn list(&self, query: ListQuery) -> Result<Vec<CaptureSummary>, StoreError> {

@@ -118,6 +118,16 @@ CREATE TABLE log_state (
 );
 INSERT INTO log_state (one, size, cursor) VALUES (1, 0, '0-0');
 ",
+    // Amendments (`complete_after_stored`): what happened to an exchange after its record was
+    // stored, kept as their own rows beside the capture (the capture's bytes never change).
+    "
+CREATE TABLE capture_amendments (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT NOT NULL UNIQUE,
+    received_ms INTEGER NOT NULL,
+    record      TEXT NOT NULL
+);
+",
 ];
 
 /// Milliseconds since the Unix epoch, by SQLite's clock.
@@ -238,6 +248,13 @@ fn insert_batch(conn: &mut Connection, batch: &[NewCapture]) -> Result<BatchOutc
                 outcome.duplicates += 1;
             }
         }
+        let mut amend = tx.prepare_cached(&format!(
+            "INSERT OR IGNORE INTO capture_amendments (id, received_ms, record)
+             VALUES (?1, {NOW_MS}, ?2)"
+        ))?;
+        for c in batch.iter().filter(|c| crate::record::is_amendment(&c.raw)) {
+            amend.execute(params![c.id, c.raw])?;
+        }
     }
     tx.commit()?;
     Ok(outcome)
@@ -313,6 +330,17 @@ impl CaptureStore for SqliteStore {
             let outcome = insert_batch(conn, &batch)?;
             inner.records.fetch_add(outcome.stored, Ordering::Relaxed);
             Ok(outcome)
+        })
+        .await
+    }
+
+    async fn amendments(&self, id: String) -> Result<Vec<String>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT record FROM capture_amendments WHERE id = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(params![id], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
         })
         .await
     }

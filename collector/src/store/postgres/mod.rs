@@ -132,6 +132,16 @@ CREATE TABLE log_state (
 );
 INSERT INTO log_state (one, size, cursor) VALUES (1, 0, '0-0');
 ",
+    // Amendments (`complete_after_stored`): what happened to an exchange after its record was
+    // stored, kept as their own rows beside the capture (the capture's bytes never change).
+    "
+CREATE TABLE capture_amendments (
+    seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          text NOT NULL UNIQUE,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    record      text NOT NULL
+);
+",
 ];
 
 const DIALECT: Dialect = Dialect {
@@ -161,6 +171,12 @@ const MIGRATION_LOCK: i64 = 0x7472_7574_6874_6162; // "truthtab"
 /// The records of a batch; of ids repeated in a batch the first is stored. `model` stays NULL:
 /// the digest, written behind ingest, names the model.
 const INSERT: &str = "
+WITH amended AS (
+    INSERT INTO capture_amendments (id, record)
+    SELECT a.id, a.record FROM unnest($1::text[], $8::text[], $9::bool[]) AS a(id, record, amends)
+    WHERE a.amends
+    ON CONFLICT (id) DO NOTHING
+)
 INSERT INTO captures (id, started_at, method, path, status, outcome, duration_ms, record)
 SELECT id, started_at, method, path, status, outcome, duration_ms, record
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[],
@@ -482,6 +498,10 @@ impl CaptureStore for PgStore {
         let raws = column(|c| &c.raw);
         let statuses: Vec<Option<i32>> = batch.iter().map(|c| c.status.map(i32::from)).collect();
         let durations: Vec<f64> = batch.iter().map(|c| c.duration_ms).collect();
+        let amends: Vec<bool> = batch
+            .iter()
+            .map(|c| crate::record::is_amendment(&c.raw))
+            .collect();
         let rows = self
             .with_client(async |client| {
                 let stmt = client.prepare_cached(INSERT).await?;
@@ -490,7 +510,7 @@ impl CaptureStore for PgStore {
                         &stmt,
                         &[
                             &ids, &started, &methods, &paths, &statuses, &outcomes, &durations,
-                            &raws,
+                            &raws, &amends,
                         ],
                     )
                     .await
@@ -512,6 +532,17 @@ impl CaptureStore for PgStore {
             duplicates: (batch.len() as u64).saturating_sub(stored),
             new,
         })
+    }
+
+    async fn amendments(&self, id: String) -> Result<Vec<String>, StoreError> {
+        self.with_client(async |client| {
+            let stmt = client
+                .prepare_cached("SELECT record FROM capture_amendments WHERE id = $1 ORDER BY seq")
+                .await?;
+            let rows = client.query(&stmt, &[&id]).await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+        .await
     }
 
     async fn get(&self, id: String) -> Result<Option<String>, StoreError> {

@@ -1,0 +1,790 @@
+//! `complete_after_stored`: a real Envoy running the built filter, a real upstream and the real
+//! collector. The response streams as it comes; its end reaches the client only once the
+//! collector has stored the exchange's record — checked by reading the store at the moment the
+//! client sees the end.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+/// A flush interval long enough that a record sent at the timer could not be stored before the
+/// client's end: only the hold's immediate send gets it there in time.
+const SLOW_FLUSH: &str = r#""flush_interval_ms": 3000"#;
+
+fn hold_config(extra: &str) -> String {
+    let keys = if extra.is_empty() {
+        format!(r#""complete_after_stored": true, {SLOW_FLUSH}"#)
+    } else {
+        format!(r#""complete_after_stored": true, {SLOW_FLUSH}, {extra}"#)
+    };
+    filter_config(&keys)
+}
+
+/// Envoy with `filter` in front of `upstream`, sending captures to `audit`, and telling each
+/// client its exchange's id (`x-request-id`, which is the capture's id).
+fn envoy(upstream: u16, audit: u16, filter: &str) -> Envoy {
+    Envoy::try_start_with(
+        EnvoyOpts {
+            upstream,
+            audit,
+            filter: Some(filter),
+            workers: 2,
+        },
+        |yaml| {
+            yaml.replace(
+                "preserve_external_request_id: false",
+                "preserve_external_request_id: false\n          always_set_request_id_in_response: true",
+            )
+        },
+    )
+    .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"))
+}
+
+/// Whether the collector has stored the capture `id` (read straight from its store).
+async fn stored(collector: &Collector, id: &str) -> bool {
+    let url = format!("http://127.0.0.1:{}/v1/captures/{id}", collector.port);
+    client().get(url).send().await.unwrap().status() == 200
+}
+
+/// Waits until Envoy's metric `name` reads `value` (the filter publishes at its ticks).
+async fn metric_becomes(envoy: &Envoy, name: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = envoy.metric(name);
+        if now == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} is {now:?}, expected {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn request_id(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-request-id")
+        .expect("Envoy sets x-request-id on the response")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_json_answer_ends_only_once_its_record_is_stored() {
+    let upstream = Upstream::start().await;
+    let collector = Collector::running().await;
+    let envoy = envoy(upstream.port, collector.port, &hold_config(""));
+    for path in ["/v1/chat/completions", "/bytes?n=40000"] {
+        let resp = client()
+            .post(envoy.url(path))
+            .body(r#"{"q":"capital of France?"}"#)
+            .send()
+            .await
+            .unwrap();
+        let id = request_id(&resp);
+        let body = resp.bytes().await.unwrap();
+        assert!(!body.is_empty());
+        assert!(
+            stored(&collector, &id).await,
+            "{path}: the client had the whole answer before its record {id} was stored"
+        );
+    }
+    metric_becomes(&envoy, "truthtable_hold_ends_stored", 2.0).await;
+    metric_becomes(&envoy, "truthtable_hold_ends_released_unrecorded", 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_hold_the_same_answer_ends_before_its_record_is_stored() {
+    // The control: the check above would catch an end that does not wait.
+    let upstream = Upstream::start().await;
+    let collector = Collector::running().await;
+    let envoy = envoy(upstream.port, collector.port, &filter_config(SLOW_FLUSH));
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let id = request_id(&resp);
+    resp.bytes().await.unwrap();
+    assert!(!stored(&collector, &id).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sse_events_stream_at_once_and_done_waits_for_the_record() {
+    let upstream = Upstream::start().await;
+    let collector = Collector::running().await;
+    let envoy = envoy(upstream.port, collector.port, &hold_config(""));
+    let mut resp = client()
+        .post(envoy.url("/sse-hold"))
+        .body(r#"{"stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    let id = request_id(&resp);
+    // The upstream has sent one event and waits: that event reaches the client now.
+    let first = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+        .await
+        .expect("the first event arrives while the upstream is still streaming")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, sse_event(0).as_bytes());
+    assert!(!stored(&collector, &id).await, "no record before the end");
+    upstream.release();
+    let mut rest = Vec::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        let had_done = String::from_utf8_lossy(&rest).contains("data: [DONE]");
+        rest.extend_from_slice(&chunk);
+        if !had_done && String::from_utf8_lossy(&rest).contains("data: [DONE]") {
+            assert!(
+                stored(&collector, &id).await,
+                "the client saw data: [DONE] before the record was stored"
+            );
+        }
+    }
+    let rest = String::from_utf8(rest).unwrap();
+    assert_eq!(rest, format!("{}data: [DONE]\n\n", sse_event(1)));
+    let record = &collector.get(&format!("/v1/captures/{id}")).await["capture"];
+    assert_eq!(record["outcome"], "complete");
+    let body = String::from_utf8(body_bytes(&record["response"])).unwrap();
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    assert!(body.starts_with(&sse_event(0)), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bodiless_answers_end_once_their_record_is_stored() {
+    let upstream = Upstream::start().await;
+    let collector = Collector::running().await;
+    let envoy = envoy(upstream.port, collector.port, &hold_config(""));
+    for (method, path, status) in [
+        (reqwest::Method::GET, "/status?code=204", 204),
+        (reqwest::Method::GET, "/status?code=304", 304),
+        (reqwest::Method::HEAD, "/v1/chat/completions", 200),
+    ] {
+        let resp = client()
+            .request(method.clone(), envoy.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{method} {path}");
+        let id = request_id(&resp);
+        resp.bytes().await.unwrap();
+        assert!(
+            stored(&collector, &id).await,
+            "{method} {path}: ended before its record was stored"
+        );
+        let record = &collector.get(&format!("/v1/captures/{id}")).await["capture"];
+        assert_eq!(record["response"]["status"], status);
+        assert_eq!(record["outcome"], "complete");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_collector_down_the_end_is_released_at_the_timeout_and_counted() {
+    let upstream = Upstream::start().await;
+    let mut collector = Collector::down(None);
+    let envoy = envoy(
+        upstream.port,
+        collector.port,
+        &hold_config(r#""hold_timeout_ms": 600, "on_hold_timeout": "release""#),
+    );
+    let started = Instant::now();
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let id = request_id(&resp);
+    let body = resp.bytes().await.unwrap();
+    let waited = started.elapsed();
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("the whole answer");
+    assert_eq!(answer["choices"][0]["message"]["content"], "Paris.");
+    assert!(
+        waited >= Duration::from_millis(550) && waited < Duration::from_millis(2000),
+        "the end waited hold_timeout_ms: {waited:?}"
+    );
+    metric_becomes(&envoy, "truthtable_hold_ends_released_unrecorded", 1.0).await;
+    // The record stayed queued and is delivered once the collector is back.
+    collector.start().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !stored(&collector, &id).await {
+        assert!(Instant::now() < deadline, "the queued record never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_collector_down_reset_never_lets_the_client_see_the_end() {
+    let upstream = Upstream::start().await;
+    let mut collector = Collector::down(None);
+    let envoy = envoy(
+        upstream.port,
+        collector.port,
+        &hold_config(r#""hold_timeout_ms": 400, "on_hold_timeout": "reset""#),
+    );
+    // A JSON answer: the client gets an error, never the whole body.
+    let started = Instant::now();
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .body("{}")
+        .send()
+        .await;
+    match resp {
+        Ok(resp) => {
+            let id = request_id(&resp);
+            let body = resp.bytes().await;
+            assert!(body.is_err(), "the client got a complete answer: {body:?}");
+            assert!(started.elapsed() >= Duration::from_millis(350));
+            // The record says what happened: stored first as complete, then amended.
+            collector.start().await;
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !stored(&collector, &id).await {
+                assert!(Instant::now() < deadline, "the record never arrived");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Err(e) => panic!("the response headers should have reached the client: {e}"),
+    }
+    // An SSE stream: the first event arrives, data: [DONE] never does.
+    collector.stop().await;
+    let mut resp = client()
+        .post(envoy.url("/sse?events=3&delay_ms=10"))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let ended = loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => seen.extend_from_slice(&c),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with(&sse_event(0)), "{seen}");
+    assert!(!seen.contains("[DONE]"), "{seen}");
+    assert!(ended.is_err(), "the stream was reset, not ended");
+    metric_becomes(&envoy, "truthtable_hold_streams_reset", 2.0).await;
+}
+
+// ---- terminal events ----------------------------------------------------------------------------
+
+/// An upstream that answers each path with fixed chunks, `None` standing for a 150 ms pause.
+async fn scripted(routes: Vec<(&'static str, &'static str, Vec<Option<&'static str>>)>) -> u16 {
+    use axum::body::Body;
+    use axum::http::{Response, Uri};
+    let routes = std::sync::Arc::new(routes);
+    let app = axum::Router::new().fallback(move |uri: Uri| {
+        let routes = routes.clone();
+        async move {
+            let (_, content_type, chunks) = routes
+                .iter()
+                .find(|(p, _, _)| *p == uri.path())
+                .expect("a scripted path")
+                .clone();
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
+            tokio::spawn(async move {
+                for chunk in chunks {
+                    match chunk {
+                        Some(c) => {
+                            if tx.send(Ok(bytes::Bytes::from(c))).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(150)).await,
+                    }
+                }
+            });
+            Response::builder()
+                .header("content-type", content_type)
+                .body(Body::from_stream(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                ))
+                .unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// Streams `path` through Envoy: the chunks before the terminal event arrive before it, the
+/// client sees the event only once the record is stored, and the whole body arrives. Returns the
+/// stored record.
+async fn terminal_event_waits(
+    envoy: &Envoy,
+    collector: &Collector,
+    path: &str,
+    event: &str,
+    whole: &str,
+) -> serde_json::Value {
+    let started = Instant::now();
+    let mut resp = client().post(envoy.url(path)).send().await.unwrap();
+    let id = request_id(&resp);
+    let mut seen = String::new();
+    let mut first_at = None;
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        first_at.get_or_insert(started.elapsed());
+        let had = seen.contains(event);
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        if !had && seen.contains(event) {
+            assert!(
+                stored(collector, &id).await,
+                "{path}: the client saw {event:?} before the record was stored"
+            );
+        }
+    }
+    assert_eq!(seen, whole, "{path}: the whole body, in order");
+    let total = started.elapsed();
+    assert!(
+        first_at.unwrap() + Duration::from_millis(250) < total,
+        "{path}: the first chunk arrived at once ({first_at:?} of {total:?})"
+    );
+    collector.get(&format!("/v1/captures/{id}")).await["capture"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_protocols_terminal_event_reaches_the_client_only_once_stored() {
+    let openai = vec![
+        Some("data: {\"choices\":[{\"delta\":{\"content\":\"Par\"}}]}\n\n"),
+        None,
+        Some("data: {\"choices\":[{\"delta\":{\"content\":\"is\"}}]}\n\nda"),
+        None,
+        Some("ta: [DO"),
+        None,
+        Some("NE]\n\n"),
+    ];
+    let anthropic = vec![
+        Some("event: message_start\ndata: {\"type\":\"message_start\"}\n\n"),
+        None,
+        Some("event: message_delta\ndata: {\"type\":\"message_delta\"}\n\nevent: message_st"),
+        None,
+        Some("op\ndata: {\"type\":\"message_stop\"}\n\n"),
+        // Bytes after the terminal event, once the end went out: they still reach the client.
+        None,
+        None,
+        Some(": keep-alive after the end\n\n"),
+    ];
+    let ollama = vec![
+        Some("{\"message\":{\"content\":\"Par\"},\"done\":false}\n"),
+        None,
+        Some("{\"message\":{\"content\":\"is\"},\"done\":false}\n{\"message\":{},\"done\""),
+        None,
+        Some(": true,\"total_duration\":1}\n"),
+    ];
+    let gemini = vec![
+        Some("[{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Par\"}]}}]}\n"),
+        None,
+        Some(",\r\n{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"is\"}]},\"finishReason\": \"STOP\"}]}\n"),
+        None,
+        Some("]"),
+    ];
+    let whole = |chunks: &Vec<Option<&str>>| chunks.iter().flatten().copied().collect::<String>();
+    let cases = [
+        (
+            "/v1/chat/completions",
+            "text/event-stream",
+            openai,
+            "data: [DONE]",
+        ),
+        (
+            "/v1/messages",
+            "text/event-stream",
+            anthropic,
+            "event: message_stop",
+        ),
+        (
+            "/api/chat",
+            "application/x-ndjson",
+            ollama,
+            "\"done\": true",
+        ),
+        (
+            "/v1beta/models/gemini-2.0-flash:streamGenerateContent",
+            "application/json",
+            gemini,
+            "\"finishReason\"",
+        ),
+    ];
+    let port = scripted(
+        cases
+            .iter()
+            .map(|(p, ct, chunks, _)| (*p, *ct, chunks.clone()))
+            .collect(),
+    )
+    .await;
+    let collector = Collector::running().await;
+    let envoy = envoy(port, collector.port, &hold_config(""));
+    for (path, _, chunks, event) in &cases {
+        let record = terminal_event_waits(&envoy, &collector, path, event, &whole(chunks)).await;
+        assert_eq!(record["outcome"], "complete", "{path}");
+        let body = String::from_utf8(body_bytes(&record["response"])).unwrap();
+        assert!(
+            body.contains(event) && whole(chunks).starts_with(&body),
+            "{path}: the record holds everything up to the terminal event: {body:?}"
+        );
+    }
+}
+
+// ---- the guarantee under SIGKILL ----------------------------------------------------------------
+
+/// What the clients of a load run saw: the ids of the answers they received completely.
+struct Load {
+    complete: Vec<String>,
+    failed: usize,
+}
+
+/// 24 concurrent clients (half JSON answers, half SSE streams) against whichever Envoy `port`
+/// names, while Envoy is SIGKILLed at random moments `kills` times and started again; returns
+/// the ids of every answer a client received completely (an SSE stream counts once its
+/// `data: [DONE]` arrived).
+async fn load_with_kills(filter: &str, collector: &Collector, kills: usize) -> Load {
+    use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+    use std::sync::{Arc, Mutex};
+    let upstream = Upstream::start().await;
+    let mut current = envoy(upstream.port, collector.port, filter);
+    let port = Arc::new(AtomicU16::new(current.port));
+    let stop = Arc::new(AtomicBool::new(false));
+    let complete = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for c in 0..24 {
+        let (port, stop, complete, failed) =
+            (port.clone(), stop.clone(), complete.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                let p = port.load(Ordering::SeqCst);
+                let (path, sse) = if c % 2 == 0 {
+                    ("/v1/chat/completions", false)
+                } else {
+                    ("/sse?events=4&delay_ms=5", true)
+                };
+                let got = async {
+                    let mut resp = http
+                        .post(format!("http://127.0.0.1:{p}{path}"))
+                        .body(r#"{"q":"?"}"#)
+                        .send()
+                        .await
+                        .ok()?;
+                    let id = resp
+                        .headers()
+                        .get("x-request-id")?
+                        .to_str()
+                        .ok()?
+                        .to_owned();
+                    let mut body = Vec::new();
+                    loop {
+                        match resp.chunk().await {
+                            Ok(Some(c)) => {
+                                body.extend_from_slice(&c);
+                                // A streaming client is done at the terminal event.
+                                if sse && body.ends_with(b"data: [DONE]\n\n") {
+                                    return Some(id);
+                                }
+                            }
+                            Ok(None) if !sse => {
+                                let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+                                return (v["choices"][0]["message"]["content"] == "Paris.")
+                                    .then_some(id);
+                            }
+                            _ => return None,
+                        }
+                    }
+                }
+                .await;
+                match got {
+                    Some(id) => complete.lock().unwrap().push(id),
+                    None => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    for _ in 0..kills {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let wait = 400 + (seed >> 33) % 800;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        drop(current); // SIGKILL
+        current = envoy(upstream.port, collector.port, filter);
+        port.store(current.port, Ordering::SeqCst);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    drop(current);
+    let complete = complete.lock().unwrap().clone();
+    Load {
+        complete,
+        failed: failed.load(Ordering::SeqCst),
+    }
+}
+
+/// How many of `ids` the collector has stored.
+async fn stored_count(collector: &Collector, ids: &[String]) -> usize {
+    use futures_util::StreamExt;
+    let http = client();
+    futures_util::stream::iter(ids)
+        .map(|id| {
+            let url = format!("http://127.0.0.1:{}/v1/captures/{id}", collector.port);
+            let http = http.clone();
+            async move { http.get(url).send().await.unwrap().status() == 200 }
+        })
+        .buffer_unordered(16)
+        .filter(|stored| std::future::ready(*stored))
+        .count()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_answer_received_completely_is_stored_though_envoy_is_sigkilled() {
+    let collector = Collector::running().await;
+    let filter = filter_config(r#""complete_after_stored": true, "flush_interval_ms": 1000"#);
+    let load = load_with_kills(&filter, &collector, 3).await;
+    let n = load.complete.len();
+    assert!(n > 100, "too little load to tell: {n} answers");
+    let stored = stored_count(&collector, &load.complete).await;
+    eprintln!(
+        "hold on: {stored} of {n} answers received completely are stored ({} requests failed with the kills)",
+        load.failed
+    );
+    assert_eq!(
+        stored,
+        n,
+        "{} answers received without their record",
+        n - stored
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_hold_sigkills_lose_answers_clients_received() {
+    // The control: the check above finds a loss when the hold is off.
+    let collector = Collector::running().await;
+    let filter = filter_config(r#""flush_interval_ms": 1000"#);
+    let load = load_with_kills(&filter, &collector, 3).await;
+    let n = load.complete.len();
+    assert!(n > 100, "too little load to tell: {n} answers");
+    // What Envoy had delivered before it died is all the collector will ever get.
+    let stored = stored_count(&collector, &load.complete).await;
+    eprintln!("hold off: {stored} of {n} answers received completely are stored");
+    assert!(
+        stored < n,
+        "no loss without the hold: the test could not tell"
+    );
+}
+
+// ---- after the record is stored -----------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_leaves_during_the_hold_is_told_by_an_amendment_of_the_capture() {
+    let upstream = Upstream::start().await;
+    let mut collector = Collector::down(None);
+    let envoy = envoy(
+        upstream.port,
+        collector.port,
+        &hold_config(r#""hold_timeout_ms": 20000"#),
+    );
+    // The collector is down: the end stays held. The client has the headers, then goes away.
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let id = request_id(&resp);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(resp);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    collector.start().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let read = loop {
+        let url = format!("http://127.0.0.1:{}/v1/captures/{id}", collector.port);
+        let resp = client().get(url).send().await.unwrap();
+        if resp.status() == 200 {
+            let read: serde_json::Value = resp.json().await.unwrap();
+            if read.get("amendments").is_some() {
+                break read;
+            }
+        }
+        assert!(Instant::now() < deadline, "no amended capture {id}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The capture as written at the end, unchanged; the amendment says the client never got it.
+    assert_eq!(read["capture"]["outcome"], "complete");
+    assert!(read["capture"].get("amendment").is_none());
+    let amendments = read["amendments"].as_array().unwrap();
+    assert_eq!(amendments.len(), 1, "{amendments:?}");
+    let a = &amendments[0];
+    assert_eq!(a["id"], id.as_str());
+    assert_eq!(a["outcome"], "client_aborted");
+    assert_eq!(a["amendment"]["reason"], "client_gone_during_hold");
+    assert!(a["amendment"]["held_ms"].as_f64().unwrap() >= 150.0, "{a}");
+}
+
+// ---- HTTP/2 and Envoy's own replies -------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_http2_stream_ends_only_once_its_record_is_stored() {
+    let upstream = Upstream::start().await;
+    let collector = Collector::running().await;
+    let envoy = envoy(upstream.port, collector.port, &hold_config(""));
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("headers");
+    for path in ["/sse?events=3&delay_ms=20", "/v1/chat/completions"] {
+        // curl over HTTP/2 with prior knowledge (h2c): a real HTTP/2 client.
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--http2-prior-knowledge", "-X", "POST", "-d", "{}"])
+            .args(["-w", "%{http_version}", "-D"])
+            .arg(&headers)
+            .arg(envoy.url(path))
+            .output()
+            .await
+            .expect("curl (scripts/setup installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(stdout.ends_with('2'), "HTTP/2: {stdout}");
+        let id = std::fs::read_to_string(&headers)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: ").map(str::to_owned))
+            .expect("x-request-id");
+        assert!(
+            stored(&collector, id.trim()).await,
+            "{path}: curl had the whole HTTP/2 answer before its record was stored"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn envoys_own_error_reply_ends_only_once_its_record_is_stored() {
+    let collector = Collector::running().await;
+    // Nothing listens upstream: Envoy answers 503 itself.
+    let nobody = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let envoy = envoy(nobody, collector.port, &hold_config(""));
+    let resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let id = request_id(&resp);
+    let body = resp.bytes().await.unwrap();
+    assert!(!body.is_empty(), "Envoy's reply has a body");
+    assert!(
+        stored(&collector, &id).await,
+        "the local reply ended before its record was stored"
+    );
+    let record = &collector.get(&format!("/v1/captures/{id}")).await["capture"];
+    assert_eq!(record["outcome"], "upstream_failed");
+    assert_eq!(record["response"]["status"], 503);
+}
+
+// ---- configuration changes ----------------------------------------------------------------------
+
+/// The record of the request that carried `x-test-case: case`, if the collector has stored it.
+async fn stored_case(collector: &Collector, case: &str) -> bool {
+    let list = collector.get("/v1/captures?limit=1000").await;
+    for s in list["captures"].as_array().unwrap() {
+        let read = collector
+            .get(&format!("/v1/captures/{}", s["id"].as_str().unwrap()))
+            .await;
+        if header(&read["capture"]["request"], "x-test-case") == Some(case) {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_stream_whose_configuration_is_replaced_still_completes_or_times_out() {
+    use common::lds::{LdsEnvoy, Listener, VmLayout};
+    let upstream = Upstream::start().await;
+    let mut collector = Collector::down(None);
+    let port = free_port();
+    let config = |timeout: u32, flush: u32| {
+        filter_config(&format!(
+            r#""complete_after_stored": true, "hold_timeout_ms": {timeout}, "flush_interval_ms": {flush}"#
+        ))
+    };
+    let (a, b, c) = (config(10_000, 3000), config(800, 2000), config(800, 1000));
+    let listener = |config| Listener {
+        name: "llm",
+        port,
+        plugin: "truthtable",
+        config,
+        vm: VmLayout::Shared("truthtable"),
+    };
+    let mut envoy = LdsEnvoy::start(upstream.port, collector.port, 2, 5, &[listener(&a)]);
+    let url = envoy.url(port, "/v1/chat/completions");
+    let ask = |case: &'static str| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let body = fetch(client().post(url).header("x-test-case", case).body("{}")).await;
+            (body, started.elapsed())
+        })
+    };
+
+    // Held under A with the collector down; A is replaced by B; the collector comes back: the
+    // old configuration's record is stored and its end goes out.
+    let held = ask("held-under-a");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    envoy.update(&[listener(&b)]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "the end waits for the record");
+    collector.start().await;
+    let (body, took) = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the end went out once stored")
+        .unwrap();
+    assert!(body.starts_with(b"{"), "the whole answer");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(stored_case(&collector, "held-under-a").await);
+
+    // Held under B with the collector down again; B is replaced by C: B's hold_timeout_ms
+    // releases the end.
+    collector.stop().await;
+    let held = ask("held-under-b");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    envoy.update(&[listener(&c)]);
+    let (body, took) = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("released at hold_timeout_ms")
+        .unwrap();
+    assert!(body.starts_with(b"{"), "the whole answer");
+    assert!(took >= Duration::from_millis(750), "{took:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while envoy.metric("truthtable_hold_ends_released_unrecorded") != Some(1.0) {
+        assert!(Instant::now() < deadline, "the release is counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
