@@ -358,7 +358,7 @@ async fn get_one(
     };
     let view = serde_json::to_string(&read.view).unwrap_or_else(|_| "null".to_owned());
     // Amendments (`complete_after_stored`), shown only when there are some.
-    let amendments = match state.store.amendments(id).await {
+    let amendments = match state.store.amendments(id.clone()).await {
         Ok(a) if a.is_empty() => String::new(),
         Ok(a) => format!(",\"amendments\":[{}]", a.join(",")),
         Err(e) => return store_failure(&state, &e).into_response(),
