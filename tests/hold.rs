@@ -241,13 +241,22 @@ async fn with_the_collector_down_reset_never_lets_the_client_see_the_end() {
             let body = resp.bytes().await;
             assert!(body.is_err(), "the client got a complete answer: {body:?}");
             assert!(started.elapsed() >= Duration::from_millis(350));
-            // The record says what happened: stored first as complete, then amended.
+            // The record says what happened: stored as written at the end, then amended.
             collector.start().await;
             let deadline = Instant::now() + Duration::from_secs(15);
-            while !stored(&collector, &id).await {
-                assert!(Instant::now() < deadline, "the record never arrived");
+            let read = loop {
+                if stored(&collector, &id).await {
+                    let read = collector.get(&format!("/v1/captures/{id}")).await;
+                    if read.get("amendments").is_some() {
+                        break read;
+                    }
+                }
+                assert!(Instant::now() < deadline, "no amended record {id}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            };
+            let amendment = &read["amendments"][0];
+            assert_eq!(amendment["amendment"]["reason"], "reset_after_hold_timeout");
+            assert_ne!(amendment["outcome"], "complete");
         }
         Err(e) => panic!("the response headers should have reached the client: {e}"),
     }
