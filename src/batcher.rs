@@ -600,6 +600,45 @@ mod tests {
     }
 
     #[test]
+    fn a_held_record_leaves_at_once_and_its_2xx_names_exactly_its_streams() {
+        let mut b = Batcher::new(limits());
+        record(&mut b, 0, 10);
+        assert!(!b.has_holds_due(0));
+        let held = |b: &mut Batcher, ctx: u32| {
+            b.append_held(0, 0, ctx, |out, _| out.extend_from_slice(b"held\n"))
+        };
+        assert_eq!(held(&mut b, 7), Appended::Whole);
+        assert_eq!(held(&mut b, 8), Appended::Whole);
+        assert!(b.has_holds_due(0));
+        // Due at once, not at the flush interval; the plain record rides along.
+        let batch = b.next_due(0).expect("due at once");
+        assert_eq!((batch.records, batch.holds.clone()), (3, vec![7, 8]));
+        b.sent(1, batch, 0);
+        // A failed callout keeps the holds with the batch for its retry.
+        assert_eq!(b.answered(1, false, 1), Vec::<u32>::new());
+        let retry = b.next_due(100).expect("retried");
+        assert_eq!(retry.holds, vec![7, 8]);
+        b.sent(2, retry, 100);
+        held(&mut b, 9);
+        // While failing, one callout at a time: the later hold waits for the retry's answer.
+        assert_eq!(b.next_due(100), None);
+        assert_eq!(b.answered(2, true, 101), vec![7, 8]);
+        let next = b.next_due(101).expect("a later hold in a batch of its own");
+        b.sent(3, next, 101);
+        assert_eq!(b.answered(3, true, 102), vec![9]);
+        assert!(!b.has_holds_due(102));
+    }
+
+    #[test]
+    fn a_held_record_that_fills_the_batch_is_named_by_the_sealed_batch() {
+        let mut b = Batcher::new(limits());
+        b.append_held(0, 0, 5, |out, _| out.extend(std::iter::repeat_n(b'x', 150)));
+        let batch = b.next_due(0).expect("sealed when full");
+        assert_eq!(batch.holds, vec![5]);
+        assert_eq!(b.next_due(0), None);
+    }
+
+    #[test]
     fn only_a_2xx_status_acknowledges_a_batch() {
         for ok in ["200", "201", "204", "299"] {
             assert!(acknowledged(Some(ok.as_bytes())), "{ok}");

@@ -241,13 +241,22 @@ async fn with_the_collector_down_reset_never_lets_the_client_see_the_end() {
             let body = resp.bytes().await;
             assert!(body.is_err(), "the client got a complete answer: {body:?}");
             assert!(started.elapsed() >= Duration::from_millis(350));
-            // The record says what happened: stored first as complete, then amended.
+            // The record says what happened: stored as written at the end, then amended.
             collector.start().await;
             let deadline = Instant::now() + Duration::from_secs(15);
-            while !stored(&collector, &id).await {
-                assert!(Instant::now() < deadline, "the record never arrived");
+            let read = loop {
+                if stored(&collector, &id).await {
+                    let read = collector.get(&format!("/v1/captures/{id}")).await;
+                    if read.get("amendments").is_some() {
+                        break read;
+                    }
+                }
+                assert!(Instant::now() < deadline, "no amended record {id}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            };
+            let amendment = &read["amendments"][0];
+            assert_eq!(amendment["amendment"]["reason"], "reset_after_hold_timeout");
+            assert_ne!(amendment["outcome"], "complete");
         }
         Err(e) => panic!("the response headers should have reached the client: {e}"),
     }
@@ -787,4 +796,194 @@ async fn a_held_stream_whose_configuration_is_replaced_still_completes_or_times_
         assert!(Instant::now() < deadline, "the release is counted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+// ---- trailers -----------------------------------------------------------------------------------
+
+/// An HTTP/1.1 upstream that answers every request with a chunked JSON body, then, 300 ms later,
+/// its trailers (`x-checksum: abc123`): written by hand, since the end of this answer is the
+/// trailers and nothing else.
+async fn trailing_upstream() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // A request without a body: it ends at its blank line.
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let at = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..at);
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                                transfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
+                                e\r\n{\"answer\":\"ok\"\r\n";
+                    if conn.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let tail = "1\r\n}\r\n0\r\nx-checksum: abc123\r\n\r\n";
+                    if conn.write_all(tail.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trailers_reach_the_client_only_once_the_record_is_stored() {
+    let upstream = trailing_upstream().await;
+    let collector = Collector::running().await;
+    // Envoy's HTTP/1 codec passes the upstream's trailers on only when told to; HTTP/2 clients
+    // always get them.
+    let envoy = Envoy::try_start_with(
+        EnvoyOpts {
+            upstream,
+            audit: collector.port,
+            filter: Some(&hold_config("")),
+            workers: 2,
+        },
+        |yaml| {
+            let yaml = yaml.replace(
+                "preserve_external_request_id: false",
+                "preserve_external_request_id: false\n          always_set_request_id_in_response: true",
+            );
+            let cluster = "  - name: llm_upstream\n    type: STATIC\n";
+            assert_eq!(yaml.matches(cluster).count(), 1);
+            yaml.replace(
+                cluster,
+                &format!(
+                    "{cluster}    typed_extension_protocol_options:\n      \
+                     envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \
+                     \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        \
+                     explicit_http_config:\n          \
+                     http_protocol_options: {{ enable_trailers: true }}\n"
+                ),
+            )
+        },
+    )
+    .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"));
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("headers");
+    // curl over HTTP/2 (h2c): it writes the trailers to the header dump after the headers.
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "-D"])
+        .arg(&headers)
+        .arg(envoy.url("/v1/chat/completions"))
+        .output()
+        .await
+        .expect("curl (scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = {
+        let dump = std::fs::read_to_string(&headers).unwrap();
+        assert!(
+            dump.contains("x-checksum: abc123"),
+            "the trailers reached the client: {dump}"
+        );
+        dump.lines()
+            .find_map(|l| {
+                l.strip_prefix("x-request-id: ")
+                    .map(|v| v.trim().to_owned())
+            })
+            .expect("x-request-id")
+    };
+    assert_eq!(out.stdout, b"{\"answer\":\"ok\"}");
+    // No content-length and a body chunk without end of stream: the trailers are the end.
+    assert!(
+        stored(&collector, &id).await,
+        "the client had the trailers before the record {id} was stored"
+    );
+    metric_becomes(&envoy, "truthtable_hold_ends_stored", 1.0).await;
+    let record = &collector.get(&format!("/v1/captures/{id}")).await["capture"];
+    assert_eq!(record["outcome"], "complete");
+}
+
+// ---- a failure after the end went out -----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_that_fails_after_its_end_went_out_is_told_by_an_amendment() {
+    use axum::body::Body;
+    use axum::http::Response;
+    // An SSE stream whose terminal event is followed by more bytes, then the upstream breaks off
+    // (an error in the body: the connection closes without the chunked terminator).
+    let app = axum::Router::new().fallback(|| async {
+        let chunks = futures_util::stream::unfold(0u8, |step| async move {
+            match step {
+                0 => Some((Ok(bytes::Bytes::from("data: {\"a\":1}\n\n")), 1)),
+                1 => Some((Ok(bytes::Bytes::from("data: [DONE]\n\n")), 2)),
+                2 => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Some((Ok(bytes::Bytes::from(": after the end\n\n")), 3))
+                }
+                3 => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Some((Err(std::io::Error::other("upstream breaks off")), 4))
+                }
+                _ => None,
+            }
+        });
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Body::from_stream(chunks))
+            .unwrap()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let collector = Collector::running().await;
+    let envoy = envoy(port, collector.port, &hold_config(""));
+    let mut resp = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
+    let id = request_id(&resp);
+    let mut seen = String::new();
+    let ended = loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                let had = seen.contains("[DONE]");
+                seen.push_str(&String::from_utf8_lossy(&c));
+                if !had && seen.contains("[DONE]") {
+                    assert!(stored(&collector, &id).await, "[DONE] before the record");
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(seen.contains("[DONE]"), "{seen}");
+    assert!(ended.is_err(), "the stream broke off after the end: {seen}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let read = loop {
+        let read = collector.get(&format!("/v1/captures/{id}")).await;
+        if read.get("amendments").is_some() {
+            break read;
+        }
+        assert!(Instant::now() < deadline, "no amended capture {id}: {read}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The capture as written at the end; the amendment tells the failure that followed.
+    assert_eq!(read["capture"]["outcome"], "complete");
+    let amendments = read["amendments"].as_array().unwrap();
+    assert_eq!(amendments.len(), 1, "{amendments:?}");
+    let a = &amendments[0];
+    assert_eq!(a["amendment"]["reason"], "failed_after_release");
+    assert_ne!(a["outcome"], "complete", "{a}");
+    let body = String::from_utf8(body_bytes(&a["response"])).unwrap();
+    assert!(body.contains(": after the end"), "{body:?}");
 }
