@@ -371,6 +371,7 @@ impl HttpContext for Capture {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.exchange.response_chunks.push(now_ns(), body_size);
         tap(
             &mut self.exchange.response_body,
             BufferType::HttpResponseBody,

@@ -3,6 +3,7 @@
 //! A stream context fills an [`Exchange`] as callbacks arrive; after `on_log` it is written, once,
 //! straight into the delivery buffer as one NDJSON line. Nothing here allocates per header.
 
+use crate::arrivals::Arrivals;
 use crate::batcher::Bodies;
 use crate::body::BodyTap;
 use crate::clock::Rfc3339;
@@ -63,6 +64,8 @@ pub struct Exchange {
     pub response_headers: Option<HeaderBlock>,
     pub response_headers_ns: Option<u64>,
     pub response_body: BodyTap,
+    /// When each response body chunk passed, and its size.
+    pub response_chunks: Arrivals,
     /// The response's end of stream passed the filter.
     pub response_ended: bool,
 }
@@ -215,6 +218,7 @@ impl Exchange {
                 out.extend_from_slice(b",\"first_byte_ms\":");
                 let first_byte_ns = self.response_headers_ns.unwrap_or(end.now_ns);
                 json::millis(out, micros_since_start(first_byte_ns));
+                self.response_chunks.write_fields(out, started_ns);
                 out.push(b'}');
             }
         }
@@ -414,7 +418,9 @@ mod tests {
         ]));
         ex.response_headers_ns = Some(T0 + 212_500_000);
         feed(&mut ex.response_body, b"data: 1\n\n");
+        ex.response_chunks.push(T0 + 300_000_000, 9);
         feed(&mut ex.response_body, b"data: 2\n\n");
+        ex.response_chunks.push(T0 + 1_800_000_500, 9);
         ex.response_ended = true;
         ex
     }
@@ -452,7 +458,9 @@ mod tests {
                     "headers": [["content-type", "text/event-stream"],
                                 ["set-cookie", "[REDACTED]"], ["set-cookie", "[REDACTED]"]],
                     "body": {"encoding": "utf8", "data": "data: 1\n", "size": 18, "truncated": true},
-                    "first_byte_ms": 212.5
+                    "first_byte_ms": 212.5,
+                    "chunks": [[300_000, 9], [1_800_000, 9]],
+                    "chunks_more": null
                 }
             })
         );
