@@ -98,7 +98,12 @@ pub fn of(record: &CaptureRecord, view: &AuditView) -> Digest {
 
 /// The audit view of `record`; a derivation that panics gives an `unknown` view instead.
 pub fn view_of(record: &CaptureRecord) -> AuditView {
-    std::panic::catch_unwind(|| audit::derive(record))
+    view_with(record, audit::timing::DEFAULT_STALL_THRESHOLD_MS)
+}
+
+/// [`view_of`], with gaps between content longer than `stall_threshold_ms` reported as stalls.
+pub fn view_with(record: &CaptureRecord, stall_threshold_ms: u64) -> AuditView {
+    std::panic::catch_unwind(|| audit::derive_with(record, stall_threshold_ms))
         .unwrap_or_else(|_| AuditView::unknown("the audit derivation failed on this record"))
 }
 

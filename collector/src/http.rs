@@ -47,6 +47,8 @@ pub struct AppState {
     pub otlp: Option<crate::otlp::Exporter>,
     /// Gives stored records their digests, behind ingest (`crate::indexer`).
     pub indexer: Arc<crate::indexer::Indexer>,
+    /// Gaps between content longer than this are stalls (`--stall-threshold-ms`).
+    pub stall_threshold_ms: u64,
 }
 
 impl AppState {

@@ -50,6 +50,7 @@ pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppStat
         max_body_bytes: config.max_body_bytes,
         otlp,
         indexer: Arc::new(indexer::Indexer::new()),
+        stall_threshold_ms: config.stall_threshold_ms,
     }))
 }
 

@@ -270,10 +270,11 @@ pub async fn capture(state: &AppState, id: String) -> Result<Option<CaptureRead>
         return Ok(None);
     };
     // Deriving decodes and parses the bodies: CPU work, kept off the async workers.
+    let stall_ms = state.stall_threshold_ms;
     let read = tokio::task::spawn_blocking(move || {
         let record = CaptureRecord::parse_line(&raw).map_err(|e| e.to_string());
         let view = match &record {
-            Ok(r) => digest::view_of(r),
+            Ok(r) => digest::view_with(r, stall_ms),
             Err(e) => AuditView::unknown(format!("stored record no longer validates: {e}")),
         };
         CaptureRead { raw, record, view }

@@ -570,6 +570,8 @@ mod tests {
                 headers: vec![("content-type".into(), content_type.into())],
                 body: body(response),
                 first_byte_ms: Some(212.5),
+                chunks: Vec::new(),
+                chunks_more: None,
             }),
         }
     }
