@@ -28,6 +28,7 @@ use crate::body::BodyTap;
 use crate::config::Config;
 use crate::group::Group;
 use crate::record::{Ending, Exchange};
+use crate::websocket::FrameWalk;
 use calls::{now_ms, now_ns};
 use log::{debug, error, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -356,6 +357,9 @@ impl HttpContext for Capture {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if let Some(ws) = self.exchange.websocket.as_deref_mut() {
+            walk(&mut ws.client, BufferType::HttpRequestBody, body_size);
+        }
         tap(
             &mut self.exchange.request_body,
             BufferType::HttpRequestBody,
@@ -366,12 +370,18 @@ impl HttpContext for Capture {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.exchange.response_headers_ns = Some(now_ns());
+        if calls::response_status().as_deref() == Some(b"101") {
+            self.exchange.websocket = Some(Box::default());
+        }
         self.exchange.response_ended |= end_of_stream;
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.exchange.response_chunks.push(now_ns(), body_size);
+        if let Some(ws) = self.exchange.websocket.as_deref_mut() {
+            walk(&mut ws.upstream, BufferType::HttpResponseBody, body_size);
+        }
         tap(
             &mut self.exchange.response_body,
             BufferType::HttpResponseBody,
@@ -451,6 +461,18 @@ fn tap(body: &mut BodyTap, buffer: BufferType, size: usize) {
     match (room > 0).then(|| calls::body(buffer, room)).flatten() {
         Some(bytes) => body.push(size, bytes),
         None => body.count(size),
+    }
+}
+
+/// Walks the WebSocket frame headers of a chunk, reading it only when a header is in it.
+fn walk(frames: &mut FrameWalk, buffer: BufferType, size: usize) {
+    match frames
+        .wants(size)
+        .then(|| calls::body(buffer, size))
+        .flatten()
+    {
+        Some(bytes) => frames.feed(&bytes),
+        None => frames.pass(size),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod outcome;
 pub mod record;
 pub mod redact;
 pub mod registry;
+pub mod websocket;
 
 #[cfg(target_arch = "wasm32")]
 mod host;

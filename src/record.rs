@@ -12,6 +12,7 @@ use crate::headers::{status_code, HeaderBlock};
 use crate::json;
 use crate::outcome::{classify, Outcome};
 use crate::redact;
+use crate::websocket::Session;
 use base64::Engine;
 use std::borrow::Cow;
 
@@ -68,6 +69,8 @@ pub struct Exchange {
     pub response_chunks: Arrivals,
     /// The response's end of stream passed the filter.
     pub response_ended: bool,
+    /// An upgraded exchange (`101`): its frames, walked for the Close frames.
+    pub websocket: Option<Box<Session>>,
 }
 
 /// What is known only when the exchange is over.
@@ -100,7 +103,15 @@ impl Exchange {
         self.request_body.kept().len() + self.response_body.kept().len()
     }
 
+    /// How the exchange ended. Envoy ends every WebSocket session as a reset; one whose close
+    /// handshake completed normally is `complete`.
     pub fn outcome(&self, details: &str) -> Outcome {
+        let websocket = self.request_headers.as_ref().and_then(|h| h.get("upgrade"));
+        if websocket.is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"))
+            && self.websocket.as_ref().is_some_and(|s| s.closed_normally())
+        {
+            return Outcome::Complete;
+        }
         classify(details, self.response_ended)
     }
 
@@ -592,6 +603,34 @@ mod tests {
         assert_eq!(got["request"]["body"]["data"], "abcdeff");
         assert_eq!(got["request"]["body"]["truncated"], true);
         assert_eq!(got["request"]["body"]["size"], 12);
+    }
+
+    #[test]
+    fn a_websocket_session_whose_close_handshake_completed_is_complete() {
+        let reset = "upstream_reset_after_response_started{connection_termination}";
+        let mut ex = Exchange::new(8);
+        ex.request_headers = Some(HeaderBlock::from_pairs(&[
+            (":method", "GET"),
+            ("upgrade", "WebSocket"),
+        ]));
+        let mut session = Session::default();
+        assert_eq!(ex.outcome(reset), Outcome::UpstreamFailed, "no session");
+        session.client.feed(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]); // masked close 1000
+        ex.websocket = Some(Box::new(session.clone()));
+        assert_eq!(
+            ex.outcome(reset),
+            Outcome::UpstreamFailed,
+            "one side closed"
+        );
+        session.upstream.feed(&[0x88, 0x02, 0x03, 0xe8]);
+        ex.websocket = Some(Box::new(session));
+        assert_eq!(ex.outcome(reset), Outcome::Complete);
+        ex.request_headers = Some(HeaderBlock::from_pairs(&[(":method", "GET")]));
+        assert_eq!(
+            ex.outcome(reset),
+            Outcome::UpstreamFailed,
+            "not a WebSocket upgrade"
+        );
     }
 
     #[test]
