@@ -250,19 +250,20 @@ async fn ttft_token_gaps_and_a_stall_are_found_where_a_paced_upstream_put_them()
             timing["first_byte_ms"].as_f64().unwrap() < FIRST_MS as f64,
             "{path}: {timing}"
         );
-        // Pacing on loopback is exact to a millisecond or two; the slack is for a busy machine.
+        // Pacing on loopback is exact to a few milliseconds (one chunk late by a few ms shortens
+        // the gap after it); the slack is for a busy machine.
         assert_near(&format!("{path} ttft_ms"), &timing["ttft_ms"], FIRST_MS, 40);
         assert_near(
             &format!("{path} p50"),
             &timing["inter_token_ms"]["p50"],
-            GAP_MS - 5,
-            25,
+            GAP_MS - 10,
+            30,
         );
         assert_near(
             &format!("{path} max"),
             &timing["inter_token_ms"]["max"],
-            STALL_MS - 5,
-            60,
+            STALL_MS - 20,
+            80,
         );
         let stalls = timing["stalls"].as_array().unwrap();
         assert_eq!(stalls.len(), 1, "{path}: {timing}");
@@ -282,13 +283,38 @@ async fn ttft_token_gaps_and_a_stall_are_found_where_a_paced_upstream_put_them()
         assert_near(
             &format!("{path} stall gap"),
             &stall["gap_ms"],
-            STALL_MS - 5,
-            60,
+            STALL_MS - 20,
+            80,
         );
         // 9 output tokens over the ~1.3 s from the first word to the last.
         let rate = timing["output_tokens_per_s"].as_f64().unwrap();
         assert!((5.0..8.0).contains(&rate), "{path}: {rate} tokens/s");
     }
+    // The list finds them by their TTFT, slowest first (digests are written just behind ingest).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let list = r
+            .collector
+            .get("/v1/captures?ttft_above=250&sort=ttft")
+            .await;
+        if list["captures"].as_array().unwrap().len() == 3 || Instant::now() > deadline {
+            break list;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ttfts: Vec<f64> = listed["captures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["ttft_ms"].as_f64().unwrap())
+        .collect();
+    assert_eq!(ttfts.len(), 3, "{listed}");
+    assert!(
+        ttfts.windows(2).all(|w| w[0] >= w[1]),
+        "slowest first: {ttfts:?}"
+    );
+    let none = r.collector.get("/v1/captures?ttft_above=5000").await;
+    assert_eq!(none["captures"], json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

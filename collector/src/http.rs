@@ -328,8 +328,8 @@ async fn list(
     match reads::list(&state, &req).await {
         Ok(page) => Json(json!({
             "captures": page.captures,
-            "next_before": page.next_before.map(|s| s.to_string()),
-            "prev_after": page.prev_after.map(|s| s.to_string()),
+            "next_before": page.next_before,
+            "prev_after": page.prev_after,
             "indexing": page.indexing,
         }))
         .into_response(),

@@ -347,7 +347,9 @@ fn every_list_parameter_and_field_is_documented_in_both_places() {
         body_truncated: None,
         stream_complete: None,
         problems: None,
+        ttft_ms: None,
         seq: 0,
+        keys: (None, None),
     })
     .unwrap();
     let mut fields: Vec<String> = summary

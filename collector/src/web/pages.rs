@@ -157,14 +157,14 @@ fn select(name: &str, label: &str, current: Option<&str>, options: &[&str], any:
     }
 }
 
-fn pager_href(req: &ListRequest, cursor: Option<(&str, i64)>) -> String {
+fn pager_href(req: &ListRequest, cursor: Option<(&str, &str)>) -> String {
     let mut pairs: Vec<(&str, String)> = req
         .filters
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
-    if let Some((k, seq)) = cursor {
-        pairs.push((k, seq.to_string()));
+    if let Some((k, at)) = cursor {
+        pairs.push((k, at.to_owned()));
     }
     let qs = format::query_string(pairs.iter().map(|(k, v)| (*k, v.as_str())));
     if qs.is_empty() {
@@ -251,11 +251,11 @@ pub fn list(
                     }
                 }
                 nav.pager {
-                    @if page.prev_after.is_some() || !matches!(req.query.page, crate::store::Page::Newest) {
+                    @if page.prev_after.is_some() || !matches!(req.query.page, crate::store::Page::Newest) || req.query.after_key.is_some() {
                         a #newest href=(pager_href(req, None)) { "⇤ Newest" }
                     }
-                    @if let Some(after) = page.prev_after { a #newer href=(pager_href(req, Some(("after", after)))) { "← Newer" } }
-                    @if let Some(before) = page.next_before { a #older href=(pager_href(req, Some(("before", before)))) { "Older →" } }
+                    @if let Some(after) = &page.prev_after { a #newer href=(pager_href(req, Some(("after", after)))) { "← Newer" } }
+                    @if let Some(before) = &page.next_before { a #older href=(pager_href(req, Some(("before", before)))) { "Older →" } }
                 }
             }
         }))
