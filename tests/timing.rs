@@ -315,6 +315,30 @@ async fn ttft_token_gaps_and_a_stall_are_found_where_a_paced_upstream_put_them()
     );
     let none = r.collector.get("/v1/captures?ttft_above=5000").await;
     assert_eq!(none["captures"], json!([]));
+    // /metrics: a TTFT histogram per model, and the 8 gaps of each answer.
+    let metrics = client()
+        .get(format!("http://127.0.0.1:{}/metrics", r.collector.port))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for model in ["gpt-4o", "claude-sonnet-4-5", "llama3.2"] {
+        for line in [
+            format!("truthtable_collector_ttft_seconds_bucket{{model=\"{model}\",le=\"0.25\"}} 0"),
+            format!("truthtable_collector_ttft_seconds_bucket{{model=\"{model}\",le=\"0.5\"}} 1"),
+            format!("truthtable_collector_inter_token_seconds_count{{model=\"{model}\"}} 8"),
+            format!(
+                "truthtable_collector_inter_token_seconds_bucket{{model=\"{model}\",le=\"0.5\"}} 7"
+            ),
+        ] {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "no {line} in\n{metrics}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -394,7 +394,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
                 pending: state.indexer.pending(),
                 written: state.indexer.written(),
             },
-        ),
+        ) + &state.indexer.timing.render(),
     )
         .into_response()
 }
