@@ -2,7 +2,7 @@
 //! time to first token, token gaps and stalls (derived by the collector, not here).
 //!
 //! The first [`MAX_CHUNKS`] chunks are kept one by one; the rest are summed up. A chunk costs a
-//! clock read (the caller's) and 12 bytes of a vector that grows by doubling.
+//! clock read (the caller's) and 16 bytes of a vector that grows by doubling.
 
 use crate::json;
 

@@ -3,7 +3,9 @@
 //!
 //! - [`Capture`], the `HttpContext` of each stream, notes when the request headers arrived
 //!   (`on_http_request_headers`), copies the capped part of each body chunk as Envoy forwards it
-//!   (`on_http_request_body`, `on_http_response_body`), and in `on_log` — which Envoy runs for
+//!   (`on_http_request_body`, `on_http_response_body`) — noting when each response chunk passed
+//!   (`arrivals`) and, for an upgraded (`101`) exchange, walking the WebSocket frame headers to
+//!   find the Close frames (`websocket`) —, and in `on_log` — which Envoy runs for
 //!   every stream, resets and local replies included, sometimes as its first callback — reads
 //!   both header maps and `response.code_details` and hands the finished exchange to its worker.
 //!   Every callback returns `Continue`: nothing is held in Envoy on the capture's behalf.
@@ -378,7 +380,9 @@ impl HttpContext for Capture {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.exchange.response_chunks.push(now_ns(), body_size);
+        if !cfg!(feature = "no-chunk-timing") {
+            self.exchange.response_chunks.push(now_ns(), body_size);
+        }
         if let Some(ws) = self.exchange.websocket.as_deref_mut() {
             walk(&mut ws.upstream, BufferType::HttpResponseBody, body_size);
         }
