@@ -681,6 +681,27 @@ async fn in_chromium_a_streamed_captures_page_draws_its_arrival_with_the_stall_m
     browser
         .screenshot(&screenshot_dir().join("timeline.png"))
         .await;
+    // The list finds it by its TTFT, and the form keeps the choice.
+    browser
+        .goto(&server.url("/ui?ttft_above=500&sort=ttft"))
+        .await;
+    let rows = browser.find_all("#captures tbody tr").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].attr("data-id").await.as_deref(),
+        Some("timed-stream")
+    );
+    assert_eq!(
+        browser
+            .find("#ttft_above")
+            .await
+            .attr("value")
+            .await
+            .as_deref(),
+        Some("500")
+    );
+    browser.goto(&server.url("/ui?ttft_above=600")).await;
+    assert!(browser.find_all("#captures tbody tr").await.is_empty());
     drop(browser);
     server.stop().await;
 }

@@ -206,6 +206,8 @@ pub fn list(
                     datalist #models { @for m in models { option value=(m) {} } }
                 }
                 label { "Status" input #status type="text" name="status" value=(value("status")) placeholder="200, 4xx, none" size="8"; }
+                label { "TTFT over (ms)" input #ttft_above type="text" name="ttft_above" value=(value("ttft_above")) placeholder="2000" size="8"; }
+                (select("sort", "Order", req.filter_value("sort"), &["ttft", "duration"], "newest"))
                 fieldset.marks {
                     legend { "Only" }
                     @for m in MARKS {
