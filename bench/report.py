@@ -21,6 +21,7 @@ LABEL = {
     "raw_abi": "capture + delivery, raw-ABI build of 516b67f (before the proxy-wasm SDK)",
     "framed": "TruthTable capture + delivery, delivery_format framed",
     "sdk_maps": "capture + delivery, header maps read with the SDK's get_map_bytes",
+    "no_timing": "capture + delivery, built without response chunk times (no-chunk-timing)",
     "direct": "no Envoy (client -> upstream)",
 }
 WORKLOAD = {"json": "1 KiB POST / 1 KiB JSON", "json32k": "32 KiB POST (RAG prompt) / 1 KiB JSON",
@@ -63,7 +64,8 @@ def main() -> None:
         f"{WORKLOAD[w]} req/s | x plain | per-round x plain | Envoy CPU µs/req" for w in workloads) + " |"
     md.append(head)
     md.append("|---" * (1 + 4 * len(workloads)) + "|")
-    listeners = [l for l in LISTENERS + ["framed", "raw_abi", "sdk_maps", "copy_only", "record_only"]
+    listeners = [l for l in LISTENERS + ["framed", "raw_abi", "sdk_maps", "copy_only", "record_only",
+                                           "no_timing"]
                  if any(r["listener"] == l for r in rows)]
     med = {}
     for w in workloads:
@@ -264,6 +266,13 @@ def main() -> None:
         md.append(f"- header maps through the filter's own import instead of the SDK's get_map_bytes: "
                   f"**{maps[0]:.3f}×** the throughput (95% interval of the median {maps[3]:.3f}–"
                   f"{maps[4]:.3f}; per round {maps[1]:.3f}–{maps[2]:.3f}).")
+    for w in ("sse", "64k"):
+        timing = paired(w, "capture", "no_timing")
+        if timing:
+            summary["throughput"][w]["chunk_timing_vs_none"] = timing[0]
+            md.append(f"- {WORKLOAD[w]}: capture with response chunk times keeps **{timing[0]:.3f}×** "
+                      f"the throughput of the same build without them (95% interval of the median "
+                      f"{timing[3]:.3f}–{timing[4]:.3f}; per round {timing[1]:.3f}–{timing[2]:.3f}).")
     t = summary["throughput"].get("json", {})
     if "passthrough" in t and "tap" in t:
         md.append(f"- do-nothing wasm (1 KiB): {t['passthrough']['ratio']:.2f}; tap: {t['tap']['ratio']:.2f}.")

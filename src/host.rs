@@ -3,7 +3,9 @@
 //!
 //! - [`Capture`], the `HttpContext` of each stream, notes when the request headers arrived
 //!   (`on_http_request_headers`), copies the capped part of each body chunk as Envoy forwards it
-//!   (`on_http_request_body`, `on_http_response_body`), and in `on_log` — which Envoy runs for
+//!   (`on_http_request_body`, `on_http_response_body`) — noting when each response chunk passed
+//!   (`arrivals`) and, for an upgraded (`101`) exchange, walking the WebSocket frame headers to
+//!   find the Close frames (`websocket`) —, and in `on_log` — which Envoy runs for
 //!   every stream, resets and local replies included, sometimes as its first callback — reads
 //!   both header maps and `response.code_details` and hands the finished exchange to its worker.
 //!   Every callback returns `Continue`: nothing is held in Envoy on the capture's behalf.
@@ -30,6 +32,7 @@ use crate::group::Group;
 use crate::hold::{self, EndFinder, Fate, Step};
 use crate::outcome::Outcome;
 use crate::record::{Amendment, Ending, Exchange};
+use crate::websocket::FrameWalk;
 use calls::{now_ms, now_ns};
 use log::{debug, error, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -451,6 +454,9 @@ impl HttpContext for Capture {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if let Some(ws) = self.exchange.websocket.as_deref_mut() {
+            walk(&mut ws.client, BufferType::HttpRequestBody, body_size);
+        }
         tap(
             &mut self.exchange.request_body,
             BufferType::HttpRequestBody,
@@ -461,6 +467,9 @@ impl HttpContext for Capture {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.exchange.response_headers_ns = Some(now_ns());
+        if calls::response_status().as_deref() == Some(b"101") {
+            self.exchange.websocket = Some(Box::default());
+        }
         self.exchange.response_ended |= end_of_stream;
         let Some(hold) = self.hold.as_mut() else {
             return Action::Continue;
@@ -488,6 +497,12 @@ impl HttpContext for Capture {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(hold) = self.hold.as_mut() else {
+            if !cfg!(feature = "no-chunk-timing") {
+                self.exchange.response_chunks.push(now_ns(), body_size);
+            }
+            if let Some(ws) = self.exchange.websocket.as_deref_mut() {
+                walk(&mut ws.upstream, BufferType::HttpResponseBody, body_size);
+            }
             tap(
                 &mut self.exchange.response_body,
                 BufferType::HttpResponseBody,
@@ -503,6 +518,9 @@ impl HttpContext for Capture {
             // While the end waits, Envoy hands over its whole buffer: copy what is new.
             let seen = if waiting { hold.buffered_seen } else { 0 };
             let new = body_size.saturating_sub(seen);
+            if !cfg!(feature = "no-chunk-timing") {
+                self.exchange.response_chunks.push(now_ns(), new);
+            }
             let room = self.exchange.response_body.room(new);
             match (room > 0)
                 .then(|| calls::body_at(BufferType::HttpResponseBody, seen, room))
@@ -517,6 +535,12 @@ impl HttpContext for Capture {
             } else {
                 Action::Continue
             };
+        }
+        if !cfg!(feature = "no-chunk-timing") {
+            self.exchange.response_chunks.push(now_ns(), body_size);
+        }
+        if let Some(ws) = self.exchange.websocket.as_deref_mut() {
+            walk(&mut ws.upstream, BufferType::HttpResponseBody, body_size);
         }
         let scans = hold.end.as_ref().is_some_and(EndFinder::scans);
         let at_end = if scans {
@@ -740,6 +764,18 @@ fn tap(body: &mut BodyTap, buffer: BufferType, size: usize) {
     match (room > 0).then(|| calls::body(buffer, room)).flatten() {
         Some(bytes) => body.push(size, bytes),
         None => body.count(size),
+    }
+}
+
+/// Walks the WebSocket frame headers of a chunk, reading it only when a header is in it.
+fn walk(frames: &mut FrameWalk, buffer: BufferType, size: usize) {
+    match frames
+        .wants(size)
+        .then(|| calls::body(buffer, size))
+        .flatten()
+    {
+        Some(bytes) => frames.feed(&bytes),
+        None => frames.pass(size),
     }
 }
 

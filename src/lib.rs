@@ -4,6 +4,7 @@
 //! The modules are plain Rust, tested natively; `host` (wasm32 only) translates Envoy's
 //! callbacks into calls on them.
 
+pub mod arrivals;
 pub mod batcher;
 pub mod body;
 pub mod clock;
@@ -17,6 +18,7 @@ pub mod outcome;
 pub mod record;
 pub mod redact;
 pub mod registry;
+pub mod websocket;
 
 #[cfg(target_arch = "wasm32")]
 mod host;

@@ -3,6 +3,7 @@
 //! A stream context fills an [`Exchange`] as callbacks arrive; after `on_log` it is written, once,
 //! straight into the delivery buffer as one NDJSON line. Nothing here allocates per header.
 
+use crate::arrivals::Arrivals;
 use crate::batcher::Bodies;
 use crate::body::BodyTap;
 use crate::clock::Rfc3339;
@@ -11,6 +12,7 @@ use crate::headers::{status_code, HeaderBlock};
 use crate::json;
 use crate::outcome::{classify, Outcome};
 use crate::redact;
+use crate::websocket::Session;
 use base64::Engine;
 use std::borrow::Cow;
 
@@ -63,8 +65,12 @@ pub struct Exchange {
     pub response_headers: Option<HeaderBlock>,
     pub response_headers_ns: Option<u64>,
     pub response_body: BodyTap,
+    /// When each response body chunk passed, and its size.
+    pub response_chunks: Arrivals,
     /// The response's end of stream passed the filter.
     pub response_ended: bool,
+    /// An upgraded exchange (`101`): its frames, walked for the Close frames.
+    pub websocket: Option<Box<Session>>,
 }
 
 /// What is known only when the exchange is over.
@@ -111,7 +117,15 @@ impl Exchange {
         self.request_body.kept().len() + self.response_body.kept().len()
     }
 
+    /// How the exchange ended. Envoy ends every WebSocket session as a reset; one whose close
+    /// handshake completed normally is `complete`.
     pub fn outcome(&self, details: &str) -> Outcome {
+        let websocket = self.request_headers.as_ref().and_then(|h| h.get("upgrade"));
+        if websocket.is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"))
+            && self.websocket.as_ref().is_some_and(|s| s.closed_normally())
+        {
+            return Outcome::Complete;
+        }
         classify(details, self.response_ended)
     }
 
@@ -229,6 +243,7 @@ impl Exchange {
                 out.extend_from_slice(b",\"first_byte_ms\":");
                 let first_byte_ns = self.response_headers_ns.unwrap_or(end.now_ns);
                 json::millis(out, micros_since_start(first_byte_ns));
+                self.response_chunks.write_fields(out, started_ns);
                 out.push(b'}');
             }
         }
@@ -461,7 +476,9 @@ mod tests {
         ]));
         ex.response_headers_ns = Some(T0 + 212_500_000);
         feed(&mut ex.response_body, b"data: 1\n\n");
+        ex.response_chunks.push(T0 + 300_000_000, 9);
         feed(&mut ex.response_body, b"data: 2\n\n");
+        ex.response_chunks.push(T0 + 1_800_000_500, 9);
         ex.response_ended = true;
         ex
     }
@@ -500,7 +517,9 @@ mod tests {
                     "headers": [["content-type", "text/event-stream"],
                                 ["set-cookie", "[REDACTED]"], ["set-cookie", "[REDACTED]"]],
                     "body": {"encoding": "utf8", "data": "data: 1\n", "size": 18, "truncated": true},
-                    "first_byte_ms": 212.5
+                    "first_byte_ms": 212.5,
+                    "chunks": [[300_000, 9], [1_800_000, 9]],
+                    "chunks_more": null
                 }
             })
         );
@@ -636,6 +655,34 @@ mod tests {
         assert_eq!(got["request"]["body"]["data"], "abcdeff");
         assert_eq!(got["request"]["body"]["truncated"], true);
         assert_eq!(got["request"]["body"]["size"], 12);
+    }
+
+    #[test]
+    fn a_websocket_session_whose_close_handshake_completed_is_complete() {
+        let reset = "upstream_reset_after_response_started{connection_termination}";
+        let mut ex = Exchange::new(8);
+        ex.request_headers = Some(HeaderBlock::from_pairs(&[
+            (":method", "GET"),
+            ("upgrade", "WebSocket"),
+        ]));
+        let mut session = Session::default();
+        assert_eq!(ex.outcome(reset), Outcome::UpstreamFailed, "no session");
+        session.client.feed(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]); // masked close 1000
+        ex.websocket = Some(Box::new(session.clone()));
+        assert_eq!(
+            ex.outcome(reset),
+            Outcome::UpstreamFailed,
+            "one side closed"
+        );
+        session.upstream.feed(&[0x88, 0x02, 0x03, 0xe8]);
+        ex.websocket = Some(Box::new(session));
+        assert_eq!(ex.outcome(reset), Outcome::Complete);
+        ex.request_headers = Some(HeaderBlock::from_pairs(&[(":method", "GET")]));
+        assert_eq!(
+            ex.outcome(reset),
+            Outcome::UpstreamFailed,
+            "not a WebSocket upgrade"
+        );
     }
 
     #[test]

@@ -240,6 +240,52 @@ async fn sse_chunk_timing_is_the_same_with_and_without_the_filter() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_says_when_each_chunk_of_a_paced_stream_passed() {
+    let r = rig("").await;
+    // Six events 150 ms apart, then `[DONE]` 150 ms after the last.
+    let resp = client()
+        .get(r.envoy.url("/sse?events=6&delay_ms=150"))
+        .header("x-test-case", "paced")
+        .send()
+        .await
+        .unwrap();
+    let body = resp.bytes().await.unwrap();
+    let rec = r.receiver.record_of("paced").await;
+    let response = &rec["response"];
+    let chunks: Vec<(u64, u64)> = response["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c[0].as_u64().unwrap(), c[1].as_u64().unwrap()))
+        .collect();
+    assert_eq!(response["chunks_more"], Value::Null);
+    assert_eq!(
+        chunks.iter().map(|c| c.1).sum::<u64>(),
+        body.len() as u64,
+        "every byte is in a chunk: {chunks:?}"
+    );
+    assert_eq!(
+        chunks.len(),
+        7,
+        "each event passed as its own chunk: {chunks:?}"
+    );
+    let first_byte_us = (response["first_byte_ms"].as_f64().unwrap() * 1000.0) as u64;
+    assert!(chunks[0].0 >= first_byte_us, "{chunks:?} after the headers");
+    for pair in chunks.windows(2) {
+        let gap_ms = (pair[1].0 - pair[0].0) as f64 / 1000.0;
+        assert!(
+            (100.0..400.0).contains(&gap_ms),
+            "a gap of {gap_ms} ms where the upstream paused 150 ms: {chunks:?}"
+        );
+    }
+    let duration_us = (rec["duration_ms"].as_f64().unwrap() * 1000.0) as u64;
+    assert!(
+        chunks[6].0 <= duration_us,
+        "{chunks:?} within {duration_us} µs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_past_max_body_bytes_are_counted_not_kept_and_still_forwarded_whole() {
     let r = rig(r#""max_body_bytes": 65536"#).await;
     let n = 3 * 1024 * 1024 + 17;

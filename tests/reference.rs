@@ -276,6 +276,7 @@ fn real_record() -> Value {
     ]));
     ex.response_headers_ns = Some(t0 + 212_500_000);
     feed(&mut ex.response_body, b"data: [DONE]\n\n");
+    ex.response_chunks.push(t0 + 240_130_000, 14);
     ex.response_ended = true;
     let mut out = Vec::new();
     ex.write_record(

@@ -297,6 +297,7 @@ async fn main() {
             limit: 51,
             filter,
             page: Page::Newest,
+            ..ListQuery::default()
         };
         let terms = |s: &str| search::terms(s).unwrap();
         let cases: Vec<(String, ListQuery)> = vec![

@@ -166,6 +166,11 @@ pub struct Cli {
     /// Longest wait between export attempts while the OTLP endpoint is down, in milliseconds.
     #[arg(long, default_value_t = 30_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub otlp_retry_max_ms: u64,
+
+    /// A gap longer than this between the pieces of a streamed answer is reported as a stall
+    /// (audit view `timing.stalls`, OpenTelemetry stall events), in milliseconds.
+    #[arg(long, default_value_t = crate::audit::timing::DEFAULT_STALL_THRESHOLD_MS, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub stall_threshold_ms: u64,
 }
 
 impl Cli {
@@ -243,6 +248,8 @@ pub struct Config {
     pub log_key: Option<PathBuf>,
     /// The verifiable log is off.
     pub log_off: bool,
+    /// Gaps between content longer than this are stalls (`--stall-threshold-ms`).
+    pub stall_threshold_ms: u64,
 }
 
 impl Config {
@@ -267,6 +274,7 @@ impl Config {
             read_token: var(READ_TOKEN_ENV),
             log_key: cli.log_key,
             log_off: cli.log == Switch::Off,
+            stall_threshold_ms: cli.stall_threshold_ms,
             otlp: OtlpInputs {
                 endpoint: cli.otlp_endpoint,
                 protocol: cli.otlp_protocol,

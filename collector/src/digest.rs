@@ -19,7 +19,7 @@ use crate::timestamp;
 
 /// The derivation a digest was made by. Raise it when the audit view changes what a digest
 /// holds: the backfill then re-derives every stored record's digest.
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 
 /// Characters kept of the question and of the answer for the list.
 pub const PREVIEW_CHARS: usize = 200;
@@ -93,12 +93,23 @@ pub fn of(record: &CaptureRecord, view: &AuditView) -> Digest {
         stream_complete: view.stream_complete,
         problems: u32::try_from(view.problems.len()).unwrap_or(u32::MAX),
         words: search::index_words(view.question.as_deref(), answer.as_deref()),
+        ttft_us: view
+            .timing
+            .as_ref()
+            .and_then(|t| t.ttft_ms)
+            .map(|ms| (ms * 1000.0).round() as i64),
+        duration_us: Some((record.duration_ms * 1000.0).round() as i64),
     }
 }
 
 /// The audit view of `record`; a derivation that panics gives an `unknown` view instead.
 pub fn view_of(record: &CaptureRecord) -> AuditView {
-    std::panic::catch_unwind(|| audit::derive(record))
+    view_with(record, audit::timing::DEFAULT_STALL_THRESHOLD_MS)
+}
+
+/// [`view_of`], with gaps between content longer than `stall_threshold_ms` reported as stalls.
+pub fn view_with(record: &CaptureRecord, stall_threshold_ms: u64) -> AuditView {
+    std::panic::catch_unwind(|| audit::derive_with(record, stall_threshold_ms))
         .unwrap_or_else(|_| AuditView::unknown("the audit derivation failed on this record"))
 }
 

@@ -49,6 +49,8 @@ pub struct AppState {
     pub indexer: Arc<crate::indexer::Indexer>,
     /// The verifiable log, when it is on (`crate::log`).
     pub log: Option<Arc<crate::log::Log>>,
+    /// Gaps between content longer than this are stalls (`--stall-threshold-ms`).
+    pub stall_threshold_ms: u64,
 }
 
 impl AppState {
@@ -329,8 +331,8 @@ async fn list(
     match reads::list(&state, &req).await {
         Ok(page) => Json(json!({
             "captures": page.captures,
-            "next_before": page.next_before.map(|s| s.to_string()),
-            "prev_after": page.prev_after.map(|s| s.to_string()),
+            "next_before": page.next_before,
+            "prev_after": page.prev_after,
             "indexing": page.indexing,
         }))
         .into_response(),
@@ -406,6 +408,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             written: state.indexer.written(),
         },
     );
+    text.push_str(&state.indexer.timing.render());
     if let Some(log) = &state.log {
         text.push_str(&log.render_metrics(stats.map(|s| s.records)));
     }

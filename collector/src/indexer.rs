@@ -52,6 +52,8 @@ pub struct Indexer {
     rescan: AtomicBool,
     /// Digests written by this process, for `/metrics`.
     written: AtomicU64,
+    /// TTFT and token gaps of the records this process stored, for `/metrics`.
+    pub timing: crate::metrics::StreamTiming,
 }
 
 impl Default for Indexer {
@@ -70,6 +72,7 @@ impl Indexer {
             scanning: AtomicBool::new(true),
             rescan: AtomicBool::new(true),
             written: AtomicU64::new(0),
+            timing: crate::metrics::StreamTiming::default(),
         }
     }
 
@@ -206,12 +209,21 @@ async fn derive(indexer: &Indexer, step: Vec<(i64, CaptureRecord)>) -> Option<Ve
     let n = step.len() as u64;
     let derived = tokio::task::spawn_blocking(move || {
         step.into_iter()
-            .map(|(seq, record)| (seq, digest::of(&record, &digest::view_of(&record))))
-            .collect::<Vec<(i64, Digest)>>()
+            .map(|(seq, record)| {
+                let view = digest::view_of(&record);
+                let timing = view.timing.clone().map(|t| (view.model.clone(), t));
+                ((seq, digest::of(&record, &view)), timing)
+            })
+            .unzip::<_, _, Vec<(i64, Digest)>, Vec<_>>()
     })
     .await;
     match derived {
-        Ok(digests) => Some(digests),
+        Ok((digests, timings)) => {
+            for (model, timing) in timings.into_iter().flatten() {
+                indexer.timing.observe(model.as_deref(), &timing);
+            }
+            Some(digests)
+        }
         Err(e) => {
             tracing::error!(error = %e, "deriving digests failed; a scan of the store gives them");
             indexer.rescan.store(true, Ordering::SeqCst);

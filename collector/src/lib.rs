@@ -40,6 +40,10 @@ pub use http::{app, AppState};
 pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppState>> {
     let otlp = otlp::ExportConfig::resolve(&config.otlp)
         .context("OpenTelemetry export")?
+        .map(|c| otlp::ExportConfig {
+            stall_threshold_ms: config.stall_threshold_ms,
+            ..c
+        })
         .map(otlp::Exporter::new)
         .transpose()
         .context("OpenTelemetry export")?;
@@ -58,6 +62,7 @@ pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppStat
         otlp,
         indexer: Arc::new(indexer::Indexer::new()),
         log,
+        stall_threshold_ms: config.stall_threshold_ms,
     }))
 }
 

@@ -262,6 +262,112 @@ impl Metrics {
     }
 }
 
+// ---- stream timing: TTFT and inter-token histograms per model ------------------------------------
+
+/// Upper bounds (seconds) of the time-to-first-token buckets.
+const TTFT_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// Upper bounds (seconds) of the inter-token gap buckets.
+const GAP_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Most models with series of their own; the rest share `model="other"`.
+const MAX_MODELS: usize = 100;
+
+/// A Prometheus histogram: counts per bucket (not cumulative), sum and count.
+#[derive(Debug, Clone, Default)]
+struct Histogram {
+    buckets: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, bounds: &[f64], v: f64) {
+        if self.buckets.len() != bounds.len() + 1 {
+            self.buckets = vec![0; bounds.len() + 1];
+        }
+        let i = bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len());
+        self.buckets[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+/// TTFT and inter-token gap histograms of the captures this process stored, per model (the
+/// audit view's `timing`, observed when the indexer derives each new record's view).
+#[derive(Debug, Default)]
+pub struct StreamTiming {
+    by_model: std::sync::Mutex<std::collections::BTreeMap<String, (Histogram, Histogram)>>,
+}
+
+impl StreamTiming {
+    /// Observes one capture's timing: its TTFT and every gap between its content-bearing chunks.
+    pub fn observe(&self, model: Option<&str>, timing: &crate::audit::timing::Timing) {
+        let Some(ttft_ms) = timing.ttft_ms else {
+            return;
+        };
+        let Ok(mut by_model) = self.by_model.lock() else {
+            return;
+        };
+        let model = model.unwrap_or("unknown");
+        let key = if by_model.contains_key(model) || by_model.len() < MAX_MODELS {
+            model
+        } else {
+            "other"
+        };
+        let (ttft, gaps) = by_model.entry(key.to_owned()).or_default();
+        ttft.observe(&TTFT_BUCKETS, ttft_ms / 1000.0);
+        for pair in timing.points.windows(2) {
+            let gap_us = pair[1].0.saturating_sub(pair[0].0);
+            gaps.observe(&GAP_BUCKETS, gap_us as f64 / 1e6);
+        }
+    }
+
+    /// The histograms in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let Ok(by_model) = self.by_model.lock() else {
+            return out;
+        };
+        for (name, help, bounds, pick) in [
+            (
+                "truthtable_collector_ttft_seconds",
+                "Time to first token of the streamed answers this process stored, by model (audit view timing.ttft_ms).",
+                &TTFT_BUCKETS[..],
+                0,
+            ),
+            (
+                "truthtable_collector_inter_token_seconds",
+                "Gaps between the content-bearing chunks of the streamed answers this process stored, by model.",
+                &GAP_BUCKETS[..],
+                1,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            for (model, pair) in by_model.iter() {
+                let h = if pick == 0 { &pair.0 } else { &pair.1 };
+                let model = label_value(model);
+                let mut cumulative = 0;
+                for (i, bound) in bounds.iter().map(|b| b.to_string()).chain(["+Inf".to_owned()]).enumerate() {
+                    cumulative += h.buckets.get(i).copied().unwrap_or_default();
+                    let _ = writeln!(out, "{name}_bucket{{model=\"{model}\",le=\"{bound}\"}} {cumulative}");
+                }
+                let _ = writeln!(out, "{name}_sum{{model=\"{model}\"}} {}", h.sum);
+                let _ = writeln!(out, "{name}_count{{model=\"{model}\"}} {}", h.count);
+            }
+        }
+        out
+    }
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +413,35 @@ mod tests {
             "truthtable_collector_otlp_exporting 1",
             "truthtable_collector_index_pending 7",
             "truthtable_collector_digests_written_total 9",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn ttft_and_gaps_are_histograms_per_model() {
+        let t = StreamTiming::default();
+        let timing = crate::audit::timing::Timing {
+            ttft_ms: Some(300.0),
+            points: vec![(300_000, 5), (360_000, 9), (1_160_000, 12)],
+            ..Default::default()
+        };
+        t.observe(Some("gpt-4o"), &timing);
+        t.observe(Some("gpt-4o"), &crate::audit::timing::Timing::default());
+        t.observe(Some("we\"ird"), &timing);
+        let text = t.render();
+        for line in [
+            "# TYPE truthtable_collector_ttft_seconds histogram",
+            "truthtable_collector_ttft_seconds_bucket{model=\"gpt-4o\",le=\"0.25\"} 0",
+            "truthtable_collector_ttft_seconds_bucket{model=\"gpt-4o\",le=\"0.5\"} 1",
+            "truthtable_collector_ttft_seconds_bucket{model=\"gpt-4o\",le=\"+Inf\"} 1",
+            "truthtable_collector_ttft_seconds_count{model=\"gpt-4o\"} 1",
+            "truthtable_collector_ttft_seconds_sum{model=\"gpt-4o\"} 0.3",
+            "truthtable_collector_inter_token_seconds_bucket{model=\"gpt-4o\",le=\"0.05\"} 0",
+            "truthtable_collector_inter_token_seconds_bucket{model=\"gpt-4o\",le=\"0.1\"} 1",
+            "truthtable_collector_inter_token_seconds_bucket{model=\"gpt-4o\",le=\"1\"} 2",
+            "truthtable_collector_inter_token_seconds_count{model=\"gpt-4o\"} 2",
+            "truthtable_collector_ttft_seconds_count{model=\"we\\\"ird\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }

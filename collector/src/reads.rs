@@ -7,7 +7,7 @@ use crate::digest;
 use crate::http::AppState;
 use crate::record::{CaptureRecord, Outcome};
 use crate::search;
-use crate::store::{CaptureStore, CaptureSummary, ListQuery, Page, StatusFilter, StoreError};
+use crate::store::{CaptureStore, CaptureSummary, ListQuery, Page, Sort, StatusFilter, StoreError};
 use crate::timestamp;
 
 /// Default page size of the list.
@@ -16,10 +16,25 @@ pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 1000;
 
 /// Every parameter the list takes (`GET /v1/captures`, `/`, `/ui`).
-pub const LIST_PARAMS: [&str; 11] = [
-    "limit", "before", "after", "since", "until", "outcome", "protocol", "model", "status", "mark",
+pub const LIST_PARAMS: [&str; 14] = [
+    "limit",
+    "before",
+    "after",
+    "since",
+    "until",
+    "outcome",
+    "protocol",
+    "model",
+    "status",
+    "mark",
     "q",
+    "ttft_above",
+    "duration_above",
+    "sort",
 ];
+
+/// The values of `sort`.
+pub const SORTS: [&str; 3] = ["newest", "ttft", "duration"];
 
 /// The values of `mark`.
 pub const MARKS: [&str; 3] = ["truncated", "incomplete", "problems"];
@@ -50,6 +65,7 @@ impl ListRequest {
             filters: Vec::new(),
         };
         let mut seen: Vec<&str> = Vec::new();
+        let (mut before, mut after) = (None, None);
         let f = &mut req.query.filter;
         for (key, value) in pairs {
             let value = value.trim();
@@ -83,22 +99,8 @@ impl ListRequest {
                             ))
                         })?
                 }
-                "before" | "after" => {
-                    let seq = value.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        BadParam(format!(
-                            "{key}: expected a cursor from next_before or prev_after, got \"{value}\""
-                        ))
-                    })?;
-                    req.query.page = match (req.query.page, *known) {
-                        (Page::Newest, "before") => Page::Before(seq),
-                        (Page::Newest, _) => Page::After(seq),
-                        _ => {
-                            return Err(BadParam(
-                                "before and after: give one of them, not both".to_owned(),
-                            ))
-                        }
-                    };
-                }
+                "before" => before = Some(value.to_owned()),
+                "after" => after = Some(value.to_owned()),
                 "since" | "until" => {
                     let us = timestamp::unix_micros(value).ok_or_else(|| {
                         BadParam(format!(
@@ -153,10 +155,70 @@ impl ListRequest {
                 "q" => {
                     f.terms = search::terms(value).map_err(|e| BadParam(format!("q: {e}")))?;
                 }
+                "ttft_above" => f.ttft_above_us = Some(parse_ms(key, value)?),
+                "duration_above" => f.duration_above_us = Some(parse_ms(key, value)?),
+                "sort" => {
+                    req.query.sort = match value {
+                        "newest" => Sort::Newest,
+                        "ttft" => Sort::Ttft,
+                        "duration" => Sort::Duration,
+                        other => {
+                            return Err(BadParam(format!(
+                                "sort: expected {}, got \"{other}\"",
+                                SORTS.join(", ")
+                            )))
+                        }
+                    }
+                }
                 _ => {}
             }
         }
+        req.resolve_page(before, after)?;
         Ok(req)
+    }
+
+    /// `before` / `after`: a seq in stored order; a sorted list's `before` is `KEY:SEQ` (a
+    /// `next_before`), and it has no `after`.
+    fn resolve_page(
+        &mut self,
+        before: Option<String>,
+        after: Option<String>,
+    ) -> Result<(), BadParam> {
+        let bad = |key: &str, value: &str| {
+            BadParam(format!(
+                "{key}: expected a cursor from next_before or prev_after, got \"{value}\""
+            ))
+        };
+        let seq = |key: &str, value: &str| {
+            value
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad(key, value))
+        };
+        match (before, after, self.query.sort) {
+            (Some(_), Some(_), _) => Err(BadParam(
+                "before and after: give one of them, not both".to_owned(),
+            )),
+            (Some(b), None, Sort::Newest) => {
+                self.query.page = Page::Before(seq("before", &b)?);
+                Ok(())
+            }
+            (None, Some(a), Sort::Newest) => {
+                self.query.page = Page::After(seq("after", &a)?);
+                Ok(())
+            }
+            (Some(b), None, _) => {
+                let (k, s) = b.split_once(':').ok_or_else(|| bad("before", &b))?;
+                let k = k.parse::<i64>().map_err(|_| bad("before", &b))?;
+                self.query.after_key = Some((k, seq("before", s)?));
+                Ok(())
+            }
+            (None, Some(_), _) => Err(BadParam(
+                "after: a sorted list is paged with before only".to_owned(),
+            )),
+            (None, None, _) => Ok(()),
+        }
     }
 
     /// The value of a filter parameter as given (the first, for those given several times).
@@ -166,6 +228,20 @@ impl ListRequest {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// Milliseconds (a decimal number), as microseconds.
+fn parse_ms(key: &str, value: &str) -> Result<i64, BadParam> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|ms| ms.is_finite() && *ms >= 0.0 && *ms < 1e12)
+        .map(|ms| (ms * 1000.0).round() as i64)
+        .ok_or_else(|| {
+            BadParam(format!(
+                "{key}: expected milliseconds (a number, 0 or more), got \"{value}\""
+            ))
+        })
 }
 
 fn parse_status(value: &str) -> Result<StatusFilter, BadParam> {
@@ -195,10 +271,10 @@ fn parse_status(value: &str) -> Result<StatusFilter, BadParam> {
 pub struct ListPage {
     /// The captures, newest stored first.
     pub captures: Vec<CaptureSummary>,
-    /// `before` for the next, older page; `None` on the oldest.
-    pub next_before: Option<i64>,
-    /// `after` for the previous, newer page; `None` on the newest.
-    pub prev_after: Option<i64>,
+    /// `before` for the next page (older; a sorted list's next); `None` on the last.
+    pub next_before: Option<String>,
+    /// `after` for the previous, newer page; `None` on the newest (and for a sorted list).
+    pub prev_after: Option<String>,
     /// Stored records are still being given their digests: filters and search skip those.
     pub indexing: bool,
 }
@@ -217,6 +293,23 @@ pub async fn list(state: &AppState, req: &ListRequest) -> Result<ListPage, Store
         rows = state.store.list(query.clone()).await?;
     }
     let more = rows.len() > limit as usize;
+    if query.sort != Sort::Newest {
+        let page: Vec<CaptureSummary> = rows.into_iter().take(limit as usize).collect();
+        let key = |s: &CaptureSummary| match query.sort {
+            Sort::Ttft => s.keys.0,
+            _ => s.keys.1,
+        };
+        let next_before = page
+            .last()
+            .filter(|_| more)
+            .and_then(|s| Some(format!("{}:{}", key(s)?, s.seq)));
+        return Ok(ListPage {
+            captures: page,
+            next_before,
+            prev_after: None,
+            indexing: state.indexing(),
+        });
+    }
     let (captures, next_before, prev_after) = match query.page {
         Page::After(_) => {
             let extra = rows.len().saturating_sub(limit as usize);
@@ -241,8 +334,8 @@ pub async fn list(state: &AppState, req: &ListRequest) -> Result<ListPage, Store
     };
     Ok(ListPage {
         captures,
-        next_before,
-        prev_after,
+        next_before: next_before.map(|s| s.to_string()),
+        prev_after: prev_after.map(|s| s.to_string()),
         indexing: state.indexing(),
     })
 }
@@ -304,10 +397,11 @@ pub async fn capture(state: &AppState, id: String) -> Result<Option<CaptureRead>
         return Ok(None);
     };
     // Deriving decodes and parses the bodies: CPU work, kept off the async workers.
+    let stall_ms = state.stall_threshold_ms;
     let read = tokio::task::spawn_blocking(move || {
         let record = CaptureRecord::parse_line(&raw).map_err(|e| e.to_string());
         let view = match &record {
-            Ok(r) => digest::view_of(r),
+            Ok(r) => digest::view_with(r, stall_ms),
             Err(e) => AuditView::unknown(format!("stored record no longer validates: {e}")),
         };
         CaptureRead {
@@ -396,10 +490,28 @@ mod tests {
             ("mark=odd", "mark: expected truncated, incomplete, problems"),
             ("q=!!", "q: has no letters or digits"),
             ("model=a&model=b", "model: given more than once"),
-            ("sort=asc", "unknown query parameter \"sort\""),
+            ("order=asc", "unknown query parameter \"order\""),
+            ("sort=asc", "sort: expected newest, ttft, duration"),
+            ("ttft_above=soon", "ttft_above: expected milliseconds"),
+            ("duration_above=-3", "duration_above: expected milliseconds"),
+            (
+                "sort=ttft&after=5",
+                "after: a sorted list is paged with before only",
+            ),
+            ("sort=ttft&before=12", "before: expected a cursor"),
         ] {
             let e = parse(q).unwrap_err().0;
             assert!(e.starts_with(start), "{q}: {e}");
         }
+    }
+
+    #[test]
+    fn ttft_and_duration_filter_and_sort_the_list() {
+        let r = parse("ttft_above=250.5&duration_above=2000&sort=ttft&before=300000:17").unwrap();
+        assert_eq!(r.query.filter.ttft_above_us, Some(250_500));
+        assert_eq!(r.query.filter.duration_above_us, Some(2_000_000));
+        assert_eq!(r.query.sort, Sort::Ttft);
+        assert_eq!(r.query.after_key, Some((300_000, 17)));
+        assert_eq!(r.query.page, Page::Newest);
     }
 }

@@ -126,6 +126,33 @@ pub struct CapturedResponse {
     pub body: CapturedBody,
     /// Milliseconds from `started_at` until the response headers reached the filter, when given.
     pub first_byte_ms: Option<f64>,
+    /// When each response body chunk passed the filter (`response.chunks`); empty when the
+    /// record has none (an older filter, or no body).
+    pub chunks: Vec<Chunk>,
+    /// The chunks past the filter's cap, summed up (`response.chunks_more`).
+    pub chunks_more: Option<ChunksMore>,
+}
+
+/// One response body chunk as it passed the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    /// Microseconds from `started_at`.
+    pub at_us: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// The chunks the filter only counted (past its cap of kept chunk times).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunksMore {
+    /// How many.
+    pub count: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// When the last one passed, microseconds from `started_at`.
+    pub last_at_us: u64,
+    /// The longest wait before one of them, in microseconds.
+    pub max_gap_us: u64,
 }
 
 /// One captured HTTP exchange, validated against the v1 contract.
@@ -246,6 +273,8 @@ impl CaptureRecord {
                     headers: resp.headers("headers")?,
                     body: resp.body("body")?,
                     first_byte_ms,
+                    chunks: resp.chunks("chunks")?,
+                    chunks_more: resp.chunks_more("chunks_more")?,
                 })
             }
         };
@@ -373,6 +402,51 @@ impl<'a> Obj<'a> {
                 }),
             })
             .collect()
+    }
+
+    /// `[[at_us, bytes], …]`; absent or `null` is none.
+    fn chunks(&self, key: &str) -> Result<Vec<Chunk>, RecordError> {
+        let v = match self.map.get(key) {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(v) => v,
+        };
+        let items = v
+            .as_array()
+            .ok_or_else(|| self.wrong_type(key, "an array of [at_us, bytes] pairs", v))?;
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, pair)| match pair.as_array().map(Vec::as_slice) {
+                Some([at, bytes]) => match (at.as_u64(), bytes.as_u64()) {
+                    (Some(at_us), Some(bytes)) => Ok(Chunk { at_us, bytes }),
+                    _ => Err(self.bad_chunk(key, i)),
+                },
+                _ => Err(self.bad_chunk(key, i)),
+            })
+            .collect()
+    }
+
+    fn bad_chunk(&self, key: &str, i: usize) -> RecordError {
+        RecordError::Invalid {
+            field: format!("{}[{i}]", self.field(key)),
+            problem: "expected an [at_us, bytes] pair of non-negative integers".into(),
+        }
+    }
+
+    /// `{count, bytes, last_at_us, max_gap_us}`; absent or `null` is none.
+    fn chunks_more(&self, key: &str) -> Result<Option<ChunksMore>, RecordError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => {
+                let m = self.object(key)?;
+                Ok(Some(ChunksMore {
+                    count: m.integer("count")?,
+                    bytes: m.integer("bytes")?,
+                    last_at_us: m.integer("last_at_us")?,
+                    max_gap_us: m.integer("max_gap_us")?,
+                }))
+            }
+        }
     }
 
     fn body(&self, key: &str) -> Result<CapturedBody, RecordError> {
@@ -624,6 +698,47 @@ pub(crate) mod tests {
             CaptureRecord::parse_line("[1]").unwrap_err().to_string(),
             "field \"(record)\": expected a JSON object, got an array"
         );
+    }
+
+    #[test]
+    fn chunk_times_are_read_and_may_be_absent() {
+        let r = CaptureRecord::from_value(&sample("x")).unwrap();
+        assert!(
+            r.response.unwrap().chunks.is_empty(),
+            "an older filter's record"
+        );
+        let mut v = sample("x");
+        v["response"]["chunks"] = json!([[240130, 52], [251877, 15]]);
+        v["response"]["chunks_more"] =
+            json!({"count": 2, "bytes": 30, "last_at_us": 300000, "max_gap_us": 40000});
+        let resp = CaptureRecord::from_value(&v).unwrap().response.unwrap();
+        assert_eq!(
+            resp.chunks,
+            vec![
+                Chunk {
+                    at_us: 240130,
+                    bytes: 52
+                },
+                Chunk {
+                    at_us: 251877,
+                    bytes: 15
+                }
+            ]
+        );
+        assert_eq!(resp.chunks_more.unwrap().max_gap_us, 40000);
+    }
+
+    #[test]
+    fn a_malformed_chunk_is_named() {
+        let mut v = sample("x");
+        v["response"]["chunks"] = json!([[1, 2], [3, "four"]]);
+        assert_eq!(
+            error_of(v),
+            "field \"response.chunks[1]\": expected an [at_us, bytes] pair of non-negative integers"
+        );
+        let mut v = sample("x");
+        v["response"]["chunks_more"] = json!({"count": 1});
+        assert_eq!(error_of(v), "missing field \"response.chunks_more.bytes\"");
     }
 
     #[test]

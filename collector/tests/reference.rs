@@ -129,7 +129,17 @@ fn every_collector_metric_is_listed() {
             stats: Some(StoreStats::default()),
         },
         IndexGauges::default(),
-    );
+    ) + &{
+        let timing = truthtable_collector::metrics::StreamTiming::default();
+        timing.observe(
+            Some("m"),
+            &truthtable_collector::audit::timing::Timing {
+                ttft_ms: Some(1.0),
+                ..Default::default()
+            },
+        );
+        timing.render()
+    };
     let mut names = BTreeSet::new();
     for line in rendered.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -221,6 +231,7 @@ fn span_names(records: &[serde_json::Value]) -> BTreeSet<String> {
     let options = SpanOptions {
         non_llm: truthtable_collector::otlp::NonLlm::Http,
         value_limit: Some(8),
+        stall_threshold_ms: 100,
     };
     let index = |key: &str| -> String {
         key.split('.')
@@ -304,6 +315,27 @@ fn every_span_attribute_and_event_is_documented() {
             "upstream_failed",
         ),
         exchange("/other", json!({"x": 1}), "text/plain", "", "complete"),
+        {
+            // A stream with chunk times and a stall: the timing attributes and the stall event.
+            let events = [
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Sun\"}}]}\n\n",
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ny\"}}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n",
+                "data: [DONE]\n\n",
+            ];
+            let mut r = exchange(
+                "/v1/chat/completions",
+                json!({"model": "m", "messages": [{"role": "user", "content": "q"}]}),
+                "text/event-stream",
+                &events.concat(),
+                "complete",
+            );
+            r["response"]["chunks"] = json!([
+                [3000, events[0].len()],
+                [400_000, events[1].len()],
+                [400_100, events[2].len()]
+            ]);
+            r
+        },
     ];
     let names = span_names(&records);
     assert!(names.len() > 40, "{names:?}");
@@ -347,7 +379,9 @@ fn every_list_parameter_and_field_is_documented_in_both_places() {
         body_truncated: None,
         stream_complete: None,
         problems: None,
+        ttft_ms: None,
         seq: 0,
+        keys: (None, None),
     })
     .unwrap();
     let mut fields: Vec<String> = summary

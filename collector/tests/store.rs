@@ -12,7 +12,7 @@ use truthtable_collector::digest;
 use truthtable_collector::search;
 use truthtable_collector::store::{
     BatchOutcome, CaptureStore, CaptureSummary, Cursor, Digest, ListFilter, ListQuery, NewCapture,
-    Page, StatusFilter, Store, StoredCapture,
+    Page, Sort, StatusFilter, Store, StoredCapture,
 };
 use truthtable_collector::timestamp::unix_micros;
 
@@ -120,6 +120,7 @@ fn filtered(filter: ListFilter) -> ListQuery {
         limit: 100,
         filter,
         page: Page::Newest,
+        ..ListQuery::default()
     }
 }
 
@@ -862,6 +863,81 @@ async fn a_healthy_store_says_so(b: Backend) {
     assert!(matches!(store.backend(), "sqlite" | "postgres"));
 }
 
+async fn lists_filter_and_sort_by_ttft_and_duration(b: Backend) {
+    let store = b.open().await;
+    // (id, ttft ms, duration ms): "plain" has no TTFT (not streamed).
+    let rows = [
+        ("fast", Some(120), 900),
+        ("slow", Some(2_400), 3_000),
+        ("plain", None, 5_000),
+        ("mid", Some(800), 1_200),
+        ("tie", Some(800), 1_100),
+    ];
+    let batch = rows
+        .iter()
+        .map(|(id, ttft, duration)| {
+            let d = Digest {
+                ttft_us: ttft.map(|ms: i64| ms * 1000),
+                duration_us: Some(duration * 1000),
+                ..digest_for(id)
+            };
+            (capture(id), d)
+        })
+        .collect();
+    store_indexed(&store, batch).await;
+    let list = |filter: ListFilter, sort: Sort, after_key: Option<(i64, i64)>| {
+        let store = &store;
+        async move {
+            store
+                .list(ListQuery {
+                    limit: 2,
+                    sort,
+                    after_key,
+                    ..filtered(filter)
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let above = ListFilter {
+        ttft_above_us: Some(500_000),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&list(above.clone(), Sort::Newest, None).await),
+        ["tie", "mid"]
+    );
+    let first = list(ListFilter::default(), Sort::Ttft, None).await;
+    assert_eq!(
+        ids(&first),
+        ["slow", "tie"],
+        "slowest first, ties newest first"
+    );
+    assert_eq!(first[0].ttft_ms, Some(2_400.0));
+    let last = &first[1];
+    let next = list(
+        ListFilter::default(),
+        Sort::Ttft,
+        Some((last.keys.0.unwrap(), last.seq)),
+    )
+    .await;
+    assert_eq!(
+        ids(&next),
+        ["mid", "fast"],
+        "captures without a TTFT are left out"
+    );
+    let longest = list(
+        ListFilter {
+            duration_above_us: Some(1_000_000),
+            ..Default::default()
+        },
+        Sort::Duration,
+        None,
+    )
+    .await;
+    assert_eq!(ids(&longest), ["plain", "slow"]);
+}
+
 macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -900,4 +976,5 @@ store_suite!(
     a_reader_cursor_is_kept_under_its_holders_lease_and_survives_a_reopen,
     an_expired_lease_passes_to_the_next_claim,
     a_healthy_store_says_so,
+    lists_filter_and_sort_by_ttft_and_duration,
 );

@@ -631,3 +631,77 @@ async fn in_chromium_a_hostile_capture_shows_its_markup_as_text_and_runs_nothing
     drop(browser);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_a_streamed_captures_page_draws_its_arrival_with_the_stall_marked() {
+    let server = InProcess::start(None, None, None).await;
+    // An Anthropic stream whose events passed the filter one chunk each: the first text at
+    // 520 ms, the second after a stall of 6 s (the default threshold is 5 s).
+    let mut rec = captures::anthropic_stream("timed-stream", "2026-11-25T09:05:00.000000Z");
+    let data = rec["response"]["body"]["data"].as_str().unwrap().to_owned();
+    let events: Vec<&str> = data.split_inclusive("\n\n").collect();
+    let times_ms = [301, 302, 520, 6_600, 6_601, 6_602, 6_603];
+    assert_eq!(events.len(), times_ms.len());
+    rec["response"]["chunks"] = events
+        .iter()
+        .zip(times_ms)
+        .map(|(e, t)| serde_json::json!([t * 1000, e.len()]))
+        .collect();
+    store_records(&server, &[rec]).await;
+
+    let browser = Browser::start().await;
+    browser.goto(&server.url("/ui/captures/timed-stream")).await;
+    assert_eq!(browser.text_of("#ttft").await, "520.0 ms");
+    let stalls = browser.text_of("#stalls").await;
+    assert!(
+        stalls.contains("6080.0 ms at 520.0 ms") && stalls.contains("Gift cards are"),
+        "{stalls}"
+    );
+    // Chromium lays the inline SVG out at its size, with the arrival drawn and the stall shaded.
+    let width = browser
+        .eval("return document.querySelector('svg#timeline').getBoundingClientRect().width")
+        .await;
+    assert_eq!(width.as_f64(), Some(640.0));
+    let points = browser
+        .eval("return document.querySelector('svg#timeline polyline.arrival').points.numberOfItems")
+        .await;
+    assert_eq!(
+        points.as_u64(),
+        Some(5),
+        "the origin and a step per content chunk"
+    );
+    assert_eq!(browser.find_all("svg#timeline rect.stall").await.len(), 1);
+    let fill = browser
+        .eval("return getComputedStyle(document.querySelector('svg#timeline rect.stall')).fill")
+        .await;
+    assert_eq!(
+        fill, "rgb(245, 194, 192)",
+        "presentation attributes pass the CSP"
+    );
+    browser
+        .screenshot(&screenshot_dir().join("timeline.png"))
+        .await;
+    // The list finds it by its TTFT, and the form keeps the choice.
+    browser
+        .goto(&server.url("/ui?ttft_above=500&sort=ttft"))
+        .await;
+    let rows = browser.find_all("#captures tbody tr").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].attr("data-id").await.as_deref(),
+        Some("timed-stream")
+    );
+    assert_eq!(
+        browser
+            .find("#ttft_above")
+            .await
+            .attr("value")
+            .await
+            .as_deref(),
+        Some("500")
+    );
+    browser.goto(&server.url("/ui?ttft_above=600")).await;
+    assert!(browser.find_all("#captures tbody tr").await.is_empty());
+    drop(browser);
+    server.stop().await;
+}

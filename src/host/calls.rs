@@ -100,6 +100,13 @@ pub fn header_block(map: MapType) -> Option<HeaderBlock> {
     }
 }
 
+/// The response's `:status`; `None` when absent or refused.
+pub fn response_status() -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+        .ok()
+        .flatten()
+}
+
 /// One value of the callout answer's headers (`:status`); `None` when absent or refused.
 pub fn call_response_header(name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)

@@ -797,6 +797,8 @@ pub fn filter_config(extra: &str) -> String {
 pub struct Collector {
     pub port: u16,
     ingest_token: Option<String>,
+    /// `--stall-threshold-ms`, when not the default.
+    pub stall_threshold_ms: Option<u64>,
     db: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -808,6 +810,7 @@ impl Collector {
         Collector {
             port: free_port(),
             ingest_token: ingest_token.map(str::to_owned),
+            stall_threshold_ms: None,
             db: tempfile::tempdir().expect("temp dir"),
             shutdown: None,
             task: None,
@@ -830,6 +833,9 @@ impl Collector {
         );
         config.listen = addr;
         config.ingest_token = self.ingest_token.clone();
+        if let Some(ms) = self.stall_threshold_ms {
+            config.stall_threshold_ms = ms;
+        }
         let store = truthtable_collector::store::Store::open(&config)
             .await
             .expect("open the store");

@@ -18,6 +18,7 @@ mod openai_chat;
 mod openai_completions;
 mod recognise;
 mod responses;
+pub mod timing;
 
 use serde::{Serialize, Serializer};
 use serde_json::Value;
@@ -267,6 +268,8 @@ pub struct AuditView {
     /// What got in the way of a full derivation (decode errors, unparseable frames, API errors,
     /// and what was looked for when the question or the answer is missing).
     pub problems: Vec<String>,
+    /// How fast the answer came; `null` without a response.
+    pub timing: Option<timing::Timing>,
 }
 
 impl AuditView {
@@ -294,6 +297,7 @@ impl AuditView {
             body_truncated: false,
             choices: Vec::new(),
             problems: Vec::new(),
+            timing: None,
         }
     }
 
@@ -721,8 +725,26 @@ fn read_stream(
     }
 }
 
-/// Derives the audit view of `record`. Never fails and never panics on any input.
+/// Derives the audit view of `record`, stalls past the default threshold. Never fails and never
+/// panics on any input.
 pub fn derive(record: &CaptureRecord) -> AuditView {
+    derive_with(record, timing::DEFAULT_STALL_THRESHOLD_MS)
+}
+
+/// [`derive`], with gaps longer than `stall_threshold_ms` between content reported as stalls.
+pub fn derive_with(record: &CaptureRecord, stall_threshold_ms: u64) -> AuditView {
+    let mut view = derive_content(record);
+    view.timing = timing::of(
+        record,
+        view.protocol,
+        view.stream_format,
+        view.usage.output_tokens,
+        stall_threshold_ms,
+    );
+    view
+}
+
+fn derive_content(record: &CaptureRecord) -> AuditView {
     let mut view = AuditView::empty();
     let req = &record.request;
     view.body_truncated =

@@ -55,6 +55,8 @@ pub(super) fn exchange_with(
             headers,
             body,
             first_byte_ms: Some(1.0),
+            chunks: Vec::new(),
+            chunks_more: None,
         }),
     }
 }

@@ -176,6 +176,8 @@ pub struct ExportConfig {
     pub retry_max: Duration,
     /// Longest string attribute value, in characters (`None`: no limit).
     pub value_limit: Option<usize>,
+    /// Gaps between content longer than this become stall events (`--stall-threshold-ms`).
+    pub stall_threshold_ms: u64,
 }
 
 impl fmt::Debug for ExportConfig {
@@ -400,6 +402,7 @@ impl ExportConfig {
             batch_size: inputs.batch_size.max(1),
             retry_max: inputs.retry_max,
             value_limit,
+            stall_threshold_ms: crate::audit::timing::DEFAULT_STALL_THRESHOLD_MS,
         }))
     }
 }

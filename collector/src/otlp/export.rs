@@ -354,6 +354,7 @@ impl Run<'_> {
             let options = SpanOptions {
                 non_llm: self.ex.config.non_llm,
                 value_limit: self.ex.config.value_limit,
+                stall_threshold_ms: self.ex.config.stall_threshold_ms,
             };
             // Deriving views decodes bodies: CPU work, kept off the async workers.
             let converted = tokio::task::spawn_blocking(move || {

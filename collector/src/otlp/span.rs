@@ -26,6 +26,8 @@ pub struct SpanOptions {
     pub non_llm: NonLlm,
     /// Longest string value, in characters (`None`: no limit).
     pub value_limit: Option<usize>,
+    /// Gaps between content longer than this are stall events.
+    pub stall_threshold_ms: u64,
 }
 
 /// What became of one stored capture.
@@ -45,7 +47,7 @@ pub fn capture_span(raw: &str, options: &SpanOptions) -> Converted {
         Ok(r) => r,
         Err(e) => return Converted::Unreadable(e.to_string()),
     };
-    let view = crate::digest::view_of(&record);
+    let view = crate::digest::view_with(&record, options.stall_threshold_ms);
     if view.protocol == Protocol::Unknown && options.non_llm == NonLlm::Skip {
         return Converted::Skipped;
     }
@@ -99,6 +101,10 @@ impl Attrs {
 
     fn int(&mut self, key: &str, value: i64) {
         self.put(key, any(any_value::Value::IntValue(value)));
+    }
+
+    fn double(&mut self, key: &str, value: f64) {
+        self.put(key, any(any_value::Value::DoubleValue(value)));
     }
 
     fn bool(&mut self, key: &str, value: bool) {
@@ -300,6 +306,25 @@ pub fn span(record: &CaptureRecord, view: &AuditView, options: &SpanOptions) -> 
             ..Default::default()
         });
     }
+    for stall in view.timing.iter().flat_map(|t| &t.stalls) {
+        let mut ea = Attrs {
+            list: Vec::new(),
+            limit: options.value_limit,
+            truncated: false,
+        };
+        ea.double("truthtable.stall.gap_ms", stall.gap_ms);
+        ea.int(
+            "truthtable.stall.answer_chars",
+            i64::try_from(stall.answer_chars).unwrap_or(i64::MAX),
+        );
+        ea.str("truthtable.stall.before", &stall.before);
+        events.push(Event {
+            time_unix_nano: start.saturating_add(millis_to_nanos(stall.at_ms)),
+            name: "truthtable.stream.stall".to_owned(),
+            attributes: ea.list,
+            ..Default::default()
+        });
+    }
     if record.outcome == Outcome::ClientAborted {
         let mut ea = Attrs {
             list: Vec::new(),
@@ -345,6 +370,20 @@ pub fn span(record: &CaptureRecord, view: &AuditView, options: &SpanOptions) -> 
     }
 }
 
+/// The GenAI server timings, in seconds: time to first token, and time per output token after
+/// the first (from the first to the last content-bearing chunk, over the output tokens but one).
+fn gen_ai_timing(a: &mut Attrs, t: &crate::audit::timing::Timing, output_tokens: Option<u64>) {
+    if let Some(ttft) = t.ttft_ms {
+        a.double("gen_ai.server.time_to_first_token", ttft / 1000.0);
+    }
+    if let (Some(n), Some(first), Some(last)) = (output_tokens, t.points.first(), t.points.last()) {
+        if n > 1 && last.0 > first.0 {
+            let secs = (last.0 - first.0) as f64 / 1e6;
+            a.double("gen_ai.server.time_per_output_token", secs / (n - 1) as f64);
+        }
+    }
+}
+
 /// The GenAI and OpenInference attributes of an LLM call; returns the span name
 /// (`{operation} {model}`).
 fn gen_ai(a: &mut Attrs, record: &CaptureRecord, view: &AuditView) -> String {
@@ -383,6 +422,9 @@ fn gen_ai(a: &mut Attrs, record: &CaptureRecord, view: &AuditView) -> String {
     }
     a.bool("truthtable.audit.streamed", view.streamed);
     a.bool("truthtable.audit.answer_complete", view.answer_complete);
+    if let Some(t) = &view.timing {
+        gen_ai_timing(a, t, output);
+    }
 
     // What the model was given: system texts and tool results in request order, then the
     // question. Retrieved documents go to `retrieval.documents`.
@@ -570,6 +612,8 @@ mod tests {
                 headers: vec![("content-type".into(), content_type.into())],
                 body: body(response),
                 first_byte_ms: Some(212.5),
+                chunks: Vec::new(),
+                chunks_more: None,
             }),
         }
     }
@@ -605,6 +649,7 @@ mod tests {
     const OPTIONS: SpanOptions = SpanOptions {
         non_llm: NonLlm::Http,
         value_limit: Some(65_536),
+        stall_threshold_ms: 5_000,
     };
 
     fn to_span(record: &CaptureRecord, options: &SpanOptions) -> Span {
@@ -625,7 +670,8 @@ mod tests {
                 "path": r.request.path, "query": r.request.query, "headers": r.request.headers,
                 "body": side(&r.request.body)},
             "response": r.response.as_ref().map(|resp| json!({"status": resp.status, "headers": resp.headers,
-                "body": side(&resp.body), "first_byte_ms": resp.first_byte_ms})),
+                "body": side(&resp.body), "first_byte_ms": resp.first_byte_ms,
+                "chunks": resp.chunks.iter().map(|c| [c.at_us, c.bytes]).collect::<Vec<_>>()})),
         })
         .to_string()
     }
@@ -990,5 +1036,71 @@ mod tests {
         fn any_stored_line_is_safe(raw in ".{0,300}") {
             let _ = capture_span(&raw, &OPTIONS);
         }
+    }
+
+    #[test]
+    fn a_timed_stream_carries_the_genai_timings_and_an_event_per_stall() {
+        let stream = chat_stream();
+        let events: Vec<&str> = stream.split_inclusive("\n\n").collect();
+        // "Paris" at 300 ms, "." after a 6 s stall, the rest at once.
+        let times_ms = [300, 6_300, 6_301, 6_302, 6_303];
+        assert_eq!(events.len(), times_ms.len());
+        let mut r = record(
+            "/v1/chat/completions",
+            &chat_request(),
+            "text/event-stream",
+            &stream,
+            Outcome::Complete,
+        );
+        if let Some(resp) = r.response.as_mut() {
+            resp.chunks = events
+                .iter()
+                .zip(times_ms)
+                .map(|(e, t)| crate::record::Chunk {
+                    at_us: t * 1000,
+                    bytes: e.len() as u64,
+                })
+                .collect();
+        }
+        let span = to_span(&r, &OPTIONS);
+        let d = |key: &str| match attr(&span, key) {
+            Some(any_value::Value::DoubleValue(v)) => *v,
+            other => panic!("{key}: expected a double, got {other:?}"),
+        };
+        assert_eq!(d("gen_ai.server.time_to_first_token"), 0.3);
+        // 2 output tokens: the 6 s from the first to the last content, over one token.
+        assert_eq!(d("gen_ai.server.time_per_output_token"), 6.0);
+        let stall = span
+            .events
+            .iter()
+            .find(|e| e.name == "truthtable.stream.stall")
+            .expect("a stall event");
+        assert_eq!(
+            stall.time_unix_nano - span.start_time_unix_nano,
+            300_000_000,
+            "when the stall began"
+        );
+        let before = stall
+            .attributes
+            .iter()
+            .find(|kv| kv.key == "truthtable.stall.before")
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref());
+        assert_eq!(before, Some(&any_value::Value::StringValue("Paris".into())));
+        let untimed = to_span(
+            &record(
+                "/v1/chat/completions",
+                &chat_request(),
+                "text/event-stream",
+                &stream,
+                Outcome::Complete,
+            ),
+            &OPTIONS,
+        );
+        assert!(attr(&untimed, "gen_ai.server.time_to_first_token").is_none());
+        assert!(untimed
+            .events
+            .iter()
+            .all(|e| e.name != "truthtable.stream.stall"));
     }
 }

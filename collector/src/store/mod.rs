@@ -130,6 +130,10 @@ pub struct Digest {
     pub problems: u32,
     /// The words of question and answer a search finds it by (`crate::search::index_words`).
     pub words: String,
+    /// The audit view's `timing.ttft_ms`, in microseconds; `None` without one.
+    pub ttft_us: Option<i64>,
+    /// The record's `duration_ms`, in microseconds (copied, so every filter reads one table).
+    pub duration_us: Option<i64>,
 }
 
 /// A record whose digest is missing or older than the current derivation.
@@ -176,6 +180,10 @@ pub struct ListFilter {
     pub problems: bool,
     /// Every term must start a word of the question or the answer (`crate::search::terms`).
     pub terms: Vec<String>,
+    /// Only captures whose time to first token is longer than this (microseconds).
+    pub ttft_above_us: Option<i64>,
+    /// Only captures that lasted longer than this (microseconds).
+    pub duration_above_us: Option<i64>,
 }
 
 impl ListFilter {
@@ -197,6 +205,29 @@ pub enum Page {
     After(i64),
 }
 
+/// The order of the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sort {
+    /// Most recently stored first, paged by [`Page`].
+    #[default]
+    Newest,
+    /// Longest time to first token first (captures without one left out), paged by [`ListQuery::after_key`].
+    Ttft,
+    /// Longest duration first, paged likewise.
+    Duration,
+}
+
+impl Sort {
+    /// The digest column a sorted list is ordered by.
+    fn column(self) -> Option<&'static str> {
+        match self {
+            Sort::Newest => None,
+            Sort::Ttft => Some("d.ttft_us"),
+            Sort::Duration => Some("d.duration_us"),
+        }
+    }
+}
+
 /// One page of the filtered list.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ListQuery {
@@ -204,8 +235,12 @@ pub struct ListQuery {
     pub filter: ListFilter,
     /// Most rows to return.
     pub limit: u32,
-    /// Where to start.
+    /// Where to start (a list in stored order).
     pub page: Page,
+    /// The order.
+    pub sort: Sort,
+    /// A sorted list's next page: the rows after this `(key, seq)` in the sort order.
+    pub after_key: Option<(i64, i64)>,
 }
 
 /// A value bound into a list query.
@@ -240,9 +275,12 @@ pub(crate) fn list_sql(q: &ListQuery, dialect: &Dialect) -> (String, Vec<SqlValu
     };
     let f = &q.filter;
     let mut conds: Vec<String> = Vec::new();
-    let walk = dialect.search_walk.filter(|_| !f.terms.is_empty());
+    let sorted = q.sort.column();
+    let walk = dialect
+        .search_walk
+        .filter(|_| !f.terms.is_empty() && sorted.is_none());
     let key = match walk {
-        _ if f.is_empty() => "c.seq",
+        _ if f.is_empty() && sorted.is_none() => "c.seq",
         Some((_, key)) => key,
         None => "d.seq",
     };
@@ -293,6 +331,19 @@ pub(crate) fn list_sql(q: &ListQuery, dialect: &Dialect) -> (String, Vec<SqlValu
     if f.problems {
         conds.push("d.problems > 0".to_owned());
     }
+    if let Some(us) = f.ttft_above_us {
+        conds.push(format!("d.ttft_us > {}", bind(SqlValue::Int(us))));
+    }
+    if let Some(us) = f.duration_above_us {
+        conds.push(format!("d.duration_us > {}", bind(SqlValue::Int(us))));
+    }
+    if let Some(column) = sorted {
+        conds.push(format!("{column} IS NOT NULL"));
+        if let Some((k, seq)) = q.after_key {
+            let (k, seq) = (bind(SqlValue::Int(k)), bind(SqlValue::Int(seq)));
+            conds.push(format!("({column}, d.seq) < ({k}, {seq})"));
+        }
+    }
     if !f.terms.is_empty() {
         let p = bind(SqlValue::Text((dialect.search_param)(&f.terms)));
         conds.push((dialect.search)(&p));
@@ -311,19 +362,31 @@ pub(crate) fn list_sql(q: &ListQuery, dialect: &Dialect) -> (String, Vec<SqlValu
     // Filtered, the page's seqs are chosen from the digests alone (narrow rows, or an index
     // that covers the filter), and only that page's records are joined.
     let source = match walk {
-        _ if f.is_empty() => "captures c",
+        _ if f.is_empty() && sorted.is_none() => "captures c",
         Some((from, _)) => from,
         None => "capture_digests d",
     };
-    let from = format!(
-        "(SELECT {key} AS seq FROM {source} {where_} ORDER BY {key} {order} LIMIT {limit}) p"
-    );
+    let (from, outer_order) = match sorted {
+        None => (
+            format!(
+                "(SELECT {key} AS seq FROM {source} {where_} ORDER BY {key} {order} LIMIT {limit}) p"
+            ),
+            format!("p.seq {order}"),
+        ),
+        Some(column) => (
+            format!(
+                "(SELECT d.seq AS seq, {column} AS k FROM {source} {where_}
+                  ORDER BY {column} DESC, d.seq DESC LIMIT {limit}) p"
+            ),
+            "p.k DESC, p.seq DESC".to_owned(),
+        ),
+    };
     let sql = format!(
         "SELECT c.seq, c.id, c.started_at, c.method, c.path, c.status, c.outcome, c.duration_ms,
                 coalesce(d.model, c.model), d.protocol, d.question, d.answer, d.body_truncated,
-                d.stream_complete, d.problems
+                d.stream_complete, d.problems, d.ttft_us, d.duration_us
          FROM {from} JOIN captures c ON c.seq = p.seq LEFT JOIN capture_digests d ON d.seq = p.seq
-         ORDER BY p.seq {order}"
+         ORDER BY {outer_order}"
     );
     (sql, params)
 }
@@ -384,9 +447,14 @@ pub struct CaptureSummary {
     /// How many problems the audit view reports.
     #[serde(rename = "problem_count")]
     pub problems: Option<u32>,
+    /// Time to first token in milliseconds, when the audit view found one.
+    pub ttft_ms: Option<f64>,
     /// Storage sequence number (the paging cursor); not serialised.
     #[serde(skip)]
     pub seq: i64,
+    /// The digest's `ttft_us` and `duration_us` (a sorted list's paging cursor); not serialised.
+    #[serde(skip)]
+    pub keys: (Option<i64>, Option<i64>),
 }
 
 /// A position in a store's commit order. Records read after a cursor are exactly those committed

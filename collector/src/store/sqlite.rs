@@ -128,6 +128,12 @@ CREATE TABLE capture_amendments (
     record      TEXT NOT NULL
 );
 ",
+    "
+ALTER TABLE capture_digests ADD COLUMN ttft_us INTEGER;
+ALTER TABLE capture_digests ADD COLUMN duration_us INTEGER;
+CREATE INDEX capture_digests_ttft ON capture_digests (ttft_us, seq);
+CREATE INDEX capture_digests_duration ON capture_digests (duration_us, seq);
+",
 ];
 
 /// Milliseconds since the Unix epoch, by SQLite's clock.
@@ -269,8 +275,8 @@ fn write_digests(conn: &Connection, written: &[(i64, &Digest, bool)]) -> Result<
     let mut row = conn.prepare_cached(
         "INSERT OR REPLACE INTO capture_digests
          (seq, version, started_us, outcome, status, protocol, model, question, answer,
-          body_truncated, stream_complete, problems)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+          body_truncated, stream_complete, problems, ttft_us, duration_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?;
     for (seq, d, _) in written {
         row.execute(params![
@@ -285,7 +291,9 @@ fn write_digests(conn: &Connection, written: &[(i64, &Digest, bool)]) -> Result<
             d.answer,
             d.body_truncated,
             d.stream_complete,
-            d.problems
+            d.problems,
+            d.ttft_us,
+            d.duration_us
         ])?;
     }
     let mut forget = conn.prepare_cached("DELETE FROM capture_search WHERE rowid = ?1")?;
@@ -317,6 +325,8 @@ fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaptureSummary> {
         body_truncated: r.get(12)?,
         stream_complete: r.get(13)?,
         problems: r.get(14)?,
+        ttft_ms: r.get::<_, Option<i64>>(15)?.map(|us| us as f64 / 1000.0),
+        keys: (r.get(15)?, r.get(16)?),
     })
 }
 
@@ -842,6 +852,7 @@ mod tests {
                 ..Default::default()
             },
             page: Page::Newest,
+            ..ListQuery::default()
         };
         store.list(q).await.unwrap().len()
     }

@@ -157,14 +157,14 @@ fn select(name: &str, label: &str, current: Option<&str>, options: &[&str], any:
     }
 }
 
-fn pager_href(req: &ListRequest, cursor: Option<(&str, i64)>) -> String {
+fn pager_href(req: &ListRequest, cursor: Option<(&str, &str)>) -> String {
     let mut pairs: Vec<(&str, String)> = req
         .filters
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
-    if let Some((k, seq)) = cursor {
-        pairs.push((k, seq.to_string()));
+    if let Some((k, at)) = cursor {
+        pairs.push((k, at.to_owned()));
     }
     let qs = format::query_string(pairs.iter().map(|(k, v)| (*k, v.as_str())));
     if qs.is_empty() {
@@ -206,6 +206,8 @@ pub fn list(
                     datalist #models { @for m in models { option value=(m) {} } }
                 }
                 label { "Status" input #status type="text" name="status" value=(value("status")) placeholder="200, 4xx, none" size="8"; }
+                label { "TTFT over (ms)" input #ttft_above type="text" name="ttft_above" value=(value("ttft_above")) placeholder="2000" size="8"; }
+                (select("sort", "Order", req.filter_value("sort"), &["ttft", "duration"], "newest"))
                 fieldset.marks {
                     legend { "Only" }
                     @for m in MARKS {
@@ -251,11 +253,11 @@ pub fn list(
                     }
                 }
                 nav.pager {
-                    @if page.prev_after.is_some() || !matches!(req.query.page, crate::store::Page::Newest) {
+                    @if page.prev_after.is_some() || !matches!(req.query.page, crate::store::Page::Newest) || req.query.after_key.is_some() {
                         a #newest href=(pager_href(req, None)) { "⇤ Newest" }
                     }
-                    @if let Some(after) = page.prev_after { a #newer href=(pager_href(req, Some(("after", after)))) { "← Newer" } }
-                    @if let Some(before) = page.next_before { a #older href=(pager_href(req, Some(("before", before)))) { "Older →" } }
+                    @if let Some(after) = &page.prev_after { a #newer href=(pager_href(req, Some(("after", after)))) { "← Newer" } }
+                    @if let Some(before) = &page.next_before { a #older href=(pager_href(req, Some(("before", before)))) { "Older →" } }
                 }
             }
         }))
@@ -353,6 +355,88 @@ fn audit_columns(view: &AuditView) -> Markup {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Milliseconds with one decimal.
+fn ms(v: f64) -> String {
+    format!("{v:.1} ms")
+}
+
+/// How fast the answer came: the figures, and the stream's arrival drawn as an inline SVG
+/// (presentation attributes only: the CSP allows no inline style and no script).
+fn timing_section(t: &audit::timing::Timing) -> Markup {
+    html! {
+        section #timing.timing {
+            h2 { "Timing" }
+            dl.facts {
+                dt { "First byte" } dd { @match t.first_byte_ms { Some(v) => (ms(v)), None => span.none { "not recorded" } } }
+                dt { "Time to first token" } dd #ttft { @match t.ttft_ms { Some(v) => (ms(v)), None => span.none { "none (not streamed, or no chunk times)" } } }
+                @if let Some(g) = &t.inter_token_ms {
+                    dt { "Token gaps" } dd #gaps { "p50 " (ms(g.p50)) " · p95 " (ms(g.p95)) " · max " (ms(g.max)) }
+                }
+                @if let Some(r) = t.output_tokens_per_s {
+                    dt { "Output rate" } dd { (format!("{r:.1}")) " tokens/s" }
+                }
+                @if !t.stalls.is_empty() {
+                    dt { "Stalls" } dd #stalls {
+                        ul { @for s in &t.stalls {
+                            li.stall { (ms(s.gap_ms)) " at " (ms(s.at_ms)) ", after " (s.answer_chars) " characters: “…" (s.before) "”" }
+                        } }
+                    }
+                }
+            }
+            @if !t.points.is_empty() { (timeline(t)) }
+        }
+    }
+}
+
+/// Characters of the answer over time: one step per content-bearing chunk, stalls shaded, the
+/// first token marked.
+fn timeline(t: &audit::timing::Timing) -> Markup {
+    const W: f64 = 640.0;
+    const H: f64 = 140.0;
+    const PAD: f64 = 28.0;
+    let end_us = t.points.last().map_or(1, |p| p.0).max(1) as f64;
+    let chars = t.points.last().map_or(1, |p| p.1).max(1) as f64;
+    let x = |us: f64| PAD + (W - 2.0 * PAD) * us / end_us;
+    let y = |c: f64| H - PAD - (H - 2.0 * PAD) * c / chars;
+    let mut line = format!("{:.1},{:.1}", x(0.0), y(0.0));
+    let mut before = 0usize;
+    for &(at, c) in &t.points {
+        line.push_str(&format!(
+            " {:.1},{:.1} {:.1},{:.1}",
+            x(at as f64),
+            y(before as f64),
+            x(at as f64),
+            y(c as f64)
+        ));
+        before = c;
+    }
+    let label = format!(
+        "{} characters over {}, {} stall(s)",
+        before,
+        ms(end_us / 1000.0),
+        t.stalls.len()
+    );
+    html! {
+        svg #timeline xmlns="http://www.w3.org/2000/svg" viewBox={"0 0 " (W) " " (H)} width=(W) height=(H) role="img" aria-label=(label) {
+            title { "Answer arrival: " (label) }
+            @for s in &t.stalls {
+                rect.stall x=(format!("{:.1}", x(s.at_ms * 1000.0))) y=(PAD) width=(format!("{:.1}", x((s.at_ms + s.gap_ms) * 1000.0) - x(s.at_ms * 1000.0))) height=(H - 2.0 * PAD) fill="#f5c2c0" {
+                    title { "stall: " (ms(s.gap_ms)) " at " (ms(s.at_ms)) }
+                }
+            }
+            line x1=(PAD) y1=(H - PAD) x2=(W - PAD) y2=(H - PAD) stroke="#888" stroke-width="1" {}
+            line x1=(PAD) y1=(PAD) x2=(PAD) y2=(H - PAD) stroke="#888" stroke-width="1" {}
+            @if let Some(ttft) = t.ttft_ms {
+                line.ttft x1=(format!("{:.1}", x(ttft * 1000.0))) y1=(PAD) x2=(format!("{:.1}", x(ttft * 1000.0))) y2=(H - PAD) stroke="#2a7" stroke-dasharray="4 3" {}
+            }
+            polyline.arrival points=(line) fill="none" stroke="#2456a6" stroke-width="2" {}
+            text x=(PAD) y=(H - 8.0) font-size="11" fill="#555" { "0" }
+            text x=(W - PAD) y=(H - 8.0) font-size="11" fill="#555" text-anchor="end" { (ms(end_us / 1000.0)) }
+            text x=(PAD + 4.0) y=(PAD - 8.0) font-size="11" fill="#555" { (before) " chars" }
         }
     }
 }
@@ -512,6 +596,7 @@ pub fn capture(id: &str, read: &CaptureRead, viewer: Viewer) -> Markup {
             @if view.body_truncated { p.notice { (mark("truncated", "truncated", "")) " A body was cut at the filter's max_body_bytes: what follows from it is partial." } }
             @if let Some(reason) = &view.reason { p.notice { "Not recognised: " (reason) } }
             (audit_columns(view))
+            @if let Some(t) = &view.timing { (timing_section(t)) }
             section #problems.problems {
                 h2 { "Problems" span.count { (view.problems.len()) } }
                 @if view.problems.is_empty() { p.none { "none" } } @else {

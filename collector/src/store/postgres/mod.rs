@@ -142,6 +142,11 @@ CREATE TABLE capture_amendments (
     record      text NOT NULL
 );
 ",
+    "
+ALTER TABLE capture_digests ADD COLUMN ttft_us bigint, ADD COLUMN duration_us bigint;
+CREATE INDEX capture_digests_ttft ON capture_digests (ttft_us, seq);
+CREATE INDEX capture_digests_duration ON capture_digests (duration_us, seq);
+",
 ];
 
 const DIALECT: Dialect = Dialect {
@@ -191,14 +196,16 @@ RETURNING seq, id";
 /// whole table, a cost that grew with it).
 const PUT_DIGESTS: &str = "
 INSERT INTO capture_digests (seq, version, started_us, outcome, status, protocol, model, question,
-                             answer, body_truncated, stream_complete, problems, search)
+                             answer, body_truncated, stream_complete, problems, search, ttft_us,
+                             duration_us)
 SELECT DISTINCT ON (b.seq) b.seq, b.version, b.started_us, b.outcome, b.status, b.protocol,
        b.model, b.question, b.answer, b.truncated, b.complete, b.problems,
-       array_to_tsvector(string_to_array(b.words, ' '))
+       array_to_tsvector(string_to_array(b.words, ' ')), b.ttft_us, b.duration_us
 FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::text[], $5::int4[], $6::text[], $7::text[],
-            $8::text[], $9::text[], $10::bool[], $11::bool[], $12::int4[], $13::text[])
+            $8::text[], $9::text[], $10::bool[], $11::bool[], $12::int4[], $13::text[],
+            $14::int8[], $15::int8[])
      AS b(seq, version, started_us, outcome, status, protocol, model, question, answer,
-          truncated, complete, problems, words)
+          truncated, complete, problems, words, ttft_us, duration_us)
 WHERE b.seq IN (SELECT seq FROM captures WHERE seq = ANY($1::int8[]))
 ORDER BY b.seq
 ON CONFLICT (seq) DO UPDATE SET
@@ -206,7 +213,8 @@ ON CONFLICT (seq) DO UPDATE SET
     status = EXCLUDED.status, protocol = EXCLUDED.protocol, model = EXCLUDED.model,
     question = EXCLUDED.question, answer = EXCLUDED.answer,
     body_truncated = EXCLUDED.body_truncated, stream_complete = EXCLUDED.stream_complete,
-    problems = EXCLUDED.problems, search = EXCLUDED.search
+    problems = EXCLUDED.problems, search = EXCLUDED.search, ttft_us = EXCLUDED.ttft_us,
+    duration_us = EXCLUDED.duration_us
 WHERE capture_digests.version < EXCLUDED.version";
 
 /// The PostgreSQL store; cheap to share behind an `Arc`.
@@ -474,6 +482,8 @@ fn summary(row: &tokio_postgres::Row) -> CaptureSummary {
         problems: row
             .get::<_, Option<i32>>(14)
             .and_then(|p| u32::try_from(p).ok()),
+        ttft_ms: row.get::<_, Option<i64>>(15).map(|us| us as f64 / 1000.0),
+        keys: (row.get(15), row.get(16)),
     }
 }
 
@@ -652,6 +662,8 @@ impl CaptureStore for PgStore {
         let complete: Vec<Option<bool>> = d.iter().map(|d| d.stream_complete).collect();
         let problems: Vec<i32> = d.iter().map(|d| int4(d.problems)).collect();
         let words: Vec<&str> = d.iter().map(|d| d.words.as_str()).collect();
+        let ttft: Vec<Option<i64>> = d.iter().map(|d| d.ttft_us).collect();
+        let duration: Vec<Option<i64>> = d.iter().map(|d| d.duration_us).collect();
         self.with_client(async |client| {
             let stmt = client.prepare_cached(PUT_DIGESTS).await?;
             client
@@ -659,7 +671,8 @@ impl CaptureStore for PgStore {
                     &stmt,
                     &[
                         &seqs, &versions, &started, &outcomes, &statuses, &protocols, &models,
-                        &questions, &answers, &truncated, &complete, &problems, &words,
+                        &questions, &answers, &truncated, &complete, &problems, &words, &ttft,
+                        &duration,
                     ],
                 )
                 .await
