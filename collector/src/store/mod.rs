@@ -175,6 +175,10 @@ pub struct ListFilter {
     pub problems: bool,
     /// Every term must start a word of the question or the answer (`crate::search::terms`).
     pub terms: Vec<String>,
+    /// Only captures an audit engine flagged (a verdict with a hallucination found).
+    pub flagged: bool,
+    /// Only captures with a verdict scoring below this (a decimal from 0 to 1, as given).
+    pub score_below: Option<String>,
 }
 
 impl ListFilter {
@@ -295,6 +299,19 @@ pub(crate) fn list_sql(q: &ListQuery, dialect: &Dialect) -> (String, Vec<SqlValu
     if !f.terms.is_empty() {
         let p = bind(SqlValue::Text((dialect.search_param)(&f.terms)));
         conds.push((dialect.search)(&p));
+    }
+    if f.flagged {
+        conds.push(
+            "d.seq IN (SELECT capture_seq FROM capture_verdicts WHERE hallucination)".to_owned(),
+        );
+    }
+    if let Some(below) = &f.score_below {
+        // Bound as text and cast, so neither backend needs a float parameter type.
+        let p = bind(SqlValue::Text(below.clone()));
+        conds.push(format!(
+            "d.seq IN (SELECT capture_seq FROM capture_verdicts \
+             WHERE score < CAST(CAST({p} AS TEXT) AS DOUBLE PRECISION))"
+        ));
     }
     let order = if matches!(q.page, Page::After(_)) {
         "ASC"
@@ -442,6 +459,27 @@ pub struct StoredCapture {
     pub raw: String,
 }
 
+/// An audit engine's verdict on a stored capture, ready to store (`crate::engine`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewVerdict {
+    /// The capture's sequence number.
+    pub capture_seq: i64,
+    /// The capture id.
+    pub capture_id: String,
+    /// The engine, as `--audit-engine` names it.
+    pub engine: String,
+    /// `completed`, `failed` or `error`.
+    pub status: String,
+    /// Faithfulness, 0 to 1, when the engine gave one.
+    pub score: Option<f64>,
+    /// Whether the engine found a hallucination, when it said.
+    pub hallucination: Option<bool>,
+    /// The whole verdict as JSON (`crate::engine::verdict::Verdict`).
+    pub verdict: String,
+    /// When it arrived (RFC 3339).
+    pub received_at: String,
+}
+
 /// Size figures for `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreStats {
@@ -530,6 +568,23 @@ pub trait CaptureStore: Send + Sync {
         name: String,
         holder: String,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Appends a verdict (verdicts are never changed or removed: several engines, or several
+    /// runs of one, each keep theirs).
+    fn add_verdict(
+        &self,
+        verdict: NewVerdict,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The verdicts on capture `id` as stored (JSON), in the order they arrived.
+    fn verdicts(&self, id: String) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Of `ids`, those `engine` has already given a verdict (or an engine error) on.
+    fn judged(
+        &self,
+        engine: String,
+        ids: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// How many records are stored and how much disk they take.
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
@@ -652,6 +707,18 @@ impl CaptureStore for Store {
 
     async fn release_cursor(&self, name: String, holder: String) -> Result<(), StoreError> {
         dispatch!(self, s => s.release_cursor(name, holder).await)
+    }
+
+    async fn add_verdict(&self, verdict: NewVerdict) -> Result<(), StoreError> {
+        dispatch!(self, s => s.add_verdict(verdict).await)
+    }
+
+    async fn verdicts(&self, id: String) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, s => s.verdicts(id).await)
+    }
+
+    async fn judged(&self, engine: String, ids: Vec<String>) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, s => s.judged(engine, ids).await)
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {

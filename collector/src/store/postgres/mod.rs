@@ -34,8 +34,8 @@ use self::connect::{classify, Failure};
 use super::health::HealthTracker;
 use super::{
     list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
-    ListQuery, NewCapture, Page, SqlValue, StaleDigest, StoreError, StoreStats, StoredCapture,
-    MODELS_SQL,
+    ListQuery, NewCapture, NewVerdict, Page, SqlValue, StaleDigest, StoreError, StoreStats,
+    StoredCapture, MODELS_SQL,
 };
 use crate::config::PasswordSources;
 
@@ -104,6 +104,23 @@ CREATE INDEX capture_digests_problems ON capture_digests (seq) WHERE problems > 
 -- cost every search ~40 ms after a bulk load).
 CREATE INDEX capture_digests_search ON capture_digests USING gin (search)
     WITH (gin_pending_list_limit = 256);
+",
+    // Audit engines' verdicts (crate::engine): appended, never changed.
+    "
+CREATE TABLE capture_verdicts (
+    seq           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    capture_seq   bigint NOT NULL,
+    capture_id    text NOT NULL,
+    engine        text NOT NULL,
+    status        text NOT NULL,
+    score         double precision,
+    hallucination boolean,
+    verdict       text NOT NULL,
+    received_at   text NOT NULL
+);
+CREATE INDEX capture_verdicts_capture ON capture_verdicts (capture_id, engine);
+CREATE INDEX capture_verdicts_flagged ON capture_verdicts (capture_seq) WHERE hallucination;
+CREATE INDEX capture_verdicts_score ON capture_verdicts (score, capture_seq);
 ",
 ];
 
@@ -722,6 +739,70 @@ impl CaptureStore for PgStore {
         })
         .await?;
         Ok(())
+    }
+
+    async fn add_verdict(&self, v: NewVerdict) -> Result<(), StoreError> {
+        self.with_client(async |client| {
+            let stmt = client
+                .prepare_cached(
+                    "INSERT INTO capture_verdicts
+                     (capture_seq, capture_id, engine, status, score, hallucination, verdict, received_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .await?;
+            client
+                .execute(
+                    &stmt,
+                    &[
+                        &v.capture_seq,
+                        &v.capture_id,
+                        &v.engine,
+                        &v.status,
+                        &v.score,
+                        &v.hallucination,
+                        &v.verdict,
+                        &v.received_at,
+                    ],
+                )
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn verdicts(&self, id: String) -> Result<Vec<String>, StoreError> {
+        self.with_client(async |client| {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT verdict FROM capture_verdicts WHERE capture_id = $1 ORDER BY seq",
+                )
+                .await?;
+            Ok(client
+                .query(&stmt, &[&id])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+        .await
+    }
+
+    async fn judged(&self, engine: String, ids: Vec<String>) -> Result<Vec<String>, StoreError> {
+        self.with_client(async |client| {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT DISTINCT capture_id FROM capture_verdicts
+                     WHERE engine = $1 AND capture_id = ANY($2::text[])",
+                )
+                .await?;
+            Ok(client
+                .query(&stmt, &[&engine, &ids])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+        .await
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
