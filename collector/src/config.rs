@@ -143,6 +143,38 @@ pub struct Cli {
     /// Longest wait between export attempts while the OTLP endpoint is down, in milliseconds.
     #[arg(long, default_value_t = 30_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub otlp_retry_max_ms: u64,
+
+    /// Hand every stored LLM capture with an answer to this audit engine and keep its verdict:
+    /// TruthTable's AuditService at grpc://HOST:PORT (grpcs:// for TLS). Repeat for several.
+    #[arg(long = "audit-engine", value_name = "URL")]
+    pub audit_engines: Vec<String>,
+
+    /// Hand over only captures whose request path starts with this (repeatable).
+    #[arg(long = "audit-path", value_name = "PREFIX")]
+    pub audit_paths: Vec<String>,
+
+    /// Hand over only captures of this model (`gpt-4o`), or of models starting with a prefix
+    /// (`gpt-4*`) (repeatable).
+    #[arg(long = "audit-model", value_name = "MODEL")]
+    pub audit_models: Vec<String>,
+
+    /// The share of the selected captures handed over, 0 to 1, chosen by capture id (the same
+    /// captures every time).
+    #[arg(long, default_value_t = 1.0, value_name = "SHARE")]
+    pub audit_sample: f64,
+
+    /// Most captures one engine judges at once.
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub audit_concurrency: u16,
+
+    /// Longest wait for one audit's result, in milliseconds; then the capture gets an engine
+    /// error.
+    #[arg(long, default_value_t = 600_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub audit_timeout_ms: u64,
+
+    /// Longest wait between attempts while an engine is down, in milliseconds.
+    #[arg(long, default_value_t = 30_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub audit_retry_max_ms: u64,
 }
 
 impl Cli {
@@ -207,6 +239,8 @@ pub struct Config {
     pub read_token: Option<String>,
     /// OpenTelemetry export, as given (checked by [`otlp::ExportConfig::resolve`]).
     pub otlp: OtlpInputs,
+    /// The audit hand-off, as given (checked by [`crate::engine::Engine::all`]).
+    pub audit: crate::engine::AuditInputs,
 }
 
 impl Config {
@@ -239,6 +273,18 @@ impl Config {
                     .iter()
                     .filter_map(|name| Some(((*name).to_owned(), var(name)?)))
                     .collect(),
+            },
+            audit: crate::engine::AuditInputs {
+                engines: cli.audit_engines,
+                selection: crate::engine::Selection {
+                    paths: cli.audit_paths,
+                    models: cli.audit_models,
+                    sample: cli.audit_sample,
+                },
+                concurrency: usize::from(cli.audit_concurrency),
+                call_timeout: std::time::Duration::from_secs(30),
+                deadline: std::time::Duration::from_millis(cli.audit_timeout_ms),
+                retry_max: std::time::Duration::from_millis(cli.audit_retry_max_ms),
             },
         }
     }

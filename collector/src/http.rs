@@ -47,6 +47,8 @@ pub struct AppState {
     pub otlp: Option<crate::otlp::Exporter>,
     /// Gives stored records their digests, behind ingest (`crate::indexer`).
     pub indexer: Arc<crate::indexer::Indexer>,
+    /// The audit engines captures are handed to (`--audit-engine`).
+    pub engines: Vec<Arc<crate::engine::Engine>>,
 }
 
 impl AppState {
@@ -292,6 +294,9 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
             if let (Some(exporter), true) = (&state.otlp, o.stored > 0) {
                 exporter.wake();
             }
+            if o.stored > 0 {
+                state.engines.iter().for_each(|e| e.wake());
+            }
             tracing::debug!(
                 stored = o.stored,
                 duplicates = o.duplicates,
@@ -355,7 +360,12 @@ async fn get_one(
     };
     let view = serde_json::to_string(&read.view).unwrap_or_else(|_| "null".to_owned());
     // The stored line is valid JSON; splicing it keeps the record byte for byte as received.
-    let body = format!("{{\"capture\":{},\"audit\":{view}}}", read.raw);
+    // Verdicts are stored as the JSON the collector wrote, and spliced likewise.
+    let body = format!(
+        "{{\"capture\":{},\"audit\":{view},\"verdicts\":[{}]}}",
+        read.raw,
+        read.verdicts.join(",")
+    );
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -392,7 +402,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
                 pending: state.indexer.pending(),
                 written: state.indexer.written(),
             },
-        ),
+        ) + &crate::engine::render_metrics(&state.engines),
     )
         .into_response()
 }

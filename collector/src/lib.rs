@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod config;
 pub mod digest;
+pub mod engine;
 pub mod frames;
 pub mod http;
 pub mod indexer;
@@ -50,6 +51,7 @@ pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppStat
         max_body_bytes: config.max_body_bytes,
         otlp,
         indexer: Arc::new(indexer::Indexer::new()),
+        engines: engine::Engine::all(&config.audit)?,
     }))
 }
 
@@ -66,6 +68,11 @@ pub async fn serve(
         .otlp
         .is_some()
         .then(|| tokio::spawn(otlp::run(Arc::clone(&state))));
+    let handoffs: Vec<_> = state
+        .engines
+        .iter()
+        .map(|e| tokio::spawn(engine::handoff::run(Arc::clone(&state), Arc::clone(e))))
+        .collect();
     let indexing = tokio::spawn({
         let state = Arc::clone(&state);
         // One collector owns a SQLite file; a shared database may hold records a replica that
@@ -91,6 +98,14 @@ pub async fn serve(
         ex.stop();
         if let Err(e) = task.await {
             tracing::error!(error = %e, "the exporter task failed");
+        }
+    }
+    for e in &state.engines {
+        e.stop();
+    }
+    for task in handoffs {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "an audit hand-off task failed");
         }
     }
     served?;
@@ -120,6 +135,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     // A bad export setting is a start-up error, before anything is opened.
     otlp::ExportConfig::resolve(&config.otlp).context("OpenTelemetry export")?;
+    engine::Engine::all(&config.audit)?;
     let store = store::Store::open(&config).await.with_context(|| {
         format!(
             "opening the store at {}",

@@ -16,9 +16,20 @@ pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 1000;
 
 /// Every parameter the list takes (`GET /v1/captures`, `/`, `/ui`).
-pub const LIST_PARAMS: [&str; 11] = [
-    "limit", "before", "after", "since", "until", "outcome", "protocol", "model", "status", "mark",
+pub const LIST_PARAMS: [&str; 13] = [
+    "limit",
+    "before",
+    "after",
+    "since",
+    "until",
+    "outcome",
+    "protocol",
+    "model",
+    "status",
+    "mark",
     "q",
+    "verdict",
+    "score_below",
 ];
 
 /// The values of `mark`.
@@ -153,6 +164,26 @@ impl ListRequest {
                 "q" => {
                     f.terms = search::terms(value).map_err(|e| BadParam(format!("q: {e}")))?;
                 }
+                "verdict" => match value {
+                    "flagged" => f.flagged = true,
+                    other => {
+                        return Err(BadParam(format!(
+                            "verdict: expected flagged, got \"{other}\""
+                        )))
+                    }
+                },
+                "score_below" => {
+                    let score = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| (0.0..=1.0).contains(s))
+                        .ok_or_else(|| {
+                            BadParam(format!(
+                                "score_below: expected a score from 0 to 1, got \"{value}\""
+                            ))
+                        })?;
+                    f.score_below = Some(score.to_string());
+                }
                 _ => {}
             }
         }
@@ -262,13 +293,16 @@ pub struct CaptureRead {
     pub record: Result<CaptureRecord, String>,
     /// The audit view.
     pub view: AuditView,
+    /// The audit engines' verdicts, as stored (JSON), in the order they arrived.
+    pub verdicts: Vec<String>,
 }
 
 /// The capture stored under `id`, if any.
 pub async fn capture(state: &AppState, id: String) -> Result<Option<CaptureRead>, StoreError> {
-    let Some(raw) = state.store.get(id).await? else {
+    let Some(raw) = state.store.get(id.clone()).await? else {
         return Ok(None);
     };
+    let verdicts = state.store.verdicts(id).await?;
     // Deriving decodes and parses the bodies: CPU work, kept off the async workers.
     let read = tokio::task::spawn_blocking(move || {
         let record = CaptureRecord::parse_line(&raw).map_err(|e| e.to_string());
@@ -276,7 +310,12 @@ pub async fn capture(state: &AppState, id: String) -> Result<Option<CaptureRead>
             Ok(r) => digest::view_of(r),
             Err(e) => AuditView::unknown(format!("stored record no longer validates: {e}")),
         };
-        CaptureRead { raw, record, view }
+        CaptureRead {
+            raw,
+            record,
+            view,
+            verdicts,
+        }
     })
     .await
     .map_err(|e| StoreError::Unavailable(format!("deriving the audit view failed: {e}")))?;
@@ -313,6 +352,9 @@ mod tests {
         assert_eq!(f.terms, ["envoy", "proxy"]);
         assert_eq!((r.query.limit, r.query.page), (10, Page::Before(99)));
         assert_eq!(r.filter_value("model"), Some("gpt-4o"));
+        let v = parse("verdict=flagged&score_below=0.5").unwrap();
+        assert!(v.query.filter.flagged);
+        assert_eq!(v.query.filter.score_below.as_deref(), Some("0.5"));
         assert!(r.filters.iter().all(|(k, _)| k != "before"));
     }
 
@@ -357,6 +399,9 @@ mod tests {
             ("mark=odd", "mark: expected truncated, incomplete, problems"),
             ("q=!!", "q: has no letters or digits"),
             ("model=a&model=b", "model: given more than once"),
+            ("verdict=good", "verdict: expected flagged"),
+            ("score_below=2", "score_below: expected a score from 0 to 1"),
+            ("score_below=x", "score_below: expected a score"),
             ("sort=asc", "unknown query parameter \"sort\""),
         ] {
             let e = parse(q).unwrap_err().0;
