@@ -374,6 +374,9 @@ fn every_list_parameter_and_field_is_documented_in_both_places() {
         body_truncated: None,
         stream_complete: None,
         problems: None,
+        verdict_count: 0,
+        flagged: None,
+        lowest_score: None,
         seq: 0,
     })
     .unwrap();

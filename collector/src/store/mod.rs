@@ -337,7 +337,11 @@ pub(crate) fn list_sql(q: &ListQuery, dialect: &Dialect) -> (String, Vec<SqlValu
     let sql = format!(
         "SELECT c.seq, c.id, c.started_at, c.method, c.path, c.status, c.outcome, c.duration_ms,
                 coalesce(d.model, c.model), d.protocol, d.question, d.answer, d.body_truncated,
-                d.stream_complete, d.problems
+                d.stream_complete, d.problems,
+                (SELECT count(*) FROM capture_verdicts v WHERE v.capture_seq = c.seq),
+                (SELECT max(CASE WHEN v.hallucination THEN 1 WHEN v.hallucination IS NOT NULL THEN 0 END)
+                 FROM capture_verdicts v WHERE v.capture_seq = c.seq),
+                (SELECT min(v.score) FROM capture_verdicts v WHERE v.capture_seq = c.seq)
          FROM {from} JOIN captures c ON c.seq = p.seq LEFT JOIN capture_digests d ON d.seq = p.seq
          ORDER BY p.seq {order}"
     );
@@ -400,6 +404,12 @@ pub struct CaptureSummary {
     /// How many problems the audit view reports.
     #[serde(rename = "problem_count")]
     pub problems: Option<u32>,
+    /// How many verdicts audit engines gave on it (engine errors included).
+    pub verdict_count: u32,
+    /// Whether an engine flagged it (found a hallucination); `null` until an engine judged it.
+    pub flagged: Option<bool>,
+    /// The lowest score an engine gave it; `null` until an engine scored it.
+    pub lowest_score: Option<f64>,
     /// Storage sequence number (the paging cursor); not serialised.
     #[serde(skip)]
     pub seq: i64,

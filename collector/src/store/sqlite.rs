@@ -104,6 +104,7 @@ CREATE TABLE capture_verdicts (
     received_at   TEXT NOT NULL
 );
 CREATE INDEX capture_verdicts_capture ON capture_verdicts (capture_id, engine);
+CREATE INDEX capture_verdicts_seq ON capture_verdicts (capture_seq);
 CREATE INDEX capture_verdicts_flagged ON capture_verdicts (capture_seq) WHERE hallucination;
 CREATE INDEX capture_verdicts_score ON capture_verdicts (score, capture_seq);
 ",
@@ -289,6 +290,9 @@ fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaptureSummary> {
         body_truncated: r.get(12)?,
         stream_complete: r.get(13)?,
         problems: r.get(14)?,
+        verdict_count: r.get(15)?,
+        flagged: r.get::<_, Option<i64>>(16)?.map(|f| f > 0),
+        lowest_score: r.get(17)?,
     })
 }
 

@@ -119,6 +119,7 @@ CREATE TABLE capture_verdicts (
     received_at   text NOT NULL
 );
 CREATE INDEX capture_verdicts_capture ON capture_verdicts (capture_id, engine);
+CREATE INDEX capture_verdicts_seq ON capture_verdicts (capture_seq);
 CREATE INDEX capture_verdicts_flagged ON capture_verdicts (capture_seq) WHERE hallucination;
 CREATE INDEX capture_verdicts_score ON capture_verdicts (score, capture_seq);
 ",
@@ -448,6 +449,9 @@ fn summary(row: &tokio_postgres::Row) -> CaptureSummary {
         problems: row
             .get::<_, Option<i32>>(14)
             .and_then(|p| u32::try_from(p).ok()),
+        verdict_count: u32::try_from(row.get::<_, i64>(15)).unwrap_or(u32::MAX),
+        flagged: row.get::<_, Option<i32>>(16).map(|f| f > 0),
+        lowest_score: row.get(17),
     }
 }
 
