@@ -216,6 +216,7 @@ struct Collector {
     port: u16,
     db: tempfile::TempDir,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     running: Option<Running>,
 }
 
@@ -232,6 +233,7 @@ impl Collector {
             port: free_port(),
             db: tempfile::tempdir().unwrap(),
             args: args.to_vec(),
+            env: Vec::new(),
             running: None,
         }
     }
@@ -243,9 +245,10 @@ impl Collector {
             self.db.path().join("captures.db").display().to_string(),
         ];
         argv.extend(self.args.iter().cloned());
+        let env = self.env.clone();
         let mut config = truthtable_collector::Config::new(
             truthtable_collector::config::Cli::try_from_args(argv).unwrap(),
-            |_| None,
+            move |name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
         );
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         config.listen = addr;
@@ -643,5 +646,172 @@ async fn an_engine_down_across_a_collector_restart_judges_every_capture_once() {
             .await,
         0.0
     );
+    collector.stop().await;
+}
+
+const OLD_SECRET: &str = "whsec_dGhlLW9sZC1zZWNyZXQtb2YtdGhpcy10ZXN0LTAx";
+const NEW_SECRET: &str = "whsec_dGhlLW5ldy1zZWNyZXQtb2YtdGhpcy10ZXN0LTAy";
+const OTHER_SECRET: &str = "whsec_YS1zZWNyZXQtbm9ib2R5LWNvbmZpZ3VyZWQtMDM=";
+const VERDICT_TOKEN: &str = "vt-audit-test-6d1f";
+
+/// The Python receiver (`tests/clients/webhook_receiver.py`) on a free port; killed on drop.
+struct Receiver {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        use std::io::BufRead as _;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("deliveries.jsonl");
+        let port = free_port();
+        let python = std::env::var_os("WEBHOOKS_PYTHON")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| common::repo().join(".venv-webhooks/bin/python"));
+        let mut child = std::process::Command::new(&python)
+            .arg(common::repo().join("tests/clients/webhook_receiver.py"))
+            .args([port.to_string().as_str(), NEW_SECRET, OTHER_SECRET])
+            .arg(&log)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (scripts/setup installs it)", python.display()));
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Receiver {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn deliveries(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_engine_gets_signed_hand_offs_that_standard_webhooks_verifies_and_its_verdicts_are_kept(
+) {
+    let receiver = Receiver::start();
+    let engine = format!("http://127.0.0.1:{}/hooks/truthtable", receiver.port);
+    let mut collector = Collector::new(&["--audit-engine".to_owned(), engine.clone()]);
+    collector.env = vec![
+        // A rotation: the receiver knows only the new secret.
+        (
+            "TRUTHTABLE_WEBHOOK_SECRETS".into(),
+            format!("{OLD_SECRET} {NEW_SECRET}"),
+        ),
+        ("TRUTHTABLE_VERDICT_TOKEN".into(), VERDICT_TOKEN.into()),
+    ];
+    collector.start().await;
+    let filter = filter_config("");
+    let envoy = Envoy::start(EnvoyOpts {
+        upstream: upstream().await,
+        audit: collector.port,
+        filter: Some(&filter),
+        workers: 2,
+    });
+    let http = client();
+    for q in [
+        "What is the capital of France?",
+        "Judge this one later, please.",
+    ] {
+        let _ = http
+            .post(envoy.url("/v1/chat/completions"))
+            .json(&rag(q))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await;
+    }
+    let ids = collector.ids(2).await;
+    let now_id = &ids["What is the capital of France?"];
+    let later_id = &ids["Judge this one later, please."];
+
+    // The verdict in the 2xx answer.
+    let v = collector.verdicts(now_id, 1).await;
+    assert_eq!(v[0]["engine"], engine.as_str());
+    assert_eq!(v[0]["status"], "completed");
+    assert_eq!(v[0]["score"], 0.9);
+    assert_eq!(v[0]["hallucination"], false);
+    assert_eq!(v[0]["claims"][0]["status"], "supported");
+    assert_eq!(v[0]["audit_id"], format!("wh-{now_id}"));
+
+    // Every delivery verified with the independent implementation, and not with another secret.
+    let later = collector.verdicts(later_id, 1).await;
+    assert_eq!(later[0]["status"], "pending");
+    let deliveries = receiver.deliveries();
+    assert_eq!(deliveries.len(), 2, "{deliveries:#?}");
+    for d in &deliveries {
+        assert_eq!(d["verified"], true, "{d:#}");
+        assert_eq!(d["other_secret_verified"], false, "{d:#}");
+        assert_eq!(d["path"], "/hooks/truthtable");
+        assert_eq!(d["payload"]["type"], "truthtable.capture.audit");
+        assert_eq!(d["payload"]["data"]["capture_id"], d["id"]);
+    }
+    let sent = deliveries
+        .iter()
+        .find(|d| d["id"] == now_id.as_str())
+        .unwrap();
+    let audit = &sent["payload"]["data"]["audit"];
+    assert_eq!(audit["question"], "What is the capital of France?");
+    let docs: Vec<&str> = audit["context"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(docs[1..], [PASSAGE, SECOND]);
+
+    // The verdict that comes later, posted with the token.
+    let post = |token: &str, body: Value| {
+        http.post(collector.url(&format!("/v1/captures/{later_id}/verdicts")))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let verdict = json!({"engine": engine, "score": 0.3, "grade": "D", "hallucination": true,
+        "claims": [{"claim": "Lyon is the capital of France.", "status": "contradicted", "confidence": 0.8,
+                    "evidence": [PASSAGE]}]});
+    assert_eq!(post("wrong", verdict.clone()).await.unwrap().status(), 401);
+    let bad = post(VERDICT_TOKEN, json!({"engine": engine, "score": 3}))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("score 3"));
+    let created = post(VERDICT_TOKEN, verdict).await.unwrap();
+    assert_eq!(created.status(), 201);
+    let later = collector.verdicts(later_id, 2).await;
+    assert_eq!(later[1]["status"], "completed");
+    assert_eq!(later[1]["hallucination"], true);
+    let unknown = http
+        .post(collector.url("/v1/captures/nope/verdicts"))
+        .bearer_auth(VERDICT_TOKEN)
+        .json(&json!({"engine": "x", "score": 0.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let flagged = collector.get("/v1/captures?verdict=flagged").await;
+    assert_eq!(flagged["captures"][0]["id"], later_id.as_str());
     collector.stop().await;
 }

@@ -11,6 +11,10 @@ use crate::otlp::{self, NonLlm, OtlpInputs};
 pub const INGEST_TOKEN_ENV: &str = "TRUTHTABLE_INGEST_TOKEN";
 /// Environment variable holding the token required on reads.
 pub const READ_TOKEN_ENV: &str = "TRUTHTABLE_READ_TOKEN";
+/// Environment variable holding the token required to post verdicts.
+pub const VERDICT_TOKEN_ENV: &str = "TRUTHTABLE_VERDICT_TOKEN";
+/// Environment variable holding the `whsec_` secrets webhook engines are signed with.
+pub const WEBHOOK_SECRETS_ENV: &str = "TRUTHTABLE_WEBHOOK_SECRETS";
 /// Environment variable that may hold `--db` (a Kubernetes Secret, say).
 pub const DB_ENV: &str = "TRUTHTABLE_DB";
 /// Environment variable that may hold `--db-password-file`.
@@ -34,6 +38,11 @@ Environment:
                            GET /v1/captures/{id} require `authorization: Bearer <token>`
                            (or the web view's session cookie), and the web view asks for it
                            in a sign-in form.
+  TRUTHTABLE_VERDICT_TOKEN When set (non-empty), POST /v1/captures/{id}/verdicts takes verdicts
+                           with `authorization: Bearer <token>` (webhook engines that answer later).
+  TRUTHTABLE_WEBHOOK_SECRETS
+                           The whsec_ secrets webhook engines are signed with, space-separated
+                           (two during a rotation); needed for an https:// --audit-engine.
   RUST_LOG                 Log filter (default: info), e.g. `debug` or `truthtable_collector=debug`.
 
 OpenTelemetry export (off unless an endpoint is set; a TRACES_ variable wins over the general one):
@@ -64,7 +73,10 @@ HTTP API:
   GET  /v1/captures?limit=N&before=CURSOR&since=&until=&outcome=&protocol=&model=&status=&mark=&q=
                              Summaries, newest stored first, filtered and searched;
                              `next_before` / `prev_after` page older / newer.
-  GET  /v1/captures/{id}     {\"capture\": <record as received>, \"audit\": <audit view>}
+  GET  /v1/captures/{id}     {\"capture\": <record as received>, \"audit\": <audit view>,
+                             \"verdicts\": [<each audit engine's verdict>]}
+  POST /v1/captures/{id}/verdicts
+                             A verdict from an audit engine (TRUTHTABLE_VERDICT_TOKEN).
   GET  /healthz              200 when the store takes writes, 503 (naming the cause) when not.
   GET  /livez                200 while the process serves HTTP, whatever the database does.
   GET  /metrics              Prometheus text format (export counters included).
@@ -145,7 +157,8 @@ pub struct Cli {
     pub otlp_retry_max_ms: u64,
 
     /// Hand every stored LLM capture with an answer to this audit engine and keep its verdict:
-    /// TruthTable's AuditService at grpc://HOST:PORT (grpcs:// for TLS). Repeat for several.
+    /// TruthTable's AuditService at grpc://HOST:PORT (grpcs:// for TLS), or any HTTP engine at an
+    /// https:// URL, over Standard Webhooks. Repeat for several.
     #[arg(long = "audit-engine", value_name = "URL")]
     pub audit_engines: Vec<String>,
 
@@ -237,6 +250,8 @@ pub struct Config {
     pub ingest_token: Option<String>,
     /// Bearer token required on reads, if any.
     pub read_token: Option<String>,
+    /// Bearer token that posts verdicts; without one, none are taken.
+    pub verdict_token: Option<String>,
     /// OpenTelemetry export, as given (checked by [`otlp::ExportConfig::resolve`]).
     pub otlp: OtlpInputs,
     /// The audit hand-off, as given (checked by [`crate::engine::Engine::all`]).
@@ -263,6 +278,7 @@ impl Config {
             max_body_bytes: cli.max_body_bytes,
             ingest_token: var(INGEST_TOKEN_ENV),
             read_token: var(READ_TOKEN_ENV),
+            verdict_token: var(VERDICT_TOKEN_ENV),
             otlp: OtlpInputs {
                 endpoint: cli.otlp_endpoint,
                 protocol: cli.otlp_protocol,
@@ -285,6 +301,14 @@ impl Config {
                 call_timeout: std::time::Duration::from_secs(30),
                 deadline: std::time::Duration::from_millis(cli.audit_timeout_ms),
                 retry_max: std::time::Duration::from_millis(cli.audit_retry_max_ms),
+                webhook_secrets: var(WEBHOOK_SECRETS_ENV)
+                    .map(|s| {
+                        s.split([' ', ','])
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             },
         }
     }

@@ -41,6 +41,8 @@ pub struct AppState {
     pub ingest_token: Option<String>,
     /// Bearer token required on reads, if any.
     pub read_token: Option<String>,
+    /// Bearer token that posts verdicts; without one, `POST /v1/captures/{id}/verdicts` is off.
+    pub verdict_token: Option<String>,
     /// Largest ingest body in bytes.
     pub max_body_bytes: usize,
     /// The OpenTelemetry exporter, when export is on.
@@ -63,6 +65,10 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/captures", get(list).post(ingest))
         .route("/v1/captures/{id}", get(get_one))
+        .route(
+            "/v1/captures/{id}/verdicts",
+            axum::routing::post(post_verdict),
+        )
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
         .route("/metrics", get(metrics))
@@ -367,6 +373,76 @@ async fn get_one(
         read.verdicts.join(",")
     );
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Largest verdict body taken by `POST /v1/captures/{id}/verdicts`.
+const MAX_VERDICT_BYTES: usize = 4 << 20;
+
+/// A verdict an audit engine posts later (a webhook engine that answered without one): checked
+/// like an engine's answer, then appended to the capture's verdicts. 201 when stored.
+async fn post_verdict(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    let Some(token) = state.verdict_token.as_deref() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "this collector takes no verdicts: set TRUTHTABLE_VERDICT_TOKEN",
+        );
+    };
+    if let Err(e) = authorize(&headers, Some(token)) {
+        return e.into_response();
+    }
+    let bytes = match Limited::new(body, MAX_VERDICT_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a verdict is at most {MAX_VERDICT_BYTES} bytes"),
+            )
+        }
+    };
+    let posted: crate::engine::verdict::PostedVerdict = match serde_json::from_slice(&bytes) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a verdict: {e}")),
+    };
+    let Some(engine) = posted.engine.clone().filter(|e| !e.trim().is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "engine: required (the engine's name)",
+        );
+    };
+    let seq = match state.store.capture_seq(id.clone()).await {
+        Ok(Some(seq)) => seq,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no capture with id \"{id}\""),
+            )
+        }
+        Err(e) => return store_failure(&state, &e).into_response(),
+    };
+    let verdict =
+        match crate::engine::verdict::from_posted(&engine, posted, true, crate::engine::now()) {
+            Ok(v) => v,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
+        };
+    let new = crate::store::NewVerdict {
+        capture_seq: seq,
+        capture_id: id,
+        engine,
+        status: verdict.status.as_str().to_owned(),
+        score: verdict.score,
+        hallucination: verdict.hallucination,
+        verdict: serde_json::to_string(&verdict).unwrap_or_default(),
+        received_at: verdict.received_at.clone(),
+    };
+    match state.store.add_verdict(new).await {
+        Ok(()) => (StatusCode::CREATED, Json(verdict)).into_response(),
+        Err(e) => store_failure(&state, &e).into_response(),
+    }
 }
 
 /// 200 while the store takes writes; 503 with the cause while it does not (a readiness probe).

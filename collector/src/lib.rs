@@ -48,6 +48,7 @@ pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppStat
         metrics: metrics::Metrics::new(),
         ingest_token: config.ingest_token.clone(),
         read_token: config.read_token.clone(),
+        verdict_token: config.verdict_token.clone(),
         max_body_bytes: config.max_body_bytes,
         otlp,
         indexer: Arc::new(indexer::Indexer::new()),

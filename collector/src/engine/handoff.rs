@@ -324,10 +324,13 @@ async fn judge_one(state: Arc<AppState>, engine: Arc<Engine>, seq: i64, h: Hando
             }
         }
     }
-    let counter = match verdict.status {
-        super::verdict::VerdictStatus::Error => &engine.stats.failed,
-        _ => &engine.stats.judged,
+    use super::verdict::VerdictStatus;
+    match verdict.status {
+        VerdictStatus::Error => engine.stats.failed.fetch_add(1, Ordering::Relaxed),
+        VerdictStatus::Completed | VerdictStatus::Failed => {
+            engine.stats.judged.fetch_add(1, Ordering::Relaxed)
+        }
+        VerdictStatus::Pending => 0,
     };
-    counter.fetch_add(1, Ordering::Relaxed);
     true
 }

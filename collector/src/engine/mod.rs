@@ -20,6 +20,7 @@ pub mod handoff;
 pub mod proto;
 pub mod request;
 pub mod verdict;
+pub mod webhook;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -57,6 +58,8 @@ pub struct AuditInputs {
     pub deadline: Duration,
     /// Longest wait between attempts while an engine is down.
     pub retry_max: Duration,
+    /// The `whsec_` secrets webhook engines are signed with (several during a rotation).
+    pub webhook_secrets: Vec<String>,
 }
 
 impl Default for AuditInputs {
@@ -71,6 +74,7 @@ impl Default for AuditInputs {
             call_timeout: Duration::from_secs(30),
             deadline: Duration::from_secs(600),
             retry_max: Duration::from_secs(30),
+            webhook_secrets: Vec::new(),
         }
     }
 }
@@ -79,6 +83,8 @@ impl Default for AuditInputs {
 pub enum Kind {
     /// TruthTable's `AuditService` over gRPC.
     Grpc(grpc::GrpcEngine),
+    /// Any HTTP endpoint, over Standard Webhooks.
+    Webhook(webhook::WebhookEngine),
 }
 
 /// Counters of one engine, for `/metrics`.
@@ -135,7 +141,8 @@ pub fn engine_name(url: &str) -> String {
 }
 
 impl Engine {
-    /// An engine for `url`: `grpc://host:port` or `grpcs://host:port`. Connects on first use.
+    /// An engine for `url`: `grpc://host:port`, `grpcs://host:port`, or an `https://` (or, on a
+    /// trusted network, `http://`) webhook URL. Connects on first use.
     pub fn new(url: &str, inputs: &AuditInputs, holder: &str) -> anyhow::Result<Engine> {
         let name = engine_name(url);
         let kind = if let Some(rest) = url.strip_prefix("grpc://") {
@@ -152,8 +159,16 @@ impl Engine {
                 inputs.call_timeout,
                 inputs.deadline,
             )?)
+        } else if url.starts_with("https://") || url.starts_with("http://") {
+            Kind::Webhook(webhook::WebhookEngine::new(
+                url,
+                &inputs.webhook_secrets,
+                inputs.call_timeout,
+            )?)
         } else {
-            anyhow::bail!("--audit-engine {url}: expected grpc://HOST:PORT or grpcs://HOST:PORT");
+            anyhow::bail!(
+                "--audit-engine {url}: expected grpc://HOST:PORT, grpcs://HOST:PORT or an https:// webhook URL"
+            );
         };
         Ok(Engine {
             name,
@@ -222,6 +237,14 @@ impl Engine {
                 Attempt::Retry(why) => Attempt::Retry(why),
                 Attempt::Bad(why) => Attempt::Bad(why),
             },
+            Kind::Webhook(w) => match w.judge(&self.name, h).await {
+                Attempt::Done(Some(v)) => Attempt::Done(v),
+                Attempt::Done(None) => {
+                    Attempt::Done(Verdict::pending(&self.name, h.answer_complete, now()))
+                }
+                Attempt::Retry(why) => Attempt::Retry(why),
+                Attempt::Bad(why) => Attempt::Bad(why),
+            },
         }
     }
 
@@ -238,6 +261,7 @@ impl Engine {
                     ))
                 }
             }),
+            Kind::Webhook(_) => Ok("a webhook (no health check; its answers tell)".to_owned()),
         }
     }
 }
@@ -326,6 +350,11 @@ mod tests {
         assert_eq!(engines[1].cursor_name(), "audit:grpcs://judge:443");
         inputs.engines = vec!["ftp://x".into()];
         assert!(Engine::all(&inputs).is_err());
+        inputs.engines = vec!["https://judge.example.com/hook".into()];
+        let e = format!("{:#}", Engine::all(&inputs).err().unwrap());
+        assert!(e.contains("TRUTHTABLE_WEBHOOK_SECRETS"), "{e}");
+        inputs.webhook_secrets = vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()];
+        assert!(Engine::all(&inputs).is_ok());
         inputs.engines = vec!["grpc://a:1".into(), "grpc://a:1".into()];
         assert!(format!("{:#}", Engine::all(&inputs).err().unwrap()).contains("twice"));
         inputs.engines = vec![];

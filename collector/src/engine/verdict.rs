@@ -22,6 +22,9 @@ pub enum VerdictStatus {
     /// The engine's answer could not be used (malformed, out of range, unknown values, too
     /// large, refused for good); `error` says why.
     Error,
+    /// A webhook engine took the capture and will post its verdict later
+    /// (`POST /v1/captures/{id}/verdicts`).
+    Pending,
 }
 
 impl VerdictStatus {
@@ -31,6 +34,7 @@ impl VerdictStatus {
             VerdictStatus::Completed => "completed",
             VerdictStatus::Failed => "failed",
             VerdictStatus::Error => "error",
+            VerdictStatus::Pending => "pending",
         }
     }
 }
@@ -105,6 +109,15 @@ impl Verdict {
             error: Some(why),
             answer_complete,
             received_at,
+        }
+    }
+
+    /// A webhook engine took the capture; its verdict comes later.
+    pub fn pending(engine: &str, answer_complete: bool, received_at: String) -> Self {
+        Verdict {
+            status: VerdictStatus::Pending,
+            error: None,
+            ..Verdict::error(engine, String::new(), answer_complete, received_at)
         }
     }
 
@@ -250,6 +263,123 @@ pub fn from_result(
     })
 }
 
+/// A verdict as an HTTP engine gives it: in its 2xx answer, or later through
+/// `POST /v1/captures/{id}/verdicts`. Unknown fields are ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PostedVerdict {
+    /// Only through `POST /v1/captures/{id}/verdicts`: which engine says it.
+    #[serde(default)]
+    pub engine: Option<String>,
+    /// `completed` (the default) or `failed`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// 0 to 1.
+    #[serde(default)]
+    pub score: Option<f64>,
+    /// A short grade (`A` … `F`).
+    #[serde(default)]
+    pub grade: Option<String>,
+    /// Whether a hallucination was found.
+    #[serde(default)]
+    pub hallucination: Option<bool>,
+    /// Each claim checked.
+    #[serde(default)]
+    pub claims: Vec<Claim>,
+    /// The engine's reasoning.
+    #[serde(default)]
+    pub reasoning: Option<String>,
+    /// The engine's timings.
+    #[serde(default)]
+    pub timings: Option<Timings>,
+    /// The engine's id for the audit.
+    #[serde(default)]
+    pub audit_id: Option<String>,
+    /// Why a `failed` audit failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The claim statuses a verdict may name.
+pub const CLAIM_STATUSES: [&str; 5] = [
+    "supported",
+    "contradicted",
+    "unsupported",
+    "partially_supported",
+    "unspecified",
+];
+
+/// A posted verdict checked: scores and confidences from 0 to 1, known statuses, bounded texts.
+pub fn from_posted(
+    engine: &str,
+    p: PostedVerdict,
+    answer_complete: bool,
+    received_at: String,
+) -> Result<Verdict, BadAnswer> {
+    let status = match p.status.as_deref() {
+        None | Some("completed") => VerdictStatus::Completed,
+        Some("failed") => VerdictStatus::Failed,
+        Some(other) => {
+            return Err(BadAnswer(format!(
+                "status {other:?} is not completed or failed"
+            )))
+        }
+    };
+    let in_unit = |what: &str, v: f64| {
+        if v.is_finite() && (0.0..=1.0).contains(&v) {
+            Ok(v)
+        } else {
+            Err(BadAnswer(format!("{what} {v} is not between 0 and 1")))
+        }
+    };
+    if status == VerdictStatus::Completed && p.score.is_none() {
+        return Err(BadAnswer("a completed verdict needs a score".to_owned()));
+    }
+    let score = p.score.map(|s| in_unit("score", s)).transpose()?;
+    if p.claims.len() > MAX_CLAIMS {
+        return Err(BadAnswer(format!(
+            "{} claims, more than {MAX_CLAIMS}",
+            p.claims.len()
+        )));
+    }
+    let mut claims = Vec::with_capacity(p.claims.len());
+    for (i, c) in p.claims.into_iter().enumerate() {
+        if !CLAIM_STATUSES.contains(&c.status.as_str()) {
+            return Err(BadAnswer(format!(
+                "claims[{i}].status {:?} is not one of {}",
+                c.status,
+                CLAIM_STATUSES.join(", ")
+            )));
+        }
+        claims.push(Claim {
+            claim: text(&format!("claims[{i}].claim"), c.claim)?,
+            confidence: in_unit(&format!("claims[{i}].confidence"), c.confidence)?,
+            evidence: c
+                .evidence
+                .into_iter()
+                .map(|e| text(&format!("claims[{i}].evidence"), e))
+                .collect::<Result<_, _>>()?,
+            status: c.status,
+        });
+    }
+    if p.grade.as_ref().is_some_and(|g| g.len() > 16) {
+        return Err(BadAnswer("grade is longer than 16 bytes".to_owned()));
+    }
+    Ok(Verdict {
+        engine: engine.to_owned(),
+        status,
+        score,
+        grade: p.grade,
+        hallucination: p.hallucination,
+        claims,
+        reasoning: p.reasoning.map(|r| text("reasoning", r)).transpose()?,
+        timings: p.timings.unwrap_or_default(),
+        audit_id: p.audit_id.map(|a| text("audit_id", a)).transpose()?,
+        error: p.error.map(|e| text("error", e)).transpose()?,
+        answer_complete,
+        received_at,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +454,44 @@ mod tests {
         let mut r = result();
         r.reasoning_trace = "x".repeat(MAX_TEXT + 1);
         assert!(from_result("e", r, true, "t".into()).is_err());
+    }
+
+    #[test]
+    fn a_posted_verdict_is_checked_like_an_engines_answer() {
+        let posted = |v: serde_json::Value| {
+            from_posted("e", serde_json::from_value(v).unwrap(), true, "t".into())
+        };
+        let v = posted(
+            serde_json::json!({"score": 0.4, "grade": "C", "hallucination": true,
+            "claims": [{"claim": "c", "status": "unsupported", "confidence": 0.5, "evidence": []}],
+            "extra": "ignored"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (v.status, v.score, v.flagged()),
+            (VerdictStatus::Completed, Some(0.4), true)
+        );
+        for (bad, why) in [
+            (serde_json::json!({"score": 2.0}), "score 2"),
+            (serde_json::json!({"hallucination": true}), "needs a score"),
+            (
+                serde_json::json!({"score": 0.5, "status": "maybe"}),
+                "status \"maybe\"",
+            ),
+            (
+                serde_json::json!({"score": 0.5, "claims": [{"claim": "c", "status": "odd", "confidence": 0.5, "evidence": []}]}),
+                "claims[0].status",
+            ),
+            (
+                serde_json::json!({"score": 0.5, "claims": [{"claim": "c", "status": "supported", "confidence": -1, "evidence": []}]}),
+                "claims[0].confidence",
+            ),
+        ] {
+            let e = posted(bad).unwrap_err().0;
+            assert!(e.contains(why), "{e}");
+        }
+        let failed = posted(serde_json::json!({"status": "failed", "error": "timeout"})).unwrap();
+        assert_eq!(failed.status, VerdictStatus::Failed);
     }
 
     #[test]

@@ -338,7 +338,7 @@ pub(crate) fn list_sql(q: &ListQuery, dialect: &Dialect) -> (String, Vec<SqlValu
         "SELECT c.seq, c.id, c.started_at, c.method, c.path, c.status, c.outcome, c.duration_ms,
                 coalesce(d.model, c.model), d.protocol, d.question, d.answer, d.body_truncated,
                 d.stream_complete, d.problems,
-                (SELECT count(*) FROM capture_verdicts v WHERE v.capture_seq = c.seq),
+                (SELECT count(*) FROM capture_verdicts v WHERE v.capture_seq = c.seq AND v.status <> 'pending'),
                 (SELECT max(CASE WHEN v.hallucination THEN 1 WHEN v.hallucination IS NOT NULL THEN 0 END)
                  FROM capture_verdicts v WHERE v.capture_seq = c.seq),
                 (SELECT min(v.score) FROM capture_verdicts v WHERE v.capture_seq = c.seq)
@@ -404,7 +404,8 @@ pub struct CaptureSummary {
     /// How many problems the audit view reports.
     #[serde(rename = "problem_count")]
     pub problems: Option<u32>,
-    /// How many verdicts audit engines gave on it (engine errors included).
+    /// How many verdicts audit engines gave on it (engine errors included, hand-offs whose
+    /// verdict is still to come not).
     pub verdict_count: u32,
     /// Whether an engine flagged it (found a hallucination); `null` until an engine judged it.
     pub flagged: Option<bool>,
@@ -586,6 +587,12 @@ pub trait CaptureStore: Send + Sync {
         verdict: NewVerdict,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// The sequence number of the capture stored under `id`, if any.
+    fn capture_seq(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
     /// The verdicts on capture `id` as stored (JSON), in the order they arrived.
     fn verdicts(&self, id: String) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
@@ -721,6 +728,10 @@ impl CaptureStore for Store {
 
     async fn add_verdict(&self, verdict: NewVerdict) -> Result<(), StoreError> {
         dispatch!(self, s => s.add_verdict(verdict).await)
+    }
+
+    async fn capture_seq(&self, id: String) -> Result<Option<i64>, StoreError> {
+        dispatch!(self, s => s.capture_seq(id).await)
     }
 
     async fn verdicts(&self, id: String) -> Result<Vec<String>, StoreError> {

@@ -515,6 +515,16 @@ impl CaptureStore for SqliteStore {
         .await
     }
 
+    async fn capture_seq(&self, id: String) -> Result<Option<i64>, StoreError> {
+        self.blocking(move |_, conn| {
+            Ok(conn
+                .prepare_cached("SELECT seq FROM captures WHERE id = ?1")?
+                .query_row(params![id], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
     async fn verdicts(&self, id: String) -> Result<Vec<String>, StoreError> {
         self.blocking(move |_, conn| {
             let mut stmt = conn.prepare_cached(

@@ -165,6 +165,7 @@ fn verdicts_section(view: &AuditView, verdicts: &[String]) -> Markup {
                                     (crate::engine::verdict::VerdictStatus::Completed, _) => span.badge.ok { "faithful" },
                                     (crate::engine::verdict::VerdictStatus::Failed, _) => span.badge.warn { "audit failed" },
                                     (crate::engine::verdict::VerdictStatus::Error, _) => span.badge.muted { "engine error" },
+                                    (crate::engine::verdict::VerdictStatus::Pending, _) => span.badge.muted { "verdict to come" },
                                 }
                                 @if let Some(score) = v.score { " score " strong.score { (format!("{score:.2}")) } }
                                 @if let Some(g) = &v.grade { " grade " strong.grade { (g) } }

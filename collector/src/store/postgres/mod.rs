@@ -774,6 +774,16 @@ impl CaptureStore for PgStore {
         Ok(())
     }
 
+    async fn capture_seq(&self, id: String) -> Result<Option<i64>, StoreError> {
+        self.with_client(async |client| {
+            let stmt = client
+                .prepare_cached("SELECT seq FROM captures WHERE id = $1")
+                .await?;
+            Ok(client.query_opt(&stmt, &[&id]).await?.map(|r| r.get(0)))
+        })
+        .await
+    }
+
     async fn verdicts(&self, id: String) -> Result<Vec<String>, StoreError> {
         self.with_client(async |client| {
             let stmt = client
