@@ -4,11 +4,15 @@
 //! (answering canned verdicts), and the verdict comes back with the capture. The engine sees the
 //! question, the answer and every retrieved document; an answer cut off mid-stream is handed over
 //! marked as such; an engine's unusable answer is kept as an engine error; an engine that is down
-//! while the collector restarts loses no capture and judges each once.
+//! while the collector restarts loses no capture and judges each once. A Standard Webhooks engine's
+//! signatures are verified by the independent `standardwebhooks` package. With the OpenTelemetry
+//! export to a real Arize Phoenix, the verdict shows on the capture's span as an annotation.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "../collector/tests/common/phoenix.rs"]
+mod phoenix;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -813,5 +817,87 @@ async fn a_webhook_engine_gets_signed_hand_offs_that_standard_webhooks_verifies_
     assert_eq!(unknown.status(), 404);
     let flagged = collector.get("/v1/captures?verdict=flagged").await;
     assert_eq!(flagged["captures"][0]["id"], later_id.as_str());
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_export_to_phoenix_the_verdict_is_an_annotation_on_the_captures_span() {
+    let phoenix = phoenix::Phoenix::shared();
+    let project = format!("audit-{}", std::process::id());
+    let judge = Judge::default();
+    let engine_port = free_port();
+    let _engine = serve_judge(judge.clone(), engine_port).await;
+    let engine = format!("grpc://127.0.0.1:{engine_port}");
+    let mut collector = Collector::new(&["--audit-engine".to_owned(), engine.clone()]);
+    collector.env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), phoenix.base()),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES".into(),
+            format!("openinference.project.name={project}"),
+        ),
+    ];
+    collector.start().await;
+    let filter = filter_config("");
+    let envoy = Envoy::start(EnvoyOpts {
+        upstream: upstream().await,
+        audit: collector.port,
+        filter: Some(&filter),
+        workers: 2,
+    });
+    let _ = client()
+        .post(envoy.url("/v1/chat/completions"))
+        .json(&rag("What is the capital of France?"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await;
+    let ids = collector.ids(1).await;
+    let id = &ids["What is the capital of France?"];
+    collector.verdicts(id, 1).await;
+    let spans = phoenix
+        .wait_spans(&project, 1, Duration::from_secs(60))
+        .await;
+    let span = phoenix::span_of(&spans, id);
+    let span_id = span["context"]["span_id"].as_str().unwrap().to_owned();
+
+    // Read back through Phoenix's REST API.
+    let url = format!(
+        "{}/v1/projects/{project}/span_annotations?span_ids={span_id}",
+        phoenix.base()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let annotation = loop {
+        let got: Value = client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or(Value::Null);
+        if let Some(a) = got["data"].as_array().and_then(|d| d.first()) {
+            break a.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no annotation on span {span_id}: {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(annotation["name"], "truthtable.verdict");
+    assert_eq!(annotation["annotator_kind"], "LLM");
+    assert_eq!(annotation["result"]["label"], "hallucination");
+    assert!((annotation["result"]["score"].as_f64().unwrap() - 0.2).abs() < 1e-6);
+    assert_eq!(
+        annotation["result"]["explanation"],
+        "The passage names Paris."
+    );
+    assert_eq!(annotation["metadata"]["engine"], engine.as_str());
+    assert_eq!(annotation["metadata"]["capture_id"], id.as_str());
+    assert_eq!(
+        annotation["metadata"]["claims"][0]["status"],
+        "contradicted"
+    );
     collector.stop().await;
 }

@@ -51,6 +51,20 @@ pub struct AppState {
     pub indexer: Arc<crate::indexer::Indexer>,
     /// The audit engines captures are handed to (`--audit-engine`).
     pub engines: Vec<Arc<crate::engine::Engine>>,
+    /// Posts verdicts to Phoenix as span annotations, when the export goes to Phoenix.
+    pub annotator: Option<crate::engine::annotate::Annotator>,
+}
+
+impl AppState {
+    /// Attaches `verdict` to the capture's span in Phoenix, behind the caller's back.
+    pub fn annotate(&self, capture_id: &str, verdict: &crate::engine::Verdict) {
+        if verdict.status == crate::engine::verdict::VerdictStatus::Pending {
+            return;
+        }
+        if let Some(a) = &self.annotator {
+            tokio::spawn(a.clone().annotate(capture_id.to_owned(), verdict.clone()));
+        }
+    }
 }
 
 impl AppState {
@@ -429,6 +443,7 @@ async fn post_verdict(
             Ok(v) => v,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
         };
+    let id_for_annotation = id.clone();
     let new = crate::store::NewVerdict {
         capture_seq: seq,
         capture_id: id,
@@ -440,7 +455,10 @@ async fn post_verdict(
         received_at: verdict.received_at.clone(),
     };
     match state.store.add_verdict(new).await {
-        Ok(()) => (StatusCode::CREATED, Json(verdict)).into_response(),
+        Ok(()) => {
+            state.annotate(&id_for_annotation, &verdict);
+            (StatusCode::CREATED, Json(verdict)).into_response()
+        }
         Err(e) => store_failure(&state, &e).into_response(),
     }
 }

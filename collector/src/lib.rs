@@ -43,6 +43,9 @@ pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppStat
         .map(otlp::Exporter::new)
         .transpose()
         .context("OpenTelemetry export")?;
+    let annotator = otlp
+        .as_ref()
+        .and_then(|e| engine::annotate::Annotator::for_export(&e.config));
     Ok(Arc::new(AppState {
         store,
         metrics: metrics::Metrics::new(),
@@ -53,6 +56,7 @@ pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppStat
         otlp,
         indexer: Arc::new(indexer::Indexer::new()),
         engines: engine::Engine::all(&config.audit)?,
+        annotator,
     }))
 }
 

@@ -324,6 +324,7 @@ async fn judge_one(state: Arc<AppState>, engine: Arc<Engine>, seq: i64, h: Hando
             }
         }
     }
+    state.annotate(&h.capture_id, &verdict);
     use super::verdict::VerdictStatus;
     match verdict.status {
         VerdictStatus::Error => engine.stats.failed.fetch_add(1, Ordering::Relaxed),

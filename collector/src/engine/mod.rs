@@ -15,6 +15,7 @@
 //! TruthTable's `AuditService`, [`verdict`] checks an answer and keeps it, [`handoff`] is the
 //! loop.
 
+pub mod annotate;
 pub mod grpc;
 pub mod handoff;
 pub mod proto;
