@@ -30,12 +30,16 @@ const FIRST_RETRY: Duration = Duration::from_millis(250);
 /// Hands captures to `engine` until it is stopped.
 pub async fn run(state: Arc<AppState>, engine: Arc<Engine>) {
     tracing::info!(engine = %engine.name, "handing stored captures to the audit engine");
-    match engine.health().await {
-        Ok(health) => tracing::info!(engine = %engine.name, "audit engine {health}"),
-        Err(why) => {
-            tracing::warn!(engine = %engine.name, "audit engine health check: {why}; captures wait in the store until it answers")
+    // Asked beside the loop, so an engine that does not answer delays neither it nor a stop.
+    let asked = Arc::clone(&engine);
+    let health = tokio::spawn(async move {
+        match asked.health().await {
+            Ok(health) => tracing::info!(engine = %asked.name, "audit engine {health}"),
+            Err(why) => {
+                tracing::warn!(engine = %asked.name, "audit engine health check: {why}; captures wait in the store until it answers")
+            }
         }
-    }
+    });
     let mut stop = engine.stop.subscribe();
     let mut lease: Option<(Cursor, Instant)> = None;
     let name = engine.cursor_name();
@@ -131,6 +135,7 @@ pub async fn run(state: Arc<AppState>, engine: Arc<Engine>) {
             }
         }
     }
+    health.abort();
     if lease.is_some() {
         let _ = state
             .store
