@@ -11,6 +11,10 @@ use crate::otlp::{self, NonLlm, OtlpInputs};
 pub const INGEST_TOKEN_ENV: &str = "TRUTHTABLE_INGEST_TOKEN";
 /// Environment variable holding the token required on reads.
 pub const READ_TOKEN_ENV: &str = "TRUTHTABLE_READ_TOKEN";
+/// Environment variable holding the token required to post verdicts.
+pub const VERDICT_TOKEN_ENV: &str = "TRUTHTABLE_VERDICT_TOKEN";
+/// Environment variable holding the `whsec_` secrets webhook engines are signed with.
+pub const WEBHOOK_SECRETS_ENV: &str = "TRUTHTABLE_WEBHOOK_SECRETS";
 /// Environment variable that may hold `--db` (a Kubernetes Secret, say).
 pub const DB_ENV: &str = "TRUTHTABLE_DB";
 /// Environment variable that may hold `--db-password-file`.
@@ -37,6 +41,11 @@ Environment:
                            (or the web view's session cookie), and the web view asks for it
                            in a sign-in form.
   TRUTHTABLE_LOG_KEY       The --log-key value when the flag is not given.
+  TRUTHTABLE_VERDICT_TOKEN When set (non-empty), POST /v1/captures/{id}/verdicts takes verdicts
+                           with `authorization: Bearer <token>` (webhook engines that answer later).
+  TRUTHTABLE_WEBHOOK_SECRETS
+                           The whsec_ secrets webhook engines are signed with, space-separated
+                           (two during a rotation); needed for an https:// --audit-engine.
   RUST_LOG                 Log filter (default: info), e.g. `debug` or `truthtable_collector=debug`.
 
 OpenTelemetry export (off unless an endpoint is set; a TRACES_ variable wins over the general one):
@@ -76,6 +85,10 @@ HTTP API:
                              The capture's log entry: its record bytes exactly as stored.
   GET  /v1/captures/{id}/proof[?size=N]
                              A C2SP tlog-proof of the entry (against checkpoint N).
+  GET  /v1/captures/{id}     {\"capture\": <record as received>, \"audit\": <audit view>,
+                             \"verdicts\": [<each audit engine's verdict>]}
+  POST /v1/captures/{id}/verdicts
+                             A verdict from an audit engine (TRUTHTABLE_VERDICT_TOKEN).
   GET  /healthz              200 when the store takes writes, 503 (naming the cause) when not.
   GET  /livez                200 while the process serves HTTP, whatever the database does.
   GET  /metrics              Prometheus text format (export counters included).
@@ -171,6 +184,38 @@ pub struct Cli {
     /// (audit view `timing.stalls`, OpenTelemetry stall events), in milliseconds.
     #[arg(long, default_value_t = crate::audit::timing::DEFAULT_STALL_THRESHOLD_MS, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub stall_threshold_ms: u64,
+    /// Hand every stored LLM capture with an answer to this audit engine and keep its verdict:
+    /// TruthTable's AuditService at grpc://HOST:PORT (grpcs:// for TLS), or any HTTP engine at an
+    /// https:// URL, over Standard Webhooks. Repeat for several.
+    #[arg(long = "audit-engine", value_name = "URL")]
+    pub audit_engines: Vec<String>,
+
+    /// Hand over only captures whose request path starts with this (repeatable).
+    #[arg(long = "audit-path", value_name = "PREFIX")]
+    pub audit_paths: Vec<String>,
+
+    /// Hand over only captures of this model (`gpt-4o`), or of models starting with a prefix
+    /// (`gpt-4*`) (repeatable).
+    #[arg(long = "audit-model", value_name = "MODEL")]
+    pub audit_models: Vec<String>,
+
+    /// The share of the selected captures handed over, 0 to 1, chosen by capture id (the same
+    /// captures every time).
+    #[arg(long, default_value_t = 1.0, value_name = "SHARE")]
+    pub audit_sample: f64,
+
+    /// Most captures one engine judges at once.
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub audit_concurrency: u16,
+
+    /// Longest wait for one audit's result, in milliseconds; then the capture gets an engine
+    /// error.
+    #[arg(long, default_value_t = 600_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub audit_timeout_ms: u64,
+
+    /// Longest wait between attempts while an engine is down, in milliseconds.
+    #[arg(long, default_value_t = 30_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub audit_retry_max_ms: u64,
 }
 
 impl Cli {
@@ -242,6 +287,8 @@ pub struct Config {
     pub ingest_token: Option<String>,
     /// Bearer token required on reads, if any.
     pub read_token: Option<String>,
+    /// Bearer token that posts verdicts; without one, none are taken.
+    pub verdict_token: Option<String>,
     /// OpenTelemetry export, as given (checked by [`otlp::ExportConfig::resolve`]).
     pub otlp: OtlpInputs,
     /// The verifiable log's key file, if given.
@@ -250,6 +297,8 @@ pub struct Config {
     pub log_off: bool,
     /// Gaps between content longer than this are stalls (`--stall-threshold-ms`).
     pub stall_threshold_ms: u64,
+    /// The audit hand-off, as given (checked by [`crate::engine::Engine::all`]).
+    pub audit: crate::engine::AuditInputs,
 }
 
 impl Config {
@@ -275,6 +324,7 @@ impl Config {
             log_key: cli.log_key,
             log_off: cli.log == Switch::Off,
             stall_threshold_ms: cli.stall_threshold_ms,
+            verdict_token: var(VERDICT_TOKEN_ENV),
             otlp: OtlpInputs {
                 endpoint: cli.otlp_endpoint,
                 protocol: cli.otlp_protocol,
@@ -285,6 +335,26 @@ impl Config {
                     .iter()
                     .filter_map(|name| Some(((*name).to_owned(), var(name)?)))
                     .collect(),
+            },
+            audit: crate::engine::AuditInputs {
+                engines: cli.audit_engines,
+                selection: crate::engine::Selection {
+                    paths: cli.audit_paths,
+                    models: cli.audit_models,
+                    sample: cli.audit_sample,
+                },
+                concurrency: usize::from(cli.audit_concurrency),
+                call_timeout: std::time::Duration::from_secs(30),
+                deadline: std::time::Duration::from_millis(cli.audit_timeout_ms),
+                retry_max: std::time::Duration::from_millis(cli.audit_retry_max_ms),
+                webhook_secrets: var(WEBHOOK_SECRETS_ENV)
+                    .map(|s| {
+                        s.split([' ', ','])
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             },
         }
     }

@@ -41,6 +41,8 @@ pub struct AppState {
     pub ingest_token: Option<String>,
     /// Bearer token required on reads, if any.
     pub read_token: Option<String>,
+    /// Bearer token that posts verdicts; without one, `POST /v1/captures/{id}/verdicts` is off.
+    pub verdict_token: Option<String>,
     /// Largest ingest body in bytes.
     pub max_body_bytes: usize,
     /// The OpenTelemetry exporter, when export is on.
@@ -51,6 +53,22 @@ pub struct AppState {
     pub log: Option<Arc<crate::log::Log>>,
     /// Gaps between content longer than this are stalls (`--stall-threshold-ms`).
     pub stall_threshold_ms: u64,
+    /// The audit engines captures are handed to (`--audit-engine`).
+    pub engines: Vec<Arc<crate::engine::Engine>>,
+    /// Posts verdicts to Phoenix as span annotations, when the export goes to Phoenix.
+    pub annotator: Option<crate::engine::annotate::Annotator>,
+}
+
+impl AppState {
+    /// Attaches `verdict` to the capture's span in Phoenix, behind the caller's back.
+    pub fn annotate(&self, capture_id: &str, verdict: &crate::engine::Verdict) {
+        if verdict.status == crate::engine::verdict::VerdictStatus::Pending {
+            return;
+        }
+        if let Some(a) = &self.annotator {
+            tokio::spawn(a.clone().annotate(capture_id.to_owned(), verdict.clone()));
+        }
+    }
 }
 
 impl AppState {
@@ -65,6 +83,10 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/captures", get(list).post(ingest))
         .route("/v1/captures/{id}", get(get_one))
+        .route(
+            "/v1/captures/{id}/verdicts",
+            axum::routing::post(post_verdict),
+        )
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
         .route("/metrics", get(metrics))
@@ -297,6 +319,9 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
             if let (Some(exporter), true) = (&state.otlp, o.stored > 0) {
                 exporter.wake();
             }
+            if o.stored > 0 {
+                state.engines.iter().for_each(|e| e.wake());
+            }
             tracing::debug!(
                 stored = o.stored,
                 duplicates = o.duplicates,
@@ -371,9 +396,86 @@ async fn get_one(
         body.push_str(",\"log\":");
         body.push_str(&crate::log::http::place_json(&id, place).to_string());
     }
+    body.push_str(",\"verdicts\":[");
+    body.push_str(&read.verdicts.join(","));
+    body.push(']');
     body.push_str(&amendments);
     body.push('}');
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Largest verdict body taken by `POST /v1/captures/{id}/verdicts`.
+const MAX_VERDICT_BYTES: usize = 4 << 20;
+
+/// A verdict an audit engine posts later (a webhook engine that answered without one): checked
+/// like an engine's answer, then appended to the capture's verdicts. 201 when stored.
+async fn post_verdict(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    let Some(token) = state.verdict_token.as_deref() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "this collector takes no verdicts: set TRUTHTABLE_VERDICT_TOKEN",
+        );
+    };
+    if let Err(e) = authorize(&headers, Some(token)) {
+        return e.into_response();
+    }
+    let bytes = match Limited::new(body, MAX_VERDICT_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a verdict is at most {MAX_VERDICT_BYTES} bytes"),
+            )
+        }
+    };
+    let posted: crate::engine::verdict::PostedVerdict = match serde_json::from_slice(&bytes) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a verdict: {e}")),
+    };
+    let Some(engine) = posted.engine.clone().filter(|e| !e.trim().is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "engine: required (the engine's name)",
+        );
+    };
+    let seq = match state.store.capture_seq(id.clone()).await {
+        Ok(Some(seq)) => seq,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no capture with id \"{id}\""),
+            )
+        }
+        Err(e) => return store_failure(&state, &e).into_response(),
+    };
+    let verdict =
+        match crate::engine::verdict::from_posted(&engine, posted, true, crate::engine::now()) {
+            Ok(v) => v,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
+        };
+    let id_for_annotation = id.clone();
+    let new = crate::store::NewVerdict {
+        capture_seq: seq,
+        capture_id: id,
+        engine,
+        status: verdict.status.as_str().to_owned(),
+        score: verdict.score,
+        hallucination: verdict.hallucination,
+        verdict: serde_json::to_string(&verdict).unwrap_or_default(),
+        received_at: verdict.received_at.clone(),
+    };
+    match state.store.add_verdict(new).await {
+        Ok(()) => {
+            state.annotate(&id_for_annotation, &verdict);
+            (StatusCode::CREATED, Json(verdict)).into_response()
+        }
+        Err(e) => store_failure(&state, &e).into_response(),
+    }
 }
 
 /// 200 while the store takes writes; 503 with the cause while it does not (a readiness probe).
@@ -409,6 +511,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         },
     );
     text.push_str(&state.indexer.timing.render());
+    text.push_str(&crate::engine::render_metrics(&state.engines));
     if let Some(log) = &state.log {
         text.push_str(&log.render_metrics(stats.map(|s| s.records)));
     }

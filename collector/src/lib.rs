@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod config;
 pub mod digest;
+pub mod engine;
 pub mod frames;
 pub mod http;
 pub mod indexer;
@@ -53,16 +54,22 @@ pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppStat
     if let Some(log) = &log {
         tracing::info!(verifier_key = %log.verifier().as_str(), "verifiable log on");
     }
+    let annotator = otlp
+        .as_ref()
+        .and_then(|e| engine::annotate::Annotator::for_export(&e.config));
     Ok(Arc::new(AppState {
         store,
         metrics: metrics::Metrics::new(),
         ingest_token: config.ingest_token.clone(),
         read_token: config.read_token.clone(),
+        verdict_token: config.verdict_token.clone(),
         max_body_bytes: config.max_body_bytes,
         otlp,
         indexer: Arc::new(indexer::Indexer::new()),
         log,
         stall_threshold_ms: config.stall_threshold_ms,
+        engines: engine::Engine::all(&config.audit)?,
+        annotator,
     }))
 }
 
@@ -79,6 +86,11 @@ pub async fn serve(
         .otlp
         .is_some()
         .then(|| tokio::spawn(otlp::run(Arc::clone(&state))));
+    let handoffs: Vec<_> = state
+        .engines
+        .iter()
+        .map(|e| tokio::spawn(engine::handoff::run(Arc::clone(&state), Arc::clone(e))))
+        .collect();
     let indexing = tokio::spawn({
         let state = Arc::clone(&state);
         // One collector owns a SQLite file; a shared database may hold records a replica that
@@ -116,6 +128,14 @@ pub async fn serve(
             tracing::error!(error = %e, "the exporter task failed");
         }
     }
+    for e in &state.engines {
+        e.stop();
+    }
+    for task in handoffs {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "an audit hand-off task failed");
+        }
+    }
     served?;
     state.store.close().await.context("closing the store")?;
     tracing::info!("store closed; bye");
@@ -143,6 +163,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     // A bad export setting is a start-up error, before anything is opened.
     otlp::ExportConfig::resolve(&config.otlp).context("OpenTelemetry export")?;
+    engine::Engine::all(&config.audit)?;
     let store = store::Store::open(&config).await.with_context(|| {
         format!(
             "opening the store at {}",

@@ -16,7 +16,7 @@ pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 1000;
 
 /// Every parameter the list takes (`GET /v1/captures`, `/`, `/ui`).
-pub const LIST_PARAMS: [&str; 14] = [
+pub const LIST_PARAMS: [&str; 16] = [
     "limit",
     "before",
     "after",
@@ -31,6 +31,8 @@ pub const LIST_PARAMS: [&str; 14] = [
     "ttft_above",
     "duration_above",
     "sort",
+    "verdict",
+    "score_below",
 ];
 
 /// The values of `sort`.
@@ -169,6 +171,26 @@ impl ListRequest {
                             )))
                         }
                     }
+                }
+                "verdict" => match value {
+                    "flagged" => f.flagged = true,
+                    other => {
+                        return Err(BadParam(format!(
+                            "verdict: expected flagged, got \"{other}\""
+                        )))
+                    }
+                },
+                "score_below" => {
+                    let score = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| (0.0..=1.0).contains(s))
+                        .ok_or_else(|| {
+                            BadParam(format!(
+                                "score_below: expected a score from 0 to 1, got \"{value}\""
+                            ))
+                        })?;
+                    f.score_below = Some(score.to_string());
                 }
                 _ => {}
             }
@@ -357,6 +379,8 @@ pub struct CaptureRead {
     pub view: AuditView,
     /// Where the verifiable log has it, when the log is on.
     pub log: Option<LogPlace>,
+    /// The audit engines' verdicts, as stored (JSON), in the order they arrived.
+    pub verdicts: Vec<String>,
 }
 
 /// A capture's place in the verifiable log.
@@ -393,9 +417,10 @@ pub async fn capture(state: &AppState, id: String) -> Result<Option<CaptureRead>
         }
         None => None,
     };
-    let Some(raw) = state.store.get(id).await? else {
+    let Some(raw) = state.store.get(id.clone()).await? else {
         return Ok(None);
     };
+    let verdicts = state.store.verdicts(id).await?;
     // Deriving decodes and parses the bodies: CPU work, kept off the async workers.
     let stall_ms = state.stall_threshold_ms;
     let read = tokio::task::spawn_blocking(move || {
@@ -409,6 +434,7 @@ pub async fn capture(state: &AppState, id: String) -> Result<Option<CaptureRead>
             record,
             view,
             log,
+            verdicts,
         }
     })
     .await
@@ -446,6 +472,9 @@ mod tests {
         assert_eq!(f.terms, ["envoy", "proxy"]);
         assert_eq!((r.query.limit, r.query.page), (10, Page::Before(99)));
         assert_eq!(r.filter_value("model"), Some("gpt-4o"));
+        let v = parse("verdict=flagged&score_below=0.5").unwrap();
+        assert!(v.query.filter.flagged);
+        assert_eq!(v.query.filter.score_below.as_deref(), Some("0.5"));
         assert!(r.filters.iter().all(|(k, _)| k != "before"));
     }
 
@@ -499,6 +528,9 @@ mod tests {
                 "after: a sorted list is paged with before only",
             ),
             ("sort=ttft&before=12", "before: expected a cursor"),
+            ("verdict=good", "verdict: expected flagged"),
+            ("score_below=2", "score_below: expected a score from 0 to 1"),
+            ("score_below=x", "score_below: expected a score"),
         ] {
             let e = parse(q).unwrap_err().0;
             assert!(e.starts_with(start), "{q}: {e}");

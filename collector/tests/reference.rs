@@ -156,6 +156,33 @@ fn every_collector_metric_is_listed() {
     assert!(names.len() >= 5, "{names:?}");
 }
 
+#[tokio::test]
+async fn every_audit_engine_metric_is_listed() {
+    use truthtable_collector::engine::{render_metrics, AuditInputs, Engine};
+    let metrics = section(&reference(), "Metrics");
+    let engines = Engine::all(&AuditInputs {
+        engines: vec!["grpc://127.0.0.1:1".into()],
+        ..AuditInputs::default()
+    })
+    .unwrap();
+    let rendered = render_metrics(&engines);
+    let mut n = 0;
+    for line in rendered.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split_whitespace();
+            let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+            assert!(
+                metrics
+                    .lines()
+                    .any(|l| l.starts_with(&format!("| `{name}{{engine}}` | {kind} |"))),
+                "{name} ({kind}) has no row in docs/reference.md"
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "{rendered}");
+}
+
 #[test]
 fn the_example_record_is_accepted_by_the_collector() {
     let doc = section(&reference(), "Capture record");
@@ -380,6 +407,9 @@ fn every_list_parameter_and_field_is_documented_in_both_places() {
         stream_complete: None,
         problems: None,
         ttft_ms: None,
+        verdict_count: 0,
+        flagged: None,
+        lowest_score: None,
         seq: 0,
         keys: (None, None),
     })

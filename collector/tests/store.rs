@@ -12,7 +12,7 @@ use truthtable_collector::digest;
 use truthtable_collector::search;
 use truthtable_collector::store::{
     BatchOutcome, CaptureStore, CaptureSummary, Cursor, Digest, ListFilter, ListQuery, NewCapture,
-    Page, Sort, StatusFilter, Store, StoredCapture,
+    NewVerdict, Page, Sort, StatusFilter, Store, StoredCapture,
 };
 use truthtable_collector::timestamp::unix_micros;
 
@@ -938,6 +938,104 @@ async fn lists_filter_and_sort_by_ttft_and_duration(b: Backend) {
     assert_eq!(ids(&longest), ["plain", "slow"]);
 }
 
+fn verdict(seq: i64, id: &str, engine: &str, score: Option<f64>, flagged: bool) -> NewVerdict {
+    NewVerdict {
+        capture_seq: seq,
+        capture_id: id.into(),
+        engine: engine.into(),
+        status: if score.is_some() {
+            "completed"
+        } else {
+            "error"
+        }
+        .into(),
+        score,
+        hallucination: score.map(|_| flagged),
+        verdict: format!(
+            "{{\"engine\":\"{engine}\",\"score\":{}}}",
+            score.unwrap_or(-1.0)
+        ),
+        received_at: "2026-12-06T23:00:00Z".into(),
+    }
+}
+
+async fn verdicts_are_appended_per_engine_and_filter_the_list(b: Backend) {
+    let store = b.open().await;
+    let out = store_indexed(&store, indexed(batch("v", 3))).await;
+    let seq = |i: usize| out.new[i].1;
+    store
+        .add_verdict(verdict(seq(0), "v0", "grpc://a", Some(0.2), true))
+        .await
+        .unwrap();
+    store
+        .add_verdict(verdict(seq(0), "v0", "grpc://b", Some(0.9), false))
+        .await
+        .unwrap();
+    store
+        .add_verdict(verdict(seq(1), "v1", "grpc://a", Some(0.7), false))
+        .await
+        .unwrap();
+    store
+        .add_verdict(verdict(seq(2), "v2", "grpc://a", None, false))
+        .await
+        .unwrap();
+    // Every verdict is kept, in arrival order; a rerun adds one more.
+    store
+        .add_verdict(verdict(seq(1), "v1", "grpc://a", Some(0.6), false))
+        .await
+        .unwrap();
+    let v0 = store.verdicts("v0".into()).await.unwrap();
+    assert_eq!(
+        v0,
+        [
+            r#"{"engine":"grpc://a","score":0.2}"#,
+            r#"{"engine":"grpc://b","score":0.9}"#
+        ]
+    );
+    assert_eq!(store.verdicts("v1".into()).await.unwrap().len(), 2);
+    assert!(store.verdicts("nope".into()).await.unwrap().is_empty());
+    let mut judged = store
+        .judged(
+            "grpc://b".into(),
+            vec!["v0".into(), "v1".into(), "v2".into()],
+        )
+        .await
+        .unwrap();
+    judged.sort();
+    assert_eq!(judged, ["v0"]);
+    let mut judged = store
+        .judged(
+            "grpc://a".into(),
+            vec!["v0".into(), "v1".into(), "v2".into(), "x".into()],
+        )
+        .await
+        .unwrap();
+    judged.sort();
+    assert_eq!(judged, ["v0", "v1", "v2"]);
+    let list = |f: ListFilter| {
+        let store = &store;
+        async move { store.list(filtered(f)).await.unwrap() }
+    };
+    let flagged = list(ListFilter {
+        flagged: true,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&flagged), ["v0"]);
+    let low = list(ListFilter {
+        score_below: Some("0.65".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&low), ["v1", "v0"]);
+    let none = list(ListFilter {
+        score_below: Some("0.1".into()),
+        ..Default::default()
+    })
+    .await;
+    assert!(none.is_empty());
+}
+
 macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -977,4 +1075,5 @@ store_suite!(
     an_expired_lease_passes_to_the_next_claim,
     a_healthy_store_says_so,
     lists_filter_and_sort_by_ttft_and_duration,
+    verdicts_are_appended_per_engine_and_filter_the_list,
 );

@@ -525,6 +525,167 @@ async fn in_chromium_an_auditor_filters_opens_a_capture_and_reads_question_and_a
     server.stop().await;
 }
 
+/// Gives two captures of the varied set verdicts, as the audit hand-off stores them: one
+/// flagged, with a contradicted claim whose evidence is a document of its context, and one
+/// judged faithful.
+async fn judge(server: &InProcess) {
+    use truthtable_collector::engine::verdict::{Claim, Timings, Verdict, VerdictStatus};
+    use truthtable_collector::store::{CaptureStore as _, ListQuery, NewVerdict};
+    let rows = server
+        .state()
+        .store
+        .list(ListQuery {
+            limit: 100,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    for (id, score, flagged) in [
+        ("rag-refund-opened", 0.25, true),
+        ("rag-refund-unopened", 0.95, false),
+    ] {
+        let seq = rows.iter().find(|r| r.id == id).unwrap().seq;
+        let verdict = Verdict {
+            engine: "grpc://judge:50051".into(),
+            status: VerdictStatus::Completed,
+            score: Some(score),
+            grade: Some(if flagged { "F" } else { "A" }.into()),
+            hallucination: Some(flagged),
+            claims: vec![Claim {
+                claim: "Opened items are refunded in cash.".into(),
+                status: if flagged { "contradicted" } else { "supported" }.into(),
+                confidence: 0.875,
+                evidence: vec![
+                    "Opened items may be returned within 30 days of delivery for store credit."
+                        .into(),
+                ],
+            }],
+            reasoning: Some("The policy says store credit.".into()),
+            timings: Timings::default(),
+            audit_id: Some(format!("audit-{id}")),
+            error: None,
+            answer_complete: true,
+            received_at: "2026-12-06T23:30:00Z".into(),
+        };
+        server
+            .state()
+            .store
+            .add_verdict(NewVerdict {
+                capture_seq: seq,
+                capture_id: id.into(),
+                engine: verdict.engine.clone(),
+                status: "completed".into(),
+                score: verdict.score,
+                hallucination: verdict.hallucination,
+                verdict: serde_json::to_string(&verdict).unwrap(),
+                received_at: verdict.received_at.clone(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_an_auditor_finds_flagged_answers_and_reads_each_claim_beside_the_answer() {
+    let server = InProcess::start(None, None, None).await;
+    store_records(&server, &captures::varied_set()).await;
+    judge(&server).await;
+    let browser = Browser::start().await;
+    browser.goto(&server.url("/ui")).await;
+    assert_eq!(
+        browser
+            .text_of("tr[data-id=rag-refund-opened] td.verdict")
+            .await,
+        "flagged 0.25"
+    );
+    assert_eq!(
+        browser
+            .text_of("tr[data-id=rag-refund-unopened] td.verdict")
+            .await,
+        "faithful 0.95"
+    );
+    assert_eq!(
+        browser
+            .text_of("tr[data-id=anthropic-giftcard] td.verdict")
+            .await,
+        "—"
+    );
+
+    // Only the flagged ones.
+    browser
+        .find("select[name=verdict]")
+        .await
+        .choose("flagged")
+        .await;
+    browser.find("#apply").await.click().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !browser.url().await.contains("verdict=flagged") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the form was not submitted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let rows = browser.find_all("#captures tbody tr").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].attr("data-id").await.as_deref(),
+        Some("rag-refund-opened")
+    );
+
+    // Its page: the claim beside the answer, with its evidence and where the context holds it.
+    browser
+        .find("tr[data-id=rag-refund-opened] a.question")
+        .await
+        .click()
+        .await;
+    let claim = browser.find("#answer #verdicts tr.claim").await;
+    assert_eq!(
+        browser
+            .text_of("#answer #verdicts tr.claim .claim-text")
+            .await,
+        "Opened items are refunded in cash."
+    );
+    assert_eq!(
+        browser
+            .text_of("#answer #verdicts tr.claim .claim-status")
+            .await,
+        "contradicted"
+    );
+    assert_eq!(browser.text_of("#answer #verdicts .score").await, "0.25");
+    let evidence = browser.text_of("#answer #verdicts .evidence-item").await;
+    assert!(
+        evidence.starts_with("Opened items may be returned within 30 days")
+            && evidence.ends_with("— document Refund policy §3"),
+        "{evidence}"
+    );
+    let link = browser
+        .find("#answer #verdicts .evidence-item a.from")
+        .await;
+    assert_eq!(
+        link.attr("href")
+            .await
+            .as_deref()
+            .map(|h| h.ends_with("#context-1")),
+        Some(true)
+    );
+    assert!(browser
+        .text_of("#context-1")
+        .await
+        .contains("Refund policy §3"));
+    assert!(claim.text().await.contains("0.88"));
+    drop(browser);
+
+    // The JSON API and the list say the same.
+    let got = get_json(&client(), server.url("/v1/captures/rag-refund-opened")).await;
+    assert_eq!(got["verdicts"][0]["claims"][0]["status"], "contradicted");
+    let list = get_json(&client(), server.url("/v1/captures?score_below=0.5")).await;
+    assert_eq!(list["captures"][0]["id"], "rag-refund-opened");
+    assert_eq!(list["captures"][0]["flagged"], true);
+    assert_eq!(list["captures"][0]["verdict_count"], 1);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_chromium_signing_in_with_the_read_token_opens_the_view() {
     let server = InProcess::start(None, Some(READ_TOKEN), None).await;

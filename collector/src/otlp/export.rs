@@ -80,7 +80,7 @@ impl Exporter {
 }
 
 /// A seed from the clock and the process id.
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -122,10 +122,10 @@ impl Backoff {
 }
 
 /// xorshift64: jitter needs no more.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

@@ -142,7 +142,7 @@ fn operation(protocol: Protocol) -> &'static str {
 
 /// The provider as `gen_ai.provider.name`, the older `gen_ai.system`, and OpenInference's
 /// `llm.provider`, from the API the exchange spoke (and, for Azure and Vertex AI, where it went).
-fn provider(
+pub(crate) fn provider(
     protocol: Protocol,
     record: &CaptureRecord,
 ) -> Option<(&'static str, &'static str, Option<&'static str>)> {

@@ -184,6 +184,10 @@ pub struct ListFilter {
     pub ttft_above_us: Option<i64>,
     /// Only captures that lasted longer than this (microseconds).
     pub duration_above_us: Option<i64>,
+    /// Only captures an audit engine flagged (a verdict with a hallucination found).
+    pub flagged: bool,
+    /// Only captures with a verdict scoring below this (a decimal from 0 to 1, as given).
+    pub score_below: Option<String>,
 }
 
 impl ListFilter {
@@ -348,6 +352,19 @@ pub(crate) fn list_sql(q: &ListQuery, dialect: &Dialect) -> (String, Vec<SqlValu
         let p = bind(SqlValue::Text((dialect.search_param)(&f.terms)));
         conds.push((dialect.search)(&p));
     }
+    if f.flagged {
+        conds.push(
+            "d.seq IN (SELECT capture_seq FROM capture_verdicts WHERE hallucination)".to_owned(),
+        );
+    }
+    if let Some(below) = &f.score_below {
+        // Bound as text and cast, so neither backend needs a float parameter type.
+        let p = bind(SqlValue::Text(below.clone()));
+        conds.push(format!(
+            "d.seq IN (SELECT capture_seq FROM capture_verdicts \
+             WHERE score < CAST(CAST({p} AS TEXT) AS DOUBLE PRECISION))"
+        ));
+    }
     let order = if matches!(q.page, Page::After(_)) {
         "ASC"
     } else {
@@ -384,7 +401,11 @@ pub(crate) fn list_sql(q: &ListQuery, dialect: &Dialect) -> (String, Vec<SqlValu
     let sql = format!(
         "SELECT c.seq, c.id, c.started_at, c.method, c.path, c.status, c.outcome, c.duration_ms,
                 coalesce(d.model, c.model), d.protocol, d.question, d.answer, d.body_truncated,
-                d.stream_complete, d.problems, d.ttft_us, d.duration_us
+                d.stream_complete, d.problems, d.ttft_us, d.duration_us,
+                (SELECT count(*) FROM capture_verdicts v WHERE v.capture_seq = c.seq AND v.status <> 'pending'),
+                (SELECT max(CASE WHEN v.hallucination THEN 1 WHEN v.hallucination IS NOT NULL THEN 0 END)
+                 FROM capture_verdicts v WHERE v.capture_seq = c.seq),
+                (SELECT min(v.score) FROM capture_verdicts v WHERE v.capture_seq = c.seq)
          FROM {from} JOIN captures c ON c.seq = p.seq LEFT JOIN capture_digests d ON d.seq = p.seq
          ORDER BY {outer_order}"
     );
@@ -449,6 +470,13 @@ pub struct CaptureSummary {
     pub problems: Option<u32>,
     /// Time to first token in milliseconds, when the audit view found one.
     pub ttft_ms: Option<f64>,
+    /// How many verdicts audit engines gave on it (engine errors included, hand-offs whose
+    /// verdict is still to come not).
+    pub verdict_count: u32,
+    /// Whether an engine flagged it (found a hallucination); `null` until an engine judged it.
+    pub flagged: Option<bool>,
+    /// The lowest score an engine gave it; `null` until an engine scored it.
+    pub lowest_score: Option<f64>,
     /// Storage sequence number (the paging cursor); not serialised.
     #[serde(skip)]
     pub seq: i64,
@@ -509,6 +537,27 @@ pub struct StoredCapture {
     pub id: String,
     /// The record exactly as received.
     pub raw: String,
+}
+
+/// An audit engine's verdict on a stored capture, ready to store (`crate::engine`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewVerdict {
+    /// The capture's sequence number.
+    pub capture_seq: i64,
+    /// The capture id.
+    pub capture_id: String,
+    /// The engine, as `--audit-engine` names it.
+    pub engine: String,
+    /// `completed`, `failed` or `error`.
+    pub status: String,
+    /// Faithfulness, 0 to 1, when the engine gave one.
+    pub score: Option<f64>,
+    /// Whether the engine found a hallucination, when it said.
+    pub hallucination: Option<bool>,
+    /// The whole verdict as JSON (`crate::engine::verdict::Verdict`).
+    pub verdict: String,
+    /// When it arrived (RFC 3339).
+    pub received_at: String,
 }
 
 /// Size figures for `/metrics`.
@@ -606,6 +655,29 @@ pub trait CaptureStore: Send + Sync {
         name: String,
         holder: String,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Appends a verdict (verdicts are never changed or removed: several engines, or several
+    /// runs of one, each keep theirs).
+    fn add_verdict(
+        &self,
+        verdict: NewVerdict,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The sequence number of the capture stored under `id`, if any.
+    fn capture_seq(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// The verdicts on capture `id` as stored (JSON), in the order they arrived.
+    fn verdicts(&self, id: String) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Of `ids`, those `engine` has already given a verdict (or an engine error) on.
+    fn judged(
+        &self,
+        engine: String,
+        ids: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// How many records are stored and how much disk they take.
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
@@ -732,6 +804,22 @@ impl CaptureStore for Store {
 
     async fn release_cursor(&self, name: String, holder: String) -> Result<(), StoreError> {
         dispatch!(self, s => s.release_cursor(name, holder).await)
+    }
+
+    async fn add_verdict(&self, verdict: NewVerdict) -> Result<(), StoreError> {
+        dispatch!(self, s => s.add_verdict(verdict).await)
+    }
+
+    async fn capture_seq(&self, id: String) -> Result<Option<i64>, StoreError> {
+        dispatch!(self, s => s.capture_seq(id).await)
+    }
+
+    async fn verdicts(&self, id: String) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, s => s.verdicts(id).await)
+    }
+
+    async fn judged(&self, engine: String, ids: Vec<String>) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, s => s.judged(engine, ids).await)
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {

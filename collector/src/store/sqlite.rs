@@ -24,8 +24,8 @@ use crate::log::tree::{Hash, Hashes};
 use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord};
 use super::{
     list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
-    ListQuery, NewCapture, Page, SqlValue, StaleDigest, StoreError, StoreStats, StoredCapture,
-    MODELS_SQL,
+    ListQuery, NewCapture, NewVerdict, Page, SqlValue, StaleDigest, StoreError, StoreStats,
+    StoredCapture, MODELS_SQL,
 };
 
 /// The SQLite store; cheap to share behind an `Arc`.
@@ -133,6 +133,24 @@ ALTER TABLE capture_digests ADD COLUMN ttft_us INTEGER;
 ALTER TABLE capture_digests ADD COLUMN duration_us INTEGER;
 CREATE INDEX capture_digests_ttft ON capture_digests (ttft_us, seq);
 CREATE INDEX capture_digests_duration ON capture_digests (duration_us, seq);
+",
+    // Audit engines' verdicts (crate::engine): appended, never changed.
+    "
+CREATE TABLE capture_verdicts (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    capture_seq   INTEGER NOT NULL,
+    capture_id    TEXT NOT NULL,
+    engine        TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    score         REAL,
+    hallucination INTEGER,
+    verdict       TEXT NOT NULL,
+    received_at   TEXT NOT NULL
+);
+CREATE INDEX capture_verdicts_capture ON capture_verdicts (capture_id, engine);
+CREATE INDEX capture_verdicts_seq ON capture_verdicts (capture_seq);
+CREATE INDEX capture_verdicts_flagged ON capture_verdicts (capture_seq) WHERE hallucination;
+CREATE INDEX capture_verdicts_score ON capture_verdicts (score, capture_seq);
 ",
 ];
 
@@ -327,6 +345,9 @@ fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaptureSummary> {
         problems: r.get(14)?,
         ttft_ms: r.get::<_, Option<i64>>(15)?.map(|us| us as f64 / 1000.0),
         keys: (r.get(15)?, r.get(16)?),
+        verdict_count: r.get(17)?,
+        flagged: r.get::<_, Option<i64>>(18)?.map(|f| f > 0),
+        lowest_score: r.get(19)?,
     })
 }
 
@@ -534,6 +555,65 @@ impl CaptureStore for SqliteStore {
                 params![name, holder],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn add_verdict(&self, v: NewVerdict) -> Result<(), StoreError> {
+        self.blocking(move |_, conn| {
+            conn.prepare_cached(
+                "INSERT INTO capture_verdicts
+                 (capture_seq, capture_id, engine, status, score, hallucination, verdict, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                v.capture_seq,
+                v.capture_id,
+                v.engine,
+                v.status,
+                v.score,
+                v.hallucination,
+                v.verdict,
+                v.received_at
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn capture_seq(&self, id: String) -> Result<Option<i64>, StoreError> {
+        self.blocking(move |_, conn| {
+            Ok(conn
+                .prepare_cached("SELECT seq FROM captures WHERE id = ?1")?
+                .query_row(params![id], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn verdicts(&self, id: String) -> Result<Vec<String>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT verdict FROM capture_verdicts WHERE capture_id = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(params![id], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn judged(&self, engine: String, ids: Vec<String>) -> Result<Vec<String>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT 1 FROM capture_verdicts WHERE capture_id = ?1 AND engine = ?2 LIMIT 1",
+            )?;
+            let mut out = Vec::new();
+            for id in ids {
+                if stmt.exists(params![id, engine])? {
+                    out.push(id);
+                }
+            }
+            Ok(out)
         })
         .await
     }

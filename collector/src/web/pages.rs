@@ -116,6 +116,96 @@ fn marks(s: &CaptureSummary) -> Markup {
     }
 }
 
+/// The list's verdict cell: flagged, the lowest score, or an engine error.
+fn verdict_badge(s: &CaptureSummary) -> Markup {
+    let score = s.lowest_score.map(|x| format!("{x:.2}"));
+    html! {
+        @match (s.flagged, s.verdict_count) {
+            (_, 0) => span.none { "—" },
+            (Some(true), _) => span.badge.bad title="an audit engine found a hallucination" { "flagged" @if let Some(x) = &score { " " (x) } },
+            (Some(false), _) => span.badge.ok title="judged faithful by the audit engines" { "faithful" @if let Some(x) = &score { " " (x) } },
+            (None, _) => span.badge.muted title="the audit engine's answer could not be used, or its audit failed" { "engine error" },
+        }
+    }
+}
+
+/// Where an evidence passage sits in the context the model saw: the first context item whose
+/// text holds it.
+fn evidence_source(view: &AuditView, evidence: &str) -> Option<(usize, String)> {
+    let needle = evidence.trim();
+    if needle.is_empty() {
+        return None;
+    }
+    view.context.iter().enumerate().find_map(|(i, c)| {
+        c.text.contains(needle).then(|| {
+            let name = c.name.clone().unwrap_or_else(|| c.field.clone());
+            (i, format!("{} {name}", source_name(c.source)))
+        })
+    })
+}
+
+/// The audit engines' verdicts, each claim with its evidence and where the context holds it.
+fn verdicts_section(view: &AuditView, verdicts: &[String]) -> Markup {
+    let parsed: Vec<Result<crate::engine::Verdict, String>> = verdicts
+        .iter()
+        .map(|v| serde_json::from_str(v).map_err(|e| e.to_string()))
+        .collect();
+    html! {
+        section #verdicts.verdicts {
+            h3 { "Verdicts" span.count { (parsed.len()) } }
+            @if parsed.is_empty() { p.none { "no audit engine has judged this answer" } }
+            @for v in &parsed {
+                @match v {
+                    Err(e) => p.error { "a stored verdict does not read: " (e) },
+                    Ok(v) => {
+                        article.verdict {
+                            header {
+                                @match (v.status, v.hallucination) {
+                                    (crate::engine::verdict::VerdictStatus::Completed, Some(true)) => span.badge.bad { "hallucination" },
+                                    (crate::engine::verdict::VerdictStatus::Completed, _) => span.badge.ok { "faithful" },
+                                    (crate::engine::verdict::VerdictStatus::Failed, _) => span.badge.warn { "audit failed" },
+                                    (crate::engine::verdict::VerdictStatus::Error, _) => span.badge.muted { "engine error" },
+                                    (crate::engine::verdict::VerdictStatus::Pending, _) => span.badge.muted { "verdict to come" },
+                                }
+                                @if let Some(score) = v.score { " score " strong.score { (format!("{score:.2}")) } }
+                                @if let Some(g) = &v.grade { " grade " strong.grade { (g) } }
+                                " · " code.engine { (v.engine) } " · " span.received { (v.received_at) }
+                                @if !v.answer_complete { " " (mark("incomplete", "answer incomplete", "the answer was cut off when it was handed over")) }
+                            }
+                            @if let Some(e) = &v.error { p.warn { (e) } }
+                            @if let Some(r) = &v.reasoning { p.reasoning { (r) } }
+                            @if !v.claims.is_empty() {
+                                table.claims {
+                                    thead { tr { th { "Claim" } th { "Status" } th { "Confidence" } th { "Evidence from the context" } } }
+                                    tbody {
+                                        @for c in &v.claims {
+                                            tr class={"claim " (c.status)} {
+                                                td.claim-text { (c.claim) }
+                                                td.claim-status { (c.status) }
+                                                td.claim-confidence { (format!("{:.2}", c.confidence)) }
+                                                td.evidence {
+                                                    @for e in &c.evidence {
+                                                        blockquote.evidence-item {
+                                                            (e)
+                                                            @if let Some((i, from)) = evidence_source(view, e) {
+                                                                " " a.from href={"#context-" (i)} { "— " (from) }
+                                                            }
+                                                        }
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn outcome_badge(outcome: &str) -> Markup {
     let class = match outcome {
         "complete" => "ok",
@@ -214,6 +304,8 @@ pub fn list(
                         label.check { input type="checkbox" name="mark" value=(m) checked[marked(m)]; " " (m) }
                     }
                 }
+                (select("verdict", "Verdict", req.filter_value("verdict"), &["flagged"], "any"))
+                label { "Score below" input #score_below type="text" name="score_below" value=(value("score_below")) placeholder="0.5" size="5"; }
                 (select("limit", "Per page", req.filter_value("limit"), &limits, "50"))
                 div.actions {
                     button #apply type="submit" { "Apply" }
@@ -231,7 +323,7 @@ pub fn list(
                     table #captures.captures {
                         thead { tr {
                             th { "Time (UTC)" } th { "Request" } th { "Status" } th { "Outcome" }
-                            th { "Protocol · model" } th { "Question" } th { "Answer" } th { "Marks" }
+                            th { "Protocol · model" } th { "Question" } th { "Answer" } th { "Verdict" } th { "Marks" }
                         } }
                         tbody {
                             @for s in &page.captures {
@@ -246,6 +338,7 @@ pub fn list(
                                     }
                                     td.q { a.question href=(capture_href(&s.id)) { @match &s.question { Some(q) => (q), None => span.none { "no question" } } } }
                                     td.a { @match &s.answer { Some(a) => span.answer { (a) }, None => span.none { "no answer" } } }
+                                    td.verdict { (verdict_badge(s)) }
                                     td.marks { (marks(s)) }
                                 }
                             }
@@ -287,7 +380,7 @@ fn json_or_text(text: &str) -> Markup {
     }
 }
 
-fn audit_columns(view: &AuditView) -> Markup {
+fn audit_columns(view: &AuditView, verdicts: &[String]) -> Markup {
     html! {
         div.qca {
             section #question.pane {
@@ -345,6 +438,7 @@ fn audit_columns(view: &AuditView) -> Markup {
                         }
                     }
                 }
+                (verdicts_section(view, verdicts))
                 @if view.choices.len() > 1 {
                     h3 { "Other choices" }
                     @for c in view.choices.iter().skip(1) {
@@ -595,7 +689,7 @@ pub fn capture(id: &str, read: &CaptureRead, viewer: Viewer) -> Markup {
             @if let Some(place) = read.log { (log_place(id, place)) }
             @if view.body_truncated { p.notice { (mark("truncated", "truncated", "")) " A body was cut at the filter's max_body_bytes: what follows from it is partial." } }
             @if let Some(reason) = &view.reason { p.notice { "Not recognised: " (reason) } }
-            (audit_columns(view))
+            (audit_columns(view, &read.verdicts))
             @if let Some(t) = &view.timing { (timing_section(t)) }
             section #problems.problems {
                 h2 { "Problems" span.count { (view.problems.len()) } }

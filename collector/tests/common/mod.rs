@@ -122,6 +122,11 @@ impl InProcess {
         format!("{}{path}", self.base)
     }
 
+    /// The server's state (its store, its metrics).
+    pub fn state(&self) -> &Arc<truthtable_collector::http::AppState> {
+        &self.state
+    }
+
     /// Waits until every stored record has its digest (the indexer runs behind ingest); panics
     /// after 20 s.
     pub async fn indexed(&self) {

@@ -35,8 +35,8 @@ use super::health::HealthTracker;
 use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord};
 use super::{
     list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
-    ListQuery, NewCapture, Page, SqlValue, StaleDigest, StoreError, StoreStats, StoredCapture,
-    MODELS_SQL,
+    ListQuery, NewCapture, NewVerdict, Page, SqlValue, StaleDigest, StoreError, StoreStats,
+    StoredCapture, MODELS_SQL,
 };
 use crate::config::PasswordSources;
 use crate::log::tree::{Hash, Hashes};
@@ -146,6 +146,24 @@ CREATE TABLE capture_amendments (
 ALTER TABLE capture_digests ADD COLUMN ttft_us bigint, ADD COLUMN duration_us bigint;
 CREATE INDEX capture_digests_ttft ON capture_digests (ttft_us, seq);
 CREATE INDEX capture_digests_duration ON capture_digests (duration_us, seq);
+",
+    // Audit engines' verdicts (crate::engine): appended, never changed.
+    "
+CREATE TABLE capture_verdicts (
+    seq           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    capture_seq   bigint NOT NULL,
+    capture_id    text NOT NULL,
+    engine        text NOT NULL,
+    status        text NOT NULL,
+    score         double precision,
+    hallucination boolean,
+    verdict       text NOT NULL,
+    received_at   text NOT NULL
+);
+CREATE INDEX capture_verdicts_capture ON capture_verdicts (capture_id, engine);
+CREATE INDEX capture_verdicts_seq ON capture_verdicts (capture_seq);
+CREATE INDEX capture_verdicts_flagged ON capture_verdicts (capture_seq) WHERE hallucination;
+CREATE INDEX capture_verdicts_score ON capture_verdicts (score, capture_seq);
 ",
 ];
 
@@ -484,6 +502,9 @@ fn summary(row: &tokio_postgres::Row) -> CaptureSummary {
             .and_then(|p| u32::try_from(p).ok()),
         ttft_ms: row.get::<_, Option<i64>>(15).map(|us| us as f64 / 1000.0),
         keys: (row.get(15), row.get(16)),
+        verdict_count: u32::try_from(row.get::<_, i64>(17)).unwrap_or(u32::MAX),
+        flagged: row.get::<_, Option<i32>>(18).map(|f| f > 0),
+        lowest_score: row.get(19),
     }
 }
 
@@ -793,6 +814,80 @@ impl CaptureStore for PgStore {
         })
         .await?;
         Ok(())
+    }
+
+    async fn add_verdict(&self, v: NewVerdict) -> Result<(), StoreError> {
+        self.with_client(async |client| {
+            let stmt = client
+                .prepare_cached(
+                    "INSERT INTO capture_verdicts
+                     (capture_seq, capture_id, engine, status, score, hallucination, verdict, received_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .await?;
+            client
+                .execute(
+                    &stmt,
+                    &[
+                        &v.capture_seq,
+                        &v.capture_id,
+                        &v.engine,
+                        &v.status,
+                        &v.score,
+                        &v.hallucination,
+                        &v.verdict,
+                        &v.received_at,
+                    ],
+                )
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn capture_seq(&self, id: String) -> Result<Option<i64>, StoreError> {
+        self.with_client(async |client| {
+            let stmt = client
+                .prepare_cached("SELECT seq FROM captures WHERE id = $1")
+                .await?;
+            Ok(client.query_opt(&stmt, &[&id]).await?.map(|r| r.get(0)))
+        })
+        .await
+    }
+
+    async fn verdicts(&self, id: String) -> Result<Vec<String>, StoreError> {
+        self.with_client(async |client| {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT verdict FROM capture_verdicts WHERE capture_id = $1 ORDER BY seq",
+                )
+                .await?;
+            Ok(client
+                .query(&stmt, &[&id])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+        .await
+    }
+
+    async fn judged(&self, engine: String, ids: Vec<String>) -> Result<Vec<String>, StoreError> {
+        self.with_client(async |client| {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT DISTINCT capture_id FROM capture_verdicts
+                     WHERE engine = $1 AND capture_id = ANY($2::text[])",
+                )
+                .await?;
+            Ok(client
+                .query(&stmt, &[&engine, &ids])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+        .await
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
