@@ -7,6 +7,11 @@
 //!   client reading the last byte — p50 and p99 per listener.
 //! - **Throughput** (closed loop, `HOLD_CONNS` connections): exchanges per second, held ÷ unheld,
 //!   on 1 KiB and 32 KiB answers; the listeners alternate, rounds are paired.
+//! - **Callouts**: exchanges per callout the receiver answered, per listener (each listener sends
+//!   to an audit path of its own).
+//! - **A/B of two builds**: `HOLD_BASELINE_WASM=path/to/other.wasm` adds a third listener, held,
+//!   running that build in a VM of its own, measured in the same rounds (a design change is kept
+//!   only if it beats the baseline build round by round).
 //!
 //! `bench/run` runs it (part `hold`) with Envoy alone on CPU 1; by hand, from the repository root:
 //! `cargo run --release --example hold_cost` (knobs: `HOLD_RATE` 1000, `HOLD_DURATION_S` 5,
@@ -72,16 +77,31 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn envoy_yaml(admin: u16, listeners: &[(u16, &str)], upstream: u16, audit: u16) -> String {
-    let wasm = std::env::current_dir()
-        .unwrap()
-        .join("target/wasm32-wasip1/release/truthtable_filter.wasm");
-    assert!(wasm.exists(), "build the filter first: {}", wasm.display());
+/// A listener of the benchmark's Envoy: its port, the filter's configuration, the `.wasm` it
+/// runs and the VM that runs it (listeners on different builds need VMs of their own).
+struct Side {
+    name: &'static str,
+    /// The audit path its records go to (`/{audit}`): callouts are counted per listener.
+    audit: &'static str,
+    port: u16,
+    config: String,
+    wasm: std::path::PathBuf,
+    vm: &'static str,
+}
+
+fn envoy_yaml(admin: u16, listeners: &[Side], upstream: u16, audit: u16) -> String {
     let mut out = format!(
         "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}\n\
          static_resources:\n  listeners:\n"
     );
-    for (port, config) in listeners {
+    for Side {
+        port,
+        config,
+        wasm,
+        vm,
+        ..
+    } in listeners
+    {
         out.push_str(&format!(
             r#"  - name: l{port}
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
@@ -109,7 +129,7 @@ fn envoy_yaml(admin: u16, listeners: &[(u16, &str)], upstream: u16, audit: u16) 
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: '{config}'
                 vm_config:
-                  vm_id: truthtable
+                  vm_id: {vm}
                   runtime: envoy.wasm.runtime.v8
                   code: {{ local: {{ filename: {wasm} }} }}
           - name: envoy.filters.http.router
@@ -185,31 +205,64 @@ async fn main() {
             .unwrap()
     })
     .await;
-    let received = Arc::new(AtomicU64::new(0));
+    // Callouts answered, by audit path: one path per listener.
+    let received: Arc<Mutex<std::collections::HashMap<String, u64>>> = Arc::default();
     let r = received.clone();
     let audit = serve(move |req: hyper::Request<hyper::body::Incoming>| {
         let r = r.clone();
         async move {
+            let path = req.uri().path().to_owned();
             let _ = req.into_body().collect().await;
-            r.fetch_add(1, Ordering::Relaxed);
+            *r.lock().unwrap().entry(path).or_default() += 1;
             hyper::Response::new(Full::new(Bytes::new()))
         }
     })
     .await;
-    let (admin, unheld, held) = (free_port(), free_port(), free_port());
-    let base = r#""audit_cluster": "audit", "delivery_format": "framed""#;
-    let yaml = envoy_yaml(
-        admin,
-        &[
-            (unheld, &format!("{{{base}}}")),
-            (
-                held,
-                &format!(r#"{{{base}, "complete_after_stored": true}}"#),
-            ),
-        ],
-        upstream,
-        audit,
+    let admin = free_port();
+    let build = std::env::current_dir()
+        .unwrap()
+        .join("target/wasm32-wasip1/release/truthtable_filter.wasm");
+    assert!(
+        build.exists(),
+        "build the filter first: {}",
+        build.display()
     );
+    let config = |audit: &str, hold: bool| {
+        format!(
+            r#"{{"audit_cluster": "audit", "audit_path": "/{audit}", "delivery_format": "framed", "complete_after_stored": {hold}}}"#
+        )
+    };
+    let mut sides = vec![
+        Side {
+            name: "unheld",
+            audit: "unheld",
+            port: free_port(),
+            config: config("unheld", false),
+            wasm: build.clone(),
+            vm: "truthtable",
+        },
+        Side {
+            name: "held",
+            audit: "held",
+            port: free_port(),
+            config: config("held", true),
+            wasm: build.clone(),
+            vm: "truthtable",
+        },
+    ];
+    // A/B of two builds in the same run: `HOLD_BASELINE_WASM` adds a held listener running that
+    // build (in a VM of its own).
+    if let Ok(baseline) = std::env::var("HOLD_BASELINE_WASM") {
+        sides.push(Side {
+            name: "held (baseline build)",
+            audit: "baseline",
+            port: free_port(),
+            config: config("baseline", true),
+            wasm: std::path::PathBuf::from(baseline),
+            vm: "baseline",
+        });
+    }
+    let yaml = envoy_yaml(admin, &sides, upstream, audit);
     let dir = std::env::temp_dir().join(format!("hold_cost-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("envoy.yaml");
@@ -248,20 +301,30 @@ async fn main() {
         assert!(Instant::now() < deadline, "Envoy not ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for port in [unheld, held] {
+    for side in &sides {
         for _ in 0..200 {
-            exchange(&http, port, 1024).await;
+            exchange(&http, side.port, 1024).await;
         }
     }
-    let listeners = [("unheld", unheld), ("held", held)];
+    let n = sides.len();
+    // Round r visits the listeners starting at r mod n: each is first, middle and last in turn.
+    let order = |round: u64| (0..n).map(move |i| (i + round as usize) % n);
+    let callouts = |audit: &str| {
+        received
+            .lock()
+            .unwrap()
+            .get(&format!("/{audit}"))
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut exchanges = vec![0u64; n];
 
     // Latency at a fixed rate, open loop.
-    let mut samples: Vec<Vec<u64>> = vec![Vec::new(), Vec::new()];
-    let mut failed = [0u64; 2];
+    let mut samples: Vec<Vec<u64>> = vec![Vec::new(); n];
+    let mut failed = vec![0u64; n];
     for round in 0..rounds {
-        for k in 0..2 {
-            let k = if round % 2 == 0 { k } else { 1 - k };
-            let port = listeners[k].1;
+        for k in order(round) {
+            let port = sides[k].port;
             let got = Arc::new(Mutex::new(Vec::new()));
             let fails = Arc::new(AtomicU64::new(0));
             let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
@@ -289,37 +352,41 @@ async fn main() {
         "## complete_after_stored: latency at {rate} req/s, 1 KiB answers ({rounds} rounds of {}s per listener)\n",
         duration.as_secs()
     );
-    println!("| listener | exchanges | failed | upstream's last byte → client's last byte, p50 (ms) | p99 (ms) |");
-    println!("|---|---|---|---|---|");
-    let mut p = [(0.0, 0.0); 2];
-    for k in 0..2 {
+    println!("| listener | exchanges | failed | upstream's last byte → client's last byte, p50 (ms) | p99 (ms) | added p50 (ms) | added p99 (ms) |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut p = vec![(0.0, 0.0); n];
+    for k in 0..n {
         samples[k].sort_unstable();
         p[k] = (percentile(&samples[k], 0.5), percentile(&samples[k], 0.99));
+        exchanges[k] += samples[k].len() as u64;
         println!(
-            "| {} | {} | {} | {:.3} | {:.3} |",
-            listeners[k].0,
+            "| {} | {} | {} | {:.3} | {:.3} | {:+.3} | {:+.3} |",
+            sides[k].name,
             samples[k].len(),
             failed[k],
             p[k].0,
-            p[k].1
+            p[k].1,
+            p[k].0 - p[0].0,
+            p[k].1 - p[0].1
         );
     }
-    println!(
-        "\nadded by the hold: p50 {:+.3} ms, p99 {:+.3} ms\n",
-        p[1].0 - p[0].0,
-        p[1].1 - p[0].1
-    );
 
-    // Throughput, closed loop, paired rounds.
-    println!("## complete_after_stored: throughput, {conns} connections, held ÷ unheld (paired rounds)\n");
-    println!("| answer | unheld req/s (median) | held req/s (median) | held ÷ unheld per round | median |");
+    // Throughput, closed loop, paired rounds: each held listener ÷ the unheld one, per round.
+    println!(
+        "\n## complete_after_stored: throughput, {conns} connections, ÷ unheld (paired rounds)\n"
+    );
+    println!("| answer | listener | req/s (median) | ÷ unheld per round | median |");
     println!("|---|---|---|---|---|");
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     for size in [1024usize, 32 * 1024] {
-        let mut rps = [Vec::new(), Vec::new()];
+        let mut rps = vec![Vec::new(); n];
         for round in 0..rounds {
-            for k in 0..2 {
-                let k = if round % 2 == 0 { k } else { 1 - k };
-                let port = listeners[k].1;
+            for k in order(round) {
+                let port = sides[k].port;
                 let done = Arc::new(AtomicU64::new(0));
                 let end = Instant::now() + duration;
                 let mut tasks = tokio::task::JoinSet::new();
@@ -335,31 +402,39 @@ async fn main() {
                 }
                 let started = Instant::now();
                 while tasks.join_next().await.is_some() {}
-                rps[k].push(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64());
+                let count = done.load(Ordering::Relaxed);
+                exchanges[k] += count;
+                rps[k].push(count as f64 / started.elapsed().as_secs_f64());
             }
         }
-        let mut ratios: Vec<f64> = rps[1].iter().zip(&rps[0]).map(|(h, u)| h / u).collect();
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let list = ratios
-            .iter()
-            .map(|r| format!("{r:.3}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        for k in 0..n {
+            let ratios: Vec<f64> = rps[k].iter().zip(&rps[0]).map(|(h, u)| h / u).collect();
+            let list = ratios
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!(
+                "| {} KiB | {} | {:.0} | {list} | {:.3} |",
+                size / 1024,
+                sides[k].name,
+                median(&rps[k]),
+                median(&ratios)
+            );
+        }
+    }
+    println!("\n| listener | exchanges | callouts answered | exchanges per callout |");
+    println!("|---|---|---|---|");
+    for k in 0..n {
+        let c = callouts(sides[k].audit);
         println!(
-            "| {} KiB | {:.0} | {:.0} | {list} | {:.3} |",
-            size / 1024,
-            median(&mut rps[0].clone()),
-            median(&mut rps[1].clone()),
-            median(&mut ratios)
+            "| {} | {} | {} | {:.2} |",
+            sides[k].name,
+            exchanges[k],
+            c,
+            exchanges[k] as f64 / c.max(1) as f64
         );
     }
-    println!(
-        "\nreceiver: {} callouts answered",
-        received.load(Ordering::Relaxed)
-    );
     let _ = envoy.kill();
     let _ = envoy.wait();
     let _ = std::fs::remove_dir_all(&dir);
