@@ -11,6 +11,8 @@ use crate::otlp::{self, NonLlm, OtlpInputs};
 pub const INGEST_TOKEN_ENV: &str = "TRUTHTABLE_INGEST_TOKEN";
 /// Environment variable holding the token required on reads.
 pub const READ_TOKEN_ENV: &str = "TRUTHTABLE_READ_TOKEN";
+/// Environment variable holding the token required on erasures and holds.
+pub const ADMIN_TOKEN_ENV: &str = "TRUTHTABLE_ADMIN_TOKEN";
 /// Environment variable that may hold `--db` (a Kubernetes Secret, say).
 pub const DB_ENV: &str = "TRUTHTABLE_DB";
 /// Environment variable that may hold `--db-password-file`.
@@ -36,6 +38,8 @@ Environment:
                            GET /v1/captures/{id} require `authorization: Bearer <token>`
                            (or the web view's session cookie), and the web view asks for it
                            in a sign-in form.
+  TRUTHTABLE_ADMIN_TOKEN   Erasures and legal holds (POST /v1/erasures, /v1/holds) require
+                           `authorization: Bearer <token>`; without it they are refused.
   TRUTHTABLE_LOG_KEY       The --log-key value when the flag is not given.
   RUST_LOG                 Log filter (default: info), e.g. `debug` or `truthtable_collector=debug`.
 
@@ -163,6 +167,12 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "on", value_name = "ON_OFF")]
     pub log: Switch,
 
+    /// Retention: erase captures whose exchange started longer ago than this (`180d`, `12h`,
+    /// `30m`; at least 1m). A pass runs within a minute of start, then every hour. Off unless
+    /// given.
+    #[arg(long, value_name = "DURATION", value_parser = crate::erase::parse_duration)]
+    pub retain: Option<std::time::Duration>,
+
     /// Longest wait between export attempts while the OTLP endpoint is down, in milliseconds.
     #[arg(long, default_value_t = 30_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub otlp_retry_max_ms: u64,
@@ -243,6 +253,10 @@ pub struct Config {
     pub log_key: Option<PathBuf>,
     /// The verifiable log is off.
     pub log_off: bool,
+    /// Bearer token required on erasures and holds; without it they are refused.
+    pub admin_token: Option<String>,
+    /// Retention: captures older than this are erased.
+    pub retain: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -267,6 +281,8 @@ impl Config {
             read_token: var(READ_TOKEN_ENV),
             log_key: cli.log_key,
             log_off: cli.log == Switch::Off,
+            admin_token: var(ADMIN_TOKEN_ENV),
+            retain: cli.retain,
             otlp: OtlpInputs {
                 endpoint: cli.otlp_endpoint,
                 protocol: cli.otlp_protocol,

@@ -49,6 +49,10 @@ pub struct AppState {
     pub indexer: Arc<crate::indexer::Indexer>,
     /// The verifiable log, when it is on (`crate::log`).
     pub log: Option<Arc<crate::log::Log>>,
+    /// Bearer token required on erasures and holds; they are refused without one.
+    pub admin_token: Option<String>,
+    /// Erasure and retention (`crate::erase`).
+    pub erase: Arc<crate::erase::Eraser>,
 }
 
 impl AppState {
@@ -68,6 +72,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .merge(web::routes())
         .merge(crate::log::http::routes())
+        .merge(crate::erase::http::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::map_response(protective_headers))
         .with_state(state)
@@ -127,6 +132,11 @@ impl ApiError {
             www_authenticate: false,
             retry_after: false,
         }
+    }
+
+    /// 403: the operation is turned off.
+    pub(crate) fn forbidden(message: &str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
     }
 
     fn unauthorized(message: &str) -> Self {
@@ -349,10 +359,13 @@ async fn get_one(
     let read = match reads::capture(&state, id.clone()).await {
         Ok(Some(read)) => read,
         Ok(None) => {
+            if let Some(gone) = crate::erase::http::gone(&state, &id).await {
+                return gone;
+            }
             return error(
                 StatusCode::NOT_FOUND,
                 format!("no capture with id \"{id}\""),
-            )
+            );
         }
         Err(e) => return store_failure(&state, &e).into_response(),
     };
@@ -401,6 +414,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     );
     if let Some(log) = &state.log {
         text.push_str(&log.render_metrics(stats.map(|s| s.records)));
+    }
+    if up {
+        text.push_str(&state.erase.render_metrics(&state.store).await);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
