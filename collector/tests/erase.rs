@@ -393,3 +393,142 @@ async fn postgres_erasure_by_ids_and_filter_leaves_tombstones_and_a_whole_log() 
         "{out}"
     );
 }
+
+fn aged(id: &str, started_at: &str) -> Value {
+    let mut r = common::record(id);
+    r["started_at"] = json!(started_at);
+    r
+}
+
+#[tokio::test]
+async fn retention_erases_what_is_older_keeps_what_is_held_and_a_pass_killed_midway_finishes_once()
+{
+    const OLD: usize = 6000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("retain.db");
+    let db_arg = db.display().to_string();
+    let client = reqwest::Client::new();
+    let env = [("TRUTHTABLE_ADMIN_TOKEN", ADMIN)];
+
+    // Without retention: old and recent captures, and a hold on one old one.
+    let mut proc = Process::start_with(&["--db", &db_arg], &env);
+    let base = proc.base();
+    let old: Vec<Value> = (0..OLD)
+        .map(|i| aged(&format!("old-{i}"), "2020-01-01T00:00:00Z"))
+        .collect();
+    for chunk in old.chunks(500) {
+        let r = client
+            .post(format!("{base}/v1/captures"))
+            .body(ndjson(chunk))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let recent = [
+        aged("recent-1", "2099-01-01T00:00:00Z"),
+        aged("recent-2", "2099-01-01T00:00:01Z"),
+    ];
+    let r = client
+        .post(format!("{base}/v1/captures"))
+        .body(ndjson(&recent))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (s, v) = admin(
+        &client,
+        format!("{base}/v1/holds"),
+        json!({"ids": ["old-7"], "reason": "litigation"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    common::when_indexed(
+        &client,
+        &format!("{base}/v1/captures?model=gpt-4o"),
+        Duration::from_secs(60),
+    )
+    .await;
+    proc.sigterm();
+    assert!(proc.wait(30).success());
+
+    // With retention: the first pass starts within a minute; SIGKILL it midway.
+    let args = ["--db", db_arg.as_str(), "--retain", "180d"];
+    let mut proc = Process::start_with(&args, &env);
+    let base = proc.base();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at_kill = loop {
+        let n = metric(&client, &base, "truthtable_erased_captures").await;
+        if n > 0 {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no retention pass within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    proc.child.kill().unwrap();
+    proc.child.wait().unwrap();
+    assert!(
+        (at_kill as usize) < OLD - 1,
+        "the pass was killed midway ({at_kill} erased)"
+    );
+
+    // After restart the pass finishes: every old capture erased once, the held and recent kept.
+    let proc = Process::start_with(&args, &env);
+    let base = proc.base();
+    metric_at_least(
+        &client,
+        &base,
+        "truthtable_erased_captures",
+        (OLD - 1) as u64,
+    )
+    .await;
+    metric_at_least(&client, &base, "truthtable_retention_passes_total", 1).await;
+    assert_eq!(
+        metric(&client, &base, "truthtable_erased_captures").await,
+        (OLD - 1) as u64
+    );
+    assert_eq!(
+        get(&client, format!("{base}/v1/captures/old-7")).await.0,
+        200
+    );
+    assert_eq!(
+        get(&client, format!("{base}/v1/captures/recent-2")).await.0,
+        200
+    );
+    let (s, body) = get(&client, format!("{base}/v1/captures/old-3")).await;
+    assert_eq!(s, 410);
+    assert!(body.contains("retention 180d"), "{body}");
+    assert!(metric(&client, &base, "truthtable_held_captures_total").await >= 1);
+    // Every erasure and the hold in the log, then signed.
+    let events = {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM log_events", [], |r| r.get(0))
+            .unwrap();
+        n as u64
+    };
+    metric_at_least(
+        &client,
+        &base,
+        "truthtable_log_signed_size",
+        OLD as u64 + 2 + events,
+    )
+    .await;
+    let mut proc = proc;
+    proc.sigterm();
+    assert!(proc.wait(30).success());
+    let (ok, out) = verify(&db_arg);
+    assert!(
+        ok,
+        "{}",
+        out.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        out.contains(&format!("{} erased capture(s)", OLD - 1)),
+        "each capture erased once: {}",
+        out.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    );
+}

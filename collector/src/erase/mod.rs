@@ -31,7 +31,7 @@ pub const EVERY: Duration = Duration::from_secs(3600);
 const RETRY: Duration = Duration::from_secs(60);
 /// The lease that makes one collector (of several sharing a database) run the pass.
 pub const LEASE_NAME: &str = "truthtable.retention";
-const LEASE: Duration = Duration::from_secs(120);
+const LEASE: Duration = Duration::from_secs(30);
 /// The pause between two steps of a pass, so ingest is never held up behind it.
 const BETWEEN_STEPS: Duration = Duration::from_millis(20);
 
@@ -307,14 +307,26 @@ pub struct Pass {
 }
 
 /// One retention pass: erases every capture whose exchange started more than `retain` ago, but
-/// those held, in steps; `None` when another collector holds the pass's lease.
+/// those held, in steps; `None` when another collector holds the pass's lease. Only a database
+/// several collectors share (PostgreSQL) needs the lease: a SQLite file has one collector, and
+/// one restarted after a crash must not wait for its own dead lease.
 pub async fn retention_pass(
     store: &Store,
     eraser: &Eraser,
     retain: Duration,
 ) -> Result<Option<Pass>, StoreError> {
-    let claim = || store.claim_cursor(LEASE_NAME.to_owned(), eraser.holder.clone(), LEASE);
-    if claim().await?.is_none() {
+    let leased = matches!(store, Store::Postgres(_));
+    let claim = async || {
+        if leased {
+            store
+                .claim_cursor(LEASE_NAME.to_owned(), eraser.holder.clone(), LEASE)
+                .await
+                .map(|c| c.is_some())
+        } else {
+            Ok(true)
+        }
+    };
+    if !claim().await? {
         return Ok(None);
     }
     let now_us = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
@@ -352,7 +364,7 @@ pub async fn retention_pass(
             pass.erased += out.erased.len() as u64;
         }
         eraser.pending.store(0, Ordering::Relaxed);
-        if claim().await?.is_none() {
+        if !claim().await? {
             // The lease ran out and another collector took the pass over.
             break;
         }
