@@ -532,3 +532,95 @@ async fn retention_erases_what_is_older_keeps_what_is_held_and_a_pass_killed_mid
         out.lines().rev().take(5).collect::<Vec<_>>().join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_erased_while_its_export_waits_is_never_sent() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    // An OTLP receiver that refuses (503) until told to take, and keeps every body it took.
+    let taking = Arc::new(AtomicBool::new(false));
+    let bodies = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let receiver = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post({
+            let (taking, bodies) = (Arc::clone(&taking), Arc::clone(&bodies));
+            move |body: axum::body::Bytes| async move {
+                if !taking.load(Ordering::SeqCst) {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                bodies.lock().unwrap().push(body.to_vec());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("otlp.db").display().to_string();
+    let proc = Process::start_with(
+        &[
+            "--db",
+            &db,
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-retry-max-ms",
+            "300",
+        ],
+        &[("TRUTHTABLE_ADMIN_TOKEN", ADMIN)],
+    );
+    let base = proc.base();
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{base}/v1/captures"))
+        .body(ndjson(&records()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The exporter has read the batch and is being refused.
+    metric_at_least(
+        &client,
+        &base,
+        "truthtable_collector_otlp_spans_retried_total",
+        1,
+    )
+    .await;
+    let (s, v) = admin(
+        &client,
+        format!("{base}/v1/erasures"),
+        json!({"ids": ["secret-1", "secret-2"], "reason": "GDPR Art. 17 request #43"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    taking.store(true, Ordering::SeqCst);
+    metric_at_least(
+        &client,
+        &base,
+        "truthtable_collector_otlp_spans_exported_total",
+        3,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = bodies.lock().unwrap().concat();
+    assert!(
+        sent.windows(KEPT_Q.len()).any(|w| w == KEPT_Q.as_bytes()),
+        "the kept captures were exported"
+    );
+    for word in [SECRET_Q, "secret-1", "secret-2"] {
+        assert!(
+            !sent.windows(word.len()).any(|w| w == word.as_bytes()),
+            "{word} was exported after its erasure"
+        );
+    }
+    assert_eq!(
+        metric(
+            &client,
+            &base,
+            "truthtable_collector_otlp_spans_exported_total"
+        )
+        .await,
+        3
+    );
+}
