@@ -413,7 +413,16 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         },
     );
     if let Some(log) = &state.log {
-        text.push_str(&log.render_metrics(stats.map(|s| s.records)));
+        // The log also holds the entries of erased captures and of erasures and holds.
+        let entries = match stats {
+            Some(s) => {
+                use crate::store::erase::EraseStore as _;
+                let e = state.store.erase_counts().await.unwrap_or_default();
+                Some(s.records + e.erased + e.events)
+            }
+            None => None,
+        };
+        text.push_str(&log.render_metrics(entries));
     }
     if up {
         text.push_str(&state.erase.render_metrics(&state.store).await);

@@ -151,6 +151,8 @@ pub struct EraseCounts {
     pub erased: u64,
     /// Active holds.
     pub holds: u64,
+    /// Accountability events (erasures, holds placed and lifted): entries the log holds or will.
+    pub events: u64,
 }
 
 /// What erasure needs of a store.

@@ -1087,9 +1087,12 @@ impl EraseStore for SqliteStore {
                 [],
                 |r| r.get(0),
             )?;
+            let events: i64 =
+                conn.query_row("SELECT count(*) FROM log_events", [], |r| r.get(0))?;
             Ok(EraseCounts {
                 erased: u64::try_from(erased).unwrap_or_default(),
                 holds: u64::try_from(holds).unwrap_or_default(),
+                events: u64::try_from(events).unwrap_or_default(),
             })
         })
         .await

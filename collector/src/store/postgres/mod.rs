@@ -1367,7 +1367,8 @@ impl EraseStore for PgStore {
                 client
                     .query_one(
                         "SELECT (SELECT count(*) FROM tombstones),
-                                (SELECT count(*) FROM holds WHERE lifted_at IS NULL)",
+                                (SELECT count(*) FROM holds WHERE lifted_at IS NULL),
+                                (SELECT count(*) FROM log_events)",
                         &[],
                     )
                     .await
@@ -1376,6 +1377,7 @@ impl EraseStore for PgStore {
         Ok(EraseCounts {
             erased: u64::try_from(row.get::<_, i64>(0)).unwrap_or_default(),
             holds: u64::try_from(row.get::<_, i64>(1)).unwrap_or_default(),
+            events: u64::try_from(row.get::<_, i64>(2)).unwrap_or_default(),
         })
     }
 }
