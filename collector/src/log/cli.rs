@@ -38,9 +38,10 @@ pub struct Verify {
     /// The store: a SQLite file or a PostgreSQL URL (passwords as for serving: PGPASSWORD, ...).
     #[arg(long, value_name = "PATH_OR_URL", required_unless_present = "bundle")]
     pub db: Option<String>,
-    /// Checks an evidence bundle (`truthtable-collector export`) instead of a store: each entry
-    /// against its proof and the proofs' checkpoints against the key. Needs no database.
-    #[arg(long, value_name = "DIR", conflicts_with = "db")]
+    /// Checks an evidence bundle (`truthtable-collector export`), a directory or a `.tar` /
+    /// `.tar.gz` archive, instead of a store: each entry against its proof and the proofs'
+    /// checkpoints against the key. Needs no database.
+    #[arg(long, value_name = "DIR_OR_ARCHIVE", conflicts_with = "db")]
     pub bundle: Option<PathBuf>,
     /// The verifier key (`<name>+<hash>+<base64>`) to check signatures against; without it,
     /// the log's own.
@@ -52,18 +53,68 @@ pub struct Verify {
 #[derive(Debug, Parser)]
 #[command(
     name = "truthtable-collector export",
-    about = "Writes chosen captures with their log entries, inclusion proofs, the checkpoint and the verifier key into a directory that `truthtable-collector verify --bundle DIR --key VKEY` checks with no database and no network"
+    about = "Writes chosen captures (by --id, by the list's filters, or both) with their log entries, inclusion proofs, the checkpoint and the verifier key into a directory, or into one .tar / .tar.gz archive, that `truthtable-collector verify --bundle PATH --key VKEY` checks with no database and no network"
 )]
 pub struct Export {
     /// The store: a SQLite file or a PostgreSQL URL.
     #[arg(long, value_name = "PATH_OR_URL")]
     pub db: String,
     /// A capture to include (repeat for more).
-    #[arg(long = "id", value_name = "ID", required = true)]
+    #[arg(long = "id", value_name = "ID")]
     pub ids: Vec<String>,
-    /// The directory to write (created; must not exist yet).
-    #[arg(long, value_name = "DIR")]
+    /// Include the captures started at or after this time (as the list's `since`).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Include the captures started before this time (as the list's `until`).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Filter by model (as the list's `model`).
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Filter by protocol (as the list's `protocol`; repeat or comma-separate).
+    #[arg(long, value_name = "PROTOCOL")]
+    pub protocol: Vec<String>,
+    /// Filter by outcome (as the list's `outcome`; repeat or comma-separate).
+    #[arg(long, value_name = "OUTCOME")]
+    pub outcome: Vec<String>,
+    /// Filter by status: `200`, `5xx` or `none` (as the list's `status`).
+    #[arg(long, value_name = "STATUS")]
+    pub status: Option<String>,
+    /// Filter by mark: truncated, incomplete, problems (as the list's `mark`).
+    #[arg(long, value_name = "MARK")]
+    pub mark: Vec<String>,
+    /// Full-text search (as the list's `q`).
+    #[arg(long, value_name = "TERMS")]
+    pub q: Option<String>,
+    /// Where to write: a directory (created; must not exist yet), or an archive when the name
+    /// ends in `.tar`, `.tar.gz` or `.tgz` (created; must not exist yet).
+    #[arg(long, value_name = "DIR_OR_ARCHIVE")]
     pub out: PathBuf,
+}
+
+impl Export {
+    /// The list's filter parameters these flags give, as query-string pairs.
+    fn filter_pairs(&self) -> Vec<(String, String)> {
+        let mut pairs = Vec::new();
+        let mut one = |key: &str, value: &Option<String>| {
+            if let Some(v) = value {
+                pairs.push((key.to_owned(), v.clone()));
+            }
+        };
+        one("since", &self.since);
+        one("until", &self.until);
+        one("model", &self.model);
+        one("status", &self.status);
+        one("q", &self.q);
+        for (key, values) in [
+            ("protocol", &self.protocol),
+            ("outcome", &self.outcome),
+            ("mark", &self.mark),
+        ] {
+            pairs.extend(values.iter().map(|v| (key.to_owned(), v.clone())));
+        }
+        pairs
+    }
 }
 
 /// `truthtable-collector monitor`: watches a collector's log from outside.
@@ -177,10 +228,88 @@ pub fn bundle_name(id: &str) -> String {
         .collect()
 }
 
+/// The archive form `path`'s name asks for: `Some(true)` for gzip, `Some(false)` for plain tar.
+fn archive_kind(path: &std::path::Path) -> Option<bool> {
+    let name = path.file_name()?.to_str()?;
+    if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+        Some(true)
+    } else if name.ends_with(".tar") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The ids the export names: those given with `--id`, then those the filters match, newest
+/// first, each once. The filters are the list's own (`GET /v1/captures`), asked of the store's
+/// list query page by page.
+async fn chosen_ids(store: &Store, x: &Export) -> anyhow::Result<Vec<String>> {
+    use crate::store::{CaptureStore as _, ListQuery, Page};
+    let pairs = x.filter_pairs();
+    let mut ids: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for id in &x.ids {
+        if seen.insert(id.clone()) {
+            ids.push(id.clone());
+        }
+    }
+    if pairs.is_empty() {
+        if ids.is_empty() {
+            anyhow::bail!(
+                "choose captures: give --id, or a filter (--since, --until, --model, --protocol, --outcome, --status, --mark, --q)"
+            );
+        }
+        return Ok(ids);
+    }
+    let req = crate::reads::ListRequest::parse(&pairs).map_err(|e| anyhow::anyhow!("{}", e.0))?;
+    // The filters read the digests, which the serving collector derives behind ingest.
+    if !store
+        .stale_digests(0, crate::digest::VERSION, 1)
+        .await?
+        .is_empty()
+    {
+        eprintln!(
+            "warning: some stored records have no digest yet, and the filters skip them; a running collector derives them within seconds (GET /v1/captures says \"indexing\": false when done), or name them with --id"
+        );
+    }
+    let mut query = ListQuery {
+        limit: crate::reads::MAX_LIMIT,
+        page: Page::Newest,
+        ..req.query
+    };
+    let mut matched = 0usize;
+    loop {
+        let rows = store.list(query.clone()).await?;
+        let full = rows.len() >= query.limit as usize;
+        let Some(last) = rows.last().map(|r| r.seq) else {
+            break;
+        };
+        for row in rows {
+            matched += 1;
+            if seen.insert(row.id.clone()) {
+                ids.push(row.id);
+            }
+        }
+        if !full {
+            break;
+        }
+        query.page = Page::Before(last);
+    }
+    if matched == 0 {
+        anyhow::bail!("no capture matches the filter");
+    }
+    Ok(ids)
+}
+
 async fn export(x: Export) -> anyhow::Result<ExitCode> {
     use crate::store::log::LogStore as _;
     use anyhow::Context as _;
+    let archive = archive_kind(&x.out);
+    if x.out.exists() {
+        anyhow::bail!("{} exists already", x.out.display());
+    }
     let store = open_store(&x.db).await?;
+    let ids = chosen_ids(&store, &x).await?;
     let state = store.log_state().await?;
     let vkey = state
         .verifier_key
@@ -189,8 +318,8 @@ async fn export(x: Export) -> anyhow::Result<ExitCode> {
         .log_checkpoint(None)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the store's log has no signed checkpoint yet"))?;
-    let mut files = Vec::new();
-    for id in &x.ids {
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for id in &ids {
         let entry = store
             .log_entry(id.clone())
             .await?
@@ -207,23 +336,69 @@ async fn export(x: Export) -> anyhow::Result<ExitCode> {
             path,
             checkpoint: note.clone(),
         };
-        files.push((format!("{}.entry", bundle_name(id)), entry.raw));
-        files.push((format!("{}.tlog-proof", bundle_name(id)), proof.to_text()));
+        files.push((format!("{}.entry", bundle_name(id)), entry.raw.into()));
+        files.push((
+            format!("{}.tlog-proof", bundle_name(id)),
+            proof.to_text().into_bytes(),
+        ));
     }
-    std::fs::create_dir(&x.out).with_context(|| format!("creating {}", x.out.display()))?;
-    files.push(("checkpoint".to_owned(), note));
-    files.push(("verifier-key".to_owned(), format!("{vkey}\n")));
-    for (name, body) in files {
-        let path = x.out.join(name);
-        std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+    files.push(("checkpoint".to_owned(), note.into_bytes()));
+    files.push(("verifier-key".to_owned(), format!("{vkey}\n").into_bytes()));
+    match archive {
+        Some(gzip) => write_archive(&x.out, gzip, &files)
+            .with_context(|| format!("writing {}", x.out.display()))?,
+        None => {
+            std::fs::create_dir(&x.out).with_context(|| format!("creating {}", x.out.display()))?;
+            for (name, body) in files {
+                let path = x.out.join(name);
+                std::fs::write(&path, body)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
     }
     println!(
         "wrote {} capture(s) with their proofs against the checkpoint of size {size} to {}",
-        x.ids.len(),
+        ids.len(),
         x.out.display()
     );
     let _ = crate::store::CaptureStore::close(&store).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `files` as one tar archive (gzip-compressed when `gzip`), each a regular file at the
+/// archive's top level; a new file, never over an existing one.
+fn write_archive(
+    path: &std::path::Path,
+    gzip: bool,
+    files: &[(String, Vec<u8>)],
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut tar = tar::Builder::new(Vec::new());
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for (name, body) in files {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(mtime);
+        header.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut header, name, body.as_slice())?;
+    }
+    let mut bytes = tar.into_inner()?;
+    if gzip {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&bytes)?;
+        bytes = gz.finish()?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    Ok(())
 }
 
 async fn monitor(m: Monitor) -> anyhow::Result<ExitCode> {

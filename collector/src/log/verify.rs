@@ -254,34 +254,48 @@ pub async fn verify_store(
     Ok(r)
 }
 
-/// Checks an evidence bundle offline: every `<id>.entry` against its `<id>.tlog-proof`, each
-/// proof's checkpoint against `key`, and the proofs' checkpoints against each other.
-pub fn verify_bundle(dir: &std::path::Path, key: &VerifierKey) -> anyhow::Result<Report> {
+/// Checks an evidence bundle offline — a directory or a `.tar` / `.tar.gz` archive
+/// (`truthtable-collector export`): every `<id>.entry` against its `<id>.tlog-proof`, and each
+/// proof's checkpoint against `key`.
+pub fn verify_bundle(path: &std::path::Path, key: &VerifierKey) -> anyhow::Result<Report> {
     use anyhow::Context as _;
+    let files: std::collections::BTreeMap<String, Vec<u8>> = if path.is_dir() {
+        let mut files = std::collections::BTreeMap::new();
+        for e in std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
+            let e = e.with_context(|| format!("reading {}", path.display()))?;
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            if name.ends_with(".tlog-proof") || name.ends_with(".entry") {
+                let body = std::fs::read(e.path()).with_context(|| format!("reading {name}"))?;
+                files.insert(name, body);
+            }
+        }
+        files
+    } else {
+        read_archive(path).with_context(|| format!("reading the archive {}", path.display()))?
+    };
     let mut r = Report::default();
     r.say(format!(
         "checking the bundle {} against the key {}",
-        dir.display(),
+        path.display(),
         key.as_str()
     ));
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+    let names: Vec<String> = files
+        .keys()
         .filter_map(|n| n.strip_suffix(".tlog-proof").map(str::to_owned))
         .collect();
-    names.sort();
     for name in names {
         r.total += 1;
-        let proof = std::fs::read_to_string(dir.join(format!("{name}.tlog-proof")))
-            .with_context(|| format!("reading {name}.tlog-proof"))?;
-        let entry = match std::fs::read(dir.join(format!("{name}.entry"))) {
-            Ok(e) => e,
-            Err(e) => {
-                r.problem(format!("{name}: its entry cannot be read: {e}"));
-                continue;
-            }
+        let proof = files
+            .get(&format!("{name}.tlog-proof"))
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        let Some(entry) = files.get(&format!("{name}.entry")) else {
+            r.problem(format!("{name}: its entry is missing from the bundle"));
+            continue;
         };
-        match super::proof::TlogProof::parse(&proof).map(|p| (p.verify(&entry, key), p.index)) {
+        match super::proof::TlogProof::parse(&proof).map(|p| (p.verify(entry, key), p.index)) {
             Ok((Ok(c), index)) => {
                 r.verified += 1;
                 r.say(format!(
@@ -295,4 +309,41 @@ pub fn verify_bundle(dir: &std::path::Path, key: &VerifierKey) -> anyhow::Result
     let summary = format!("{} of {} records verified", r.verified, r.total);
     r.lines.push(summary);
     Ok(r)
+}
+
+/// The regular files at the top level of a tar archive (gzip-compressed or not: told by its
+/// first bytes), by name. Anything else in it — directories, links, nested paths — is refused.
+fn read_archive(
+    path: &std::path::Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    use std::io::Read as _;
+    let bytes = std::fs::read(path)?;
+    let tar_bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(bytes.as_slice()).read_to_end(&mut out)?;
+        out
+    } else {
+        bytes
+    };
+    let mut files = std::collections::BTreeMap::new();
+    let mut archive = tar::Archive::new(tar_bytes.as_slice());
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let name = entry.path()?.to_string_lossy().into_owned();
+        let name = name.strip_prefix("./").unwrap_or(&name).to_owned();
+        if name.is_empty() {
+            continue;
+        }
+        if !entry.header().entry_type().is_file() || name.contains('/') {
+            anyhow::bail!(
+                "{name:?} is not a file at the archive's top level, as export writes them"
+            );
+        }
+        let mut body = Vec::new();
+        entry.read_to_end(&mut body)?;
+        if files.insert(name.clone(), body).is_some() {
+            anyhow::bail!("{name:?} is in the archive twice");
+        }
+    }
+    Ok(files)
 }
