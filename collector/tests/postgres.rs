@@ -312,11 +312,11 @@ async fn a_collector_started_before_its_database_waits_for_it_and_then_creates_t
             .status(),
         200
     );
-    // The latest schema: the captures (1), the export cursors (2), the digests (3) and the
-    // verifiable log (4).
+    // The latest schema: the captures (1), the export cursors (2), the digests (3), the
+    // verifiable log (4) and erasure (5).
     assert_eq!(
         pg.sql(&db, "SELECT max(version) FROM truthtable_schema"),
-        "4"
+        "5"
     );
 }
 
@@ -476,7 +476,7 @@ async fn a_database_of_an_older_collector_is_migrated_at_start_and_its_records_d
     );
     assert_eq!(
         pg.sql(&db, "SELECT max(version) FROM truthtable_schema"),
-        "4"
+        "5"
     );
     assert_eq!(pg.sql(&db, "SELECT count(*) FROM capture_digests"), "250");
     assert_eq!(
