@@ -15,6 +15,8 @@ pub const READ_TOKEN_ENV: &str = "TRUTHTABLE_READ_TOKEN";
 pub const VERDICT_TOKEN_ENV: &str = "TRUTHTABLE_VERDICT_TOKEN";
 /// Environment variable holding the `whsec_` secrets webhook engines are signed with.
 pub const WEBHOOK_SECRETS_ENV: &str = "TRUTHTABLE_WEBHOOK_SECRETS";
+/// Environment variable holding the token required on erasures and holds.
+pub const ADMIN_TOKEN_ENV: &str = "TRUTHTABLE_ADMIN_TOKEN";
 /// Environment variable that may hold `--db` (a Kubernetes Secret, say).
 pub const DB_ENV: &str = "TRUTHTABLE_DB";
 /// Environment variable that may hold `--db-password-file`.
@@ -40,6 +42,8 @@ Environment:
                            GET /v1/captures/{id} require `authorization: Bearer <token>`
                            (or the web view's session cookie), and the web view asks for it
                            in a sign-in form.
+  TRUTHTABLE_ADMIN_TOKEN   Erasures and legal holds (POST /v1/erasures, /v1/holds) require
+                           `authorization: Bearer <token>`; without it they are refused.
   TRUTHTABLE_LOG_KEY       The --log-key value when the flag is not given.
   TRUTHTABLE_VERDICT_TOKEN When set (non-empty), POST /v1/captures/{id}/verdicts takes verdicts
                            with `authorization: Bearer <token>` (webhook engines that answer later).
@@ -176,6 +180,12 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "on", value_name = "ON_OFF")]
     pub log: Switch,
 
+    /// Retention: erase captures whose exchange started longer ago than this (`180d`, `12h`,
+    /// `30m`; at least 1m). A pass runs within a minute of start, then every hour. Off unless
+    /// given.
+    #[arg(long, value_name = "DURATION", value_parser = crate::erase::parse_duration)]
+    pub retain: Option<std::time::Duration>,
+
     /// Longest wait between export attempts while the OTLP endpoint is down, in milliseconds.
     #[arg(long, default_value_t = 30_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub otlp_retry_max_ms: u64,
@@ -299,6 +309,10 @@ pub struct Config {
     pub stall_threshold_ms: u64,
     /// The audit hand-off, as given (checked by [`crate::engine::Engine::all`]).
     pub audit: crate::engine::AuditInputs,
+    /// Bearer token required on erasures and holds; without it they are refused.
+    pub admin_token: Option<String>,
+    /// Retention: captures older than this are erased.
+    pub retain: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -325,6 +339,8 @@ impl Config {
             log_off: cli.log == Switch::Off,
             stall_threshold_ms: cli.stall_threshold_ms,
             verdict_token: var(VERDICT_TOKEN_ENV),
+            admin_token: var(ADMIN_TOKEN_ENV),
+            retain: cli.retain,
             otlp: OtlpInputs {
                 endpoint: cli.otlp_endpoint,
                 protocol: cli.otlp_protocol,

@@ -57,6 +57,10 @@ pub struct AppState {
     pub engines: Vec<Arc<crate::engine::Engine>>,
     /// Posts verdicts to Phoenix as span annotations, when the export goes to Phoenix.
     pub annotator: Option<crate::engine::annotate::Annotator>,
+    /// Bearer token required on erasures and holds; they are refused without one.
+    pub admin_token: Option<String>,
+    /// Erasure and retention (`crate::erase`).
+    pub erase: Arc<crate::erase::Eraser>,
 }
 
 impl AppState {
@@ -92,6 +96,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .merge(web::routes())
         .merge(crate::log::http::routes())
+        .merge(crate::erase::http::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::map_response(protective_headers))
         .with_state(state)
@@ -151,6 +156,11 @@ impl ApiError {
             www_authenticate: false,
             retry_after: false,
         }
+    }
+
+    /// 403: the operation is turned off.
+    pub(crate) fn forbidden(message: &str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
     }
 
     fn unauthorized(message: &str) -> Self {
@@ -376,10 +386,13 @@ async fn get_one(
     let read = match reads::capture(&state, id.clone()).await {
         Ok(Some(read)) => read,
         Ok(None) => {
+            if let Some(gone) = crate::erase::http::gone(&state, &id).await {
+                return gone;
+            }
             return error(
                 StatusCode::NOT_FOUND,
                 format!("no capture with id \"{id}\""),
-            )
+            );
         }
         Err(e) => return store_failure(&state, &e).into_response(),
     };
@@ -513,7 +526,19 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     text.push_str(&state.indexer.timing.render());
     text.push_str(&crate::engine::render_metrics(&state.engines));
     if let Some(log) = &state.log {
-        text.push_str(&log.render_metrics(stats.map(|s| s.records)));
+        // The log also holds the entries of erased captures and of erasures and holds.
+        let entries = match stats {
+            Some(s) => {
+                use crate::store::erase::EraseStore as _;
+                let e = state.store.erase_counts().await.unwrap_or_default();
+                Some(s.records + e.erased + e.events)
+            }
+            None => None,
+        };
+        text.push_str(&log.render_metrics(entries));
+    }
+    if up {
+        text.push_str(&state.erase.render_metrics(&state.store).await);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod config;
 pub mod digest;
 pub mod engine;
+pub mod erase;
 pub mod frames;
 pub mod http;
 pub mod indexer;
@@ -70,6 +71,8 @@ pub fn state(config: &Config, store: store::Store) -> anyhow::Result<Arc<AppStat
         stall_threshold_ms: config.stall_threshold_ms,
         engines: engine::Engine::all(&config.audit)?,
         annotator,
+        admin_token: config.admin_token.clone(),
+        erase: Arc::new(erase::Eraser::new(config.retain)),
     }))
 }
 
@@ -104,6 +107,10 @@ pub async fn serve(
         let leased = matches!(state.store, store::Store::Postgres(_));
         tokio::spawn(async move { log::sequencer::run(&state.store, &log, leased).await })
     });
+    let retention = state.erase.retain().map(|_| {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move { erase::run_retention(&state).await })
+    });
     let served = axum::serve(listener, app(Arc::clone(&state)))
         .with_graceful_shutdown(shutdown)
         .await
@@ -117,6 +124,11 @@ pub async fn serve(
     }
     indexing.abort();
     let _ = indexing.await;
+    if let Some(task) = retention {
+        task.abort();
+        let _ = task.await;
+        state.erase.release(&state.store).await;
+    }
     if let (Some(task), Some(log)) = (logging, &state.log) {
         task.abort();
         let _ = task.await;

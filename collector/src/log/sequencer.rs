@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use super::note::{LogKey, VerifierKey};
 use super::tree::{self, Hash, Query};
+use crate::store::erase::EraseStore;
 use crate::store::log::LogStore;
 use crate::store::{CaptureStore, StoreError};
 
@@ -201,7 +202,7 @@ pub async fn root(store: &impl LogStore, size: u64) -> Result<Hash, LogError> {
 /// Appends up to [`STEP`] records committed after the log's cursor — or, with `sweep`, any
 /// committed records the log does not hold — skipping any the log already holds; returns how
 /// many it read.
-pub async fn sequence<S: CaptureStore + LogStore>(
+pub async fn sequence<S: CaptureStore + LogStore + EraseStore>(
     store: &S,
     log: &Log,
     sweep: bool,
@@ -214,9 +215,14 @@ pub async fn sequence<S: CaptureStore + LogStore>(
         store.read_after(state.cursor, STEP).await?
     };
     let read = records.len();
-    let Some(last) = records.last().map(|r| r.cursor.max(state.cursor)) else {
+    // Accountability events (erasures, holds) waiting for the log go in after the records.
+    let events = store.unlogged_events(STEP).await?;
+    if records.is_empty() && events.is_empty() {
         return Ok(0);
-    };
+    }
+    let last = records
+        .last()
+        .map_or(state.cursor, |r| r.cursor.max(state.cursor));
     // A record a cursor meets twice (a sweep's, or a shared database's commit order seen
     // twice) is appended once.
     let logged = store
@@ -229,10 +235,16 @@ pub async fn sequence<S: CaptureStore + LogStore>(
     let mut known = store.log_hashes(tree::frontier(state.size)).await?;
     let leaves: Vec<Hash> = records
         .iter()
-        .map(|r| tree::leaf_hash(r.raw.as_bytes()))
+        .map(|r| r.raw.as_bytes())
+        .chain(events.iter().map(|e| e.entry.as_bytes()))
+        .map(tree::leaf_hash)
         .collect();
     let made = tree::append(state.size, &leaves, &mut known)?;
-    let entries: Vec<(i64, String)> = records.into_iter().map(|r| (r.seq, r.id)).collect();
+    let entries: Vec<(i64, String)> = records
+        .into_iter()
+        .map(|r| (r.seq, r.id))
+        .chain(events.into_iter().map(|e| (-e.seq, e.log_id)))
+        .collect();
     let n = entries.len();
     if store.log_append(state.size, last, entries, made).await? {
         log.size.store(state.size + n as u64, Ordering::Relaxed);
@@ -330,7 +342,7 @@ pub async fn sign(store: &impl LogStore, log: &Log) -> Result<Option<u64>, LogEr
 
 /// Sequences and signs until aborted; with `leased` (a database several collectors share), only
 /// while this collector holds the log's lease.
-pub async fn run<S: CaptureStore + LogStore>(store: &S, log: &Log, leased: bool) {
+pub async fn run<S: CaptureStore + LogStore + EraseStore>(store: &S, log: &Log, leased: bool) {
     // On a shared database the sequencer also sweeps now and then; one collector's SQLite
     // commits in `seq` order, so its cursor misses nothing.
     let mut last_sweep = tokio::time::Instant::now();

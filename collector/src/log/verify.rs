@@ -8,11 +8,22 @@ use std::collections::HashMap;
 
 use super::note::VerifierKey;
 use super::tree::{self, DenseTree, Hash, Query};
+use crate::store::erase::{ERASURE_KIND, EVENT_PREFIX};
 use crate::store::log::LogStore;
 use crate::store::StoreError;
 
 /// Records read from the store at a time.
 const PAGE: u32 = 5000;
+
+/// The part of an erasure's log entry the check reads.
+#[derive(Debug, serde::Deserialize)]
+struct Erasure {
+    kind: String,
+    at: String,
+    reason: String,
+    by: String,
+    captures: Vec<String>,
+}
 
 /// What the check found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -101,6 +112,9 @@ pub async fn verify_store(
     let mut stored_leaves: Vec<Hash> = Vec::new();
     let mut ids: Vec<String> = Vec::new();
     let mut records: Vec<Option<Hash>> = Vec::new();
+    // The erasure event a tombstone names, per index; and what each logged erasure erased.
+    let mut erased_by: Vec<Option<String>> = Vec::new();
+    let mut erasures: HashMap<String, (u64, Erasure)> = HashMap::new();
     let mut next = 0u64;
     loop {
         let page = store.log_records(next, PAGE).await?;
@@ -115,6 +129,7 @@ pub async fn verify_store(
                 stored_leaves.push(Hash::default());
                 ids.push(String::new());
                 records.push(None);
+                erased_by.push(None);
                 let _ = recomputed.push(Hash::default());
                 next += 1;
             }
@@ -124,6 +139,14 @@ pub async fn verify_store(
                 .copied()
                 .unwrap_or_default();
             let leaf = e.raw.as_ref().map(|raw| tree::leaf_hash(raw.as_bytes()));
+            if let (Some(event), Some(raw)) = (e.id.strip_prefix(EVENT_PREFIX), &e.raw) {
+                if let Ok(x) = serde_json::from_str::<Erasure>(raw) {
+                    if x.kind == ERASURE_KIND {
+                        erasures.insert(event.to_owned(), (e.index, x));
+                    }
+                }
+            }
+            erased_by.push(e.erased_by);
             let _ = recomputed.push(leaf.unwrap_or(stored));
             stored_leaves.push(stored);
             ids.push(e.id);
@@ -137,6 +160,7 @@ pub async fn verify_store(
         .enumerate()
         .map(|(i, h)| (h.0, i as u64))
         .collect();
+    let mut erased = 0u64;
     for (i, (leaf, id)) in records.iter().zip(&ids).enumerate() {
         let i = i as u64;
         let Some(stored) = stored_leaves.get(i as usize).copied() else {
@@ -144,9 +168,24 @@ pub async fn verify_store(
         };
         match leaf {
             _ if id.is_empty() => {}
-            None => r.problem(format!(
-                "capture {id} (index {i}): deleted from the store"
-            )),
+            None => match erased_by.get(i as usize).cloned().flatten() {
+                Some(event) => match erasures.get(&event) {
+                    Some((j, x)) if x.captures.iter().any(|c| c == id) => {
+                        r.verified += 1;
+                        erased += 1;
+                        r.say(format!(
+                            "erased capture {id} (index {i}): erased on {} ({}) by {}, erasure entry at index {j}",
+                            x.at, x.reason, x.by
+                        ));
+                    }
+                    _ => r.problem(format!(
+                        "capture {id} (index {i}): deleted from the store — its tombstone names the erasure {event}, and no erasure in the log erased it"
+                    )),
+                },
+                None => r.problem(format!(
+                    "capture {id} (index {i}): deleted from the store"
+                )),
+            },
             Some(h) if *h == stored => r.verified += 1,
             Some(h) => match by_leaf.get(&h.0) {
                 Some(&j) => r.problem(format!(
@@ -179,6 +218,11 @@ pub async fn verify_store(
                 c.size, c.root
             )),
         }
+    }
+    if erased > 0 {
+        r.say(format!(
+            "{erased} erased capture(s): content removed, tombstone and logged erasure entry in place"
+        ));
     }
     r.say(format!(
         "{matching} of {} signed checkpoints match the stored records",

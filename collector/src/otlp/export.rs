@@ -180,6 +180,9 @@ enum Interrupted {
     Stopped,
     /// Another collector holds the cursor now.
     LostLease,
+    /// Captures were erased while a request waited to be sent again: read the batch anew, so
+    /// an erased capture is never sent.
+    Erased,
 }
 
 struct Run<'a> {
@@ -194,6 +197,8 @@ struct Run<'a> {
     rng: Rng,
     /// Failed attempts since the last success, and when the first of them failed.
     failing: Option<(u64, Instant)>,
+    /// How many captures were erased when the batch in hand was read.
+    erased_at_read: Option<u64>,
 }
 
 /// Exports until [`Exporter::stop`]; returns at once when export is off.
@@ -215,6 +220,7 @@ pub async fn run(state: Arc<AppState>) {
         backoff: Backoff::new(FIRST_RETRY, ex.config.retry_max),
         rng: Rng(seed()),
         failing: None,
+        erased_at_read: None,
     };
     run.go().await;
     if run.lease.is_some() {
@@ -330,6 +336,7 @@ impl Run<'_> {
                     continue;
                 }
             };
+            self.erased_at_read = self.erased().await;
             let records = match self
                 .state
                 .store
@@ -383,13 +390,13 @@ impl Run<'_> {
                     match self.deliver(chunk.spans).await {
                         Ok(()) => {}
                         Err(Interrupted::Stopped) => return,
-                        Err(Interrupted::LostLease) => break,
+                        Err(Interrupted::LostLease | Interrupted::Erased) => break,
                     }
                 }
                 match self.save(last).await {
                     Ok(()) => {}
                     Err(Interrupted::Stopped) => return,
-                    Err(Interrupted::LostLease) => break,
+                    Err(Interrupted::LostLease | Interrupted::Erased) => break,
                 }
                 let metrics = &self.state.metrics;
                 metrics.otlp_spans(SpanCount::Skipped, skipped);
@@ -468,6 +475,12 @@ impl Run<'_> {
         }
     }
 
+    /// How many captures the store has erased (by any collector sharing it), when it answers.
+    async fn erased(&self) -> Option<u64> {
+        use crate::store::erase::EraseStore as _;
+        self.state.store.erase_counts().await.ok().map(|c| c.erased)
+    }
+
     /// Sends `spans` until the endpoint has taken or refused every one of them.
     async fn deliver(&mut self, spans: Vec<Span>) -> Result<(), Interrupted> {
         let url = self.ex.config.url.clone();
@@ -514,6 +527,9 @@ impl Run<'_> {
                         let backoff = self.backoff.next(self.rng.unit());
                         let wait = after.unwrap_or(backoff).min(self.ex.config.retry_max);
                         self.wait_holding(wait).await?;
+                        if self.erased().await != self.erased_at_read {
+                            return Err(Interrupted::Erased);
+                        }
                     }
                     Sent::TooLarge(why) if n > 1 => {
                         let mut spans = request

@@ -32,6 +32,8 @@ pub struct LoggedRecord {
     pub id: String,
     /// The record as stored now (`None` when the row is gone).
     pub raw: Option<String>,
+    /// The erasure event that erased it, when its tombstone says it was erased.
+    pub erased_by: Option<String>,
 }
 
 /// A capture's entry and where the log has it.

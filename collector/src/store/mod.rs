@@ -32,6 +32,7 @@
 //! `postgres/mod.rs`, one line in [`Store`]'s `dispatch!`, and one case in `tests/store.rs` that
 //! runs against both backends.
 
+pub mod erase;
 pub mod health;
 pub mod log;
 pub mod postgres;

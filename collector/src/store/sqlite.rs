@@ -21,6 +21,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::log::tree::{Hash, Hashes};
 
+use super::erase::{
+    EraseCounts, EraseOutcome, EraseRequest, EraseStore, Hold, PendingEvent, Tombstone,
+    EVENT_PREFIX,
+};
 use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord};
 use super::{
     list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
@@ -152,6 +156,33 @@ CREATE INDEX capture_verdicts_seq ON capture_verdicts (capture_seq);
 CREATE INDEX capture_verdicts_flagged ON capture_verdicts (capture_seq) WHERE hallucination;
 CREATE INDEX capture_verdicts_score ON capture_verdicts (score, capture_seq);
 ",
+    // Erasure (crate::erase): tombstones, accountability events the log appends, legal holds.
+    "
+CREATE TABLE tombstones (
+    seq        INTEGER PRIMARY KEY,
+    id         TEXT NOT NULL UNIQUE,
+    started_at TEXT NOT NULL,
+    leaf_hash  TEXT NOT NULL,
+    erased_at  TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    erasure    TEXT NOT NULL,
+    erased_by  TEXT NOT NULL
+);
+CREATE TABLE log_events (
+    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+    id    TEXT NOT NULL UNIQUE,
+    kind  TEXT NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE TABLE holds (
+    id        TEXT PRIMARY KEY,
+    reason    TEXT NOT NULL,
+    placed_at TEXT NOT NULL,
+    ids       TEXT,
+    filters   TEXT,
+    lifted_at TEXT
+);
+",
 ];
 
 /// Milliseconds since the Unix epoch, by SQLite's clock.
@@ -186,6 +217,8 @@ impl SqliteStore {
             )));
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // What is deleted is overwritten with zeros, so an erased capture's bytes leave the file.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         migrate(&conn)?;
         let records: i64 = conn.query_row("SELECT COUNT(*) FROM captures", [], |r| r.get(0))?;
         let reader = Connection::open_with_flags(
@@ -815,8 +848,10 @@ impl LogStore for SqliteStore {
     async fn log_records(&self, from: u64, limit: u32) -> Result<Vec<LoggedRecord>, StoreError> {
         self.blocking(move |_, conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT e.idx, e.id, c.record FROM log_entries e
+                "SELECT e.idx, e.id, coalesce(c.record, v.entry), t.erasure FROM log_entries e
                  LEFT JOIN captures c ON c.seq = e.seq
+                 LEFT JOIN log_events v ON e.seq < 0 AND v.seq = -e.seq
+                 LEFT JOIN tombstones t ON t.seq = e.seq
                  WHERE e.idx >= ?1 ORDER BY e.idx LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![db_int(from), limit], |r| {
@@ -824,6 +859,7 @@ impl LogStore for SqliteStore {
                     index: u64::try_from(r.get::<_, i64>(0)?).unwrap_or_default(),
                     id: r.get(1)?,
                     raw: r.get(2)?,
+                    erased_by: r.get(3)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -878,6 +914,315 @@ impl LogStore for SqliteStore {
         })
         .await
     }
+}
+
+/// Every table that holds a capture's content, and how to delete it by `seq`: erasure deletes
+/// through this list (a new table of derived content is one more line).
+const CONTENT_TABLES: &[&str] = &[
+    "DELETE FROM capture_search WHERE rowid = ?1",
+    "DELETE FROM capture_digests WHERE seq = ?1",
+    "DELETE FROM capture_verdicts WHERE capture_seq = ?1",
+    "DELETE FROM capture_amendments WHERE id = (SELECT id FROM captures WHERE seq = ?1)",
+    "DELETE FROM captures WHERE seq = ?1",
+];
+
+const TOMBSTONE_COLUMNS: &str = "t.id, t.started_at, e.idx, t.leaf_hash, t.erased_at, t.reason,
+     t.erasure, t.erased_by FROM tombstones t LEFT JOIN log_entries e ON e.seq = t.seq";
+
+fn tombstone(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tombstone> {
+    Ok(Tombstone {
+        id: r.get(0)?,
+        started_at: r.get(1)?,
+        log_index: r
+            .get::<_, Option<i64>>(2)?
+            .and_then(|i| u64::try_from(i).ok()),
+        leaf_hash: r.get(3)?,
+        erased_at: r.get(4)?,
+        reason: r.get(5)?,
+        erasure: r.get(6)?,
+        by: r.get(7)?,
+    })
+}
+
+fn erase(conn: &mut Connection, req: &EraseRequest) -> Result<EraseOutcome, StoreError> {
+    let tx = conn.transaction()?;
+    let mut out = EraseOutcome::default();
+    let mut found: Vec<(i64, String, String, String)> = Vec::new();
+    {
+        let mut capture =
+            tx.prepare_cached("SELECT seq, started_at, record FROM captures WHERE id = ?1")?;
+        let mut erased = tx.prepare_cached("SELECT 1 FROM tombstones WHERE id = ?1")?;
+        let mut seen = std::collections::HashSet::new();
+        for id in &req.ids {
+            if !seen.insert(id.as_str()) {
+                continue;
+            }
+            let row: Option<(i64, String, String)> = capture
+                .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            match row {
+                Some((seq, started_at, record)) => {
+                    found.push((seq, id.clone(), started_at, record));
+                }
+                None if erased.exists(params![id])? => out.already_erased.push(id.clone()),
+                None => out.unknown.push(id.clone()),
+            }
+        }
+    }
+    out.erased = found.iter().map(|f| f.1.clone()).collect();
+    if !found.is_empty() {
+        tx.execute(
+            "INSERT INTO log_events (id, kind, entry) VALUES (?1, ?2, ?3)",
+            params![
+                req.event,
+                super::erase::ERASURE_KIND,
+                super::erase::erasure_entry(req, &out.erased)
+            ],
+        )?;
+        let mut stone = tx.prepare_cached(
+            "INSERT INTO tombstones
+             (seq, id, started_at, leaf_hash, erased_at, reason, erasure, erased_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut deletes = CONTENT_TABLES
+            .iter()
+            .map(|sql| tx.prepare_cached(sql))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (seq, id, started_at, record) in &found {
+            let leaf = crate::log::tree::leaf_hash(record.as_bytes());
+            stone.execute(params![
+                seq,
+                id,
+                started_at,
+                super::erase::hex(&leaf.0),
+                req.erased_at,
+                req.reason,
+                req.event,
+                req.by
+            ])?;
+            for delete in &mut deletes {
+                delete.execute(params![seq])?;
+            }
+        }
+    }
+    if !req.dry_run {
+        tx.commit()?;
+    }
+    Ok(out)
+}
+
+impl SqliteStore {
+    /// Makes erased bytes unrecoverable from the files: merges the word index (its segments
+    /// still hold deleted words until merged), then checkpoints the write-ahead log and truncates
+    /// it (its frames hold earlier versions of the pages).
+    pub async fn purge(&self) -> Result<(), StoreError> {
+        self.blocking(|_, conn| {
+            conn.execute(
+                "INSERT INTO capture_search (capture_search) VALUES ('optimize')",
+                [],
+            )?;
+            for _ in 0..50 {
+                let busy: i64 =
+                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+                if busy == 0 {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            tracing::warn!("the write-ahead log could not be truncated after an erasure (readers kept it busy); it is on the next erasure or at shutdown");
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl EraseStore for SqliteStore {
+    async fn erase(&self, req: EraseRequest) -> Result<EraseOutcome, StoreError> {
+        let out = self
+            .blocking(move |inner, conn| {
+                let out = erase(conn, &req)?;
+                if !req.dry_run {
+                    inner
+                        .records
+                        .fetch_sub(out.erased.len() as u64, Ordering::Relaxed);
+                }
+                Ok(out)
+            })
+            .await?;
+        Ok(out)
+    }
+
+    async fn tombstone(&self, id: String) -> Result<Option<Tombstone>, StoreError> {
+        self.blocking(move |_, conn| {
+            Ok(conn
+                .query_row(
+                    &format!("SELECT {TOMBSTONE_COLUMNS} WHERE t.id = ?1"),
+                    params![id],
+                    tombstone,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn tombstones(&self, limit: u32) -> Result<Vec<Tombstone>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {TOMBSTONE_COLUMNS} ORDER BY t.erased_at DESC, t.seq DESC LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map(params![limit], tombstone)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn unlogged_events(&self, limit: u32) -> Result<Vec<PendingEvent>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT v.seq, v.id, v.entry FROM log_events v
+                 WHERE NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = -v.seq)
+                 ORDER BY v.seq LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit], |r| {
+                Ok(PendingEvent {
+                    seq: r.get(0)?,
+                    log_id: format!("{EVENT_PREFIX}{}", r.get::<_, String>(1)?),
+                    entry: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn put_hold(&self, hold: Hold, entry: String) -> Result<(), StoreError> {
+        self.blocking(move |_, conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO holds (id, reason, placed_at, ids, filters) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    hold.id,
+                    hold.reason,
+                    hold.placed_at,
+                    hold.ids.map(|i| serde_json::Value::from(i).to_string()),
+                    hold.filters.map(|f| f.to_string())
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO log_events (id, kind, entry) VALUES (?1, ?2, ?3)",
+                params![hold.id, super::erase::HOLD_KIND, entry],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lift_hold(&self, id: String, at: String, entry: String) -> Result<bool, StoreError> {
+        self.blocking(move |_, conn| {
+            let tx = conn.transaction()?;
+            let n = tx.execute(
+                "UPDATE holds SET lifted_at = ?2 WHERE id = ?1 AND lifted_at IS NULL",
+                params![id, at],
+            )?;
+            if n == 1 {
+                tx.execute(
+                    "INSERT INTO log_events (id, kind, entry) VALUES (?1, ?2, ?3)",
+                    params![
+                        format!("{id}/lifted"),
+                        super::erase::HOLD_LIFTED_KIND,
+                        entry
+                    ],
+                )?;
+                tx.commit()?;
+            }
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn holds(&self) -> Result<Vec<Hold>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, reason, placed_at, ids, filters, lifted_at FROM holds
+                 ORDER BY placed_at DESC, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (id, reason, placed_at, ids, filters, lifted_at) = row?;
+                Ok(Hold {
+                    id,
+                    reason,
+                    placed_at,
+                    ids: ids
+                        .map(|t| serde_json::from_str(&t))
+                        .transpose()
+                        .map_err(bad_hold)?,
+                    filters: filters
+                        .map(|t| serde_json::from_str(&t))
+                        .transpose()
+                        .map_err(bad_hold)?,
+                    lifted_at,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn started_before(
+        &self,
+        before_us: i64,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT d.seq, c.id FROM capture_digests d JOIN captures c ON c.seq = d.seq
+                 WHERE d.seq > ?1 AND d.started_us < ?2 ORDER BY d.seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![after_seq, before_us, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn erase_counts(&self) -> Result<EraseCounts, StoreError> {
+        self.blocking(move |_, conn| {
+            let erased: i64 =
+                conn.query_row("SELECT count(*) FROM tombstones", [], |r| r.get(0))?;
+            let holds: i64 = conn.query_row(
+                "SELECT count(*) FROM holds WHERE lifted_at IS NULL",
+                [],
+                |r| r.get(0),
+            )?;
+            let events: i64 =
+                conn.query_row("SELECT count(*) FROM log_events", [], |r| r.get(0))?;
+            Ok(EraseCounts {
+                erased: u64::try_from(erased).unwrap_or_default(),
+                holds: u64::try_from(holds).unwrap_or_default(),
+                events: u64::try_from(events).unwrap_or_default(),
+            })
+        })
+        .await
+    }
+}
+
+fn bad_hold(e: serde_json::Error) -> StoreError {
+    StoreError::Sqlite(rusqlite::Error::InvalidParameterName(format!(
+        "a stored hold is not valid JSON: {e}"
+    )))
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use crate::http::{same_secret, store_failure, AppState};
 use crate::reads::{self, ListRequest};
+use crate::store::erase::EraseStore as _;
 use pages::Viewer;
 
 /// The stylesheet, compiled in.
@@ -143,6 +144,23 @@ async fn capture_page(
     };
     match reads::capture(&state, id.clone()).await {
         Ok(Some(read)) => html(StatusCode::OK, pages::capture(&id, &read, viewer)),
+        Ok(None) if let Ok(Some(t)) = state.store.tombstone(id.clone()).await => html(
+            StatusCode::GONE,
+            pages::problem(
+                "Erased capture",
+                &format!(
+                    "Capture \"{id}\" was erased on {} ({}). Its tombstone remains: started at {}, log index {}, leaf hash {}, erasure {} by {}.",
+                    t.erased_at,
+                    t.reason,
+                    t.started_at,
+                    t.log_index.map_or("none".to_owned(), |i| i.to_string()),
+                    t.leaf_hash,
+                    t.erasure,
+                    t.by
+                ),
+                viewer,
+            ),
+        ),
         Ok(None) => html(
             StatusCode::NOT_FOUND,
             pages::problem(

@@ -289,6 +289,7 @@ impl Process {
         for var in [
             "TRUTHTABLE_INGEST_TOKEN",
             "TRUTHTABLE_READ_TOKEN",
+            "TRUTHTABLE_ADMIN_TOKEN",
             "TRUTHTABLE_DB",
             "TRUTHTABLE_DB_PASSWORD_FILE",
             "PGPASSWORD",

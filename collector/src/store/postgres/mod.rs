@@ -31,6 +31,10 @@ use deadpool_postgres::{
 use tokio_postgres::NoTls;
 
 use self::connect::{classify, Failure};
+use super::erase::{
+    EraseCounts, EraseOutcome, EraseRequest, EraseStore, Hold, PendingEvent, Tombstone,
+    EVENT_PREFIX,
+};
 use super::health::HealthTracker;
 use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord};
 use super::{
@@ -164,6 +168,33 @@ CREATE INDEX capture_verdicts_capture ON capture_verdicts (capture_id, engine);
 CREATE INDEX capture_verdicts_seq ON capture_verdicts (capture_seq);
 CREATE INDEX capture_verdicts_flagged ON capture_verdicts (capture_seq) WHERE hallucination;
 CREATE INDEX capture_verdicts_score ON capture_verdicts (score, capture_seq);
+",
+    // Erasure (crate::erase): tombstones, accountability events the log appends, legal holds.
+    "
+CREATE TABLE tombstones (
+    seq        bigint PRIMARY KEY,
+    id         text NOT NULL UNIQUE,
+    started_at text NOT NULL,
+    leaf_hash  text NOT NULL,
+    erased_at  text NOT NULL,
+    reason     text NOT NULL,
+    erasure    text NOT NULL,
+    erased_by  text NOT NULL
+);
+CREATE TABLE log_events (
+    seq   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id    text NOT NULL UNIQUE,
+    kind  text NOT NULL,
+    entry text NOT NULL
+);
+CREATE TABLE holds (
+    id        text PRIMARY KEY,
+    reason    text NOT NULL,
+    placed_at text NOT NULL,
+    ids       text,
+    filters   text,
+    lifted_at text
+);
 ",
 ];
 
@@ -315,7 +346,7 @@ impl PgStore {
     /// state whether the server answered.
     async fn with_client<T>(
         &self,
-        op: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
+        op: impl AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
         let inner = &self.inner;
         if inner.pool.is_closed() {
@@ -329,8 +360,8 @@ impl PgStore {
             return Err(StoreError::Unavailable(why));
         }
         let run = async {
-            let client = inner.pool.get().await.map_err(|e| pool_failure(&e))?;
-            op(&client).await.map_err(|e| classify(&e))
+            let mut client = inner.pool.get().await.map_err(|e| pool_failure(&e))?;
+            op(&mut client).await.map_err(|e| classify(&e))
         };
         match tokio::time::timeout(OPERATION_TIMEOUT, run).await {
             Ok(Ok(value)) => {
@@ -1126,8 +1157,11 @@ impl LogStore for PgStore {
             .with_client(async |client| {
                 client
                     .query(
-                        "SELECT e.idx, e.id, c.record FROM log_entries e
+                        "SELECT e.idx, e.id, coalesce(c.record, v.entry), t.erasure
+                         FROM log_entries e
                          LEFT JOIN captures c ON c.seq = e.seq
+                         LEFT JOIN log_events v ON e.seq < 0 AND v.seq = -e.seq
+                         LEFT JOIN tombstones t ON t.seq = e.seq
                          WHERE e.idx >= $1 ORDER BY e.idx LIMIT $2",
                         &[&from, &limit],
                     )
@@ -1140,6 +1174,7 @@ impl LogStore for PgStore {
                 index: u64::try_from(r.get::<_, i64>(0)).unwrap_or_default(),
                 id: r.get(1),
                 raw: r.get(2),
+                erased_by: r.get(3),
             })
             .collect())
     }
@@ -1204,5 +1239,286 @@ impl LogStore for PgStore {
             })
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+/// Every table that holds a capture's content, and how to delete it by `seq`: erasure deletes
+/// through this list (a new table of derived content is one more line).
+const CONTENT_TABLES: &[&str] = &[
+    "DELETE FROM capture_digests WHERE seq = $1",
+    "DELETE FROM capture_verdicts WHERE capture_seq = $1",
+    "DELETE FROM capture_amendments WHERE id = (SELECT id FROM captures WHERE seq = $1)",
+    "DELETE FROM captures WHERE seq = $1",
+];
+
+const TOMBSTONE_COLUMNS: &str = "t.id, t.started_at, e.idx, t.leaf_hash, t.erased_at, t.reason,
+     t.erasure, t.erased_by FROM tombstones t LEFT JOIN log_entries e ON e.seq = t.seq";
+
+fn tombstone(r: &tokio_postgres::Row) -> Tombstone {
+    Tombstone {
+        id: r.get(0),
+        started_at: r.get(1),
+        log_index: r
+            .get::<_, Option<i64>>(2)
+            .and_then(|i| u64::try_from(i).ok()),
+        leaf_hash: r.get(3),
+        erased_at: r.get(4),
+        reason: r.get(5),
+        erasure: r.get(6),
+        by: r.get(7),
+    }
+}
+
+impl EraseStore for PgStore {
+    async fn erase(&self, req: EraseRequest) -> Result<EraseOutcome, StoreError> {
+        self.with_client(async |client| {
+            let tx = client.transaction().await?;
+            let mut out = EraseOutcome::default();
+            let mut found: Vec<(i64, String, String, String)> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            let capture = tx
+                .prepare_cached(
+                    "SELECT seq, started_at, record FROM captures WHERE id = $1 FOR UPDATE",
+                )
+                .await?;
+            let erased = tx
+                .prepare_cached("SELECT 1 FROM tombstones WHERE id = $1")
+                .await?;
+            for id in &req.ids {
+                if !seen.insert(id.as_str()) {
+                    continue;
+                }
+                match tx.query_opt(&capture, &[id]).await? {
+                    Some(r) => found.push((r.get(0), id.clone(), r.get(1), r.get(2))),
+                    None if tx.query_opt(&erased, &[id]).await?.is_some() => {
+                        out.already_erased.push(id.clone())
+                    }
+                    None => out.unknown.push(id.clone()),
+                }
+            }
+            out.erased = found.iter().map(|f| f.1.clone()).collect();
+            if !found.is_empty() {
+                tx.execute(
+                    "INSERT INTO log_events (id, kind, entry) VALUES ($1, $2, $3)",
+                    &[
+                        &req.event,
+                        &super::erase::ERASURE_KIND,
+                        &super::erase::erasure_entry(&req, &out.erased),
+                    ],
+                )
+                .await?;
+                let stone = tx
+                    .prepare_cached(
+                        "INSERT INTO tombstones
+                         (seq, id, started_at, leaf_hash, erased_at, reason, erasure, erased_by)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    )
+                    .await?;
+                let mut deletes = Vec::with_capacity(CONTENT_TABLES.len());
+                for sql in CONTENT_TABLES {
+                    deletes.push(tx.prepare_cached(sql).await?);
+                }
+                for (seq, id, started_at, record) in &found {
+                    let leaf = super::erase::hex(&crate::log::tree::leaf_hash(record.as_bytes()).0);
+                    tx.execute(
+                        &stone,
+                        &[
+                            seq,
+                            id,
+                            started_at,
+                            &leaf,
+                            &req.erased_at,
+                            &req.reason,
+                            &req.event,
+                            &req.by,
+                        ],
+                    )
+                    .await?;
+                    for delete in &deletes {
+                        tx.execute(delete, &[seq]).await?;
+                    }
+                }
+            }
+            if req.dry_run {
+                tx.rollback().await?;
+            } else {
+                tx.commit().await?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn tombstone(&self, id: String) -> Result<Option<Tombstone>, StoreError> {
+        let row = self
+            .with_client(async |client| {
+                client
+                    .query_opt(
+                        &format!("SELECT {TOMBSTONE_COLUMNS} WHERE t.id = $1"),
+                        &[&id],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(row.as_ref().map(tombstone))
+    }
+
+    async fn tombstones(&self, limit: u32) -> Result<Vec<Tombstone>, StoreError> {
+        let limit = i64::from(limit);
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query(
+                        &format!(
+                            "SELECT {TOMBSTONE_COLUMNS} ORDER BY t.erased_at DESC, t.seq DESC LIMIT $1"
+                        ),
+                        &[&limit],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(rows.iter().map(tombstone).collect())
+    }
+
+    async fn unlogged_events(&self, limit: u32) -> Result<Vec<PendingEvent>, StoreError> {
+        let limit = i64::from(limit);
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query(
+                        "SELECT v.seq, v.id, v.entry FROM log_events v
+                         WHERE NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = -v.seq)
+                         ORDER BY v.seq LIMIT $1",
+                        &[&limit],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| PendingEvent {
+                seq: r.get(0),
+                log_id: format!("{EVENT_PREFIX}{}", r.get::<_, String>(1)),
+                entry: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn put_hold(&self, hold: Hold, entry: String) -> Result<(), StoreError> {
+        let ids = hold.ids.map(|i| serde_json::Value::from(i).to_string());
+        let filters = hold.filters.map(|f| f.to_string());
+        self.with_client(async |client| {
+            let tx = client.transaction().await?;
+            tx.execute(
+                "INSERT INTO holds (id, reason, placed_at, ids, filters) VALUES ($1, $2, $3, $4, $5)",
+                &[&hold.id, &hold.reason, &hold.placed_at, &ids, &filters],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO log_events (id, kind, entry) VALUES ($1, $2, $3)",
+                &[&hold.id, &super::erase::HOLD_KIND, &entry],
+            )
+            .await?;
+            tx.commit().await
+        })
+        .await
+    }
+
+    async fn lift_hold(&self, id: String, at: String, entry: String) -> Result<bool, StoreError> {
+        let event = format!("{id}/lifted");
+        self.with_client(async |client| {
+            let tx = client.transaction().await?;
+            let n = tx
+                .execute(
+                    "UPDATE holds SET lifted_at = $2 WHERE id = $1 AND lifted_at IS NULL",
+                    &[&id, &at],
+                )
+                .await?;
+            if n == 1 {
+                tx.execute(
+                    "INSERT INTO log_events (id, kind, entry) VALUES ($1, $2, $3)",
+                    &[&event, &super::erase::HOLD_LIFTED_KIND, &entry],
+                )
+                .await?;
+                tx.commit().await?;
+            }
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn holds(&self) -> Result<Vec<Hold>, StoreError> {
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query(
+                        "SELECT id, reason, placed_at, ids, filters, lifted_at FROM holds
+                         ORDER BY placed_at DESC, id",
+                        &[],
+                    )
+                    .await
+            })
+            .await?;
+        let json = |t: Option<String>| {
+            t.map(|t| serde_json::from_str::<serde_json::Value>(&t))
+                .transpose()
+                .map_err(|e| StoreError::Postgres(format!("a stored hold is not valid JSON: {e}")))
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(Hold {
+                    id: r.get(0),
+                    reason: r.get(1),
+                    placed_at: r.get(2),
+                    ids: json(r.get(3))?
+                        .map(serde_json::from_value)
+                        .transpose()
+                        .map_err(|e| StoreError::Postgres(format!("a stored hold's ids: {e}")))?,
+                    filters: json(r.get(4))?,
+                    lifted_at: r.get(5),
+                })
+            })
+            .collect()
+    }
+
+    async fn started_before(
+        &self,
+        before_us: i64,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let limit = i64::from(limit);
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query(
+                        "SELECT d.seq, c.id FROM capture_digests d JOIN captures c ON c.seq = d.seq
+                         WHERE d.seq > $1 AND d.started_us < $2 ORDER BY d.seq LIMIT $3",
+                        &[&after_seq, &before_us, &limit],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn erase_counts(&self) -> Result<EraseCounts, StoreError> {
+        let row = self
+            .with_client(async |client| {
+                client
+                    .query_one(
+                        "SELECT (SELECT count(*) FROM tombstones),
+                                (SELECT count(*) FROM holds WHERE lifted_at IS NULL),
+                                (SELECT count(*) FROM log_events)",
+                        &[],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(EraseCounts {
+            erased: u64::try_from(row.get::<_, i64>(0)).unwrap_or_default(),
+            holds: u64::try_from(row.get::<_, i64>(1)).unwrap_or_default(),
+            events: u64::try_from(row.get::<_, i64>(2)).unwrap_or_default(),
+        })
     }
 }
