@@ -134,7 +134,7 @@ fn read_request(body: &[u8], erasure: bool) -> Result<Request, String> {
                         .to_owned(),
                 );
             }
-            (Selection::Filter(req), Some(filters))
+            (Selection::Filter(Box::new(req)), Some(filters))
         }
     };
     Ok(Request {

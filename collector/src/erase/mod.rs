@@ -103,7 +103,7 @@ pub enum Selection {
     /// These ids.
     Ids(Vec<String>),
     /// What the list with these filters shows.
-    Filter(ListRequest),
+    Filter(Box<ListRequest>),
 }
 
 /// What an erasure did, or (dry) would do.
