@@ -133,7 +133,8 @@ fn a_wrong_enum_or_a_misspelled_field_fails_the_check() {
             vec![
                 "'sha265' was unexpected",
                 "spec/failStrategy: 'FAIL_SOMETIMES' is not valid",
-                "(@kubernetes-models/istio 3.0.1): data/spec/failStrategy must be equal to one of the allowed values",
+                "(@kubernetes-models/istio 3.0.1, closed): data/spec/failStrategy must be equal to one of the allowed values",
+                "(@kubernetes-models/istio 3.0.1, closed): data/spec must NOT have additional properties ('sha265' was unexpected)",
             ],
         ),
         (
