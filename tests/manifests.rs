@@ -1,6 +1,7 @@
 //! Every Kubernetes manifest under `deploy/` validates against the published schemas of its kind
 //! (`scripts/validate-manifests`: Kubernetes' own, Istio's CRDs before and after 1.27, Gateway
-//! API's), and a manifest with a wrong enum or a misspelled field fails that check.
+//! API's, all closed to unknown fields), and a manifest with a wrong enum or a misspelled field
+//! fails that check, naming the field.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -71,7 +72,7 @@ fn every_shipped_manifest_validates_against_the_schemas_of_its_kind() {
         (
             "deploy/istio/wasmplugin-istio-1.20-1.26.yaml#0",
             "WasmPlugin",
-            "Istio CRD (@kubernetes-models/istio 3.0.1)",
+            "Istio CRD (@kubernetes-models/istio 3.0.1, closed)",
         ),
         (
             "deploy/istio/wasmplugin.yaml#0",
@@ -81,17 +82,17 @@ fn every_shipped_manifest_validates_against_the_schemas_of_its_kind() {
         (
             "deploy/istio/wasmplugin.yaml#0",
             "WasmPlugin",
-            "Istio CRD (@kubernetes-models/istio 3.0.1)",
+            "Istio CRD (@kubernetes-models/istio 3.0.1, closed)",
         ),
         (
             "deploy/envoy-gateway/httproute.yaml#0",
             "HTTPRoute",
-            "Gateway API CRD",
+            "Gateway API CRD (@kubernetes-models/gateway-api 2.0.0, closed)",
         ),
         (
             "deploy/envoy-gateway/collector-route.yaml#0",
             "HTTPRoute",
-            "Gateway API CRD",
+            "Gateway API CRD (@kubernetes-models/gateway-api 2.0.0, closed)",
         ),
     ] {
         assert!(
@@ -132,13 +133,30 @@ fn a_wrong_enum_or_a_misspelled_field_fails_the_check() {
             vec![
                 "'sha265' was unexpected",
                 "spec/failStrategy: 'FAIL_SOMETIMES' is not valid",
-                "(@kubernetes-models/istio 3.0.1): data/spec/failStrategy must be equal to one of the allowed values",
+                "(@kubernetes-models/istio 3.0.1, closed): data/spec/failStrategy must be equal to one of the allowed values",
+                "(@kubernetes-models/istio 3.0.1, closed): data/spec must NOT have additional properties ('sha265' was unexpected)",
             ],
         ),
         (
             "wasmplugin-sha.yaml",
             "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: w, namespace: n}\nspec:\n  url: oci://registry.example.com/f:1\n  sha256: sha256:abc\n",
             vec!["spec/sha256"],
+        ),
+        (
+            // Istio 1.27+ (FAIL_RELOAD): the current CRD, closed, refuses the misspelled field
+            // and still admits any key in the free-form pluginConfig.
+            "wasmplugin-current.yaml",
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: w, namespace: n}\nspec:\n  url: oci://registry.example.com/f:1\n  failStrategy: FAIL_RELOAD\n  imagePullPolicyy: Always\n  pluginConfig: {audit_cluster: c, any_key: {nested: 1}}\n",
+            vec![
+                "(@kubernetes-models/istio 3.0.1, closed): data/spec must NOT have additional properties ('imagePullPolicyy' was unexpected)",
+            ],
+        ),
+        (
+            "httproute-misspelled.yaml",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: n}\nspec:\n  rules:\n  - backendRefs: [{name: s, port: 80, wieght: 1}]\n",
+            vec![
+                "(@kubernetes-models/gateway-api 2.0.0, closed): data/spec/rules/0/backendRefs/0 must NOT have additional properties ('wieght' was unexpected)",
+            ],
         ),
         (
             "httproute.yaml",
@@ -171,5 +189,9 @@ fn a_wrong_enum_or_a_misspelled_field_fails_the_check() {
                 .any(|l| l.starts_with(&format!("{path}#0 ")) && l.contains(": valid against ")),
             "{name}: a schema accepted it:\n{report}"
         );
+    }
+    // Closing stops where the published schema is open: pluginConfig's keys are not refused.
+    for key in ["'audit_cluster'", "'any_key'", "'nested'"] {
+        assert!(!report.contains(key), "{key} refused:\n{report}");
     }
 }
