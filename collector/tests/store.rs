@@ -10,6 +10,7 @@ use common::postgres::{Postgres, PASSWORD};
 use truthtable_collector::config::{Config, DbTarget};
 use truthtable_collector::digest;
 use truthtable_collector::search;
+use truthtable_collector::store::erase::{EraseRequest, EraseStore};
 use truthtable_collector::store::{
     BatchOutcome, CaptureStore, CaptureSummary, Cursor, Digest, ListFilter, ListQuery, NewCapture,
     NewVerdict, Page, Sort, StatusFilter, Store, StoredCapture,
@@ -1057,6 +1058,48 @@ macro_rules! store_suite {
     };
 }
 
+async fn erasing_a_capture_deletes_its_verdicts_and_amendments(b: Backend) {
+    let store = b.open().await;
+    let out = store_indexed(&store, indexed(batch("e", 2))).await;
+    let seq = |i: usize| out.new[i].1;
+    for (i, id) in ["e0", "e1"].into_iter().enumerate() {
+        store
+            .add_verdict(verdict(seq(i), id, "grpc://a", Some(0.4), true))
+            .await
+            .unwrap();
+        let mut amendment = capture(id);
+        amendment.raw =
+            format!(r#"{{"id":"{id}","amendment":{{"reason":"client_gone_during_hold"}}}}"#);
+        store.insert_batch(vec![amendment]).await.unwrap();
+        assert_eq!(store.verdicts(id.into()).await.unwrap().len(), 1);
+        assert_eq!(store.amendments(id.into()).await.unwrap().len(), 1);
+    }
+    let erased = store
+        .erase(EraseRequest {
+            event: "erasure-1".into(),
+            reason: "a person asked".into(),
+            by: "request".into(),
+            erased_at: "2026-12-07T01:00:00Z".into(),
+            ids: vec!["e0".into()],
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(erased.erased, ["e0"]);
+    // What an engine said of the answer, and what happened after it was stored, go with it.
+    assert_eq!(
+        store.verdicts("e0".into()).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        store.amendments("e0".into()).await.unwrap(),
+        Vec::<String>::new()
+    );
+    // The other capture keeps both.
+    assert_eq!(store.verdicts("e1".into()).await.unwrap().len(), 1);
+    assert_eq!(store.amendments("e1".into()).await.unwrap().len(), 1);
+}
+
 store_suite!(
     duplicates_are_skipped_and_counted,
     the_copy_stored_first_is_kept,
@@ -1076,4 +1119,5 @@ store_suite!(
     a_healthy_store_says_so,
     lists_filter_and_sort_by_ttft_and_duration,
     verdicts_are_appended_per_engine_and_filter_the_list,
+    erasing_a_capture_deletes_its_verdicts_and_amendments,
 );
