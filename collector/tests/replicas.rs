@@ -68,6 +68,19 @@ fn assert_each_stored_once(pg: &Postgres, db: &str, n: usize) {
     assert_eq!(stored_cases(pg, db), (0..n).collect::<Vec<_>>());
 }
 
+/// Polls `done` until it holds, failing with `what` after 30 s.
+async fn wait_until<F, Fut>(what: &str, done: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn ingest_requests(proc: &Process) -> u64 {
     let client = reqwest::Client::new();
     metric(
@@ -140,27 +153,27 @@ async fn postgresql_restarted_mid_load_loses_nothing_and_stores_nothing_twice() 
     ];
     let ports: Vec<u16> = replicas.iter().map(|r| r.addr.port()).collect();
     let envoy = Envoy::start(upstream().await, &ports, FILTER);
-    let restart = async {
-        // Once deliveries flow (a fixed delay let a fast load finish first, the outage then
-        // refusing nothing), and while the load goes on.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut delivered = 0;
-            for r in &replicas {
-                delivered += ingest_requests(r).await;
-            }
-            if delivered >= 1 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "no delivery reached a replica");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    // In phases, so the outage always falls inside the load (a load racing a restart could
+    // finish first, the outage then refusing nothing): deliveries flow, the database crashes
+    // (no clean shutdown, recovery from the WAL at start), exchanges go on while it is down
+    // until a delivery has been refused, then it comes back and the load goes on.
+    load(&envoy, 0, 100, 8).await;
+    wait_until("a delivery reached a replica", || async {
+        let mut delivered = 0;
+        for r in &replicas {
+            delivered += ingest_requests(r).await;
         }
-        // As a crash: no clean shutdown, recovery from the WAL at start.
-        tokio::task::block_in_place(|| pg.stop("immediate"));
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        tokio::task::block_in_place(|| pg.start_again());
-    };
-    tokio::join!(load(&envoy, 0, 400, 8), restart);
+        delivered >= 1
+    })
+    .await;
+    tokio::task::block_in_place(|| pg.stop("immediate"));
+    load(&envoy, 100, 300, 8).await;
+    wait_until("the outage refused a delivery", || async {
+        envoy.metric("truthtable_delivery_failures") > 0.0
+    })
+    .await;
+    tokio::task::block_in_place(|| pg.start_again());
+    load(&envoy, 300, 400, 8).await;
     assert_each_stored_once(&pg, &db, 400);
     assert!(
         envoy.metric("truthtable_delivery_failures") > 0.0,
