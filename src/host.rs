@@ -497,12 +497,7 @@ impl HttpContext for Capture {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(hold) = self.hold.as_mut() else {
-            if !cfg!(feature = "no-chunk-timing") {
-                self.exchange.response_chunks.push(now_ns(), body_size);
-            }
-            if let Some(ws) = self.exchange.websocket.as_deref_mut() {
-                walk(&mut ws.upstream, BufferType::HttpResponseBody, body_size);
-            }
+            chunk_passed(&mut self.exchange, body_size);
             tap(
                 &mut self.exchange.response_body,
                 BufferType::HttpResponseBody,
@@ -518,9 +513,7 @@ impl HttpContext for Capture {
             // While the end waits, Envoy hands over its whole buffer: copy what is new.
             let seen = if waiting { hold.buffered_seen } else { 0 };
             let new = body_size.saturating_sub(seen);
-            if !cfg!(feature = "no-chunk-timing") {
-                self.exchange.response_chunks.push(now_ns(), new);
-            }
+            chunk_timed(&mut self.exchange, new);
             let room = self.exchange.response_body.room(new);
             match (room > 0)
                 .then(|| calls::body_at(BufferType::HttpResponseBody, seen, room))
@@ -536,12 +529,7 @@ impl HttpContext for Capture {
                 Action::Continue
             };
         }
-        if !cfg!(feature = "no-chunk-timing") {
-            self.exchange.response_chunks.push(now_ns(), body_size);
-        }
-        if let Some(ws) = self.exchange.websocket.as_deref_mut() {
-            walk(&mut ws.upstream, BufferType::HttpResponseBody, body_size);
-        }
+        chunk_passed(&mut self.exchange, body_size);
         let scans = hold.end.as_ref().is_some_and(EndFinder::scans);
         let at_end = if scans {
             // The terminal event is looked for in every byte, kept or not.
@@ -768,6 +756,22 @@ fn tap(body: &mut BodyTap, buffer: BufferType, size: usize) {
 }
 
 /// Walks the WebSocket frame headers of a chunk, reading it only when a header is in it.
+/// `size` new response bytes passed the stream's current end: their time (unless built without
+/// chunk timing) and the WebSocket frames they carry. Not for bytes that Envoy hands over again
+/// while a held end waits: those are timed by the caller, at their offset.
+fn chunk_passed(ex: &mut Exchange, size: usize) {
+    chunk_timed(ex, size);
+    if let Some(ws) = ex.websocket.as_deref_mut() {
+        walk(&mut ws.upstream, BufferType::HttpResponseBody, size);
+    }
+}
+
+fn chunk_timed(ex: &mut Exchange, size: usize) {
+    if !cfg!(feature = "no-chunk-timing") {
+        ex.response_chunks.push(now_ns(), size);
+    }
+}
+
 fn walk(frames: &mut FrameWalk, buffer: BufferType, size: usize) {
     match frames
         .wants(size)
