@@ -7,8 +7,15 @@
 //!   client reading the last byte — p50 and p99 per listener.
 //! - **Throughput** (closed loop, `HOLD_CONNS` connections): exchanges per second, held ÷ unheld,
 //!   on 1 KiB and 32 KiB answers; the listeners alternate, rounds are paired.
+//! - **Envoy's CPU per exchange** in both phases: only one listener has traffic at a time, so the
+//!   CPU Envoy's threads ran (`/proc/<pid>/task/*/schedstat`) over a listener's round is that
+//!   listener's, its callouts included; unheld ÷ held is the proxy's own capacity ratio, which
+//!   the closed-loop throughput cannot show when the load process (client, upstream and receiver
+//!   on one thread) is the bottleneck.
 //! - **Callouts**: exchanges per callout the receiver answered, per listener (each listener sends
-//!   to an audit path of its own).
+//!   to an audit path of its own). A third listener, unheld but sending each record in a callout
+//!   of its own (`batch_max_bytes` at its 1 KiB minimum), is the control that tells the hold's
+//!   own cost (pause, wake-up, resume) from the cost of the callouts it makes.
 //! - **A/B of two builds**: `HOLD_BASELINE_WASM=path/to/other.wasm` adds a third listener, held,
 //!   running that build in a VM of its own, measured in the same rounds (a design change is kept
 //!   only if it beats the baseline build round by round).
@@ -176,6 +183,18 @@ async fn exchange(http: &reqwest::Client, port: u16, size: usize) -> Option<u64>
     (body.len() == size).then(|| got.saturating_sub(sent))
 }
 
+/// CPU time Envoy's threads have run, in nanoseconds (the first field of each thread's
+/// `schedstat`; Envoy's threads live as long as it does).
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -250,6 +269,20 @@ async fn main() {
             vm: "truthtable",
         },
     ];
+    // The control: unheld, but each record (over 1 KiB) fills a batch of its own, and enough
+    // callouts may be open that none waits for a slot.
+    sides.push(Side {
+        name: "unheld, a callout per record",
+        audit: "percall",
+        port: free_port(),
+        config: concat!(
+            r#"{"audit_cluster": "audit", "audit_path": "/percall", "delivery_format": "framed", "#,
+            r#""batch_max_bytes": 1024, "max_inflight": 64}"#
+        )
+        .to_owned(),
+        wasm: build.clone(),
+        vm: "truthtable",
+    });
     // A/B of two builds in the same run: `HOLD_BASELINE_WASM` adds a held listener running that
     // build (in a VM of its own).
     if let Ok(baseline) = std::env::var("HOLD_BASELINE_WASM") {
@@ -319,12 +352,22 @@ async fn main() {
     };
     let mut exchanges = vec![0u64; n];
 
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     // Latency at a fixed rate, open loop.
     let mut samples: Vec<Vec<u64>> = vec![Vec::new(); n];
     let mut failed = vec![0u64; n];
+    // Envoy's CPU per exchange, per listener and round: only one listener has traffic at a time,
+    // so Envoy's CPU over a listener's round is that listener's (its callouts included). At a
+    // fixed rate below saturation this is the proxy's capacity, apart from the load process's.
+    let mut cpu_us: Vec<Vec<f64>> = vec![Vec::new(); n];
     for round in 0..rounds {
         for k in order(round) {
             let port = sides[k].port;
+            let cpu_before = cpu_ns(envoy.id());
             let got = Arc::new(Mutex::new(Vec::new()));
             let fails = Arc::new(AtomicU64::new(0));
             let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
@@ -344,6 +387,11 @@ async fn main() {
                 });
             }
             while tasks.join_next().await.is_some() {}
+            // The round's last held records leave with the root's next send.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let done = got.lock().unwrap().len() as f64;
+            cpu_us[k]
+                .push(cpu_ns(envoy.id()).saturating_sub(cpu_before) as f64 / 1e3 / done.max(1.0));
             samples[k].extend(got.lock().unwrap().iter());
             failed[k] += fails.load(Ordering::Relaxed);
         }
@@ -371,23 +419,44 @@ async fn main() {
         );
     }
 
+    println!(
+        "\n## complete_after_stored: Envoy's CPU per exchange at {rate} req/s, 1 KiB answers (paired rounds)\n"
+    );
+    println!("| listener | µs of Envoy CPU per exchange (median) | unheld ÷ this, per round (Envoy's capacity ratio) | median |");
+    println!("|---|---|---|---|");
+    for k in 0..n {
+        let ratios: Vec<f64> = cpu_us[k]
+            .iter()
+            .zip(&cpu_us[0])
+            .map(|(h, u)| u / h)
+            .collect();
+        let list = ratios
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "| {} | {:.1} | {list} | {:.3} |",
+            sides[k].name,
+            median(&cpu_us[k]),
+            median(&ratios)
+        );
+    }
+
     // Throughput, closed loop, paired rounds: each held listener ÷ the unheld one, per round.
     println!(
         "\n## complete_after_stored: throughput, {conns} connections, ÷ unheld (paired rounds)\n"
     );
-    println!("| answer | listener | req/s (median) | ÷ unheld per round | median |");
-    println!("|---|---|---|---|---|");
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    println!("| answer | listener | req/s (median) | ÷ unheld per round | median | µs of Envoy CPU per exchange (median) | Envoy's capacity ÷ unheld's, per round | median |");
+    println!("|---|---|---|---|---|---|---|---|");
     for size in [1024usize, 32 * 1024] {
         let mut rps = vec![Vec::new(); n];
+        let mut cpu = vec![Vec::new(); n];
         for round in 0..rounds {
             for k in order(round) {
                 let port = sides[k].port;
                 let done = Arc::new(AtomicU64::new(0));
+                let cpu_before = cpu_ns(envoy.id());
                 let end = Instant::now() + duration;
                 let mut tasks = tokio::task::JoinSet::new();
                 for _ in 0..conns {
@@ -402,24 +471,29 @@ async fn main() {
                 }
                 let started = Instant::now();
                 while tasks.join_next().await.is_some() {}
+                let elapsed = started.elapsed().as_secs_f64();
+                tokio::time::sleep(Duration::from_millis(300)).await;
                 let count = done.load(Ordering::Relaxed);
                 exchanges[k] += count;
-                rps[k].push(count as f64 / started.elapsed().as_secs_f64());
+                rps[k].push(count as f64 / elapsed);
+                let used = cpu_ns(envoy.id()).saturating_sub(cpu_before) as f64;
+                cpu[k].push(used / 1e3 / (count as f64).max(1.0));
             }
         }
         for k in 0..n {
-            let ratios: Vec<f64> = rps[k].iter().zip(&rps[0]).map(|(h, u)| h / u).collect();
-            let list = ratios
-                .iter()
-                .map(|r| format!("{r:.3}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let per_round = |ratio: &dyn Fn(usize) -> f64| {
+                let r: Vec<f64> = (0..rps[k].len()).map(ratio).collect();
+                let list = r.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>();
+                (list.join(", "), median(&r))
+            };
+            let (rps_list, rps_median) = per_round(&|i| rps[k][i] / rps[0][i]);
+            let (cpu_list, cpu_median) = per_round(&|i| cpu[0][i] / cpu[k][i]);
             println!(
-                "| {} KiB | {} | {:.0} | {list} | {:.3} |",
+                "| {} KiB | {} | {:.0} | {rps_list} | {rps_median:.3} | {:.1} | {cpu_list} | {cpu_median:.3} |",
                 size / 1024,
                 sides[k].name,
                 median(&rps[k]),
-                median(&ratios)
+                median(&cpu[k]),
             );
         }
     }
