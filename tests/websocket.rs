@@ -1,6 +1,6 @@
-//! WebSocket sessions through Envoy (`upgrade_configs: websocket`) running the filter: a session
-//! closed normally by either side is a `complete` exchange; one that breaks off is a failure with
-//! Envoy's detail.
+//! WebSocket sessions through the shipped Envoy configuration (`upgrade_configs: websocket`)
+//! running the filter: a session closed normally by either side is a `complete` exchange; one
+//! that breaks off is a failure with Envoy's detail.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -58,22 +58,13 @@ async fn rig() -> (Envoy, Receiver) {
     let upstream = ws_upstream().await;
     let receiver = Receiver::start().await;
     let config = filter_config("");
-    let envoy = Envoy::try_start_with(
-        EnvoyOpts {
-            upstream,
-            audit: receiver.port,
-            filter: Some(&config),
-            workers: 2,
-        },
-        |yaml| {
-            yaml.replacen(
-                "stat_prefix: llm_ingress\n",
-                "stat_prefix: llm_ingress\n          upgrade_configs: [{upgrade_type: websocket}]\n",
-                1,
-            )
-        },
-    )
-    .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"));
+    // The shipped envoy/envoy.yaml, as it is: it lets WebSocket upgrades through.
+    let envoy = Envoy::start(EnvoyOpts {
+        upstream,
+        audit: receiver.port,
+        filter: Some(&config),
+        workers: 2,
+    });
     (envoy, receiver)
 }
 
