@@ -14,6 +14,8 @@ pub const MAX_CHUNKS: usize = 4096;
 pub struct Arrivals {
     /// `(ns, bytes)` of the first [`MAX_CHUNKS`] non-empty chunks.
     kept: Vec<(u64, u32)>,
+    /// Their bytes.
+    kept_bytes: u64,
     /// The chunks after those.
     more: Rest,
 }
@@ -26,6 +28,10 @@ struct Rest {
     last_ns: u64,
     /// The longest wait before one of them (the first one's counted from the last kept chunk).
     max_gap_ns: u64,
+    /// When that wait began, and the body bytes that had passed by then (where in the answer
+    /// it happened).
+    max_gap_from_ns: u64,
+    max_gap_after_bytes: u64,
 }
 
 impl Arrivals {
@@ -38,6 +44,7 @@ impl Arrivals {
         let size = u32::try_from(size).unwrap_or(u32::MAX);
         if self.kept.len() < MAX_CHUNKS {
             self.kept.push((now_ns, size));
+            self.kept_bytes += u64::from(size);
             return;
         }
         let previous = if self.more.count == 0 {
@@ -45,7 +52,12 @@ impl Arrivals {
         } else {
             self.more.last_ns
         };
-        self.more.max_gap_ns = self.more.max_gap_ns.max(now_ns.saturating_sub(previous));
+        let gap = now_ns.saturating_sub(previous);
+        if gap > self.more.max_gap_ns || self.more.count == 0 {
+            self.more.max_gap_ns = gap;
+            self.more.max_gap_from_ns = previous;
+            self.more.max_gap_after_bytes = self.kept_bytes + self.more.bytes;
+        }
         self.more.count += 1;
         self.more.bytes += u64::from(size);
         self.more.last_ns = now_ns;
@@ -89,6 +101,10 @@ impl Arrivals {
         json::uint(out, us(self.more.last_ns));
         out.extend_from_slice(b",\"max_gap_us\":");
         json::uint(out, self.more.max_gap_ns / 1_000);
+        out.extend_from_slice(b",\"max_gap_at_us\":");
+        json::uint(out, us(self.more.max_gap_from_ns));
+        out.extend_from_slice(b",\"max_gap_after_bytes\":");
+        json::uint(out, self.more.max_gap_after_bytes);
         out.push(b'}');
     }
 }
@@ -143,7 +159,16 @@ mod tests {
         assert_eq!(got["chunks"].as_array().unwrap().len(), MAX_CHUNKS);
         assert_eq!(
             got["chunks_more"],
-            json!({"count": 3, "bytes": 18, "last_at_us": (last + 49_000_000) / 1000, "max_gap_us": 40_000})
+            json!({
+                "count": 3,
+                "bytes": 18,
+                "last_at_us": (last + 49_000_000) / 1000,
+                "max_gap_us": 40_000,
+                // It began when the second chunk past the cap passed, after all the kept bytes
+                // and 11 more.
+                "max_gap_at_us": (last + 9_000_000) / 1000,
+                "max_gap_after_bytes": MAX_CHUNKS as u64 * 10 + 11,
+            })
         );
     }
 

@@ -153,6 +153,9 @@ pub struct ChunksMore {
     pub last_at_us: u64,
     /// The longest wait before one of them, in microseconds.
     pub max_gap_us: u64,
+    /// When that wait began (µs from `started_at`) and the body bytes that had passed by then;
+    /// `None` from filters that did not say.
+    pub max_gap_at: Option<(u64, u64)>,
 }
 
 /// One captured HTTP exchange, validated against the v1 contract.
@@ -433,17 +436,26 @@ impl<'a> Obj<'a> {
         }
     }
 
-    /// `{count, bytes, last_at_us, max_gap_us}`; absent or `null` is none.
+    /// `{count, bytes, last_at_us, max_gap_us[, max_gap_at_us, max_gap_after_bytes]}`; absent
+    /// or `null` is none.
     fn chunks_more(&self, key: &str) -> Result<Option<ChunksMore>, RecordError> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(_) => {
                 let m = self.object(key)?;
+                let max_gap_at = match m.map.get("max_gap_at_us") {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some((
+                        m.integer("max_gap_at_us")?,
+                        m.integer("max_gap_after_bytes")?,
+                    )),
+                };
                 Ok(Some(ChunksMore {
                     count: m.integer("count")?,
                     bytes: m.integer("bytes")?,
                     last_at_us: m.integer("last_at_us")?,
                     max_gap_us: m.integer("max_gap_us")?,
+                    max_gap_at,
                 }))
             }
         }
@@ -725,7 +737,16 @@ pub(crate) mod tests {
                 }
             ]
         );
-        assert_eq!(resp.chunks_more.unwrap().max_gap_us, 40000);
+        let more = resp.chunks_more.unwrap();
+        assert_eq!(more.max_gap_us, 40000);
+        assert_eq!(
+            more.max_gap_at, None,
+            "an older filter's summary says no more"
+        );
+        v["response"]["chunks_more"]["max_gap_at_us"] = json!(260000);
+        v["response"]["chunks_more"]["max_gap_after_bytes"] = json!(80);
+        let resp = CaptureRecord::from_value(&v).unwrap().response.unwrap();
+        assert_eq!(resp.chunks_more.unwrap().max_gap_at, Some((260000, 80)));
     }
 
     #[test]

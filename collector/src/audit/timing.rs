@@ -112,6 +112,28 @@ pub fn of(
             });
         }
     }
+    // Past the filter's cap of kept chunk times only the longest wait is known: a stall when it
+    // is one, placed in the answer by the body bytes that had passed before it.
+    if let Some(more) = &response.chunks_more {
+        if let (Some((at_us, after_bytes)), true) =
+            (more.max_gap_at, more.max_gap_us > threshold_us)
+        {
+            let before = answer_before(
+                &bytes,
+                &response.chunks,
+                at_us,
+                after_bytes,
+                format,
+                protocol,
+            );
+            timing.stalls.push(Stall {
+                at_ms: ms(at_us),
+                gap_ms: ms(more.max_gap_us),
+                answer_chars: before.chars().count(),
+                before: last_chars(&before, BEFORE_CHARS),
+            });
+        }
+    }
     let mut chars = 0;
     timing.points = content
         .iter()
@@ -199,6 +221,29 @@ impl Framer {
 
 /// The chunks that completed content-bearing frames: when each passed (µs) and the content
 /// they completed. Chunks past the kept bytes are not framed.
+/// The answer content in the first `after_bytes` of the body, whose kept chunk times are
+/// `chunks` and whose later bytes, up to `after_bytes`, passed by `at_us`.
+fn answer_before(
+    bytes: &[u8],
+    chunks: &[crate::record::Chunk],
+    at_us: u64,
+    after_bytes: u64,
+    format: StreamFormat,
+    protocol: Protocol,
+) -> String {
+    let end = usize::try_from(after_bytes).map_or(bytes.len(), |n| n.min(bytes.len()));
+    let kept: u64 = chunks.iter().map(|c| c.bytes).sum();
+    let mut upto = chunks.to_vec();
+    upto.push(crate::record::Chunk {
+        at_us,
+        bytes: after_bytes.saturating_sub(kept),
+    });
+    content_chunks(&bytes[..end], &upto, format, protocol)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect()
+}
+
 fn content_chunks(
     bytes: &[u8],
     chunks: &[crate::record::Chunk],
@@ -378,6 +423,58 @@ mod tests {
             "",
             json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}),
         )])
+    }
+
+    #[test]
+    fn a_stall_past_the_filters_cap_of_chunk_times_is_found_where_it_happened() {
+        let (hello, world, again) = (
+            chat(json!({"content": "Hello"})),
+            chat(json!({"content": " world"})),
+            chat(json!({"content": " again"})),
+        );
+        // The filter kept the first chunk's time only; the rest it summed up, with its longest
+        // wait: 7 s, after " world" passed at 400 ms.
+        let mut record = paced(
+            exchange(
+                "/v1/chat/completions",
+                r#"{"model":"m","messages":[]}"#,
+                "text/event-stream",
+                utf8("", false),
+            ),
+            &[(300, &hello)],
+        );
+        let response = record.response.as_mut().unwrap();
+        let body = format!("{hello}{world}{again}data: [DONE]\n\n");
+        response.body = utf8(&body, false);
+        response.chunks_more = Some(crate::record::ChunksMore {
+            count: 3,
+            bytes: (body.len() - hello.len()) as u64,
+            last_at_us: 7_401_000,
+            max_gap_us: 7_000_000,
+            max_gap_at: Some((400_000, (hello.len() + world.len()) as u64)),
+        });
+        let t = timing(&record, 5_000);
+        assert_eq!(
+            t.stalls,
+            vec![Stall {
+                at_ms: 400.0,
+                gap_ms: 7_000.0,
+                answer_chars: 11,
+                before: "Hello world".into(),
+            }]
+        );
+        // Not a stall under a longer threshold; and a filter that did not say where is heard
+        // as saying nothing.
+        assert!(timing(&record, 8_000).stalls.is_empty());
+        record
+            .response
+            .as_mut()
+            .unwrap()
+            .chunks_more
+            .as_mut()
+            .unwrap()
+            .max_gap_at = None;
+        assert!(timing(&record, 5_000).stalls.is_empty());
     }
 
     #[test]
