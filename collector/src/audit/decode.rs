@@ -69,6 +69,78 @@ pub fn decode_body(body: &CapturedBody, headers: &Headers) -> Decoded {
 }
 
 /// HTTP `deflate` is meant to be zlib-wrapped, but raw deflate is common in the wild.
+/// A body's pieces decoded one at a time, as they crossed the filter: for each piece of the
+/// captured bytes, the plain bytes it let the decoder write. `None` for a coding this does not
+/// stream (several codings, or one it does not know). Decoding stops, keeping what came before,
+/// at corrupt input or past [`MAX_DECODED_BYTES`].
+pub fn decode_pieces<'a>(
+    coding: &str,
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<Vec<Vec<u8>>> {
+    use flate2::write::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
+    use std::io::Write;
+    enum Stream {
+        Gzip(MultiGzDecoder<Vec<u8>>),
+        Zlib(ZlibDecoder<Vec<u8>>),
+        Raw(DeflateDecoder<Vec<u8>>),
+        Br(Box<brotli::DecompressorWriter<Vec<u8>>>),
+    }
+    impl Stream {
+        fn write(&mut self, piece: &[u8]) -> std::io::Result<Vec<u8>> {
+            fn step(w: &mut impl Write, piece: &[u8]) -> std::io::Result<()> {
+                w.write_all(piece)?;
+                w.flush()
+            }
+            Ok(std::mem::take(match self {
+                Stream::Gzip(w) => {
+                    step(w, piece)?;
+                    w.get_mut()
+                }
+                Stream::Zlib(w) => {
+                    step(w, piece)?;
+                    w.get_mut()
+                }
+                Stream::Raw(w) => {
+                    step(w, piece)?;
+                    w.get_mut()
+                }
+                Stream::Br(w) => {
+                    step(w.as_mut(), piece)?;
+                    w.get_mut()
+                }
+            }))
+        }
+    }
+    let coding = coding.trim().to_ascii_lowercase();
+    let mut pieces = pieces.into_iter().peekable();
+    let mut stream = match coding.as_str() {
+        "gzip" | "x-gzip" => Stream::Gzip(MultiGzDecoder::new(Vec::new())),
+        // Zlib-wrapped, as the RFC says, unless the first bytes are not a zlib header (some
+        // servers send raw deflate).
+        "deflate" => match pieces.peek() {
+            Some([a, b, ..]) if a & 0x0f == 8 && (u16::from(*a) << 8 | u16::from(*b)) % 31 == 0 => {
+                Stream::Zlib(ZlibDecoder::new(Vec::new()))
+            }
+            _ => Stream::Raw(DeflateDecoder::new(Vec::new())),
+        },
+        "br" => Stream::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
+        _ => return None,
+    };
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    for piece in pieces {
+        let Ok(plain) = stream.write(piece) else {
+            break;
+        };
+        total += plain.len();
+        if total > MAX_DECODED_BYTES {
+            break;
+        }
+        out.push(plain);
+    }
+    Some(out)
+}
+
 fn inflate(bytes: &[u8]) -> (Vec<u8>, Option<String>) {
     let zlib = read_all(flate2::read::ZlibDecoder::new(bytes));
     if zlib.1.is_some() && zlib.0.is_empty() {

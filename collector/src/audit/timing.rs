@@ -7,11 +7,13 @@
 //! OpenAI role-only first delta, an Anthropic `message_start` or a `ping` are not). The gaps are
 //! taken between the chunks that completed content-bearing events.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{json_array::JsonArrayParser, ndjson::NdjsonParser, Protocol, StreamFormat};
-use crate::record::{header, CaptureRecord};
+use super::{decode, json_array::JsonArrayParser, ndjson::NdjsonParser, Protocol, StreamFormat};
+use crate::record::{header, CaptureRecord, Chunk, Headers};
 use crate::sse::SseParser;
 
 /// Gaps between content longer than this are stalls, unless the collector is told otherwise
@@ -78,24 +80,48 @@ pub fn of(
     let Some(format) = format else {
         return Some(timing);
     };
-    // Chunk sizes count the bytes as they crossed the filter: a compressed stream cannot be
-    // split by them without decompressing it chunk by chunk, which the view does not do.
-    let identity = header(&response.headers, "content-encoding")
-        .is_none_or(|c| c.trim().is_empty() || c.trim().eq_ignore_ascii_case("identity"));
-    if response.chunks.is_empty() || !identity {
+    let threshold_us = stall_threshold_ms.saturating_mul(1_000);
+    if response.chunks.is_empty() {
         return Some(timing);
     }
-    let Ok(bytes) = response.body.bytes() else {
+    let Ok(captured) = response.body.bytes() else {
         return Some(timing);
     };
-    let content = content_chunks(&bytes, &response.chunks, format, protocol);
+    // Past the filter's cap of kept chunk times only the longest wait is known: a piece of its
+    // own, ending where that wait began, places it in the answer.
+    let late_gap = response.chunks_more.as_ref().and_then(|more| {
+        let (at_us, after_bytes) = more.max_gap_at?;
+        let kept: u64 = response.chunks.iter().map(|c| c.bytes).sum();
+        let piece = Chunk {
+            at_us,
+            bytes: after_bytes.saturating_sub(kept),
+        };
+        (more.max_gap_us > threshold_us).then_some((piece, more.max_gap_us))
+    });
+    let mut chunks = response.chunks.clone();
+    chunks.extend(late_gap.map(|(piece, _)| piece));
+    // Chunk sizes count the bytes as they crossed the filter: a compressed stream is decoded
+    // piece by piece, so each chunk's time goes with the plain bytes it let through.
+    let Some((bytes, chunks)) = plain(&captured, chunks, &response.headers) else {
+        return Some(timing);
+    };
+    let content_upto = |n: usize| content_chunks(&bytes, &chunks[..n], format, protocol);
+    let late_stall = late_gap.map(|(_, gap_us)| {
+        let before: String = content_upto(chunks.len())
+            .into_iter()
+            .map(|c| c.1)
+            .collect();
+        let at_us = chunks.last().map_or(0, |c| c.at_us);
+        (at_us, gap_us, before)
+    });
+    let kept_chunks = chunks.len() - usize::from(late_stall.is_some());
+    let content = content_upto(kept_chunks);
     let Some(&(first_us, _)) = content.first() else {
         return Some(timing);
     };
     timing.ttft_ms = Some(ms(first_us));
     let mut gaps: Vec<u64> = Vec::with_capacity(content.len());
     let mut answer = String::new();
-    let threshold_us = stall_threshold_ms.saturating_mul(1_000);
     for pair in content.windows(2) {
         let [(before_us, before_text), (at_us, _)] = pair else {
             continue;
@@ -112,27 +138,13 @@ pub fn of(
             });
         }
     }
-    // Past the filter's cap of kept chunk times only the longest wait is known: a stall when it
-    // is one, placed in the answer by the body bytes that had passed before it.
-    if let Some(more) = &response.chunks_more {
-        if let (Some((at_us, after_bytes)), true) =
-            (more.max_gap_at, more.max_gap_us > threshold_us)
-        {
-            let before = answer_before(
-                &bytes,
-                &response.chunks,
-                at_us,
-                after_bytes,
-                format,
-                protocol,
-            );
-            timing.stalls.push(Stall {
-                at_ms: ms(at_us),
-                gap_ms: ms(more.max_gap_us),
-                answer_chars: before.chars().count(),
-                before: last_chars(&before, BEFORE_CHARS),
-            });
-        }
+    if let Some((at_us, gap_us, before)) = late_stall {
+        timing.stalls.push(Stall {
+            at_ms: ms(at_us),
+            gap_ms: ms(gap_us),
+            answer_chars: before.chars().count(),
+            before: last_chars(&before, BEFORE_CHARS),
+        });
     }
     let mut chars = 0;
     timing.points = content
@@ -221,27 +233,38 @@ impl Framer {
 
 /// The chunks that completed content-bearing frames: when each passed (µs) and the content
 /// they completed. Chunks past the kept bytes are not framed.
-/// The answer content in the first `after_bytes` of the body, whose kept chunk times are
-/// `chunks` and whose later bytes, up to `after_bytes`, passed by `at_us`.
-fn answer_before(
-    bytes: &[u8],
-    chunks: &[crate::record::Chunk],
-    at_us: u64,
-    after_bytes: u64,
-    format: StreamFormat,
-    protocol: Protocol,
-) -> String {
-    let end = usize::try_from(after_bytes).map_or(bytes.len(), |n| n.min(bytes.len()));
-    let kept: u64 = chunks.iter().map(|c| c.bytes).sum();
-    let mut upto = chunks.to_vec();
-    upto.push(crate::record::Chunk {
-        at_us,
-        bytes: after_bytes.saturating_sub(kept),
+/// The body's plain bytes and its chunks measured in them: the captured bytes as they are, or,
+/// under one `content-encoding`, decoded chunk by chunk. `None` when the coding cannot be.
+fn plain<'a>(
+    bytes: &'a [u8],
+    chunks: Vec<Chunk>,
+    headers: &Headers,
+) -> Option<(Cow<'a, [u8]>, Vec<Chunk>)> {
+    let coding = header(headers, "content-encoding")
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
+    let Some(coding) = coding else {
+        return Some((Cow::Borrowed(bytes), chunks));
+    };
+    let mut offset = 0usize;
+    let pieces = chunks.iter().map(|c| {
+        let end = offset
+            .saturating_add(usize::try_from(c.bytes).unwrap_or(usize::MAX))
+            .min(bytes.len());
+        let piece = &bytes[offset.min(end)..end];
+        offset = end;
+        piece
     });
-    content_chunks(&bytes[..end], &upto, format, protocol)
-        .into_iter()
-        .map(|(_, text)| text)
-        .collect()
+    let decoded = decode::decode_pieces(coding, pieces)?;
+    let plain_chunks = chunks
+        .iter()
+        .zip(&decoded)
+        .map(|(c, d)| Chunk {
+            at_us: c.at_us,
+            bytes: d.len() as u64,
+        })
+        .collect();
+    Some((Cow::Owned(decoded.concat()), plain_chunks))
 }
 
 fn content_chunks(
@@ -788,9 +811,9 @@ mod tests {
     }
 
     #[test]
-    fn a_record_without_chunk_times_or_compressed_has_only_its_first_byte() {
+    fn a_record_without_chunk_times_has_only_its_first_byte() {
         let stream = chat(json!({"content": "Hello"}));
-        let mut record = exchange(
+        let record = exchange(
             "/v1/chat/completions",
             r#"{"model":"m","messages":[]}"#,
             "text/event-stream",
@@ -801,14 +824,93 @@ mod tests {
             None,
             "an older filter's record"
         );
-        record = paced(record, &[(100, &stream)]);
-        record
-            .response
-            .as_mut()
-            .unwrap()
-            .headers
-            .push(("content-encoding".into(), "gzip".into()));
-        assert_eq!(timing(&record, 5_000).ttft_ms, None);
+    }
+
+    /// `events` compressed as a server streams them: each flushed into a chunk of its own, the
+    /// coding's trailer in the last.
+    fn compressed_chunks(coding: &str, events: &[&str]) -> Vec<Vec<u8>> {
+        use std::io::Write;
+        fn pieces<W: Write>(
+            mut w: W,
+            events: &[&str],
+            taken: impl Fn(&mut W) -> Vec<u8>,
+            finish: impl FnOnce(W) -> Vec<u8>,
+        ) -> Vec<Vec<u8>> {
+            let mut out = Vec::new();
+            for e in events {
+                w.write_all(e.as_bytes()).unwrap();
+                w.flush().unwrap();
+                out.push(taken(&mut w));
+            }
+            let tail = finish(w);
+            out.last_mut().unwrap().extend(tail);
+            out
+        }
+        let level = flate2::Compression::default();
+        match coding {
+            "gzip" => pieces(
+                flate2::write::GzEncoder::new(Vec::new(), level),
+                events,
+                |w| std::mem::take(w.get_mut()),
+                |w| w.finish().unwrap(),
+            ),
+            "deflate" => pieces(
+                flate2::write::ZlibEncoder::new(Vec::new(), level),
+                events,
+                |w| std::mem::take(w.get_mut()),
+                |w| w.finish().unwrap(),
+            ),
+            _ => pieces(
+                brotli::CompressorWriter::new(Vec::new(), 4096, 5, 22),
+                events,
+                |w| std::mem::take(w.get_mut()),
+                |w| w.into_inner(),
+            ),
+        }
+    }
+
+    #[test]
+    fn a_compressed_stream_is_timed_by_the_plain_bytes_each_chunk_let_through() {
+        let (role, hello, world) = (
+            chat(json!({"role": "assistant", "content": ""})),
+            chat(json!({"content": "Hello"})),
+            chat(json!({"content": " world"})),
+        );
+        for coding in ["gzip", "deflate", "br"] {
+            let chunks = compressed_chunks(coding, &[&role, &hello, &world, "data: [DONE]\n\n"]);
+            let mut record = exchange(
+                "/v1/chat/completions",
+                r#"{"model":"m","messages":[]}"#,
+                "text/event-stream",
+                utf8("", false),
+            );
+            let response = record.response.as_mut().unwrap();
+            response.body = super::super::decode::tests::b64_body(&chunks.concat(), false);
+            response.chunks = [100, 300, 7_500, 7_510]
+                .iter()
+                .zip(&chunks)
+                .map(|(at_ms, c)| Chunk {
+                    at_us: at_ms * 1_000,
+                    bytes: c.len() as u64,
+                })
+                .collect();
+            response
+                .headers
+                .push(("content-encoding".into(), coding.into()));
+            let t = timing(&record, 5_000);
+            assert_eq!(
+                t.ttft_ms,
+                Some(300.0),
+                "{coding}: the role-only delta is not content"
+            );
+            assert_eq!(gaps(&t).2, 7_200.0, "{coding}");
+            assert_eq!(t.stalls.len(), 1, "{coding}");
+            assert_eq!(t.stalls[0].before, "Hello", "{coding}");
+            // A body that is not what its coding says gives no times, not wrong ones.
+            let response = record.response.as_mut().unwrap();
+            response.body = utf8(&format!("{role}{hello}{world}"), false);
+            assert_eq!(timing(&record, 5_000).ttft_ms, None, "{coding}");
+        }
     }
 
     #[test]
