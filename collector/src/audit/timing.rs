@@ -597,6 +597,12 @@ mod tests {
     #[test]
     fn anthropic_content_starts_at_the_first_text_delta() {
         let ev = |name: &str, data: serde_json::Value| sse(&[(name, data)]);
+        let text = |t: &str| {
+            ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
+            )
+        };
         let record = paced(
             exchange(
                 "/v1/messages",
@@ -620,27 +626,9 @@ mod tests {
                         json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
                     ),
                 ),
-                (
-                    200,
-                    &ev(
-                        "content_block_delta",
-                        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Par"}}),
-                    ),
-                ),
-                (
-                    230,
-                    &ev(
-                        "content_block_delta",
-                        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "is"}}),
-                    ),
-                ),
-                (
-                    290,
-                    &ev(
-                        "content_block_delta",
-                        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "."}}),
-                    ),
-                ),
+                (200, &text("Par")),
+                (230, &text("is")),
+                (290, &text(".")),
                 (
                     300,
                     &ev(
@@ -661,6 +649,11 @@ mod tests {
     #[test]
     fn ollama_ndjson_lines_are_timed() {
         let line = |v: serde_json::Value| format!("{v}\n");
+        let said = |t: &str| {
+            line(
+                json!({"model": "llama3", "message": {"role": "assistant", "content": t}, "done": false}),
+            )
+        };
         let record = paced(
             exchange(
                 "/api/chat",
@@ -669,24 +662,9 @@ mod tests {
                 utf8("", false),
             ),
             &[
-                (
-                    120,
-                    &line(
-                        json!({"model": "llama3", "message": {"role": "assistant", "content": "Hi"}, "done": false}),
-                    ),
-                ),
-                (
-                    140,
-                    &line(
-                        json!({"model": "llama3", "message": {"role": "assistant", "content": " there"}, "done": false}),
-                    ),
-                ),
-                (
-                    900,
-                    &line(
-                        json!({"model": "llama3", "message": {"role": "assistant", "content": "!"}, "done": false}),
-                    ),
-                ),
+                (120, &said("Hi")),
+                (140, &said(" there")),
+                (900, &said("!")),
                 (
                     905,
                     &line(
