@@ -49,6 +49,19 @@ async fn stored(collector: &Collector, id: &str) -> bool {
     client().get(url).send().await.unwrap().status() == 200
 }
 
+/// An upstream, the collector (running, or down until the test starts it) and an Envoy whose
+/// filter runs `filter`.
+async fn rig(filter: &str, collector_up: bool) -> (Upstream, Collector, Envoy) {
+    let upstream = Upstream::start().await;
+    let collector = if collector_up {
+        Collector::running().await
+    } else {
+        Collector::down(None)
+    };
+    let envoy = envoy(upstream.port, collector.port, filter);
+    (upstream, collector, envoy)
+}
+
 /// Waits until Envoy's metric `name` reads `value` (the filter publishes at its ticks).
 async fn metric_becomes(envoy: &Envoy, name: &str, value: f64) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -76,9 +89,7 @@ fn request_id(resp: &reqwest::Response) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_json_answer_ends_only_once_its_record_is_stored() {
-    let upstream = Upstream::start().await;
-    let collector = Collector::running().await;
-    let envoy = envoy(upstream.port, collector.port, &hold_config(""));
+    let (_upstream, collector, envoy) = rig(&hold_config(""), true).await;
     for path in ["/v1/chat/completions", "/bytes?n=40000"] {
         let resp = client()
             .post(envoy.url(path))
@@ -101,9 +112,7 @@ async fn a_json_answer_ends_only_once_its_record_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_the_hold_the_same_answer_ends_before_its_record_is_stored() {
     // The control: the check above would catch an end that does not wait.
-    let upstream = Upstream::start().await;
-    let collector = Collector::running().await;
-    let envoy = envoy(upstream.port, collector.port, &filter_config(SLOW_FLUSH));
+    let (_upstream, collector, envoy) = rig(&filter_config(SLOW_FLUSH), true).await;
     let resp = client()
         .post(envoy.url("/v1/chat/completions"))
         .body("{}")
@@ -117,9 +126,7 @@ async fn without_the_hold_the_same_answer_ends_before_its_record_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sse_events_stream_at_once_and_done_waits_for_the_record() {
-    let upstream = Upstream::start().await;
-    let collector = Collector::running().await;
-    let envoy = envoy(upstream.port, collector.port, &hold_config(""));
+    let (upstream, collector, envoy) = rig(&hold_config(""), true).await;
     let mut resp = client()
         .post(envoy.url("/sse-hold"))
         .body(r#"{"stream":true}"#)
@@ -158,9 +165,7 @@ async fn sse_events_stream_at_once_and_done_waits_for_the_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bodiless_answers_end_once_their_record_is_stored() {
-    let upstream = Upstream::start().await;
-    let collector = Collector::running().await;
-    let envoy = envoy(upstream.port, collector.port, &hold_config(""));
+    let (_upstream, collector, envoy) = rig(&hold_config(""), true).await;
     for (method, path, status) in [
         (reqwest::Method::GET, "/status?code=204", 204),
         (reqwest::Method::GET, "/status?code=304", 304),
@@ -186,13 +191,11 @@ async fn bodiless_answers_end_once_their_record_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_collector_down_the_end_is_released_at_the_timeout_and_counted() {
-    let upstream = Upstream::start().await;
-    let mut collector = Collector::down(None);
-    let envoy = envoy(
-        upstream.port,
-        collector.port,
+    let (_upstream, mut collector, envoy) = rig(
         &hold_config(r#""hold_timeout_ms": 600, "on_hold_timeout": "release""#),
-    );
+        false,
+    )
+    .await;
     let started = Instant::now();
     let resp = client()
         .post(envoy.url("/v1/chat/completions"))
@@ -221,13 +224,11 @@ async fn with_the_collector_down_the_end_is_released_at_the_timeout_and_counted(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_collector_down_reset_never_lets_the_client_see_the_end() {
-    let upstream = Upstream::start().await;
-    let mut collector = Collector::down(None);
-    let envoy = envoy(
-        upstream.port,
-        collector.port,
+    let (_upstream, mut collector, envoy) = rig(
         &hold_config(r#""hold_timeout_ms": 400, "on_hold_timeout": "reset""#),
-    );
+        false,
+    )
+    .await;
     // A JSON answer: the client gets an error, never the whole body.
     let started = Instant::now();
     let resp = client()
@@ -607,13 +608,8 @@ async fn without_the_hold_sigkills_lose_answers_clients_received() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_leaves_during_the_hold_is_told_by_an_amendment_of_the_capture() {
-    let upstream = Upstream::start().await;
-    let mut collector = Collector::down(None);
-    let envoy = envoy(
-        upstream.port,
-        collector.port,
-        &hold_config(r#""hold_timeout_ms": 20000"#),
-    );
+    let (_upstream, mut collector, envoy) =
+        rig(&hold_config(r#""hold_timeout_ms": 20000"#), false).await;
     // The collector is down: the end stays held. The client has the headers, then goes away.
     let resp = client()
         .post(envoy.url("/v1/chat/completions"))
@@ -655,9 +651,7 @@ async fn a_client_that_leaves_during_the_hold_is_told_by_an_amendment_of_the_cap
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_http2_stream_ends_only_once_its_record_is_stored() {
-    let upstream = Upstream::start().await;
-    let collector = Collector::running().await;
-    let envoy = envoy(upstream.port, collector.port, &hold_config(""));
+    let (_upstream, collector, envoy) = rig(&hold_config(""), true).await;
     let dir = tempfile::tempdir().unwrap();
     let headers = dir.path().join("headers");
     for path in ["/sse?events=3&delay_ms=20", "/v1/chat/completions"] {
