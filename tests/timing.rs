@@ -8,7 +8,7 @@
 mod common;
 
 use axum::body::Body;
-use axum::http::{Response, Uri};
+use axum::http::{HeaderMap, Response, Uri};
 use axum::routing::any;
 use axum::Router;
 use bytes::Bytes;
@@ -148,21 +148,46 @@ fn script(path: &str) -> (&'static str, Vec<(u64, String)>) {
 }
 
 /// Sends each frame of the path's script at its time (from the request's arrival, so delays do
-/// not add up).
-async fn paced(uri: Uri) -> Response<Body> {
+/// not add up); gzip-compressed, each frame flushed as a server streams it, when the request says
+/// `accept-encoding: gzip`.
+async fn paced(uri: Uri, headers: HeaderMap) -> Response<Body> {
+    use std::io::Write;
     let start = Instant::now();
     let (content_type, frames) = script(uri.path());
+    let gzip = headers
+        .get("accept-encoding")
+        .is_some_and(|v| v.as_bytes() == b"gzip");
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
-        for (at, bytes) in frames {
+        let mut encoder =
+            gzip.then(|| flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
+        let last = frames.len() - 1;
+        for (i, (at, frame)) in frames.into_iter().enumerate() {
             tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+            let bytes = match encoder.as_mut() {
+                None => frame.into_bytes(),
+                Some(e) => {
+                    e.write_all(frame.as_bytes()).unwrap();
+                    e.flush().unwrap();
+                    std::mem::take(e.get_mut())
+                }
+            };
+            let mut bytes = bytes;
+            if i == last {
+                if let Some(e) = encoder.take() {
+                    bytes.extend(e.finish().unwrap());
+                }
+            }
             if tx.send(Ok(Bytes::from(bytes))).await.is_err() {
                 return;
             }
         }
     });
-    Response::builder()
-        .header("content-type", content_type)
+    let mut response = Response::builder().header("content-type", content_type);
+    if gzip {
+        response = response.header("content-encoding", "gzip");
+    }
+    response
         .body(Body::from_stream(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         ))
@@ -359,4 +384,28 @@ async fn a_non_streamed_answer_has_its_first_byte_and_no_gap_statistics() {
     assert_eq!(timing["ttft_ms"], Value::Null);
     assert_eq!(timing["inter_token_ms"], Value::Null);
     assert_eq!(timing["stalls"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_stream_is_timed_by_the_plain_bytes_each_chunk_carried() {
+    let r = rig().await;
+    let resp = client()
+        .post(r.envoy.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("accept-encoding", "gzip")
+        .body(r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Capital of France?"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    resp.bytes().await.unwrap();
+    let captures = r.collector.captures(1).await;
+    let view = view_of(&captures, "/v1/chat/completions");
+    assert_eq!(view["answer"], WORDS.concat());
+    let timing = &view["timing"];
+    assert_near("gzip ttft_ms", &timing["ttft_ms"], FIRST_MS, 40);
+    let stalls = timing["stalls"].as_array().unwrap();
+    assert_eq!(stalls.len(), 1, "{timing}");
+    assert_eq!(stalls[0]["before"], WORDS[..STALL_AFTER].concat());
+    assert_near("gzip stall gap", &stalls[0]["gap_ms"], STALL_MS - 20, 80);
 }
