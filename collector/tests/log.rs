@@ -834,3 +834,56 @@ async fn the_monitor_trusts_a_growing_log_and_catches_one_rebuilt_and_re_signed_
         "still trusts the honest one"
     );
 }
+
+#[tokio::test]
+async fn proofs_and_checkpoints_are_served_while_ingest_waits_for_the_write_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("busy.db");
+    let client = reqwest::Client::new();
+    let proc = Process::start(&db);
+    let base = proc.base();
+    let (_, vkey) = text(&client, format!("{base}/v1/log/key")).await;
+    let ids: Vec<String> = (0..5).map(|i| format!("b-{i}")).collect();
+    assert_eq!(post(&client, &base, ndjson(&ids), None).await.status(), 200);
+    checkpoint_of(&client, &base, 5).await;
+    // Another process holds SQLite's write lock: the collector's next batch waits for it (its
+    // busy timeout), and with it the collector's one writing connection.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let waiting = tokio::spawn({
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let more: Vec<String> = (0..3).map(|i| format!("w-{i}")).collect();
+            post(&client, &base, ndjson(&more), None).await.status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the batch did not wait for the lock"
+    );
+    // The log's reads go beside the writer (WAL), not behind it.
+    let began = Instant::now();
+    let (size, _) = tokio::time::timeout(
+        Duration::from_secs(2),
+        check_proof(&client, &base, "b-3", &vkey, ""),
+    )
+    .await
+    .expect("a proof waited behind the writer");
+    assert_eq!(size, 5);
+    let (status, _) = tokio::time::timeout(
+        Duration::from_secs(2),
+        text(&client, format!("{base}/v1/log/checkpoint")),
+    )
+    .await
+    .expect("the checkpoint waited behind the writer");
+    assert_eq!(status, 200);
+    assert!(began.elapsed() < Duration::from_secs(2));
+    conn.execute_batch("COMMIT").unwrap();
+    assert_eq!(
+        waiting.await.unwrap(),
+        200,
+        "the batch is stored once the lock is free"
+    );
+    checkpoint_of(&client, &base, 8).await;
+}
