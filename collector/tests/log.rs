@@ -428,6 +428,37 @@ async fn verify_passes_a_clean_store_and_names_each_tampering() {
             "{name}: {out}"
         );
     }
+
+    // A record changed together with its stored leaf hash: the stored hash above the two leaves
+    // was computed from the record the log appended, so the pair is named.
+    let copy = dir.path().join("rehashed.db");
+    std::fs::copy(&db, &copy).unwrap();
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    let record: String = conn
+        .query_row("SELECT record FROM captures WHERE id = 'id-5'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let forged = record.replace("answer for id-5", "answer for id-6");
+    conn.execute(
+        "UPDATE captures SET record = ?1 WHERE id = 'id-5'",
+        [&forged],
+    )
+    .unwrap();
+    // Record 5's leaf hash is stored at index 8 in Go's layout (0, 1; 2; 3, 4; 5; 6; 7, 8).
+    conn.execute(
+        "UPDATE log_hashes SET hash = ?1 WHERE idx = 8",
+        [leaf(forged.as_bytes()).to_vec()],
+    )
+    .unwrap();
+    drop(conn);
+    let (ok, out) = verify(&copy, None);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("FAIL captures id-4 (index 4), id-5 (index 5): one or more modified together with their stored leaf hashes"),
+        "{out}"
+    );
+    assert!(out.ends_with("18 of 20 records verified\n"), "{out}");
 }
 
 /// Runs `export` on the store `db` with `args`, writing `out`; whether it succeeded, and its output.
