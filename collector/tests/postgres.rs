@@ -379,9 +379,7 @@ async fn tls_to_the_database_is_verified_as_sslmode_asks() {
 async fn read_after_leaves_records_of_transactions_in_flight_for_later() {
     let pg = Postgres::shared();
     let db = pg.database();
-    let mut config = Config::with_db(DbTarget::Postgres(pg.url(&db)));
-    config.db_password.env = Some(PASSWORD.to_owned());
-    let store = Store::open(&config).await.unwrap();
+    let store = open_store(pg, &db).await;
     store.insert_batch(vec![row("first")]).await.unwrap();
 
     // A transaction that inserts and stays open, as a slow replica's batch would.
