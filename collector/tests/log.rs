@@ -428,6 +428,37 @@ async fn verify_passes_a_clean_store_and_names_each_tampering() {
             "{name}: {out}"
         );
     }
+
+    // A record changed together with its stored leaf hash: the stored hash above the two leaves
+    // was computed from the record the log appended, so the pair is named.
+    let copy = dir.path().join("rehashed.db");
+    std::fs::copy(&db, &copy).unwrap();
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    let record: String = conn
+        .query_row("SELECT record FROM captures WHERE id = 'id-5'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let forged = record.replace("answer for id-5", "answer for id-6");
+    conn.execute(
+        "UPDATE captures SET record = ?1 WHERE id = 'id-5'",
+        [&forged],
+    )
+    .unwrap();
+    // Record 5's leaf hash is stored at index 8 in Go's layout (0, 1; 2; 3, 4; 5; 6; 7, 8).
+    conn.execute(
+        "UPDATE log_hashes SET hash = ?1 WHERE idx = 8",
+        [leaf(forged.as_bytes()).to_vec()],
+    )
+    .unwrap();
+    drop(conn);
+    let (ok, out) = verify(&copy, None);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("FAIL captures id-4 (index 4), id-5 (index 5): one or more modified together with their stored leaf hashes"),
+        "{out}"
+    );
+    assert!(out.ends_with("18 of 20 records verified\n"), "{out}");
 }
 
 /// Runs `export` on the store `db` with `args`, writing `out`; whether it succeeded, and its output.
@@ -833,4 +864,57 @@ async fn the_monitor_trusts_a_growing_log_and_catches_one_rebuilt_and_re_signed_
         trusted,
         "still trusts the honest one"
     );
+}
+
+#[tokio::test]
+async fn proofs_and_checkpoints_are_served_while_ingest_waits_for_the_write_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("busy.db");
+    let client = reqwest::Client::new();
+    let proc = Process::start(&db);
+    let base = proc.base();
+    let (_, vkey) = text(&client, format!("{base}/v1/log/key")).await;
+    let ids: Vec<String> = (0..5).map(|i| format!("b-{i}")).collect();
+    assert_eq!(post(&client, &base, ndjson(&ids), None).await.status(), 200);
+    checkpoint_of(&client, &base, 5).await;
+    // Another process holds SQLite's write lock: the collector's next batch waits for it (its
+    // busy timeout), and with it the collector's one writing connection.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let waiting = tokio::spawn({
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let more: Vec<String> = (0..3).map(|i| format!("w-{i}")).collect();
+            post(&client, &base, ndjson(&more), None).await.status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the batch did not wait for the lock"
+    );
+    // The log's reads go beside the writer (WAL), not behind it.
+    let began = Instant::now();
+    let (size, _) = tokio::time::timeout(
+        Duration::from_secs(2),
+        check_proof(&client, &base, "b-3", &vkey, ""),
+    )
+    .await
+    .expect("a proof waited behind the writer");
+    assert_eq!(size, 5);
+    let (status, _) = tokio::time::timeout(
+        Duration::from_secs(2),
+        text(&client, format!("{base}/v1/log/checkpoint")),
+    )
+    .await
+    .expect("the checkpoint waited behind the writer");
+    assert_eq!(status, 200);
+    assert!(began.elapsed() < Duration::from_secs(2));
+    conn.execute_batch("COMMIT").unwrap();
+    assert_eq!(
+        waiting.await.unwrap(),
+        200,
+        "the batch is stored once the lock is free"
+    );
+    checkpoint_of(&client, &base, 8).await;
 }

@@ -379,9 +379,7 @@ async fn tls_to_the_database_is_verified_as_sslmode_asks() {
 async fn read_after_leaves_records_of_transactions_in_flight_for_later() {
     let pg = Postgres::shared();
     let db = pg.database();
-    let mut config = Config::with_db(DbTarget::Postgres(pg.url(&db)));
-    config.db_password.env = Some(PASSWORD.to_owned());
-    let store = Store::open(&config).await.unwrap();
+    let store = open_store(pg, &db).await;
     store.insert_batch(vec![row("first")]).await.unwrap();
 
     // A transaction that inserts and stays open, as a slow replica's batch would.
@@ -489,4 +487,315 @@ async fn a_database_of_an_older_collector_is_migrated_at_start_and_its_records_d
     // The records themselves are untouched.
     let raw: Value = get_json(&client, format!("{base}/v1/captures/old-7")).await;
     assert_eq!(raw["capture"], common::record("old-7"));
+}
+
+/// A small random source for the stress tests (xorshift; the seed is printed so a failing run
+/// can be repeated with `TRUTHTABLE_STRESS_SEED`).
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Rng {
+        let seed = std::env::var("TRUTHTABLE_STRESS_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            })
+            | 1;
+        eprintln!("stress seed {seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Opens another handle on `db`: its own pool, as a replica's.
+async fn open_store(pg: &Postgres, db: &str) -> Store {
+    let mut config = Config::with_db(DbTarget::Postgres(pg.url(db)));
+    config.db_password.env = Some(PASSWORD.to_owned());
+    Store::open(&config).await.unwrap()
+}
+
+/// Moves the server's transaction ids on until the next one is at least `to`.
+async fn take_xids_until(client: &tokio_postgres::Client, to: u64) {
+    client
+        .batch_execute("SET synchronous_commit = off")
+        .await
+        .unwrap();
+    loop {
+        let row = client
+            .query_one("SELECT pg_current_xact_id()::text", &[])
+            .await
+            .unwrap();
+        let left = to.saturating_sub(row.get::<_, String>(0).parse::<u64>().unwrap() + 1);
+        if left == 0 {
+            break;
+        }
+        let take = "BEGIN; SELECT pg_current_xact_id(); COMMIT; ".repeat(left.min(500) as usize);
+        client.batch_execute(&take).await.unwrap();
+    }
+    client
+        .batch_execute("RESET synchronous_commit")
+        .await
+        .unwrap();
+}
+
+/// Moves the server's transaction ids to a little below the next power of ten and returns it:
+/// the writes that follow take ids of one more digit than those before them (999, then 1000),
+/// where ids compared as text instead of numbers would misorder them.
+async fn just_below_a_power_of_ten(client: &tokio_postgres::Client) -> u64 {
+    let row = client
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .await
+        .unwrap();
+    let boundary = 10u64.pow(row.get::<_, String>(0).len() as u32);
+    take_xids_until(client, boundary - 100).await;
+    boundary
+}
+
+/// Writes to `db` as replicas under load do, all at once: `WRITERS` store handles inserting
+/// batches of 1 to 40 records whose ids overlap (an insert waits for another's uncommitted copy
+/// of an id, ON CONFLICT, then skips it), and one connection holding explicit transactions open
+/// a while before committing (or, one in four, rolling back). The transaction ids start a little
+/// below a power of ten, which is returned: the writes take ids on both sides of it.
+async fn write_concurrently(pg: &Postgres, db: &str, seed: u64) -> u64 {
+    const WRITERS: u64 = 4;
+    const BATCHES: u64 = 50;
+    const IDS: u64 = 2500;
+    // Every transaction takes the ids it writes in one order (as text), so none deadlock.
+    let ids = |rng: &mut Rng, n: u64| {
+        let mut ids: Vec<String> = (0..n).map(|_| format!("k{}", rng.below(IDS))).collect();
+        ids.sort();
+        ids
+    };
+    let (client, conn) = tokio_postgres::connect(&pg.url_with_password(db), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let boundary = just_below_a_power_of_ten(&client).await;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let store = open_store(pg, db).await;
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(seed.wrapping_mul(w + 7) | 1);
+            for _ in 0..BATCHES {
+                let n = 1 + rng.below(40);
+                let batch = ids(&mut rng, n).iter().map(|id| row(id)).collect();
+                store.insert_batch(batch).await.unwrap();
+            }
+        }));
+    }
+    tasks.push(tokio::spawn(async move {
+        let mut rng = Rng(seed.wrapping_mul(3) | 1);
+        for _ in 0..BATCHES {
+            client.batch_execute("BEGIN").await.unwrap();
+            let n = 1 + rng.below(5);
+            for id in ids(&mut rng, n) {
+                client
+                    .execute(
+                        "INSERT INTO captures (id, started_at, method, path, outcome, duration_ms, record)
+                         VALUES ($1, 't', 'POST', '/', 'complete', 1, '{}') ON CONFLICT (id) DO NOTHING",
+                        &[&id],
+                    )
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
+            let end = if rng.below(4) == 0 { "ROLLBACK" } else { "COMMIT" };
+            client.batch_execute(end).await.unwrap();
+        }
+    }));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sides = pg.sql(
+        db,
+        &format!(
+            "SELECT count(*) FILTER (WHERE tx < '{boundary}') > 0 AND count(*) FILTER (WHERE tx >= '{boundary}') > 0 FROM captures"
+        ),
+    );
+    assert_eq!(
+        sides, "t",
+        "the writes did not take transaction ids on both sides of {boundary}"
+    );
+    boundary
+}
+
+/// The promise the OpenTelemetry export, the audit hand-off and the log's sequencer rely on:
+/// a reader walking `read_after` while several replicas write — ids racing one another, some
+/// transactions held open, some rolled back — reads every stored record exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_after_under_concurrent_writers_reads_every_record_exactly_once() {
+    // A server of its own: no other test's transactions between the ids it moves and its writes.
+    let pg = &Postgres::start(PgOptions::default());
+    let db = pg.database();
+    let mut rng = Rng::seeded();
+    let seed = rng.below(u64::MAX);
+    let reader = open_store(pg, &db).await;
+    let mut cursor = Cursor::START;
+    let mut seen: Vec<String> = Vec::new();
+    let read = async |cursor: &mut Cursor, seen: &mut Vec<String>, limit: u32| {
+        let page = reader.read_after(*cursor, limit).await.unwrap();
+        for r in &page {
+            assert!(
+                r.cursor > *cursor,
+                "{} read at {} after {}",
+                r.id,
+                r.cursor,
+                cursor
+            );
+            *cursor = r.cursor;
+        }
+        seen.extend(page.into_iter().map(|r| r.id));
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let writing = async {
+        write_concurrently(pg, &db, seed).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let reading = async {
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let limit = [1, 3, 17, 200][rng.below(4) as usize];
+            read(&mut cursor, &mut seen, limit).await;
+            tokio::time::sleep(Duration::from_millis(rng.below(3))).await;
+        }
+    };
+    tokio::join!(writing, reading);
+    let stored: Vec<String> = pg
+        .sql(&db, "SELECT id FROM captures ORDER BY id")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    // The last commits become readable once no older transaction runs on the server.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < stored.len() && Instant::now() < deadline {
+        read(&mut cursor, &mut seen, 500).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    let n = sorted.len();
+    sorted.dedup();
+    assert_eq!(n, sorted.len(), "a record was read twice");
+    let missed: Vec<&String> = stored
+        .iter()
+        .filter(|id| sorted.binary_search(id).is_err())
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "{} of {} stored records never read (cursor {cursor}): {}",
+        missed.len(),
+        stored.len(),
+        pg.sql(
+            &db,
+            &format!(
+                "SELECT string_agg(id || ' at ' || tx || '-' || seq, ', ') FROM captures WHERE id IN ({})",
+                missed.iter().take(20).map(|id| format!("'{id}'")).collect::<Vec<_>>().join(",")
+            )
+        )
+    );
+    assert!(stored.len() > 500, "{} stored", stored.len());
+}
+
+/// The log's sequencer leans on the same promise: two sequencers (two replicas' handles) racing
+/// one another behind the same concurrent writers, with only their `read_after` cursor — no
+/// sweep for records behind it — put every stored record in the log exactly once, and every
+/// checkpoint signed on the way is a root of the one tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sequencers_racing_without_a_sweep_log_every_record_exactly_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use truthtable_collector::log::{sequencer, Log, LogKey};
+    let pg = &Postgres::start(PgOptions::default());
+    let db = pg.database();
+    let key = LogKey::generate("stress.test/log").unwrap();
+    let mut rng = Rng::seeded();
+    let seed = rng.below(u64::MAX);
+    // First a backlog across a power of ten of transaction ids, with more records above it than
+    // a sequencer reads at once: a cursor that misordered the ids would pass those below.
+    let (client, conn) = tokio_postgres::connect(&pg.url_with_password(&db), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let writer = open_store(pg, &db).await;
+    let boundary = just_below_a_power_of_ten(&client).await;
+    let rows = |prefix: &str, n: usize| (0..n).map(|i| row(&format!("{prefix}-{i}"))).collect();
+    writer.insert_batch(rows("below", 50)).await.unwrap();
+    take_xids_until(&client, boundary).await;
+    for part in 0..3 {
+        let n = sequencer::STEP as usize / 2;
+        writer
+            .insert_batch(rows(&format!("above{part}"), n))
+            .await
+            .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut sequencers = Vec::new();
+    for i in 0..2u64 {
+        let (store, log, stop) = (
+            open_store(pg, &db).await,
+            Log::new(key.clone()).unwrap(),
+            Arc::clone(&stop),
+        );
+        let mut rng = Rng(seed.wrapping_mul(i + 11) | 1);
+        sequencers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                sequencer::sequence(&store, &log, false).await.unwrap();
+                sequencer::sign(&store, &log).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(rng.below(5))).await;
+            }
+        }));
+    }
+    write_concurrently(pg, &db, seed).await;
+    let stored: u64 = pg
+        .sql(&db, "SELECT count(*) FROM captures")
+        .parse()
+        .unwrap();
+    pg.wait_for(
+        &db,
+        "SELECT count(*) FROM log_entries",
+        Duration::from_secs(20),
+        |n| n == stored.to_string(),
+    );
+    stop.store(true, Ordering::Relaxed);
+    for s in sequencers {
+        s.await.unwrap();
+    }
+    assert_eq!(
+        pg.sql(
+            &db,
+            "SELECT count(*) || ' ' || count(DISTINCT e.seq) || ' ' || max(e.idx) + 1 || ' '
+                    || count(c.seq) FROM log_entries e LEFT JOIN captures c USING (seq)"
+        ),
+        format!("{stored} {stored} {stored} {stored}"),
+        "every stored record logged exactly once"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+        .args([
+            "verify",
+            "--db",
+            &pg.url_with_password(&db),
+            "--key",
+            key.verifier_key(),
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.ends_with(&format!("{stored} of {stored} records verified\n")),
+        "{report}"
+    );
 }

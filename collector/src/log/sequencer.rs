@@ -28,8 +28,9 @@ pub const POLL: Duration = Duration::from_millis(200);
 pub const STEP: u32 = 2000;
 /// The lease that makes one collector the sequencer and signer.
 const LEASE: Duration = Duration::from_secs(5);
-/// How often the sequencer also looks for committed records its cursor walked past (on a shared
-/// database a record can commit behind the cursor of commit order).
+/// How often the sequencer also looks for committed records its cursor walked past. A safety
+/// net: the cursor misses none (tests/postgres.rs, two sequencers racing without it); the records
+/// once seen behind it came from PostgreSQL's `read_after` ordering transaction ids as text, fixed.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// The lease's name in the store's cursor table.
 pub const LEASE_NAME: &str = "truthtable.log";
@@ -343,8 +344,8 @@ pub async fn sign(store: &impl LogStore, log: &Log) -> Result<Option<u64>, LogEr
 /// Sequences and signs until aborted; with `leased` (a database several collectors share), only
 /// while this collector holds the log's lease.
 pub async fn run<S: CaptureStore + LogStore + EraseStore>(store: &S, log: &Log, leased: bool) {
-    // On a shared database the sequencer also sweeps now and then; one collector's SQLite
-    // commits in `seq` order, so its cursor misses nothing.
+    // On a shared database the sequencer also sweeps now and then, a safety net behind its
+    // cursor; one collector's SQLite commits in `seq` order, so there is nothing to sweep.
     let mut last_sweep = tokio::time::Instant::now();
     loop {
         let held = if leased {

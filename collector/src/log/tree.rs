@@ -51,7 +51,12 @@ pub fn node_hash(left: Hash, right: Hash) -> Hash {
 
 /// The stored index of the leaf hash of record `index`.
 pub fn leaf_index(index: u64) -> u64 {
-    tlog::stored_hash_index(0, index)
+    stored_index(0, index)
+}
+
+/// The stored index of the hash of the `n`th complete subtree of 2^`level` records.
+pub fn stored_index(level: u8, n: u64) -> u64 {
+    tlog::stored_hash_index(level, n)
 }
 
 /// Stored hashes by their index: those a store read, and those appending made.
@@ -110,7 +115,12 @@ impl DenseTree {
 
     /// The leaf hash of record `index`.
     pub fn leaf(&self, index: u64) -> Option<Hash> {
-        usize::try_from(leaf_index(index))
+        self.stored(leaf_index(index))
+    }
+
+    /// The hash at stored index `index`.
+    pub fn stored(&self, index: u64) -> Option<Hash> {
+        usize::try_from(index)
             .ok()
             .and_then(|i| self.hashes.get(i).copied())
     }

@@ -207,16 +207,71 @@ pub async fn verify_store(
         ));
     }
     let mut matching = 0;
+    // Each checkpoint's size and whether the stored records give its root.
+    let mut checked: Vec<(u64, bool)> = Vec::new();
     for c in &checkpoints {
         if c.size > recomputed.size() {
             continue;
         }
-        match recomputed.answer(Query::Root(c.size)) {
-            Ok(root) if root.first() == Some(&c.root) => matching += 1,
-            _ => r.problem(format!(
+        let ok = matches!(recomputed.answer(Query::Root(c.size)), Ok(root) if root.first() == Some(&c.root));
+        if ok {
+            matching += 1;
+        } else {
+            r.problem(format!(
                 "checkpoint of size {}: the stored records do not give its root {}",
                 c.size, c.root
-            )),
+            ));
+        }
+        checked.push((c.size, ok));
+    }
+    // The smallest checkpoint that does not match, and the largest below it that does.
+    if let Some(bad) = checked.iter().filter(|c| !c.1).map(|c| c.0).min() {
+        let good = checked
+            .iter()
+            .filter(|c| c.1 && c.0 < bad)
+            .map(|c| c.0)
+            .max()
+            .unwrap_or(0);
+        // Between them a record changed; when every record there matches its stored leaf hash,
+        // its leaf hash was changed with it: the stored tree above names where.
+        let named = (good..bad).any(|i| {
+            let i = i as usize;
+            let stored = stored_leaves.get(i).copied();
+            match records.get(i).copied().flatten() {
+                Some(leaf) => Some(leaf) != stored || ids.get(i).is_none_or(String::is_empty),
+                // Deleted (an erasure's tombstone is checked above).
+                None => erased_by.get(i).is_none_or(Option::is_none),
+            }
+        });
+        if !named {
+            let suspects = rehashed(store, &recomputed, good, bad).await?;
+            r.verified = r.verified.saturating_sub(suspects.len() as u64);
+            let named: Vec<String> = suspects
+                .iter()
+                .take(10)
+                .map(|&i| {
+                    format!(
+                        "{} (index {i})",
+                        ids.get(i as usize).map(String::as_str).unwrap_or("?")
+                    )
+                })
+                .collect();
+            let more = suspects.len().saturating_sub(named.len());
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            r.problem(match suspects.as_slice() {
+                [_] => format!(
+                    "capture {}: modified together with its stored leaf hash — the stored tree above it and the checkpoint of size {bad} were computed from another record",
+                    named.join("")
+                ),
+                _ => format!(
+                    "captures {}{more}: one or more modified together with their stored leaf hashes — the stored tree above them and the checkpoint of size {bad} were computed from other records",
+                    named.join(", ")
+                ),
+            });
         }
     }
     if erased > 0 {
@@ -252,6 +307,41 @@ pub async fn verify_store(
     let summary = format!("{} of {} records verified", r.verified, r.total);
     r.lines.push(summary);
     Ok(r)
+}
+
+/// The records in `good..bad` under the lowest complete subtrees whose stored hash differs from
+/// the one recomputed from the stored records: where records were changed together with their
+/// stored leaf hashes (the hashes above a leaf were stored from the record the log appended).
+/// All of `good..bad` when no stored hash differs (the whole path was rewritten).
+async fn rehashed(
+    store: &impl LogStore,
+    recomputed: &DenseTree,
+    good: u64,
+    bad: u64,
+) -> Result<Vec<u64>, StoreError> {
+    for level in 1..64u8 {
+        // Complete subtrees of 2^level records that end within the checkpoint and reach past
+        // `good`.
+        let nodes: Vec<u64> = ((good >> level)..(bad >> level)).collect();
+        if nodes.is_empty() {
+            break;
+        }
+        let indexes: Vec<u64> = nodes
+            .iter()
+            .map(|&n| tree::stored_index(level, n))
+            .collect();
+        let stored = store.log_hashes(indexes.clone()).await?;
+        let mut found = Vec::new();
+        for (&n, index) in nodes.iter().zip(&indexes) {
+            if stored.0.get(index) != recomputed.stored(*index).as_ref() {
+                found.extend(((n << level).max(good))..((n + 1) << level).min(bad));
+            }
+        }
+        if !found.is_empty() {
+            return Ok(found);
+        }
+    }
+    Ok((good..bad).collect())
 }
 
 /// Checks an evidence bundle offline — a directory or a `.tar` / `.tar.gz` archive

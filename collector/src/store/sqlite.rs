@@ -3,8 +3,10 @@
 //! A commit is fsynced before [`SqliteStore::insert_batch`] returns; `INSERT OR IGNORE` on the
 //! unique `id` skips duplicates; `seq` (an `AUTOINCREMENT` key) grows in commit order, since
 //! SQLite has one writer at a time. Every call runs on tokio's blocking pool. A sequential reader
-//! ([`CaptureStore::read_after`], the exporter's) has a connection of its own, so a long read
-//! never holds up ingest (WAL lets one writer and readers work at once).
+//! ([`CaptureStore::read_after`], the exporter's and the log's) and the log's reads (its state,
+//! stored hashes, checkpoints, entries: the sequencer, the signer and the proofs) have a
+//! connection of their own, so they never hold up ingest nor wait behind its commits (WAL lets
+//! one writer and readers work at once).
 //!
 //!
 //! Digests live in `capture_digests` (keyed by `seq`, narrow rows, an index per filter) and their
@@ -239,6 +241,21 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Runs `f` on the reading connection, on the blocking pool: with WAL it reads beside the
+    /// writer and never waits behind ingest's commits (the log's reads, a sequential reader's).
+    async fn reading<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let guard = inner.reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(guard.as_ref().ok_or(StoreError::Closed)?)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
     }
 
     /// Runs `f` on the connection, on the blocking pool.
@@ -509,10 +526,7 @@ impl CaptureStore for SqliteStore {
         after: Cursor,
         limit: u32,
     ) -> Result<Vec<StoredCapture>, StoreError> {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let guard = inner.reader.lock().unwrap_or_else(|p| p.into_inner());
-            let conn = guard.as_ref().ok_or(StoreError::Closed)?;
+        self.reading(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, id, record FROM captures WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?;
@@ -528,7 +542,6 @@ impl CaptureStore for SqliteStore {
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
     }
 
     async fn claim_cursor(
@@ -695,7 +708,7 @@ impl CaptureStore for SqliteStore {
 
 impl LogStore for SqliteStore {
     async fn log_state(&self) -> Result<LogState, StoreError> {
-        self.blocking(|_, conn| {
+        self.reading(|conn| {
             let (size, cursor, verifier_key): (i64, String, Option<String>) = conn.query_row(
                 "SELECT size, cursor, verifier_key FROM log_state WHERE one = 1",
                 [],
@@ -711,7 +724,7 @@ impl LogStore for SqliteStore {
     }
 
     async fn log_hashes(&self, indexes: Vec<u64>) -> Result<Hashes, StoreError> {
-        self.blocking(move |_, conn| {
+        self.reading(move |conn| {
             let mut stmt = conn.prepare_cached("SELECT hash FROM log_hashes WHERE idx = ?1")?;
             let mut out = Hashes::default();
             for i in indexes {
@@ -788,7 +801,7 @@ impl LogStore for SqliteStore {
     }
 
     async fn log_checkpoint(&self, size: Option<u64>) -> Result<Option<(u64, String)>, StoreError> {
-        self.blocking(move |_, conn| {
+        self.reading(move |conn| {
             let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, String)> {
                 Ok((r.get(0)?, r.get(1)?))
             };
@@ -814,7 +827,7 @@ impl LogStore for SqliteStore {
     }
 
     async fn log_checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError> {
-        self.blocking(|_, conn| {
+        self.reading(|conn| {
             let mut stmt = conn.prepare("SELECT size, note FROM log_checkpoints ORDER BY size")?;
             let rows = stmt.query_map([], |r| {
                 Ok((
@@ -828,7 +841,7 @@ impl LogStore for SqliteStore {
     }
 
     async fn log_entry(&self, id: String) -> Result<Option<LogEntry>, StoreError> {
-        self.blocking(move |_, conn| {
+        self.reading(move |conn| {
             let found: Option<(String, Option<i64>)> = conn
                 .query_row(
                     "SELECT c.record, e.idx FROM captures c
@@ -846,7 +859,7 @@ impl LogStore for SqliteStore {
     }
 
     async fn log_records(&self, from: u64, limit: u32) -> Result<Vec<LoggedRecord>, StoreError> {
-        self.blocking(move |_, conn| {
+        self.reading(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT e.idx, e.id, coalesce(c.record, v.entry), t.erasure FROM log_entries e
                  LEFT JOIN captures c ON c.seq = e.seq
@@ -868,7 +881,7 @@ impl LogStore for SqliteStore {
     }
 
     async fn log_logged(&self, seqs: Vec<i64>) -> Result<Vec<i64>, StoreError> {
-        self.blocking(move |_, conn| {
+        self.reading(move |conn| {
             let mut stmt = conn.prepare_cached("SELECT 1 FROM log_entries WHERE seq = ?1")?;
             let mut out = Vec::new();
             for seq in seqs {
@@ -903,7 +916,7 @@ impl LogStore for SqliteStore {
     }
 
     async fn log_missing(&self, cursor: Cursor) -> Result<Vec<(String, bool)>, StoreError> {
-        self.blocking(move |_, conn| {
+        self.reading(move |conn| {
             let mut stmt = conn.prepare(
                 "SELECT c.id, c.seq <= ?1 FROM captures c
                  WHERE NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = c.seq)
@@ -1077,7 +1090,7 @@ impl EraseStore for SqliteStore {
     }
 
     async fn unlogged_events(&self, limit: u32) -> Result<Vec<PendingEvent>, StoreError> {
-        self.blocking(move |_, conn| {
+        self.reading(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT v.seq, v.id, v.entry FROM log_events v
                  WHERE NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = -v.seq)

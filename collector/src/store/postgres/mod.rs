@@ -741,14 +741,17 @@ impl CaptureStore for PgStore {
         let limit = i64::from(limit);
         // Rows of transactions older than the oldest one still running are final: no row can
         // join them later, so (tx, seq) order among them is the commit order a reader can trust.
+        // The ORDER BY names the table's column (`c.tx`): a bare `tx` would be the output column
+        // `tx::text`, ordering 999 after 1000 — a page across such a boundary moved the cursor
+        // past records it had not returned — and sorting every row after the cursor besides.
         let rows = self
             .with_client(async |client| {
                 let stmt = client
                     .prepare_cached(
-                        "SELECT tx::text, seq, id, record FROM captures
-                         WHERE (tx, seq) > ($1::text::xid8, $2)
-                           AND tx < pg_snapshot_xmin(pg_current_snapshot())
-                         ORDER BY tx, seq LIMIT $3",
+                        "SELECT c.tx::text, c.seq, c.id, c.record FROM captures c
+                         WHERE (c.tx, c.seq) > ($1::text::xid8, $2)
+                           AND c.tx < pg_snapshot_xmin(pg_current_snapshot())
+                         ORDER BY c.tx, c.seq LIMIT $3",
                     )
                     .await?;
                 client.query(&stmt, &[&tx, &after.seq, &limit]).await
