@@ -410,7 +410,12 @@ async fn get_one(
         body.push_str(&crate::log::http::place_json(&id, place).to_string());
     }
     body.push_str(",\"verdicts\":[");
-    body.push_str(&read.verdicts.join(","));
+    for (i, v) in read.verdicts.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&crate::log::http::verdict_json(v, read.log.is_some()));
+    }
     body.push(']');
     body.push_str(&amendments);
     body.push('}');
@@ -466,11 +471,12 @@ async fn post_verdict(
         }
         Err(e) => return store_failure(&state, &e).into_response(),
     };
-    let verdict =
+    let mut verdict =
         match crate::engine::verdict::from_posted(&engine, posted, true, crate::engine::now()) {
             Ok(v) => v,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
         };
+    verdict.capture_id = id.clone();
     let id_for_annotation = id.clone();
     let new = crate::store::NewVerdict {
         capture_seq: seq,

@@ -985,7 +985,13 @@ async fn verdicts_are_appended_per_engine_and_filter_the_list(b: Backend) {
         .add_verdict(verdict(seq(1), "v1", "grpc://a", Some(0.6), false))
         .await
         .unwrap();
-    let v0 = store.verdicts("v0".into()).await.unwrap();
+    let v0: Vec<String> = store
+        .verdicts("v0".into())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.json)
+        .collect();
     assert_eq!(
         v0,
         [
@@ -1087,10 +1093,7 @@ async fn erasing_a_capture_deletes_its_verdicts_and_amendments(b: Backend) {
         .unwrap();
     assert_eq!(erased.erased, ["e0"]);
     // What an engine said of the answer, and what happened after it was stored, go with it.
-    assert_eq!(
-        store.verdicts("e0".into()).await.unwrap(),
-        Vec::<String>::new()
-    );
+    assert!(store.verdicts("e0".into()).await.unwrap().is_empty());
     assert_eq!(
         store.amendments("e0".into()).await.unwrap(),
         Vec::<String>::new()

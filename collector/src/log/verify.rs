@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use super::note::VerifierKey;
 use super::tree::{self, DenseTree, Hash, Query};
-use crate::store::erase::{ERASURE_KIND, EVENT_PREFIX};
+use crate::store::erase::{ERASURE_KIND, EVENT_PREFIX, VERDICT_PREFIX};
 use crate::store::log::LogStore;
 use crate::store::StoreError;
 
@@ -23,6 +23,19 @@ struct Erasure {
     reason: String,
     by: String,
     captures: Vec<String>,
+    /// The verdicts removed with the captures.
+    #[serde(default)]
+    verdicts: Vec<String>,
+}
+
+/// What a log entry is, as the report names it: `capture <id>`, `verdict verdict-<n>` or
+/// `event <id>` (an erasure's or a hold's).
+fn named(id: &str) -> String {
+    match id.strip_prefix(EVENT_PREFIX) {
+        Some(v) if v.starts_with(VERDICT_PREFIX) => format!("verdict {v}"),
+        Some(event) => format!("event {event}"),
+        None => format!("capture {id}"),
+    }
 }
 
 /// What the check found.
@@ -160,40 +173,58 @@ pub async fn verify_store(
         .enumerate()
         .map(|(i, h)| (h.0, i as u64))
         .collect();
+    // The erasure that removed each verdict, by its event id.
+    let verdicts_erased: HashMap<&str, (&u64, &Erasure)> = erasures
+        .values()
+        .flat_map(|(j, x)| x.verdicts.iter().map(move |v| (v.as_str(), (j, x))))
+        .collect();
     let mut erased = 0u64;
     for (i, (leaf, id)) in records.iter().zip(&ids).enumerate() {
         let i = i as u64;
         let Some(stored) = stored_leaves.get(i as usize).copied() else {
             continue;
         };
+        let what = named(id);
         match leaf {
             _ if id.is_empty() => {}
-            None => match erased_by.get(i as usize).cloned().flatten() {
-                Some(event) => match erasures.get(&event) {
-                    Some((j, x)) if x.captures.iter().any(|c| c == id) => {
+            None => match id.strip_prefix(EVENT_PREFIX) {
+                Some(event) => match verdicts_erased.get(event) {
+                    Some((j, x)) => {
                         r.verified += 1;
-                        erased += 1;
                         r.say(format!(
-                            "erased capture {id} (index {i}): erased on {} ({}) by {}, erasure entry at index {j}",
+                            "erased {what} (index {i}): erased with its capture on {} ({}) by {}, erasure entry at index {j}",
                             x.at, x.reason, x.by
                         ));
                     }
-                    _ => r.problem(format!(
-                        "capture {id} (index {i}): deleted from the store — its tombstone names the erasure {event}, and no erasure in the log erased it"
+                    None => r.problem(format!("{what} (index {i}): deleted from the store")),
+                },
+                None => match erased_by.get(i as usize).cloned().flatten() {
+                    Some(event) => match erasures.get(&event) {
+                        Some((j, x)) if x.captures.iter().any(|c| c == id) => {
+                            r.verified += 1;
+                            erased += 1;
+                            r.say(format!(
+                                "erased capture {id} (index {i}): erased on {} ({}) by {}, erasure entry at index {j}",
+                                x.at, x.reason, x.by
+                            ));
+                        }
+                        _ => r.problem(format!(
+                            "capture {id} (index {i}): deleted from the store — its tombstone names the erasure {event}, and no erasure in the log erased it"
+                        )),
+                    },
+                    None => r.problem(format!(
+                        "capture {id} (index {i}): deleted from the store"
                     )),
                 },
-                None => r.problem(format!(
-                    "capture {id} (index {i}): deleted from the store"
-                )),
             },
             Some(h) if *h == stored => r.verified += 1,
             Some(h) => match by_leaf.get(&h.0) {
                 Some(&j) => r.problem(format!(
-                    "capture {id} (index {i}): moved — the store holds under it the record logged at index {j} (capture {})",
-                    ids.get(j as usize).map(String::as_str).unwrap_or("?")
+                    "{what} (index {i}): moved — the store holds under it the record logged at index {j} ({})",
+                    ids.get(j as usize).map_or("?".to_owned(), |id| named(id))
                 )),
                 None => r.problem(format!(
-                    "capture {id} (index {i}): modified — its stored record is not the entry the log holds"
+                    "{what} (index {i}): modified — its stored record is not the entry the log holds"
                 )),
             },
         }

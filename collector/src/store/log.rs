@@ -108,6 +108,12 @@ pub trait LogStore: Send + Sync {
         id: String,
     ) -> impl Future<Output = Result<Option<LogEntry>, StoreError>> + Send;
 
+    /// The accountability event `id`'s entry (an erasure's, a hold's, a verdict's) and index.
+    fn log_event_entry(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<Option<LogEntry>, StoreError>> + Send;
+
     /// Up to `limit` log entries from index `from` on, with the records as stored now.
     fn log_records(
         &self,
@@ -183,6 +189,10 @@ impl LogStore for Store {
 
     async fn log_entry(&self, id: String) -> Result<Option<LogEntry>, StoreError> {
         dispatch!(self, s => s.log_entry(id).await)
+    }
+
+    async fn log_event_entry(&self, id: String) -> Result<Option<LogEntry>, StoreError> {
+        dispatch!(self, s => s.log_event_entry(id).await)
     }
 
     async fn log_records(&self, from: u64, limit: u32) -> Result<Vec<LoggedRecord>, StoreError> {

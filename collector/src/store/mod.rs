@@ -561,6 +561,18 @@ pub struct NewVerdict {
     pub received_at: String,
 }
 
+/// A stored verdict: its JSON, which is also its entry in the verifiable log, and where the
+/// log has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVerdict {
+    /// The verdict as stored (`crate::engine::verdict::Verdict` as JSON): the log entry's bytes.
+    pub json: String,
+    /// Its event id (`verdict-<n>`); its log entry is `event/verdict-<n>`.
+    pub event: String,
+    /// Its index in the log, once sequenced.
+    pub log_index: Option<u64>,
+}
+
 /// Size figures for `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreStats {
@@ -657,8 +669,9 @@ pub trait CaptureStore: Send + Sync {
         holder: String,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Appends a verdict (verdicts are never changed or removed: several engines, or several
-    /// runs of one, each keep theirs).
+    /// Appends a verdict and its event for the verifiable log (its entry: `verdict.verdict`),
+    /// in one transaction (verdicts are never changed or removed: several engines, or several
+    /// runs of one, each keep theirs). Nothing is stored when the capture is gone (erased).
     fn add_verdict(
         &self,
         verdict: NewVerdict,
@@ -670,8 +683,11 @@ pub trait CaptureStore: Send + Sync {
         id: String,
     ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
 
-    /// The verdicts on capture `id` as stored (JSON), in the order they arrived.
-    fn verdicts(&self, id: String) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// The verdicts on capture `id` as stored, in the order they arrived.
+    fn verdicts(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<Vec<StoredVerdict>, StoreError>> + Send;
 
     /// Of `ids`, those `engine` has already given a verdict (or an engine error) on.
     fn judged(
@@ -815,7 +831,7 @@ impl CaptureStore for Store {
         dispatch!(self, s => s.capture_seq(id).await)
     }
 
-    async fn verdicts(&self, id: String) -> Result<Vec<String>, StoreError> {
+    async fn verdicts(&self, id: String) -> Result<Vec<StoredVerdict>, StoreError> {
         dispatch!(self, s => s.verdicts(id).await)
     }
 

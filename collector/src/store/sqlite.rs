@@ -23,13 +23,13 @@ use crate::log::tree::{Hash, Hashes};
 
 use super::erase::{
     EraseCounts, EraseOutcome, EraseRequest, EraseStore, Hold, PendingEvent, Tombstone,
-    EVENT_PREFIX,
+    EVENT_PREFIX, VERDICT_KIND, VERDICT_PREFIX,
 };
 use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord};
 use super::{
     list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
     ListQuery, NewCapture, NewVerdict, Page, SqlValue, StaleDigest, StoreError, StoreStats,
-    StoredCapture, MODELS_SQL,
+    StoredCapture, StoredVerdict, MODELS_SQL,
 };
 
 /// The SQLite store; cheap to share behind an `Arc`.
@@ -182,6 +182,17 @@ CREATE TABLE holds (
     filters   TEXT,
     lifted_at TEXT
 );
+",
+    // A verdict is evidence too: its JSON moves to its event (`verdict-<seq>`), which the
+    // verifiable log appends; the row keeps what the list filters by.
+    "
+ALTER TABLE capture_verdicts ADD COLUMN event_seq INTEGER;
+INSERT INTO log_events (id, kind, entry)
+    SELECT 'verdict-' || seq, 'truthtable.verdict/v1', verdict FROM capture_verdicts ORDER BY seq;
+UPDATE capture_verdicts SET event_seq =
+    (SELECT v.seq FROM log_events v WHERE v.id = 'verdict-' || capture_verdicts.seq);
+ALTER TABLE capture_verdicts DROP COLUMN verdict;
+CREATE UNIQUE INDEX capture_verdicts_event ON capture_verdicts (event_seq);
 ",
 ];
 
@@ -594,21 +605,31 @@ impl CaptureStore for SqliteStore {
 
     async fn add_verdict(&self, v: NewVerdict) -> Result<(), StoreError> {
         self.blocking(move |_, conn| {
-            conn.prepare_cached(
-                "INSERT INTO capture_verdicts
-                 (capture_seq, capture_id, engine, status, score, hallucination, verdict, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                v.capture_seq,
-                v.capture_id,
-                v.engine,
-                v.status,
-                v.score,
-                v.hallucination,
-                v.verdict,
-                v.received_at
-            ])?;
+            let tx = conn.transaction()?;
+            let added = tx
+                .prepare_cached(
+                    "INSERT INTO capture_verdicts
+                     (capture_seq, capture_id, engine, status, score, hallucination, received_at)
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM captures WHERE seq = ?1)",
+                )?
+                .execute(params![
+                    v.capture_seq,
+                    v.capture_id,
+                    v.engine,
+                    v.status,
+                    v.score,
+                    v.hallucination,
+                    v.received_at
+                ])?;
+            if added == 1 {
+                let row = tx.last_insert_rowid();
+                tx.prepare_cached("INSERT INTO log_events (id, kind, entry) VALUES (?1, ?2, ?3)")?
+                    .execute(params![format!("{VERDICT_PREFIX}{row}"), VERDICT_KIND, v.verdict])?;
+                let event = tx.last_insert_rowid();
+                tx.prepare_cached("UPDATE capture_verdicts SET event_seq = ?1 WHERE seq = ?2")?
+                    .execute(params![event, row])?;
+            }
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -624,12 +645,23 @@ impl CaptureStore for SqliteStore {
         .await
     }
 
-    async fn verdicts(&self, id: String) -> Result<Vec<String>, StoreError> {
+    async fn verdicts(&self, id: String) -> Result<Vec<StoredVerdict>, StoreError> {
         self.blocking(move |_, conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT verdict FROM capture_verdicts WHERE capture_id = ?1 ORDER BY seq",
+                "SELECT v.entry, v.id, e.idx FROM capture_verdicts cv
+                 JOIN log_events v ON v.seq = cv.event_seq
+                 LEFT JOIN log_entries e ON e.seq = -v.seq
+                 WHERE cv.capture_id = ?1 ORDER BY cv.seq",
             )?;
-            let rows = stmt.query_map(params![id], |r| r.get(0))?;
+            let rows = stmt.query_map(params![id], |r| {
+                Ok(StoredVerdict {
+                    json: r.get(0)?,
+                    event: r.get(1)?,
+                    log_index: r
+                        .get::<_, Option<i64>>(2)?
+                        .and_then(|i| u64::try_from(i).ok()),
+                })
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -845,6 +877,24 @@ impl LogStore for SqliteStore {
         .await
     }
 
+    async fn log_event_entry(&self, id: String) -> Result<Option<LogEntry>, StoreError> {
+        self.blocking(move |_, conn| {
+            let found: Option<(String, Option<i64>)> = conn
+                .query_row(
+                    "SELECT v.entry, e.idx FROM log_events v
+                     LEFT JOIN log_entries e ON e.seq = -v.seq WHERE v.id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            Ok(found.map(|(raw, idx)| LogEntry {
+                raw,
+                index: idx.and_then(|i| u64::try_from(i).ok()),
+            }))
+        })
+        .await
+    }
+
     async fn log_records(&self, from: u64, limit: u32) -> Result<Vec<LoggedRecord>, StoreError> {
         self.blocking(move |_, conn| {
             let mut stmt = conn.prepare_cached(
@@ -921,6 +971,7 @@ impl LogStore for SqliteStore {
 const CONTENT_TABLES: &[&str] = &[
     "DELETE FROM capture_search WHERE rowid = ?1",
     "DELETE FROM capture_digests WHERE seq = ?1",
+    "DELETE FROM log_events WHERE seq IN (SELECT event_seq FROM capture_verdicts WHERE capture_seq = ?1)",
     "DELETE FROM capture_verdicts WHERE capture_seq = ?1",
     "DELETE FROM capture_amendments WHERE id = (SELECT id FROM captures WHERE seq = ?1)",
     "DELETE FROM captures WHERE seq = ?1",
@@ -971,12 +1022,23 @@ fn erase(conn: &mut Connection, req: &EraseRequest) -> Result<EraseOutcome, Stor
     }
     out.erased = found.iter().map(|f| f.1.clone()).collect();
     if !found.is_empty() {
+        let mut verdicts = Vec::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT v.id FROM capture_verdicts cv JOIN log_events v ON v.seq = cv.event_seq
+                 WHERE cv.capture_seq = ?1 ORDER BY cv.seq",
+            )?;
+            for (seq, ..) in &found {
+                let ids = stmt.query_map(params![seq], |r| r.get::<_, String>(0))?;
+                verdicts.extend(ids.collect::<Result<Vec<_>, _>>()?);
+            }
+        }
         tx.execute(
             "INSERT INTO log_events (id, kind, entry) VALUES (?1, ?2, ?3)",
             params![
                 req.event,
                 super::erase::ERASURE_KIND,
-                super::erase::erasure_entry(req, &out.erased)
+                super::erase::erasure_entry(req, &out.erased, &verdicts)
             ],
         )?;
         let mut stone = tx.prepare_cached(
@@ -1079,8 +1141,11 @@ impl EraseStore for SqliteStore {
     async fn unlogged_events(&self, limit: u32) -> Result<Vec<PendingEvent>, StoreError> {
         self.blocking(move |_, conn| {
             let mut stmt = conn.prepare_cached(
+                // One writer commits events in `seq` order, so none hides behind the latest
+                // one logged: only those after it are looked at.
                 "SELECT v.seq, v.id, v.entry FROM log_events v
-                 WHERE NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = -v.seq)
+                 WHERE v.seq > coalesce((SELECT -min(seq) FROM log_entries WHERE seq < 0), 0)
+                   AND NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = -v.seq)
                  ORDER BY v.seq LIMIT ?1",
             )?;
             let rows = stmt.query_map(params![limit], |r| {
