@@ -477,7 +477,7 @@ async fn a_database_of_an_older_collector_is_migrated_at_start_and_its_records_d
     );
     assert_eq!(
         pg.sql(&db, "SELECT max(version) FROM truthtable_schema"),
-        "8"
+        "9"
     );
     assert_eq!(pg.sql(&db, "SELECT count(*) FROM capture_digests"), "250");
     assert_eq!(

@@ -1380,6 +1380,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn verdicts_stored_before_they_joined_the_log_become_its_events_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v8.db");
+        let verdict = r#"{"engine":"grpc://a","score":0.5}"#;
+        {
+            let conn = Connection::open(&path).unwrap();
+            let eight: String = MIGRATIONS[..8].concat();
+            conn.execute_batch(&format!("{eight} PRAGMA user_version = 8;"))
+                .unwrap();
+            conn.execute(
+                "INSERT INTO captures (id, started_at, method, path, status, outcome, duration_ms, model, record)
+                 VALUES ('old', 't', 'GET', '/', 200, 'complete', 1.0, NULL, '{}')",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO capture_verdicts
+                 (capture_seq, capture_id, engine, status, score, hallucination, verdict, received_at)
+                 VALUES (1, 'old', 'grpc://a', 'completed', 0.5, 0, ?1, 't')",
+                [verdict],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let kept = store.verdicts("old".into()).await.unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            (kept[0].json.as_str(), kept[0].event.as_str()),
+            (verdict, "verdict-1")
+        );
+        let waiting = store.unlogged_events(10).await.unwrap();
+        assert_eq!(waiting.len(), 1, "the log appends it next");
+        assert_eq!(
+            (waiting[0].log_id.as_str(), waiting[0].entry.as_str()),
+            ("event/verdict-1", verdict)
+        );
+    }
+
+    #[tokio::test]
     async fn closing_checkpoints_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
