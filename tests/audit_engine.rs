@@ -820,54 +820,31 @@ async fn a_webhook_engine_gets_signed_hand_offs_that_standard_webhooks_verifies_
     collector.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_export_to_phoenix_the_verdict_is_an_annotation_on_the_captures_span() {
-    let phoenix = phoenix::Phoenix::shared();
-    let project = format!("audit-{}", std::process::id());
-    let judge = Judge::default();
-    let engine_port = free_port();
-    let _engine = serve_judge(judge.clone(), engine_port).await;
-    let engine = format!("grpc://127.0.0.1:{engine_port}");
-    let mut collector = Collector::new(&["--audit-engine".to_owned(), engine.clone()]);
-    collector.env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), phoenix.base()),
-        (
-            "OTEL_RESOURCE_ATTRIBUTES".into(),
-            format!("openinference.project.name={project}"),
-        ),
-    ];
-    collector.start().await;
-    let filter = filter_config("");
-    let envoy = Envoy::start(EnvoyOpts {
-        upstream: upstream().await,
-        audit: collector.port,
-        filter: Some(&filter),
-        workers: 2,
-    });
-    let _ = client()
-        .post(envoy.url("/v1/chat/completions"))
-        .json(&rag("What is the capital of France?"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await;
-    let ids = collector.ids(1).await;
-    let id = &ids["What is the capital of France?"];
-    collector.verdicts(id, 1).await;
+/// The `truthtable.verdict` annotation Phoenix holds on the span of capture `id`, read back
+/// through its REST API.
+async fn annotation_in_phoenix(phoenix: &phoenix::Phoenix, project: &str, id: &str) -> Value {
     let spans = phoenix
-        .wait_spans(&project, 1, Duration::from_secs(60))
+        .wait_spans(project, 1, Duration::from_secs(60))
         .await;
-    let span = phoenix::span_of(&spans, id);
-    let span_id = span["context"]["span_id"].as_str().unwrap().to_owned();
-
-    // Read back through Phoenix's REST API.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut spans = spans;
+    let span_id = loop {
+        if spans
+            .iter()
+            .any(|s| phoenix::attr(s, "truthtable.capture.id") == id)
+        {
+            let span = phoenix::span_of(&spans, id);
+            break span["context"]["span_id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no span of {id} in Phoenix");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        spans = phoenix.spans(project).await;
+    };
     let url = format!(
         "{}/v1/projects/{project}/span_annotations?span_ids={span_id}",
         phoenix.base()
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let annotation = loop {
+    loop {
         let got: Value = client()
             .get(&url)
             .send()
@@ -877,27 +854,88 @@ async fn with_export_to_phoenix_the_verdict_is_an_annotation_on_the_captures_spa
             .await
             .unwrap_or(Value::Null);
         if let Some(a) = got["data"].as_array().and_then(|d| d.first()) {
-            break a.clone();
+            return a.clone();
         }
         assert!(
             Instant::now() < deadline,
-            "no annotation on span {span_id}: {got}"
+            "no annotation on span {span_id} of {id}: {got}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_export_to_phoenix_the_verdict_is_an_annotation_on_the_captures_span_even_after_a_restart(
+) {
+    let phoenix = phoenix::Phoenix::shared();
+    let project = format!("audit-{}", std::process::id());
+    let judge = Judge::default();
+    let engine_port = free_port();
+    let _engine = serve_judge(judge.clone(), engine_port).await;
+    let engine = format!("grpc://127.0.0.1:{engine_port}");
+    let mut collector = Collector::new(&["--audit-engine".to_owned(), engine.clone()]);
+    let export_to = |base: String| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), base),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES".to_owned(),
+                format!("openinference.project.name={project}"),
+            ),
+        ]
     };
-    assert_eq!(annotation["name"], "truthtable.verdict");
-    assert_eq!(annotation["annotator_kind"], "LLM");
-    assert_eq!(annotation["result"]["label"], "hallucination");
-    assert!((annotation["result"]["score"].as_f64().unwrap() - 0.2).abs() < 1e-6);
-    assert_eq!(
-        annotation["result"]["explanation"],
-        "The passage names Paris."
-    );
-    assert_eq!(annotation["metadata"]["engine"], engine.as_str());
-    assert_eq!(annotation["metadata"]["capture_id"], id.as_str());
-    assert_eq!(
-        annotation["metadata"]["claims"][0]["status"],
-        "contradicted"
-    );
+    // First Phoenix cannot be reached: the verdict is stored, and its annotation cannot be sent
+    // before the collector stops.
+    collector.env = export_to(format!("http://127.0.0.1:{}", free_port()));
+    collector.start().await;
+    let filter = filter_config("");
+    let envoy = Envoy::start(EnvoyOpts {
+        upstream: upstream().await,
+        audit: collector.port,
+        filter: Some(&filter),
+        workers: 2,
+    });
+    let ask = |question: &'static str| {
+        let url = envoy.url("/v1/chat/completions");
+        async move {
+            let _ = client()
+                .post(url)
+                .json(&rag(question))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await;
+        }
+    };
+    ask("What is the capital of France?").await;
+    let ids = collector.ids(1).await;
+    let before = ids["What is the capital of France?"].clone();
+    collector.verdicts(&before, 1).await;
+    collector.stop().await;
+
+    // Started again with Phoenix there, it annotates what it could not before, and what comes.
+    collector.env = export_to(phoenix.base());
+    collector.start().await;
+    ask("Which city is the capital of France?").await;
+    let ids = collector.ids(2).await;
+    let after = ids["Which city is the capital of France?"].clone();
+    collector.verdicts(&after, 1).await;
+    for id in [&before, &after] {
+        let annotation = annotation_in_phoenix(phoenix, &project, id).await;
+        assert_eq!(annotation["name"], "truthtable.verdict");
+        assert_eq!(annotation["annotator_kind"], "LLM");
+        assert_eq!(annotation["result"]["label"], "hallucination");
+        assert!((annotation["result"]["score"].as_f64().unwrap() - 0.2).abs() < 1e-6);
+        assert_eq!(
+            annotation["result"]["explanation"],
+            "The passage names Paris."
+        );
+        assert_eq!(annotation["metadata"]["engine"], engine.as_str());
+        assert_eq!(annotation["metadata"]["capture_id"], id.as_str());
+        assert_eq!(
+            annotation["metadata"]["claims"][0]["status"],
+            "contradicted"
+        );
+    }
     collector.stop().await;
 }

@@ -64,13 +64,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Attaches `verdict` to the capture's span in Phoenix, behind the caller's back.
-    pub fn annotate(&self, capture_id: &str, verdict: &crate::engine::Verdict) {
-        if verdict.status == crate::engine::verdict::VerdictStatus::Pending {
-            return;
-        }
+    /// Whether `verdict` is to be attached to its capture's span in Phoenix: queued with it in
+    /// the store (`crate::engine::annotate`).
+    pub fn annotates(&self, verdict: &crate::engine::Verdict) -> bool {
+        self.annotator.is_some() && verdict.status != crate::engine::verdict::VerdictStatus::Pending
+    }
+
+    /// A verdict was stored: the annotator looks at its queue now.
+    pub fn verdict_stored(&self) {
         if let Some(a) = &self.annotator {
-            tokio::spawn(a.clone().annotate(capture_id.to_owned(), verdict.clone()));
+            a.wake();
         }
     }
 }
@@ -477,7 +480,6 @@ async fn post_verdict(
             Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
         };
     verdict.capture_id = id.clone();
-    let id_for_annotation = id.clone();
     let new = crate::store::NewVerdict {
         capture_seq: seq,
         capture_id: id,
@@ -487,10 +489,11 @@ async fn post_verdict(
         hallucination: verdict.hallucination,
         verdict: serde_json::to_string(&verdict).unwrap_or_default(),
         received_at: verdict.received_at.clone(),
+        annotate: state.annotates(&verdict),
     };
     match state.store.add_verdict(new).await {
         Ok(()) => {
-            state.annotate(&id_for_annotation, &verdict);
+            state.verdict_stored();
             (StatusCode::CREATED, Json(verdict)).into_response()
         }
         Err(e) => store_failure(&state, &e).into_response(),

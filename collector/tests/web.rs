@@ -580,6 +580,7 @@ async fn judge(server: &InProcess) {
                 hallucination: verdict.hallucination,
                 verdict: serde_json::to_string(&verdict).unwrap(),
                 received_at: verdict.received_at.clone(),
+                annotate: false,
             })
             .await
             .unwrap();

@@ -318,6 +318,7 @@ async fn judge_one(state: Arc<AppState>, engine: Arc<Engine>, seq: i64, h: Hando
         hallucination: verdict.hallucination,
         verdict: serde_json::to_string(&verdict).unwrap_or_default(),
         received_at: verdict.received_at.clone(),
+        annotate: state.annotates(&verdict),
     };
     loop {
         match state.store.add_verdict(new.clone()).await {
@@ -330,7 +331,7 @@ async fn judge_one(state: Arc<AppState>, engine: Arc<Engine>, seq: i64, h: Hando
             }
         }
     }
-    state.annotate(&h.capture_id, &verdict);
+    state.verdict_stored();
     use super::verdict::VerdictStatus;
     match verdict.status {
         VerdictStatus::Error => engine.stats.failed.fetch_add(1, Ordering::Relaxed),

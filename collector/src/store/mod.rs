@@ -559,6 +559,19 @@ pub struct NewVerdict {
     pub verdict: String,
     /// When it arrived (RFC 3339).
     pub received_at: String,
+    /// Queue it for a Phoenix span annotation ([`CaptureStore::to_annotate`]).
+    pub annotate: bool,
+}
+
+/// A verdict waiting to be posted to Phoenix as a span annotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAnnotation {
+    /// Its row in `capture_verdicts`.
+    pub row: i64,
+    /// The capture it judges.
+    pub capture_id: String,
+    /// The verdict as stored (JSON).
+    pub verdict: String,
 }
 
 /// A stored verdict: its JSON, which is also its entry in the verifiable log, and where the
@@ -688,6 +701,16 @@ pub trait CaptureStore: Send + Sync {
         &self,
         id: String,
     ) -> impl Future<Output = Result<Vec<StoredVerdict>, StoreError>> + Send;
+
+    /// Up to `limit` verdicts stored with `annotate` and not yet marked [`Self::annotated`],
+    /// oldest first: the durable queue of Phoenix span annotations.
+    fn to_annotate(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<PendingAnnotation>, StoreError>> + Send;
+
+    /// Takes these verdicts (by `row`) off the annotation queue: sent, refused or given up.
+    fn annotated(&self, rows: Vec<i64>) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Of `ids`, those `engine` has already given a verdict (or an engine error) on.
     fn judged(
@@ -833,6 +856,14 @@ impl CaptureStore for Store {
 
     async fn verdicts(&self, id: String) -> Result<Vec<StoredVerdict>, StoreError> {
         dispatch!(self, s => s.verdicts(id).await)
+    }
+
+    async fn to_annotate(&self, limit: u32) -> Result<Vec<PendingAnnotation>, StoreError> {
+        dispatch!(self, s => s.to_annotate(limit).await)
+    }
+
+    async fn annotated(&self, rows: Vec<i64>) -> Result<(), StoreError> {
+        dispatch!(self, s => s.annotated(rows).await)
     }
 
     async fn judged(&self, engine: String, ids: Vec<String>) -> Result<Vec<String>, StoreError> {

@@ -28,8 +28,8 @@ use super::erase::{
 use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord};
 use super::{
     list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
-    ListQuery, NewCapture, NewVerdict, Page, SqlValue, StaleDigest, StoreError, StoreStats,
-    StoredCapture, StoredVerdict, MODELS_SQL,
+    ListQuery, NewCapture, NewVerdict, Page, PendingAnnotation, SqlValue, StaleDigest, StoreError,
+    StoreStats, StoredCapture, StoredVerdict, MODELS_SQL,
 };
 
 /// The SQLite store; cheap to share behind an `Arc`.
@@ -193,6 +193,8 @@ UPDATE capture_verdicts SET event_seq =
     (SELECT v.seq FROM log_events v WHERE v.id = 'verdict-' || capture_verdicts.seq);
 ALTER TABLE capture_verdicts DROP COLUMN verdict;
 CREATE UNIQUE INDEX capture_verdicts_event ON capture_verdicts (event_seq);
+ALTER TABLE capture_verdicts ADD COLUMN annotate INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX capture_verdicts_annotate ON capture_verdicts (seq) WHERE annotate;
 ",
 ];
 
@@ -609,8 +611,8 @@ impl CaptureStore for SqliteStore {
             let added = tx
                 .prepare_cached(
                     "INSERT INTO capture_verdicts
-                     (capture_seq, capture_id, engine, status, score, hallucination, received_at)
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM captures WHERE seq = ?1)",
+                     (capture_seq, capture_id, engine, status, score, hallucination, received_at, annotate)
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM captures WHERE seq = ?1)",
                 )?
                 .execute(params![
                     v.capture_seq,
@@ -619,7 +621,8 @@ impl CaptureStore for SqliteStore {
                     v.status,
                     v.score,
                     v.hallucination,
-                    v.received_at
+                    v.received_at,
+                    v.annotate
                 ])?;
             if added == 1 {
                 let row = tx.last_insert_rowid();
@@ -663,6 +666,41 @@ impl CaptureStore for SqliteStore {
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn to_annotate(&self, limit: u32) -> Result<Vec<PendingAnnotation>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT cv.seq, cv.capture_id, v.entry FROM capture_verdicts cv
+                 JOIN log_events v ON v.seq = cv.event_seq
+                 WHERE cv.annotate ORDER BY cv.seq LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit], |r| {
+                Ok(PendingAnnotation {
+                    row: r.get(0)?,
+                    capture_id: r.get(1)?,
+                    verdict: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn annotated(&self, rows: Vec<i64>) -> Result<(), StoreError> {
+        self.blocking(move |_, conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("UPDATE capture_verdicts SET annotate = 0 WHERE seq = ?1")?;
+                for row in rows {
+                    stmt.execute(params![row])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
         })
         .await
     }

@@ -39,8 +39,8 @@ use super::health::HealthTracker;
 use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord};
 use super::{
     list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
-    ListQuery, NewCapture, NewVerdict, Page, SqlValue, StaleDigest, StoreError, StoreStats,
-    StoredCapture, StoredVerdict, MODELS_SQL,
+    ListQuery, NewCapture, NewVerdict, Page, PendingAnnotation, SqlValue, StaleDigest, StoreError,
+    StoreStats, StoredCapture, StoredVerdict, MODELS_SQL,
 };
 use crate::config::PasswordSources;
 use crate::log::tree::{Hash, Hashes};
@@ -205,6 +205,8 @@ INSERT INTO log_events (id, kind, entry)
 UPDATE capture_verdicts cv SET event_seq = v.seq FROM log_events v WHERE v.id = 'verdict-' || cv.seq;
 ALTER TABLE capture_verdicts DROP COLUMN verdict;
 CREATE UNIQUE INDEX capture_verdicts_event ON capture_verdicts (event_seq);
+ALTER TABLE capture_verdicts ADD COLUMN annotate boolean NOT NULL DEFAULT false;
+CREATE INDEX capture_verdicts_annotate ON capture_verdicts (seq) WHERE annotate;
 ",
 ];
 
@@ -863,8 +865,8 @@ impl CaptureStore for PgStore {
             let row = tx
                 .query_opt(
                     "INSERT INTO capture_verdicts
-                     (capture_seq, capture_id, engine, status, score, hallucination, received_at)
-                     SELECT $1, $2, $3, $4, $5, $6, $7
+                     (capture_seq, capture_id, engine, status, score, hallucination, received_at, annotate)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8
                      WHERE EXISTS (SELECT 1 FROM captures WHERE seq = $1)
                      RETURNING seq",
                     &[
@@ -875,6 +877,7 @@ impl CaptureStore for PgStore {
                         &v.score,
                         &v.hallucination,
                         &v.received_at,
+                        &v.annotate,
                     ],
                 )
                 .await?;
@@ -928,6 +931,43 @@ impl CaptureStore for PgStore {
                 .collect())
         })
         .await
+    }
+
+    async fn to_annotate(&self, limit: u32) -> Result<Vec<PendingAnnotation>, StoreError> {
+        let limit = i64::from(limit);
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query(
+                        "SELECT cv.seq, cv.capture_id, v.entry FROM capture_verdicts cv
+                         JOIN log_events v ON v.seq = cv.event_seq
+                         WHERE cv.annotate ORDER BY cv.seq LIMIT $1",
+                        &[&limit],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| PendingAnnotation {
+                row: r.get(0),
+                capture_id: r.get(1),
+                verdict: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn annotated(&self, rows: Vec<i64>) -> Result<(), StoreError> {
+        self.with_client(async |client| {
+            client
+                .execute(
+                    "UPDATE capture_verdicts SET annotate = false WHERE seq = ANY($1)",
+                    &[&rows],
+                )
+                .await
+        })
+        .await?;
+        Ok(())
     }
 
     async fn judged(&self, engine: String, ids: Vec<String>) -> Result<Vec<String>, StoreError> {
