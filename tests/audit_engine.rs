@@ -546,17 +546,77 @@ async fn a_rag_answer_reaches_the_audit_service_with_every_document_and_its_verd
     collector.stop().await;
 }
 
+/// An engine that starts down: TruthTable's `AuditService` or a Standard Webhooks receiver, on a
+/// port chosen up front.
+enum DownEngine {
+    Grpc(Judge, u16),
+    Webhook(u16),
+}
+
+/// An engine that came up; dropping it stops it.
+enum UpEngine {
+    Grpc(#[allow(dead_code)] tokio::sync::oneshot::Sender<()>),
+    Webhook(Receiver),
+}
+
+impl DownEngine {
+    fn url(&self) -> String {
+        match self {
+            DownEngine::Grpc(_, port) => format!("grpc://127.0.0.1:{port}"),
+            DownEngine::Webhook(port) => format!("http://127.0.0.1:{port}/hooks/truthtable"),
+        }
+    }
+
+    async fn up(&self) -> UpEngine {
+        match self {
+            DownEngine::Grpc(judge, port) => {
+                UpEngine::Grpc(serve_judge(judge.clone(), *port).await)
+            }
+            DownEngine::Webhook(port) => UpEngine::Webhook(Receiver::start_on(*port)),
+        }
+    }
+
+    /// How many times capture `id` was handed to the engine.
+    fn submitted(&self, up: &UpEngine, id: &str) -> usize {
+        match (self, up) {
+            (DownEngine::Grpc(judge, _), _) => {
+                judge.seen().iter().filter(|r| r.request_id == id).count()
+            }
+            (_, UpEngine::Webhook(receiver)) => receiver
+                .deliveries()
+                .iter()
+                .filter(|d| d["id"] == id && d["verified"] == true)
+                .count(),
+            (DownEngine::Webhook(_), UpEngine::Grpc(_)) => unreachable!(),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_engine_down_across_a_collector_restart_judges_every_capture_once() {
-    let judge = Judge::default();
-    let engine_port = free_port();
-    let engine = format!("grpc://127.0.0.1:{engine_port}");
+async fn a_grpc_engine_down_across_a_collector_restart_judges_every_capture_once() {
+    down_across_a_restart(DownEngine::Grpc(Judge::default(), free_port())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_engine_down_across_a_collector_restart_judges_every_capture_once() {
+    down_across_a_restart(DownEngine::Webhook(free_port())).await;
+}
+
+/// Captures arrive while `down` cannot be reached, the collector restarts, more arrive, the
+/// engine comes back: each capture is handed over and judged exactly once, and a restart after
+/// that hands nothing over again.
+async fn down_across_a_restart(down: DownEngine) {
+    let engine = down.url();
     let mut collector = Collector::new(&[
         "--audit-engine".to_owned(),
         engine.clone(),
         "--audit-retry-max-ms".to_owned(),
         "200".to_owned(),
     ]);
+    collector.env = vec![(
+        "TRUTHTABLE_WEBHOOK_SECRETS".into(),
+        format!("{OLD_SECRET} {NEW_SECRET}"),
+    )];
     collector.start().await;
     let filter = filter_config("");
     let envoy = Envoy::start(EnvoyOpts {
@@ -622,7 +682,7 @@ async fn an_engine_down_across_a_collector_restart_judges_every_capture_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The engine comes back: every capture is judged, once.
-    let _engine = serve_judge(judge.clone(), engine_port).await;
+    let up = down.up().await;
     for q in &questions {
         collector.verdicts(&ids[q.as_str()], 1).await;
     }
@@ -635,7 +695,7 @@ async fn an_engine_down_across_a_collector_restart_judges_every_capture_once() {
         let v = collector.verdicts(id, 1).await;
         assert_eq!(v.len(), 1, "{q}: {v:#?}");
         assert_eq!(v[0]["status"], "completed");
-        let sent = judge.seen().iter().filter(|r| &r.request_id == id).count();
+        let sent = down.submitted(&up, id);
         assert_eq!(sent, 1, "{q} was submitted {sent} times");
     }
     assert_eq!(
@@ -668,10 +728,13 @@ struct Receiver {
 
 impl Receiver {
     fn start() -> Receiver {
+        Receiver::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Receiver {
         use std::io::BufRead as _;
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("deliveries.jsonl");
-        let port = free_port();
         let python = std::env::var_os("WEBHOOKS_PYTHON")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| common::repo().join(".venv-webhooks/bin/python"));
