@@ -974,6 +974,16 @@ async fn a_verdict_is_a_log_entry_and_verify_names_one_changed_or_deleted_on_sql
     assert!(out.ends_with("7 of 7 records verified\n"), "{out}");
     let cases = [
         (
+            "verdict-unflagged",
+            format!("UPDATE capture_verdicts SET hallucination = 0 WHERE event_seq = (SELECT seq FROM log_events WHERE id = '{event}')"),
+            "its row in capture_verdicts (what the list filters by) differs from its entry in hallucination",
+        ),
+        (
+            "verdict-moved",
+            format!("UPDATE capture_verdicts SET capture_id = 'judged-2' WHERE event_seq = (SELECT seq FROM log_events WHERE id = '{event}')"),
+            "differs from its entry in capture",
+        ),
+        (
             "verdict-modified",
             format!("UPDATE log_events SET entry = replace(entry, '0.25', '0.95') WHERE id = '{event}'"),
             "modified",

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use super::note::VerifierKey;
 use super::tree::{self, DenseTree, Hash, Query};
 use crate::store::erase::{ERASURE_KIND, EVENT_PREFIX, VERDICT_PREFIX};
-use crate::store::log::LogStore;
+use crate::store::log::{LogStore, VerdictRow};
 use crate::store::StoreError;
 
 /// Records read from the store at a time.
@@ -65,6 +65,35 @@ impl Report {
     pub fn ok(&self) -> bool {
         self.problems == 0
     }
+}
+
+/// How the row `capture_verdicts` keeps of a verdict (what the list filters by, which capture
+/// shows it) disagrees with its logged entry, if it does.
+fn row_disagrees(row: Option<&VerdictRow>, entry: &str) -> Option<String> {
+    let Some(row) = row else {
+        return Some(
+            "its row in capture_verdicts is gone: its capture no longer shows it".to_owned(),
+        );
+    };
+    let v: serde_json::Value = serde_json::from_str(entry).ok()?;
+    let capture = v["capture_id"].as_str().filter(|c| !c.is_empty());
+    let differ = [
+        ("capture", capture.is_some_and(|c| c != row.capture_id)),
+        ("engine", v["engine"].as_str() != Some(row.engine.as_str())),
+        ("status", v["status"].as_str() != Some(row.status.as_str())),
+        ("score", v["score"].as_f64() != row.score),
+        (
+            "hallucination",
+            v["hallucination"].as_bool() != row.hallucination,
+        ),
+    ];
+    let fields: Vec<&str> = differ.iter().filter(|d| d.1).map(|d| d.0).collect();
+    (!fields.is_empty()).then(|| {
+        format!(
+            "its row in capture_verdicts (what the list filters by) differs from its entry in {}",
+            fields.join(", ")
+        )
+    })
 }
 
 /// Checks the store's log. `key` is the verifier key to check signatures against; without it,
@@ -128,6 +157,14 @@ pub async fn verify_store(
     // The erasure event a tombstone names, per index; and what each logged erasure erased.
     let mut erased_by: Vec<Option<String>> = Vec::new();
     let mut erasures: HashMap<String, (u64, Erasure)> = HashMap::new();
+    // Each verdict's entry, per index, and its row the list filters by, per event id.
+    let mut raws: Vec<Option<String>> = Vec::new();
+    let rows: HashMap<String, VerdictRow> = store
+        .log_verdict_rows()
+        .await?
+        .into_iter()
+        .map(|row| (row.event.clone(), row))
+        .collect();
     let mut next = 0u64;
     loop {
         let page = store.log_records(next, PAGE).await?;
@@ -143,6 +180,7 @@ pub async fn verify_store(
                 ids.push(String::new());
                 records.push(None);
                 erased_by.push(None);
+                raws.push(None);
                 let _ = recomputed.push(Hash::default());
                 next += 1;
             }
@@ -160,6 +198,10 @@ pub async fn verify_store(
                 }
             }
             erased_by.push(e.erased_by);
+            let is_verdict =
+                e.id.strip_prefix(EVENT_PREFIX)
+                    .is_some_and(|v| v.starts_with(VERDICT_PREFIX));
+            raws.push(e.raw.filter(|_| is_verdict));
             let _ = recomputed.push(leaf.unwrap_or(stored));
             stored_leaves.push(stored);
             ids.push(e.id);
@@ -217,7 +259,18 @@ pub async fn verify_store(
                     )),
                 },
             },
-            Some(h) if *h == stored => r.verified += 1,
+            Some(h) if *h == stored => {
+                r.verified += 1;
+                if let (Some(event), Some(raw)) = (
+                    id.strip_prefix(EVENT_PREFIX)
+                        .filter(|e| e.starts_with(VERDICT_PREFIX)),
+                    raws.get(i as usize).and_then(Option::as_deref),
+                ) {
+                    if let Some(why) = row_disagrees(rows.get(event), raw) {
+                        r.problem(format!("{what} (index {i}): {why}"));
+                    }
+                }
+            }
             Some(h) => match by_leaf.get(&h.0) {
                 Some(&j) => r.problem(format!(
                     "{what} (index {i}): moved — the store holds under it the record logged at index {j} ({})",

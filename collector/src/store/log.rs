@@ -36,6 +36,23 @@ pub struct LoggedRecord {
     pub erased_by: Option<String>,
 }
 
+/// What `capture_verdicts` says of a verdict beside its entry: what the list filters by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictRow {
+    /// Its event id (`verdict-<n>`).
+    pub event: String,
+    /// The capture it is shown with.
+    pub capture_id: String,
+    /// The engine.
+    pub engine: String,
+    /// Its status.
+    pub status: String,
+    /// Its score.
+    pub score: Option<f64>,
+    /// Its hallucination flag.
+    pub hallucination: Option<bool>,
+}
+
 /// A capture's entry and where the log has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
@@ -121,6 +138,9 @@ pub trait LogStore: Send + Sync {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<LoggedRecord>, StoreError>> + Send;
 
+    /// Every verdict's row in `capture_verdicts`, by its event id.
+    fn log_verdict_rows(&self) -> impl Future<Output = Result<Vec<VerdictRow>, StoreError>> + Send;
+
     /// Of these `seq`s, those the log already holds.
     fn log_logged(
         &self,
@@ -197,6 +217,10 @@ impl LogStore for Store {
 
     async fn log_records(&self, from: u64, limit: u32) -> Result<Vec<LoggedRecord>, StoreError> {
         dispatch!(self, s => s.log_records(from, limit).await)
+    }
+
+    async fn log_verdict_rows(&self) -> Result<Vec<VerdictRow>, StoreError> {
+        dispatch!(self, s => s.log_verdict_rows().await)
     }
 
     async fn log_logged(&self, seqs: Vec<i64>) -> Result<Vec<i64>, StoreError> {

@@ -25,7 +25,7 @@ use super::erase::{
     EraseCounts, EraseOutcome, EraseRequest, EraseStore, Hold, PendingEvent, Tombstone,
     EVENT_PREFIX, VERDICT_KIND, VERDICT_PREFIX,
 };
-use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord};
+use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord, VerdictRow};
 use super::{
     list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
     ListQuery, NewCapture, NewVerdict, Page, PendingAnnotation, SqlValue, StaleDigest, StoreError,
@@ -948,6 +948,27 @@ impl LogStore for SqliteStore {
                     id: r.get(1)?,
                     raw: r.get(2)?,
                     erased_by: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn log_verdict_rows(&self) -> Result<Vec<VerdictRow>, StoreError> {
+        self.blocking(|_, conn| {
+            let mut stmt = conn.prepare(
+                "SELECT v.id, cv.capture_id, cv.engine, cv.status, cv.score, cv.hallucination
+                 FROM capture_verdicts cv JOIN log_events v ON v.seq = cv.event_seq",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(VerdictRow {
+                    event: r.get(0)?,
+                    capture_id: r.get(1)?,
+                    engine: r.get(2)?,
+                    status: r.get(3)?,
+                    score: r.get(4)?,
+                    hallucination: r.get(5)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -36,7 +36,7 @@ use super::erase::{
     EVENT_PREFIX, VERDICT_KIND, VERDICT_PREFIX,
 };
 use super::health::HealthTracker;
-use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord};
+use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord, VerdictRow};
 use super::{
     list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
     ListQuery, NewCapture, NewVerdict, Page, PendingAnnotation, SqlValue, StaleDigest, StoreError,
@@ -1262,6 +1262,31 @@ impl LogStore for PgStore {
                 id: r.get(1),
                 raw: r.get(2),
                 erased_by: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn log_verdict_rows(&self) -> Result<Vec<VerdictRow>, StoreError> {
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query(
+                        "SELECT v.id, cv.capture_id, cv.engine, cv.status, cv.score, cv.hallucination
+                 FROM capture_verdicts cv JOIN log_events v ON v.seq = cv.event_seq",
+                        &[],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| VerdictRow {
+                event: r.get(0),
+                capture_id: r.get(1),
+                engine: r.get(2),
+                status: r.get(3),
+                score: r.get(4),
+                hallucination: r.get(5),
             })
             .collect())
     }
