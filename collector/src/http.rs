@@ -535,7 +535,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     text.push_str(&state.indexer.timing.render());
     text.push_str(&crate::engine::render_metrics(&state.engines));
     if let Some(log) = &state.log {
-        // The log also holds the entries of erased captures and of erasures and holds.
+        // The log also holds the entries of erased captures, erasures, holds and verdicts.
         let entries = match stats {
             Some(s) => {
                 use crate::store::erase::EraseStore as _;

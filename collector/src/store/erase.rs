@@ -161,7 +161,8 @@ pub struct EraseCounts {
     pub erased: u64,
     /// Active holds.
     pub holds: u64,
-    /// Accountability events (erasures, holds placed and lifted): entries the log holds or will.
+    /// Accountability events (erasures, holds placed and lifted, verdicts): entries the log holds
+    /// or will.
     pub events: u64,
 }
 
