@@ -157,14 +157,8 @@ pub async fn verify_store(
     // The erasure event a tombstone names, per index; and what each logged erasure erased.
     let mut erased_by: Vec<Option<String>> = Vec::new();
     let mut erasures: HashMap<String, (u64, Erasure)> = HashMap::new();
-    // Each verdict's entry, per index, and its row the list filters by, per event id.
-    let mut raws: Vec<Option<String>> = Vec::new();
-    let rows: HashMap<String, VerdictRow> = store
-        .log_verdict_rows()
-        .await?
-        .into_iter()
-        .map(|row| (row.event.clone(), row))
-        .collect();
+    // What each verdict's row disagrees with its entry in, per index.
+    let mut row_problems: Vec<Option<String>> = Vec::new();
     let mut next = 0u64;
     loop {
         let page = store.log_records(next, PAGE).await?;
@@ -180,7 +174,7 @@ pub async fn verify_store(
                 ids.push(String::new());
                 records.push(None);
                 erased_by.push(None);
-                raws.push(None);
+                row_problems.push(None);
                 let _ = recomputed.push(Hash::default());
                 next += 1;
             }
@@ -201,7 +195,10 @@ pub async fn verify_store(
             let is_verdict =
                 e.id.strip_prefix(EVENT_PREFIX)
                     .is_some_and(|v| v.starts_with(VERDICT_PREFIX));
-            raws.push(e.raw.filter(|_| is_verdict));
+            row_problems.push(match (&e.raw, is_verdict) {
+                (Some(raw), true) => row_disagrees(e.verdict_row.as_ref(), raw),
+                _ => None,
+            });
             let _ = recomputed.push(leaf.unwrap_or(stored));
             stored_leaves.push(stored);
             ids.push(e.id);
@@ -261,14 +258,8 @@ pub async fn verify_store(
             },
             Some(h) if *h == stored => {
                 r.verified += 1;
-                if let (Some(event), Some(raw)) = (
-                    id.strip_prefix(EVENT_PREFIX)
-                        .filter(|e| e.starts_with(VERDICT_PREFIX)),
-                    raws.get(i as usize).and_then(Option::as_deref),
-                ) {
-                    if let Some(why) = row_disagrees(rows.get(event), raw) {
-                        r.problem(format!("{what} (index {i}): {why}"));
-                    }
+                if let Some(why) = row_problems.get(i as usize).cloned().flatten() {
+                    r.problem(format!("{what} (index {i}): {why}"));
                 }
             }
             Some(h) => match by_leaf.get(&h.0) {

@@ -24,7 +24,7 @@ pub struct LogState {
 }
 
 /// One entry of the log, as the offline verifier walks it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoggedRecord {
     /// Its index in the log.
     pub index: u64,
@@ -34,6 +34,9 @@ pub struct LoggedRecord {
     pub raw: Option<String>,
     /// The erasure event that erased it, when its tombstone says it was erased.
     pub erased_by: Option<String>,
+    /// A verdict's row in `capture_verdicts` (what the list filters by), when the entry is a
+    /// verdict's and the row is there.
+    pub verdict_row: Option<VerdictRow>,
 }
 
 /// What `capture_verdicts` says of a verdict beside its entry: what the list filters by.
@@ -138,9 +141,6 @@ pub trait LogStore: Send + Sync {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<LoggedRecord>, StoreError>> + Send;
 
-    /// Every verdict's row in `capture_verdicts`, by its event id.
-    fn log_verdict_rows(&self) -> impl Future<Output = Result<Vec<VerdictRow>, StoreError>> + Send;
-
     /// Of these `seq`s, those the log already holds.
     fn log_logged(
         &self,
@@ -217,10 +217,6 @@ impl LogStore for Store {
 
     async fn log_records(&self, from: u64, limit: u32) -> Result<Vec<LoggedRecord>, StoreError> {
         dispatch!(self, s => s.log_records(from, limit).await)
-    }
-
-    async fn log_verdict_rows(&self) -> Result<Vec<VerdictRow>, StoreError> {
-        dispatch!(self, s => s.log_verdict_rows().await)
     }
 
     async fn log_logged(&self, seqs: Vec<i64>) -> Result<Vec<i64>, StoreError> {

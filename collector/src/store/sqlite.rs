@@ -936,39 +936,34 @@ impl LogStore for SqliteStore {
     async fn log_records(&self, from: u64, limit: u32) -> Result<Vec<LoggedRecord>, StoreError> {
         self.blocking(move |_, conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT e.idx, e.id, coalesce(c.record, v.entry), t.erasure FROM log_entries e
+                "SELECT e.idx, e.id, coalesce(c.record, v.entry), t.erasure, cv.capture_id,
+                        cv.engine, cv.status, cv.score, cv.hallucination FROM log_entries e
                  LEFT JOIN captures c ON c.seq = e.seq
                  LEFT JOIN log_events v ON e.seq < 0 AND v.seq = -e.seq
                  LEFT JOIN tombstones t ON t.seq = e.seq
+                 LEFT JOIN capture_verdicts cv ON e.seq < 0 AND cv.event_seq = -e.seq
                  WHERE e.idx >= ?1 ORDER BY e.idx LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![db_int(from), limit], |r| {
+                let id: String = r.get(1)?;
+                let capture_id: Option<String> = r.get(4)?;
+                let verdict_row = match capture_id {
+                    Some(capture_id) => Some(VerdictRow {
+                        event: id.strip_prefix(EVENT_PREFIX).unwrap_or(&id).to_owned(),
+                        capture_id,
+                        engine: r.get(5)?,
+                        status: r.get(6)?,
+                        score: r.get(7)?,
+                        hallucination: r.get(8)?,
+                    }),
+                    None => None,
+                };
                 Ok(LoggedRecord {
                     index: u64::try_from(r.get::<_, i64>(0)?).unwrap_or_default(),
-                    id: r.get(1)?,
+                    id,
                     raw: r.get(2)?,
                     erased_by: r.get(3)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
-    async fn log_verdict_rows(&self) -> Result<Vec<VerdictRow>, StoreError> {
-        self.blocking(|_, conn| {
-            let mut stmt = conn.prepare(
-                "SELECT v.id, cv.capture_id, cv.engine, cv.status, cv.score, cv.hallucination
-                 FROM capture_verdicts cv JOIN log_events v ON v.seq = cv.event_seq",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(VerdictRow {
-                    event: r.get(0)?,
-                    capture_id: r.get(1)?,
-                    engine: r.get(2)?,
-                    status: r.get(3)?,
-                    score: r.get(4)?,
-                    hallucination: r.get(5)?,
+                    verdict_row,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

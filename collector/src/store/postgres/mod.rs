@@ -1244,11 +1244,13 @@ impl LogStore for PgStore {
             .with_client(async |client| {
                 client
                     .query(
-                        "SELECT e.idx, e.id, coalesce(c.record, v.entry), t.erasure
+                        "SELECT e.idx, e.id, coalesce(c.record, v.entry), t.erasure, cv.capture_id,
+                                cv.engine, cv.status, cv.score, cv.hallucination
                          FROM log_entries e
                          LEFT JOIN captures c ON c.seq = e.seq
                          LEFT JOIN log_events v ON e.seq < 0 AND v.seq = -e.seq
                          LEFT JOIN tombstones t ON t.seq = e.seq
+                         LEFT JOIN capture_verdicts cv ON e.seq < 0 AND cv.event_seq = -e.seq
                          WHERE e.idx >= $1 ORDER BY e.idx LIMIT $2",
                         &[&from, &limit],
                     )
@@ -1257,36 +1259,23 @@ impl LogStore for PgStore {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| LoggedRecord {
-                index: u64::try_from(r.get::<_, i64>(0)).unwrap_or_default(),
-                id: r.get(1),
-                raw: r.get(2),
-                erased_by: r.get(3),
-            })
-            .collect())
-    }
-
-    async fn log_verdict_rows(&self) -> Result<Vec<VerdictRow>, StoreError> {
-        let rows = self
-            .with_client(async |client| {
-                client
-                    .query(
-                        "SELECT v.id, cv.capture_id, cv.engine, cv.status, cv.score, cv.hallucination
-                 FROM capture_verdicts cv JOIN log_events v ON v.seq = cv.event_seq",
-                        &[],
-                    )
-                    .await
-            })
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| VerdictRow {
-                event: r.get(0),
-                capture_id: r.get(1),
-                engine: r.get(2),
-                status: r.get(3),
-                score: r.get(4),
-                hallucination: r.get(5),
+            .map(|r| {
+                let id: String = r.get(1);
+                let verdict_row = r.get::<_, Option<String>>(4).map(|capture_id| VerdictRow {
+                    event: id.strip_prefix(EVENT_PREFIX).unwrap_or(&id).to_owned(),
+                    capture_id,
+                    engine: r.get(5),
+                    status: r.get(6),
+                    score: r.get(7),
+                    hallucination: r.get(8),
+                });
+                LoggedRecord {
+                    index: u64::try_from(r.get::<_, i64>(0)).unwrap_or_default(),
+                    id,
+                    raw: r.get(2),
+                    erased_by: r.get(3),
+                    verdict_row,
+                }
             })
             .collect())
     }
