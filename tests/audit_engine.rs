@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::Response;
-use common::{bind_when_free, client, filter_config, free_port, Envoy, EnvoyOpts};
+use common::{bind_when_free, client, filter_config, free_port, Collector, Envoy, EnvoyOpts};
 use serde_json::{json, Value};
 use tonic::{Request, Status};
 use truthtable_collector::engine::proto::audit_service_server::{AuditService, AuditServiceServer};
@@ -29,7 +29,6 @@ use truthtable_collector::engine::proto::{
     AuditRequest, AuditResult, AuditResultRequest, AuditStatus, AuditSubmission, ClaimVerification,
     HealthRequest, HealthResponse, IngestRequest, IngestResponse, TrustGrade, VerificationStatus,
 };
-use truthtable_collector::AppState;
 
 const PASSAGE: &str = "Paris is the capital of France.";
 const SECOND: &str = "Lyon is the third-largest city of France.";
@@ -214,83 +213,15 @@ async fn serve_judge(judge: Judge, port: u16) -> tokio::sync::oneshot::Sender<()
     tx
 }
 
-/// The collector in this process on a port fixed up front (Envoy's audit cluster points there);
-/// it can stop and start again on the same database.
-struct Collector {
-    port: u16,
-    db: tempfile::TempDir,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    running: Option<Running>,
+/// A collector that is not running yet, with these arguments.
+fn collector_with(args: &[String]) -> Collector {
+    let mut c = Collector::down(None);
+    c.args = args.to_vec();
+    c
 }
 
-/// A collector that is up: its state, its shutdown switch, its task.
-type Running = (
-    Arc<AppState>,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), String>>,
-);
-
+/// What these tests ask of the collector beyond starting and stopping it.
 impl Collector {
-    fn new(args: &[String]) -> Collector {
-        Collector {
-            port: free_port(),
-            db: tempfile::tempdir().unwrap(),
-            args: args.to_vec(),
-            env: Vec::new(),
-            running: None,
-        }
-    }
-
-    async fn start(&mut self) {
-        let mut argv = vec![
-            "truthtable-collector".to_owned(),
-            "--db".to_owned(),
-            self.db.path().join("captures.db").display().to_string(),
-        ];
-        argv.extend(self.args.iter().cloned());
-        let env = self.env.clone();
-        let mut config = truthtable_collector::Config::new(
-            truthtable_collector::config::Cli::try_from_args(argv).unwrap(),
-            move |name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
-        );
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        config.listen = addr;
-        let listener = bind_when_free(addr).await;
-        let store = truthtable_collector::store::Store::open(&config)
-            .await
-            .unwrap();
-        let state = truthtable_collector::state(&config, store).unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = truthtable_collector::serve(listener, Arc::clone(&state), async {
-            let _ = rx.await;
-        });
-        let task = tokio::spawn(async move { serve.await.map_err(|e| format!("{e:#}")) });
-        self.running = Some((state, tx, task));
-    }
-
-    async fn stop(&mut self) {
-        if let Some((_, tx, task)) = self.running.take() {
-            let _ = tx.send(());
-            task.await.unwrap().unwrap();
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        client()
-            .get(self.url(path))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
     /// The stored captures' ids by their question.
     async fn ids(&self, n: usize) -> HashMap<String, String> {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -333,7 +264,18 @@ impl Collector {
         }
     }
 
-    async fn metric(&self, name: &str) -> f64 {
+    /// Asserts each `(family, value)` of `engine`'s samples on `/metrics`.
+    async fn engine_metrics(&self, engine: &str, want: &[(&str, f64)]) {
+        for (family, value) in want {
+            let got = self
+                .sample(&format!("{family}{{engine=\"{engine}\"}}"))
+                .await;
+            assert_eq!(got, *value, "{family}");
+        }
+    }
+
+    /// The sample `name` (with its labels) on `/metrics`; panics when it is not there.
+    async fn sample(&self, name: &str) -> f64 {
         let text = client()
             .get(self.url("/metrics"))
             .send()
@@ -363,7 +305,7 @@ async fn a_rag_answer_reaches_the_audit_service_with_every_document_and_its_verd
     let engine_port = free_port();
     let _engine = serve_judge(judge.clone(), engine_port).await;
     let engine = format!("grpc://127.0.0.1:{engine_port}");
-    let mut collector = Collector::new(&["--audit-engine".to_owned(), engine.clone()]);
+    let mut collector = collector_with(&["--audit-engine".to_owned(), engine.clone()]);
     collector.start().await;
     let filter = filter_config("");
     let envoy = Envoy::start(EnvoyOpts {
@@ -416,6 +358,20 @@ async fn a_rag_answer_reaches_the_audit_service_with_every_document_and_its_verd
     assert_eq!(v["timings"]["processing_ms"], 12);
     assert_eq!(v["timings"]["steps"]["decompose_ms"], 3);
     assert!(v["received_at"].as_str().unwrap().starts_with("20"), "{v}");
+    // The verdict is an entry of the verifiable log, its entry the verdict as shown.
+    assert_eq!(v["capture_id"], rag_id.as_str());
+    let entry_path = v["log"]["entry"].as_str().unwrap();
+    let entry: Value = client()
+        .get(collector.url(entry_path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut shown = v.clone();
+    shown.as_object_mut().unwrap().remove("log");
+    assert_eq!(entry, shown);
 
     // What the engine was sent: the question, the answer and every document the model saw.
     let seen = judge.seen();
@@ -480,6 +436,13 @@ async fn a_rag_answer_reaches_the_audit_service_with_every_document_and_its_verd
     let bad_id = &ids["Is this a bad one?"];
     let bad = collector.verdicts(bad_id, 1).await;
     assert_eq!(bad[0]["status"], "error");
+    assert!(
+        bad[0]["log"]["event"]
+            .as_str()
+            .unwrap()
+            .starts_with("verdict-"),
+        "an engine error is an entry too: {bad:#?}"
+    );
     assert_eq!(bad[0]["score"], Value::Null);
     assert!(
         bad[0]["error"]
@@ -512,51 +475,92 @@ async fn a_rag_answer_reaches_the_audit_service_with_every_document_and_its_verd
     let none = collector.get("/v1/captures?score_below=0.1").await;
     assert_eq!(none["captures"], json!([]));
 
-    let label = format!("{{engine=\"{engine}\"}}");
-    assert_eq!(
-        collector
-            .metric(&format!("truthtable_audit_sent_total{label}"))
-            .await,
-        3.0
-    );
-    assert_eq!(
-        collector
-            .metric(&format!("truthtable_audit_judged_total{label}"))
-            .await,
-        2.0
-    );
-    assert_eq!(
-        collector
-            .metric(&format!("truthtable_audit_failed_total{label}"))
-            .await,
-        1.0
-    );
-    assert_eq!(
-        collector
-            .metric(&format!("truthtable_audit_skipped_total{label}"))
-            .await,
-        1.0
-    );
-    assert_eq!(
-        collector
-            .metric(&format!("truthtable_audit_engine_up{label}"))
-            .await,
-        1.0
-    );
+    collector
+        .engine_metrics(
+            &engine,
+            &[
+                ("truthtable_audit_sent_total", 3.0),
+                ("truthtable_audit_judged_total", 2.0),
+                ("truthtable_audit_failed_total", 1.0),
+                ("truthtable_audit_skipped_total", 1.0),
+                ("truthtable_audit_engine_up", 1.0),
+            ],
+        )
+        .await;
     collector.stop().await;
 }
 
+/// An engine that starts down: TruthTable's `AuditService` or a Standard Webhooks receiver, on a
+/// port chosen up front.
+enum DownEngine {
+    Grpc(Judge, u16),
+    Webhook(u16),
+}
+
+/// An engine that came up; dropping it stops it.
+enum UpEngine {
+    Grpc(#[allow(dead_code)] tokio::sync::oneshot::Sender<()>),
+    Webhook(Receiver),
+}
+
+impl DownEngine {
+    fn url(&self) -> String {
+        match self {
+            DownEngine::Grpc(_, port) => format!("grpc://127.0.0.1:{port}"),
+            DownEngine::Webhook(port) => format!("http://127.0.0.1:{port}/hooks/truthtable"),
+        }
+    }
+
+    async fn up(&self) -> UpEngine {
+        match self {
+            DownEngine::Grpc(judge, port) => {
+                UpEngine::Grpc(serve_judge(judge.clone(), *port).await)
+            }
+            DownEngine::Webhook(port) => UpEngine::Webhook(Receiver::start_on(*port)),
+        }
+    }
+
+    /// How many times capture `id` was handed to the engine.
+    fn submitted(&self, up: &UpEngine, id: &str) -> usize {
+        match (self, up) {
+            (DownEngine::Grpc(judge, _), _) => {
+                judge.seen().iter().filter(|r| r.request_id == id).count()
+            }
+            (_, UpEngine::Webhook(receiver)) => receiver
+                .deliveries()
+                .iter()
+                .filter(|d| d["id"] == id && d["verified"] == true)
+                .count(),
+            (DownEngine::Webhook(_), UpEngine::Grpc(_)) => unreachable!(),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_engine_down_across_a_collector_restart_judges_every_capture_once() {
-    let judge = Judge::default();
-    let engine_port = free_port();
-    let engine = format!("grpc://127.0.0.1:{engine_port}");
-    let mut collector = Collector::new(&[
+async fn a_grpc_engine_down_across_a_collector_restart_judges_every_capture_once() {
+    down_across_a_restart(DownEngine::Grpc(Judge::default(), free_port())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_engine_down_across_a_collector_restart_judges_every_capture_once() {
+    down_across_a_restart(DownEngine::Webhook(free_port())).await;
+}
+
+/// Captures arrive while `down` cannot be reached, the collector restarts, more arrive, the
+/// engine comes back: each capture is handed over and judged exactly once, and a restart after
+/// that hands nothing over again.
+async fn down_across_a_restart(down: DownEngine) {
+    let engine = down.url();
+    let mut collector = collector_with(&[
         "--audit-engine".to_owned(),
         engine.clone(),
         "--audit-retry-max-ms".to_owned(),
         "200".to_owned(),
     ]);
+    collector.env = vec![(
+        "TRUTHTABLE_WEBHOOK_SECRETS".into(),
+        format!("{OLD_SECRET} {NEW_SECRET}"),
+    )];
     collector.start().await;
     let filter = filter_config("");
     let envoy = Envoy::start(EnvoyOpts {
@@ -582,7 +586,7 @@ async fn an_engine_down_across_a_collector_restart_judges_every_capture_once() {
     let label = format!("{{engine=\"{engine}\"}}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while collector
-        .metric(&format!("truthtable_audit_retried_total{label}"))
+        .sample(&format!("truthtable_audit_retried_total{label}"))
         .await
         < 3.0
     {
@@ -592,15 +596,12 @@ async fn an_engine_down_across_a_collector_restart_judges_every_capture_once() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        collector
-            .metric(&format!("truthtable_audit_engine_up{label}"))
-            .await,
-        0.0
-    );
+    collector
+        .engine_metrics(&engine, &[("truthtable_audit_engine_up", 0.0)])
+        .await;
     assert!(
         collector
-            .metric(&format!("truthtable_audit_lag_seconds{label}"))
+            .sample(&format!("truthtable_audit_lag_seconds{label}"))
             .await
             > 0.0
     );
@@ -622,7 +623,7 @@ async fn an_engine_down_across_a_collector_restart_judges_every_capture_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The engine comes back: every capture is judged, once.
-    let _engine = serve_judge(judge.clone(), engine_port).await;
+    let up = down.up().await;
     for q in &questions {
         collector.verdicts(&ids[q.as_str()], 1).await;
     }
@@ -635,21 +636,18 @@ async fn an_engine_down_across_a_collector_restart_judges_every_capture_once() {
         let v = collector.verdicts(id, 1).await;
         assert_eq!(v.len(), 1, "{q}: {v:#?}");
         assert_eq!(v[0]["status"], "completed");
-        let sent = judge.seen().iter().filter(|r| &r.request_id == id).count();
+        let sent = down.submitted(&up, id);
         assert_eq!(sent, 1, "{q} was submitted {sent} times");
     }
-    assert_eq!(
-        collector
-            .metric(&format!("truthtable_audit_sent_total{label}"))
-            .await,
-        0.0
-    );
-    assert_eq!(
-        collector
-            .metric(&format!("truthtable_audit_lag_seconds{label}"))
-            .await,
-        0.0
-    );
+    collector
+        .engine_metrics(
+            &engine,
+            &[
+                ("truthtable_audit_sent_total", 0.0),
+                ("truthtable_audit_lag_seconds", 0.0),
+            ],
+        )
+        .await;
     collector.stop().await;
 }
 
@@ -668,10 +666,13 @@ struct Receiver {
 
 impl Receiver {
     fn start() -> Receiver {
+        Receiver::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Receiver {
         use std::io::BufRead as _;
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("deliveries.jsonl");
-        let port = free_port();
         let python = std::env::var_os("WEBHOOKS_PYTHON")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| common::repo().join(".venv-webhooks/bin/python"));
@@ -716,7 +717,7 @@ async fn a_webhook_engine_gets_signed_hand_offs_that_standard_webhooks_verifies_
 ) {
     let receiver = Receiver::start();
     let engine = format!("http://127.0.0.1:{}/hooks/truthtable", receiver.port);
-    let mut collector = Collector::new(&["--audit-engine".to_owned(), engine.clone()]);
+    let mut collector = collector_with(&["--audit-engine".to_owned(), engine.clone()]);
     collector.env = vec![
         // A rotation: the receiver knows only the new secret.
         (
@@ -820,54 +821,31 @@ async fn a_webhook_engine_gets_signed_hand_offs_that_standard_webhooks_verifies_
     collector.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_export_to_phoenix_the_verdict_is_an_annotation_on_the_captures_span() {
-    let phoenix = phoenix::Phoenix::shared();
-    let project = format!("audit-{}", std::process::id());
-    let judge = Judge::default();
-    let engine_port = free_port();
-    let _engine = serve_judge(judge.clone(), engine_port).await;
-    let engine = format!("grpc://127.0.0.1:{engine_port}");
-    let mut collector = Collector::new(&["--audit-engine".to_owned(), engine.clone()]);
-    collector.env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), phoenix.base()),
-        (
-            "OTEL_RESOURCE_ATTRIBUTES".into(),
-            format!("openinference.project.name={project}"),
-        ),
-    ];
-    collector.start().await;
-    let filter = filter_config("");
-    let envoy = Envoy::start(EnvoyOpts {
-        upstream: upstream().await,
-        audit: collector.port,
-        filter: Some(&filter),
-        workers: 2,
-    });
-    let _ = client()
-        .post(envoy.url("/v1/chat/completions"))
-        .json(&rag("What is the capital of France?"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await;
-    let ids = collector.ids(1).await;
-    let id = &ids["What is the capital of France?"];
-    collector.verdicts(id, 1).await;
+/// The `truthtable.verdict` annotation Phoenix holds on the span of capture `id`, read back
+/// through its REST API.
+async fn annotation_in_phoenix(phoenix: &phoenix::Phoenix, project: &str, id: &str) -> Value {
     let spans = phoenix
-        .wait_spans(&project, 1, Duration::from_secs(60))
+        .wait_spans(project, 1, Duration::from_secs(60))
         .await;
-    let span = phoenix::span_of(&spans, id);
-    let span_id = span["context"]["span_id"].as_str().unwrap().to_owned();
-
-    // Read back through Phoenix's REST API.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut spans = spans;
+    let span_id = loop {
+        if spans
+            .iter()
+            .any(|s| phoenix::attr(s, "truthtable.capture.id") == id)
+        {
+            let span = phoenix::span_of(&spans, id);
+            break span["context"]["span_id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no span of {id} in Phoenix");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        spans = phoenix.spans(project).await;
+    };
     let url = format!(
         "{}/v1/projects/{project}/span_annotations?span_ids={span_id}",
         phoenix.base()
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let annotation = loop {
+    loop {
         let got: Value = client()
             .get(&url)
             .send()
@@ -877,27 +855,88 @@ async fn with_export_to_phoenix_the_verdict_is_an_annotation_on_the_captures_spa
             .await
             .unwrap_or(Value::Null);
         if let Some(a) = got["data"].as_array().and_then(|d| d.first()) {
-            break a.clone();
+            return a.clone();
         }
         assert!(
             Instant::now() < deadline,
-            "no annotation on span {span_id}: {got}"
+            "no annotation on span {span_id} of {id}: {got}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_export_to_phoenix_the_verdict_is_an_annotation_on_the_captures_span_even_after_a_restart(
+) {
+    let phoenix = phoenix::Phoenix::shared();
+    let project = format!("audit-{}", std::process::id());
+    let judge = Judge::default();
+    let engine_port = free_port();
+    let _engine = serve_judge(judge.clone(), engine_port).await;
+    let engine = format!("grpc://127.0.0.1:{engine_port}");
+    let mut collector = collector_with(&["--audit-engine".to_owned(), engine.clone()]);
+    let export_to = |base: String| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), base),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES".to_owned(),
+                format!("openinference.project.name={project}"),
+            ),
+        ]
     };
-    assert_eq!(annotation["name"], "truthtable.verdict");
-    assert_eq!(annotation["annotator_kind"], "LLM");
-    assert_eq!(annotation["result"]["label"], "hallucination");
-    assert!((annotation["result"]["score"].as_f64().unwrap() - 0.2).abs() < 1e-6);
-    assert_eq!(
-        annotation["result"]["explanation"],
-        "The passage names Paris."
-    );
-    assert_eq!(annotation["metadata"]["engine"], engine.as_str());
-    assert_eq!(annotation["metadata"]["capture_id"], id.as_str());
-    assert_eq!(
-        annotation["metadata"]["claims"][0]["status"],
-        "contradicted"
-    );
+    // First Phoenix cannot be reached: the verdict is stored, and its annotation cannot be sent
+    // before the collector stops.
+    collector.env = export_to(format!("http://127.0.0.1:{}", free_port()));
+    collector.start().await;
+    let filter = filter_config("");
+    let envoy = Envoy::start(EnvoyOpts {
+        upstream: upstream().await,
+        audit: collector.port,
+        filter: Some(&filter),
+        workers: 2,
+    });
+    let ask = |question: &'static str| {
+        let url = envoy.url("/v1/chat/completions");
+        async move {
+            let _ = client()
+                .post(url)
+                .json(&rag(question))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await;
+        }
+    };
+    ask("What is the capital of France?").await;
+    let ids = collector.ids(1).await;
+    let before = ids["What is the capital of France?"].clone();
+    collector.verdicts(&before, 1).await;
+    collector.stop().await;
+
+    // Started again with Phoenix there, it annotates what it could not before, and what comes.
+    collector.env = export_to(phoenix.base());
+    collector.start().await;
+    ask("Which city is the capital of France?").await;
+    let ids = collector.ids(2).await;
+    let after = ids["Which city is the capital of France?"].clone();
+    collector.verdicts(&after, 1).await;
+    for id in [&before, &after] {
+        let annotation = annotation_in_phoenix(phoenix, &project, id).await;
+        assert_eq!(annotation["name"], "truthtable.verdict");
+        assert_eq!(annotation["annotator_kind"], "LLM");
+        assert_eq!(annotation["result"]["label"], "hallucination");
+        assert!((annotation["result"]["score"].as_f64().unwrap() - 0.2).abs() < 1e-6);
+        assert_eq!(
+            annotation["result"]["explanation"],
+            "The passage names Paris."
+        );
+        assert_eq!(annotation["metadata"]["engine"], engine.as_str());
+        assert_eq!(annotation["metadata"]["capture_id"], id.as_str());
+        assert_eq!(
+            annotation["metadata"]["claims"][0]["status"],
+            "contradicted"
+        );
+    }
     collector.stop().await;
 }

@@ -13,18 +13,15 @@ mod common;
 #[path = "../collector/tests/common/phoenix.rs"]
 mod phoenix;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::Response;
-use common::{bind_when_free, client, filter_config, free_port, Envoy, EnvoyOpts};
+use common::{client, filter_config, free_port, Collector, Envoy, EnvoyOpts};
 use futures_util::StreamExt;
 use phoenix::{attr, Phoenix};
 use serde_json::{json, Value};
 use truthtable_collector::metrics::SpanCount;
-use truthtable_collector::AppState;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
@@ -126,81 +123,33 @@ async fn upstream() -> u16 {
     port
 }
 
-/// The collector in this process on a port fixed up front (Envoy's audit cluster points there),
-/// exporting to Phoenix; it can stop and start again on the same database.
-struct Collector {
-    port: u16,
-    db: tempfile::TempDir,
-    env: Vec<(String, String)>,
-    args: Vec<String>,
-    running: Option<Running>,
+/// A collector that is not running yet, exporting to `phoenix` under `project`.
+fn exporting_to(phoenix: &Phoenix, project: &str, args: &[&str]) -> Collector {
+    let mut c = Collector::down(None);
+    c.env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), phoenix.base()),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES".into(),
+            format!("openinference.project.name={project}"),
+        ),
+    ];
+    c.args = args.iter().map(|a| (*a).to_owned()).collect();
+    c
 }
 
-/// A collector that is up: its state, its shutdown switch, its task.
-type Running = (
-    Arc<AppState>,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), String>>,
-);
-
+/// What these tests ask of the collector beyond starting and stopping it.
 impl Collector {
-    fn new(phoenix: &Phoenix, project: &str, args: &[&str]) -> Collector {
-        Collector {
-            port: free_port(),
-            db: tempfile::tempdir().unwrap(),
-            env: vec![
-                ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), phoenix.base()),
-                (
-                    "OTEL_RESOURCE_ATTRIBUTES".into(),
-                    format!("openinference.project.name={project}"),
-                ),
-            ],
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-            running: None,
-        }
-    }
-
-    async fn start(&mut self) {
-        let mut argv = vec![
-            "truthtable-collector".to_owned(),
-            "--db".to_owned(),
-            self.db.path().join("captures.db").display().to_string(),
-        ];
-        argv.extend(self.args.iter().cloned());
-        let env = self.env.clone();
-        let mut config = truthtable_collector::Config::new(
-            truthtable_collector::config::Cli::try_from_args(argv).unwrap(),
-            move |name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
-        );
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        config.listen = addr;
-        let listener = bind_when_free(addr).await;
-        let store = truthtable_collector::store::Store::open(&config)
-            .await
-            .unwrap();
-        let state = truthtable_collector::state(&config, store).unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = truthtable_collector::serve(listener, Arc::clone(&state), async {
-            let _ = rx.await;
-        });
-        let task = tokio::spawn(async move { serve.await.map_err(|e| format!("{e:#}")) });
-        self.running = Some((state, tx, task));
-    }
-
     /// Stops as SIGTERM does; returns the spans this run exported.
-    async fn stop(&mut self) -> u64 {
-        let Some((state, tx, task)) = self.running.take() else {
-            return 0;
-        };
-        let _ = tx.send(());
-        task.await.unwrap().unwrap();
-        state.metrics.otlp_count(SpanCount::Exported)
+    async fn stop_exported(&mut self) -> u64 {
+        self.stop()
+            .await
+            .map(|state| state.metrics.otlp_count(SpanCount::Exported))
+            .unwrap_or_default()
     }
 
     fn count(&self, what: SpanCount) -> u64 {
-        self.running
-            .as_ref()
-            .map(|(state, _, _)| state.metrics.otlp_count(what))
+        self.state()
+            .map(|state| state.metrics.otlp_count(what))
             .unwrap_or_default()
     }
 
@@ -249,7 +198,7 @@ fn span_asking<'a>(spans: &'a [Value], question: &str) -> &'a Value {
 async fn llm_calls_arrive_in_phoenix_with_question_answer_model_tokens_and_outcome() {
     let phoenix = Phoenix::shared();
     let project = format!("e2e-{}", std::process::id());
-    let mut collector = Collector::new(phoenix, &project, &[]);
+    let mut collector = exporting_to(phoenix, &project, &[]);
     collector.start().await;
     let filter = filter_config("");
     let envoy = Envoy::start(EnvoyOpts {
@@ -450,7 +399,7 @@ async fn phoenix_down_for_a_while_and_a_collector_restart_mid_export_lose_nothin
     let phoenix = Phoenix::start();
     let project = format!("outage-{}", std::process::id());
     // One capture a request, so the export of the backlog takes long enough to restart in it.
-    let mut collector = Collector::new(
+    let mut collector = exporting_to(
         &phoenix,
         &project,
         &["--otlp-batch-size", "1", "--otlp-retry-max-ms", "500"],
@@ -510,7 +459,7 @@ async fn phoenix_down_for_a_while_and_a_collector_restart_mid_export_lose_nothin
         assert!(Instant::now() < deadline, "the backlog did not start to go");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let before = collector.stop().await;
+    let before = collector.stop_exported().await;
     assert!(before < 45, "the restart came after the backlog was sent");
     collector.start().await;
     let spans = phoenix
@@ -558,7 +507,7 @@ async fn with_envoys_own_tracing_the_capture_is_a_child_of_envoys_span_in_the_sa
     const PARENT: &str = "b7ad6b7169203331";
     let phoenix = Phoenix::shared();
     // Envoy names no project, so both go to Phoenix's `default` one.
-    let mut collector = Collector::new(phoenix, "default", &[]);
+    let mut collector = exporting_to(phoenix, "default", &[]);
     collector
         .env
         .retain(|(k, _)| k != "OTEL_RESOURCE_ATTRIBUTES");

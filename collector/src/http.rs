@@ -64,13 +64,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Attaches `verdict` to the capture's span in Phoenix, behind the caller's back.
-    pub fn annotate(&self, capture_id: &str, verdict: &crate::engine::Verdict) {
-        if verdict.status == crate::engine::verdict::VerdictStatus::Pending {
-            return;
-        }
+    /// Whether `verdict` is to be attached to its capture's span in Phoenix: queued with it in
+    /// the store (`crate::engine::annotate`).
+    pub fn annotates(&self, verdict: &crate::engine::Verdict) -> bool {
+        self.annotator.is_some() && verdict.status != crate::engine::verdict::VerdictStatus::Pending
+    }
+
+    /// A verdict was stored: the annotator looks at its queue now.
+    pub fn verdict_stored(&self) {
         if let Some(a) = &self.annotator {
-            tokio::spawn(a.clone().annotate(capture_id.to_owned(), verdict.clone()));
+            a.wake();
         }
     }
 }
@@ -410,7 +413,12 @@ async fn get_one(
         body.push_str(&crate::log::http::place_json(&id, place).to_string());
     }
     body.push_str(",\"verdicts\":[");
-    body.push_str(&read.verdicts.join(","));
+    for (i, v) in read.verdicts.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&crate::log::http::verdict_json(v, read.log.is_some()));
+    }
     body.push(']');
     body.push_str(&amendments);
     body.push('}');
@@ -466,12 +474,12 @@ async fn post_verdict(
         }
         Err(e) => return store_failure(&state, &e).into_response(),
     };
-    let verdict =
+    let mut verdict =
         match crate::engine::verdict::from_posted(&engine, posted, true, crate::engine::now()) {
             Ok(v) => v,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.0),
         };
-    let id_for_annotation = id.clone();
+    verdict.capture_id = id.clone();
     let new = crate::store::NewVerdict {
         capture_seq: seq,
         capture_id: id,
@@ -481,10 +489,11 @@ async fn post_verdict(
         hallucination: verdict.hallucination,
         verdict: serde_json::to_string(&verdict).unwrap_or_default(),
         received_at: verdict.received_at.clone(),
+        annotate: state.annotates(&verdict),
     };
     match state.store.add_verdict(new).await {
         Ok(()) => {
-            state.annotate(&id_for_annotation, &verdict);
+            state.verdict_stored();
             (StatusCode::CREATED, Json(verdict)).into_response()
         }
         Err(e) => store_failure(&state, &e).into_response(),
@@ -526,7 +535,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     text.push_str(&state.indexer.timing.render());
     text.push_str(&crate::engine::render_metrics(&state.engines));
     if let Some(log) = &state.log {
-        // The log also holds the entries of erased captures and of erasures and holds.
+        // The log also holds the entries of erased captures, erasures, holds and verdicts.
         let entries = match stats {
             Some(s) => {
                 use crate::store::erase::EraseStore as _;

@@ -107,6 +107,10 @@ pub async fn serve(
         let leased = matches!(state.store, store::Store::Postgres(_));
         tokio::spawn(async move { log::sequencer::run(&state.store, &log, leased).await })
     });
+    let annotating = state.annotator.clone().map(|a| {
+        let state = Arc::clone(&state);
+        tokio::spawn(engine::annotate::run(state, a))
+    });
     let retention = state.erase.retain().map(|_| {
         let state = Arc::clone(&state);
         tokio::spawn(async move { erase::run_retention(&state).await })
@@ -124,6 +128,10 @@ pub async fn serve(
     }
     indexing.abort();
     let _ = indexing.await;
+    if let Some(task) = annotating {
+        task.abort();
+        let _ = task.await;
+    }
     if let Some(task) = retention {
         task.abort();
         let _ = task.await;

@@ -379,8 +379,8 @@ pub struct CaptureRead {
     pub view: AuditView,
     /// Where the verifiable log has it, when the log is on.
     pub log: Option<LogPlace>,
-    /// The audit engines' verdicts, as stored (JSON), in the order they arrived.
-    pub verdicts: Vec<String>,
+    /// The audit engines' verdicts, as stored, in the order they arrived.
+    pub verdicts: Vec<crate::store::StoredVerdict>,
 }
 
 /// A capture's place in the verifiable log.

@@ -1,6 +1,7 @@
 //! The verifiable log end to end, on the real binary over SQLite: proofs that a third party
 //! checks (with its own RFC 6962 code and ring's Ed25519, not the collector's), `verify` on a
-//! clean store and on each kind of tampering, restarts, keys.
+//! clean store and on each kind of tampering, restarts, keys. Verdicts are entries too, on
+//! SQLite and a real PostgreSQL.
 // This whole crate is tests; its helpers may fail loudly too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{ndjson, post, Process};
+use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
 type H = [u8; 32];
@@ -165,9 +167,15 @@ async fn check_proof(
     vkey: &str,
     query: &str,
 ) -> (u64, H) {
-    let (status, entry) = text(client, format!("{base}/v1/captures/{id}/entry")).await;
+    let at = format!("{base}/v1/captures/{id}");
+    check_proof_at(client, &at, vkey, query).await
+}
+
+/// Checks the tlog-proof at `{at}/proof` against the entry at `{at}/entry` and the key.
+async fn check_proof_at(client: &reqwest::Client, at: &str, vkey: &str, query: &str) -> (u64, H) {
+    let (status, entry) = text(client, format!("{at}/entry")).await;
     assert_eq!(status, 200);
-    let (status, proof) = text(client, format!("{base}/v1/captures/{id}/proof{query}")).await;
+    let (status, proof) = text(client, format!("{at}/proof{query}")).await;
     assert_eq!(status, 200, "{proof}");
     let (head, note) = proof.split_once("\n\n").unwrap();
     let mut lines = head.lines();
@@ -184,7 +192,7 @@ async fn check_proof(
     assert_eq!(
         inclusion_root(index, size, leaf(entry.as_bytes()), &path),
         Some(root),
-        "{id}'s proof leads to the checkpoint's root"
+        "{at}'s proof leads to the checkpoint's root"
     );
     (size, root)
 }
@@ -917,4 +925,218 @@ async fn proofs_and_checkpoints_are_served_while_ingest_waits_for_the_write_lock
         "the batch is stored once the lock is free"
     );
     checkpoint_of(&client, &base, 8).await;
+}
+
+const VERDICTS: &str = "verdict-token-for-log-tests";
+const ADMIN: &str = "admin-token-for-log-tests";
+
+/// Posts a verdict on `id` as a webhook engine would later; returns it as stored.
+async fn post_verdict(client: &reqwest::Client, base: &str, id: &str, body: Value) -> Value {
+    let r = client
+        .post(format!("{base}/v1/captures/{id}/verdicts"))
+        .bearer_auth(VERDICTS)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json().await.unwrap()
+}
+
+/// Stores three captures, three verdicts on two of them, then erases the second capture; checks
+/// that each verdict's JSON names its place in the log and that its entry (the verdict exactly
+/// as stored) and proof verify against a signed checkpoint. Returns the event id of the first
+/// capture's first verdict and of the erased capture's verdict.
+async fn verdicts_in_the_log(client: &reqwest::Client, base: &str) -> (String, String) {
+    let ids: Vec<String> = (0..3).map(|i| format!("judged-{i}")).collect();
+    assert_eq!(post(client, base, ndjson(&ids), None).await.status(), 200);
+    let claims = json!([{"claim": "Lyon is the capital", "status": "contradicted",
+                          "confidence": 0.9, "evidence": ["Paris is the capital of France."]}]);
+    post_verdict(
+        client,
+        base,
+        "judged-0",
+        json!({"engine": "https://a.example/hook",
+        "score": 0.25, "hallucination": true, "claims": claims}),
+    )
+    .await;
+    post_verdict(
+        client,
+        base,
+        "judged-0",
+        json!({"engine": "https://b.example/hook",
+        "status": "failed", "error": "timed out"}),
+    )
+    .await;
+    post_verdict(
+        client,
+        base,
+        "judged-1",
+        json!({"engine": "https://a.example/hook",
+        "score": 0.75, "hallucination": false}),
+    )
+    .await;
+    // 3 records and 3 verdicts.
+    checkpoint_of(client, base, 6).await;
+    let vkey = text(client, format!("{base}/v1/log/key")).await.1;
+    let capture: Value = common::get_json(client, format!("{base}/v1/captures/judged-0")).await;
+    let verdicts = capture["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 2, "{capture:#}");
+    let mut events = Vec::new();
+    for v in verdicts {
+        let log = &v["log"];
+        let event = log["event"].as_str().unwrap().to_owned();
+        assert!(event.starts_with("verdict-"), "{v:#}");
+        assert!(log["index"].as_u64().is_some_and(|i| i >= 3), "{v:#}");
+        assert_eq!(log["proof"], format!("/v1/log/events/{event}/proof"));
+        // The entry is the verdict as shown, without its place in the log, byte for byte.
+        let (status, entry) =
+            text(client, format!("{base}{}", log["entry"].as_str().unwrap())).await;
+        assert_eq!(status, 200);
+        let mut shown = v.clone();
+        shown.as_object_mut().unwrap().remove("log");
+        assert_eq!(serde_json::from_str::<Value>(&entry).unwrap(), shown);
+        assert_eq!(shown["capture_id"], "judged-0");
+        let at = format!("{base}/v1/log/events/{event}");
+        let (size, _) = check_proof_at(client, &at, &vkey, "").await;
+        assert!(size >= 6);
+        events.push(event);
+    }
+    let erased: Value = common::get_json(client, format!("{base}/v1/captures/judged-1")).await;
+    let erased_event = erased["verdicts"][0]["log"]["event"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = client
+        .post(format!("{base}/v1/erasures"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"ids": ["judged-1"], "reason": "asked to forget"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(
+        text(client, format!("{base}/v1/log/events/{erased_event}/entry"))
+            .await
+            .0,
+        404,
+        "the erased capture's verdict goes with it"
+    );
+    // … and the erasure's entry names it.
+    checkpoint_of(client, base, 7).await;
+    (events[0].clone(), erased_event)
+}
+
+fn verdict_log_args<'a>(db: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--db", db];
+    args.extend_from_slice(more);
+    args
+}
+
+const VERDICT_ENV: [(&str, &str); 2] = [
+    ("TRUTHTABLE_VERDICT_TOKEN", VERDICTS),
+    ("TRUTHTABLE_ADMIN_TOKEN", ADMIN),
+];
+
+#[tokio::test]
+async fn a_verdict_is_a_log_entry_and_verify_names_one_changed_or_deleted_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("clean.db");
+    let db_arg = db.display().to_string();
+    let client = reqwest::Client::new();
+    let mut proc = Process::start_with(&verdict_log_args(&db_arg, &[]), &VERDICT_ENV);
+    let (event, erased) = verdicts_in_the_log(&client, &proc.base()).await;
+    proc.sigterm();
+    assert!(proc.wait(20).success());
+
+    let (ok, out) = verify(&db, None);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("erased verdict {erased} (index ")),
+        "{out}"
+    );
+    assert!(out.ends_with("7 of 7 records verified\n"), "{out}");
+    let cases = [
+        (
+            "verdict-unflagged",
+            format!("UPDATE capture_verdicts SET hallucination = 0 WHERE event_seq = (SELECT seq FROM log_events WHERE id = '{event}')"),
+            "its row in capture_verdicts (what the list filters by) differs from its entry in hallucination",
+        ),
+        (
+            "verdict-moved",
+            format!("UPDATE capture_verdicts SET capture_id = 'judged-2' WHERE event_seq = (SELECT seq FROM log_events WHERE id = '{event}')"),
+            "differs from its entry in capture",
+        ),
+        (
+            "verdict-modified",
+            format!("UPDATE log_events SET entry = replace(entry, '0.25', '0.95') WHERE id = '{event}'"),
+            "modified",
+        ),
+        (
+            "verdict-deleted",
+            format!("DELETE FROM capture_verdicts WHERE event_seq = (SELECT seq FROM log_events WHERE id = '{event}');
+                     DELETE FROM log_events WHERE id = '{event}'"),
+            "deleted from the store",
+        ),
+    ];
+    for (name, sql, finding) in cases {
+        let (ok, out) = tampered(&db, name, &sql);
+        assert!(!ok, "{name}: verify passed a tampered store:\n{out}");
+        assert!(
+            out.contains(&format!("FAIL verdict {event} (index ")) && out.contains(finding),
+            "{name}: no {finding:?} of {event} in\n{out}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_verdict_is_a_log_entry_and_verify_names_one_changed_or_deleted_on_postgres() {
+    let pg = common::postgres::Postgres::shared();
+    let name = pg.database();
+    let url = pg.url_with_password(&name);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("log.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+        .args(["keygen", "--name", "verdicts.test/log", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let key = key.display().to_string();
+    let client = reqwest::Client::new();
+    let mut proc = Process::start_with(&verdict_log_args(&url, &["--log-key", &key]), &VERDICT_ENV);
+    let (event, erased) = verdicts_in_the_log(&client, &proc.base()).await;
+    proc.sigterm();
+    assert!(proc.wait(20).success());
+
+    let db = Path::new(&url);
+    let (ok, out) = verify(db, None);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("erased verdict {erased} (index ")),
+        "{out}"
+    );
+    pg.sql(
+        &name,
+        &format!(
+            "UPDATE log_events SET entry = replace(entry, '0.25', '0.95') WHERE id = '{event}'"
+        ),
+    );
+    let (ok, out) = verify(db, None);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("FAIL verdict {event} (index ")) && out.contains("modified"),
+        "{out}"
+    );
+    pg.sql(
+        &name,
+        &format!("DELETE FROM log_events WHERE id = '{event}'"),
+    );
+    let (ok, out) = verify(db, None);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("FAIL verdict {event} (index "))
+            && out.contains("deleted from the store"),
+        "{out}"
+    );
 }

@@ -314,10 +314,10 @@ async fn a_collector_started_before_its_database_waits_for_it_and_then_creates_t
     );
     // The latest schema: the captures (1), the export cursors (2), the digests (3), the verifiable
     // log (4), the amendments (5), the digests' TTFT and duration (6), the audit
-    // engines' verdicts (7) and erasure (8).
+    // engines' verdicts (7), erasure (8) and verdicts as log events (9).
     assert_eq!(
         pg.sql(&db, "SELECT max(version) FROM truthtable_schema"),
-        "8"
+        "9"
     );
 }
 
@@ -475,7 +475,7 @@ async fn a_database_of_an_older_collector_is_migrated_at_start_and_its_records_d
     );
     assert_eq!(
         pg.sql(&db, "SELECT max(version) FROM truthtable_schema"),
-        "8"
+        "9"
     );
     assert_eq!(pg.sql(&db, "SELECT count(*) FROM capture_digests"), "250");
     assert_eq!(

@@ -546,6 +546,7 @@ async fn judge(server: &InProcess) {
     ] {
         let seq = rows.iter().find(|r| r.id == id).unwrap().seq;
         let verdict = Verdict {
+            capture_id: id.into(),
             engine: "grpc://judge:50051".into(),
             status: VerdictStatus::Completed,
             score: Some(score),
@@ -579,6 +580,7 @@ async fn judge(server: &InProcess) {
                 hallucination: verdict.hallucination,
                 verdict: serde_json::to_string(&verdict).unwrap(),
                 received_at: verdict.received_at.clone(),
+                annotate: false,
             })
             .await
             .unwrap();

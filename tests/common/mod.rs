@@ -793,16 +793,27 @@ pub fn filter_config(extra: &str) -> String {
 // The real collector.
 
 /// The collector, in this process, on a port chosen up front: Envoy's audit cluster can point at
-/// it before it runs ("down"), and it can stop and start again there with the same database.
+/// it before it runs ("down"), and it can stop and start again there with the same database,
+/// with the command-line `args` and environment `env` set before each start.
 pub struct Collector {
     pub port: u16,
     ingest_token: Option<String>,
     /// `--stall-threshold-ms`, when not the default.
     pub stall_threshold_ms: Option<u64>,
+    /// More command-line arguments (after `--db`).
+    pub args: Vec<String>,
+    /// The environment it reads (nothing else of the process's).
+    pub env: Vec<(String, String)>,
     db: tempfile::TempDir,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    running: Option<Running>,
 }
+
+/// A collector that is up: its state, its shutdown switch, its task.
+type Running = (
+    Arc<truthtable_collector::AppState>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), String>>,
+);
 
 impl Collector {
     /// A collector that is not running yet; `start` brings it up on `port`.
@@ -811,9 +822,10 @@ impl Collector {
             port: free_port(),
             ingest_token: ingest_token.map(str::to_owned),
             stall_threshold_ms: None,
+            args: Vec::new(),
+            env: Vec::new(),
             db: tempfile::tempdir().expect("temp dir"),
-            shutdown: None,
-            task: None,
+            running: None,
         }
     }
 
@@ -828,11 +840,21 @@ impl Collector {
         self.stop().await;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let listener = bind_when_free(addr).await;
-        let mut config = truthtable_collector::Config::with_db(
-            truthtable_collector::config::DbTarget::Sqlite(self.db.path().join("captures.db")),
+        let mut argv = vec![
+            "truthtable-collector".to_owned(),
+            "--db".to_owned(),
+            self.db.path().join("captures.db").display().to_string(),
+        ];
+        argv.extend(self.args.iter().cloned());
+        let env = self.env.clone();
+        let mut config = truthtable_collector::Config::new(
+            truthtable_collector::config::Cli::try_from_args(argv).expect("collector arguments"),
+            move |name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
         );
         config.listen = addr;
-        config.ingest_token = self.ingest_token.clone();
+        if self.ingest_token.is_some() {
+            config.ingest_token = self.ingest_token.clone();
+        }
         if let Some(ms) = self.stall_threshold_ms {
             config.stall_threshold_ms = ms;
         }
@@ -841,22 +863,31 @@ impl Collector {
             .expect("open the store");
         let state = truthtable_collector::state(&config, store).expect("collector state");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        self.shutdown = Some(tx);
-        self.task = Some(tokio::spawn(async move {
-            let _ = truthtable_collector::serve(listener, state, async {
-                let _ = rx.await;
-            })
-            .await;
-        }));
+        let serve = truthtable_collector::serve(listener, Arc::clone(&state), async {
+            let _ = rx.await;
+        });
+        let task = tokio::spawn(async move { serve.await.map_err(|e| format!("{e:#}")) });
+        self.running = Some((state, tx, task));
     }
 
-    pub async fn stop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+    /// Stops it as SIGTERM does and waits until its store is closed; returns the state it ran
+    /// with (its metrics), if it was running.
+    pub async fn stop(&mut self) -> Option<Arc<truthtable_collector::AppState>> {
+        let (state, tx, task) = self.running.take()?;
+        let _ = tx.send(());
+        task.await
+            .expect("the collector task")
+            .expect("the collector stops cleanly");
+        Some(state)
+    }
+
+    /// Its state while it runs.
+    pub fn state(&self) -> Option<&Arc<truthtable_collector::AppState>> {
+        self.running.as_ref().map(|(state, _, _)| state)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
     }
 
     pub async fn get(&self, path: &str) -> Value {

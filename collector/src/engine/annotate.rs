@@ -3,21 +3,39 @@
 //! (whose id the export derives from the capture id), named `truthtable.verdict`, one per engine
 //! (Phoenix keeps the latest per name and identifier; the store keeps every verdict).
 //!
-//! The span may reach Phoenix after the verdict: Phoenix then answers 404 and the annotation is
-//! posted again with backoff, for up to [`GIVE_UP`]. Annotating never holds up the hand-off; it
-//! is not kept across a restart (the verdict itself is, in the store).
+//! The queue is the store: a verdict is stored marked to be annotated, in the same transaction,
+//! and [`run`] posts the marked ones and unmarks each once Phoenix took it (or refused it for
+//! good). So a verdict not yet annotated when the collector stops is annotated after the next
+//! start; posting twice is harmless (Phoenix keeps one per name and engine). The span may reach
+//! Phoenix after the verdict: Phoenix then answers 404 and the annotation is posted again with
+//! backoff, for up to [`GIVE_UP`] in one run. Annotating never holds up the hand-off.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
 use super::Verdict;
+use crate::http::AppState;
 use crate::otlp::{ExportConfig, Protocol};
+use crate::store::{CaptureStore as _, PendingAnnotation};
 
-/// How long an annotation is retried before it is given up (and logged).
+/// How long an annotation is retried (in one run) before it is given up (and logged).
 pub const GIVE_UP: Duration = Duration::from_secs(600);
 /// The annotation's name in Phoenix.
 pub const NAME: &str = "truthtable.verdict";
+/// Most queued verdicts read at once.
+const BATCH: u32 = 256;
+/// Most annotations posted at once.
+const IN_FLIGHT: usize = 8;
+/// How often the queue is looked at when no verdict was stored meanwhile.
+const POLL: Duration = Duration::from_secs(1);
+/// The first wait before an annotation is posted again; it doubles up to [`RETRY_MAX`].
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Where verdicts go in Phoenix, derived from the export settings.
 #[derive(Clone)]
@@ -25,6 +43,17 @@ pub struct Annotator {
     client: reqwest::Client,
     url: String,
     headers: reqwest::header::HeaderMap,
+    wake: Arc<Notify>,
+}
+
+/// How one post of an annotation ended.
+enum Posted {
+    /// Phoenix took it.
+    Taken,
+    /// Phoenix refused it for good (its status).
+    Refused(reqwest::StatusCode),
+    /// Not now: the span is not there yet, or Phoenix is busy or away.
+    Retry(String),
 }
 
 impl Annotator {
@@ -50,7 +79,13 @@ impl Annotator {
             client,
             url: format!("{base}/v1/span_annotations?sync=true"),
             headers,
+            wake: Arc::new(Notify::new()),
         })
+    }
+
+    /// A verdict was queued: look now rather than at the next poll. Never waits.
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// The request body for `verdict` on the span of `capture_id`.
@@ -76,38 +111,117 @@ impl Annotator {
         }]})
     }
 
-    /// Posts the annotation until Phoenix takes it, refuses it for good, or [`GIVE_UP`] passes.
-    pub async fn annotate(self, capture_id: String, verdict: Verdict) {
-        let body = Self::body(&capture_id, &verdict).to_string();
-        let started = Instant::now();
-        let mut wait = Duration::from_millis(250);
-        loop {
-            let sent = self
-                .client
-                .post(&self.url)
-                .headers(self.headers.clone())
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await;
-            let why = match sent {
-                Ok(r) if r.status().is_success() => return,
-                // The span is not in Phoenix yet, or Phoenix is busy or down.
-                Ok(r) if r.status() == 404 || r.status() == 429 || r.status().is_server_error() => {
-                    format!("Phoenix answered {}", r.status())
-                }
-                Ok(r) => {
-                    tracing::warn!(capture = %capture_id, status = %r.status(), "Phoenix refused the verdict's span annotation");
-                    return;
-                }
-                Err(e) => e.to_string(),
-            };
-            if started.elapsed() > GIVE_UP {
-                tracing::warn!(capture = %capture_id, "the verdict's span annotation was not taken within {} s ({why}); the verdict stays in the store", GIVE_UP.as_secs());
-                return;
+    /// Posts the annotation of a queued verdict once.
+    async fn post(&self, queued: &PendingAnnotation) -> Posted {
+        let verdict: Verdict = match serde_json::from_str(&queued.verdict) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(capture = %queued.capture_id, "a stored verdict does not read ({e}); it is not annotated in Phoenix");
+                return Posted::Refused(reqwest::StatusCode::UNPROCESSABLE_ENTITY);
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(10));
+        };
+        let sent = self
+            .client
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .header("content-type", "application/json")
+            .body(Self::body(&queued.capture_id, &verdict).to_string())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => Posted::Taken,
+            // The span is not in Phoenix yet, or Phoenix is busy or down.
+            Ok(r) if r.status() == 404 || r.status() == 429 || r.status().is_server_error() => {
+                Posted::Retry(format!("Phoenix answered {}", r.status()))
+            }
+            Ok(r) => Posted::Refused(r.status()),
+            Err(e) => Posted::Retry(e.to_string()),
+        }
+    }
+}
+
+/// When a queued annotation is posted again.
+struct Retry {
+    first: Instant,
+    next: Instant,
+    wait: Duration,
+}
+
+/// Posts the queued verdicts' annotations until aborted (at shutdown; what is still queued is
+/// posted after the next start).
+pub async fn run(state: Arc<AppState>, annotator: Annotator) {
+    let mut retries: HashMap<i64, Retry> = HashMap::new();
+    loop {
+        let queued = match state.store.to_annotate(BATCH).await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the verdicts to annotate failed");
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
+        let now = Instant::now();
+        // Rows erased meanwhile are no longer queued.
+        let rows: std::collections::HashSet<i64> = queued.iter().map(|q| q.row).collect();
+        retries.retain(|row, _| rows.contains(row));
+        let due: Vec<PendingAnnotation> = queued
+            .into_iter()
+            .filter(|q| retries.get(&q.row).is_none_or(|r| r.next <= now))
+            .collect();
+        let mut due = due.into_iter();
+        let mut tasks = JoinSet::new();
+        let mut done = Vec::new();
+        loop {
+            while tasks.len() < IN_FLIGHT {
+                let Some(q) = due.next() else { break };
+                let a = annotator.clone();
+                tasks.spawn(async move {
+                    let posted = a.post(&q).await;
+                    (q, posted)
+                });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let Ok((q, posted)) = joined else { continue };
+            match posted {
+                Posted::Taken => done.push(q.row),
+                Posted::Refused(status) => {
+                    tracing::warn!(capture = %q.capture_id, %status, "Phoenix refused the verdict's span annotation");
+                    done.push(q.row);
+                }
+                Posted::Retry(why) => {
+                    let now = Instant::now();
+                    let r = retries.entry(q.row).or_insert(Retry {
+                        first: now,
+                        next: now,
+                        wait: FIRST_RETRY,
+                    });
+                    if r.first.elapsed() > GIVE_UP {
+                        tracing::warn!(capture = %q.capture_id, "the verdict's span annotation was not taken within {} s ({why}); the verdict stays in the store", GIVE_UP.as_secs());
+                        done.push(q.row);
+                    } else {
+                        r.next = now + r.wait;
+                        r.wait = (r.wait * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+        }
+        if !done.is_empty() {
+            for row in &done {
+                retries.remove(row);
+            }
+            // Not unmarked: posted again later, which Phoenix takes as the same annotation.
+            if let Err(e) = state.store.annotated(done).await {
+                tracing::debug!(error = %e, "marking verdicts annotated failed");
+            }
+        }
+        let next = retries.values().map(|r| r.next).min().map_or(POLL, |t| {
+            t.saturating_duration_since(Instant::now()).min(POLL)
+        });
+        tokio::select! {
+            _ = annotator.wake.notified() => {}
+            _ = tokio::time::sleep(next) => {}
         }
     }
 }

@@ -285,7 +285,7 @@ async fn judge_one(state: Arc<AppState>, engine: Arc<Engine>, seq: i64, h: Hando
     let mut backoff = Backoff::new(FIRST_RETRY, engine.retry_max);
     let mut rng = Rng(crate::otlp::export::seed());
     engine.stats.sent.fetch_add(1, Ordering::Relaxed);
-    let verdict = loop {
+    let mut verdict = loop {
         match engine.judge(&h).await {
             Attempt::Done(v) => break v,
             Attempt::Bad(why) => {
@@ -308,6 +308,7 @@ async fn judge_one(state: Arc<AppState>, engine: Arc<Engine>, seq: i64, h: Hando
     if !engine.stats.up.swap(true, Ordering::Relaxed) {
         tracing::info!(engine = %engine.name, "the audit engine answers");
     }
+    verdict.capture_id = h.capture_id.clone();
     let new = NewVerdict {
         capture_seq: seq,
         capture_id: h.capture_id.clone(),
@@ -317,6 +318,7 @@ async fn judge_one(state: Arc<AppState>, engine: Arc<Engine>, seq: i64, h: Hando
         hallucination: verdict.hallucination,
         verdict: serde_json::to_string(&verdict).unwrap_or_default(),
         received_at: verdict.received_at.clone(),
+        annotate: state.annotates(&verdict),
     };
     loop {
         match state.store.add_verdict(new.clone()).await {
@@ -329,7 +331,7 @@ async fn judge_one(state: Arc<AppState>, engine: Arc<Engine>, seq: i64, h: Hando
             }
         }
     }
-    state.annotate(&h.capture_id, &verdict);
+    state.verdict_stored();
     use super::verdict::VerdictStatus;
     match verdict.status {
         VerdictStatus::Error => engine.stats.failed.fetch_add(1, Ordering::Relaxed),

@@ -67,6 +67,9 @@ pub struct Timings {
 /// A verdict: what `verdicts` in `GET /v1/captures/{id}` holds, one per engine answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
+    /// The capture it judges (set when it is stored, so its log entry names the capture).
+    #[serde(default)]
+    pub capture_id: String,
     /// The engine, as `--audit-engine` names it (without credentials).
     pub engine: String,
     /// How it ended.
@@ -97,6 +100,7 @@ impl Verdict {
     /// An engine error on the capture: the answer could not be used.
     pub fn error(engine: &str, why: String, answer_complete: bool, received_at: String) -> Self {
         Verdict {
+            capture_id: String::new(),
             engine: engine.to_owned(),
             status: VerdictStatus::Error,
             score: None,
@@ -206,6 +210,7 @@ pub fn from_result(
     let audit_id = Some(r.audit_id).filter(|s| !s.is_empty());
     if status == VerdictStatus::Failed {
         return Ok(Verdict {
+            capture_id: String::new(),
             engine: engine.to_owned(),
             status,
             score: None,
@@ -248,6 +253,7 @@ pub fn from_result(
         })
         .collect::<Result<Vec<_>, BadAnswer>>()?;
     Ok(Verdict {
+        capture_id: String::new(),
         engine: engine.to_owned(),
         status,
         score: Some(unit("faithfulness_score", r.faithfulness_score)?),
@@ -365,6 +371,7 @@ pub fn from_posted(
         return Err(BadAnswer("grade is longer than 16 bytes".to_owned()));
     }
     Ok(Verdict {
+        capture_id: String::new(),
         engine: engine.to_owned(),
         status,
         score,

@@ -206,6 +206,7 @@ async fn place_hold(
         by: "request",
         captures: hold.ids.as_deref().unwrap_or_default(),
         filters: hold.filters.as_ref(),
+        verdicts: &[],
     }
     .to_text();
     match state.store.put_hold(hold.clone(), entry).await {
@@ -244,6 +245,7 @@ async fn lift_hold(
         by: "request",
         captures: &[],
         filters: None,
+        verdicts: &[],
     }
     .to_text();
     match state.store.lift_hold(id.clone(), at.clone(), entry).await {

@@ -1,5 +1,6 @@
-//! The log's reads: the latest checkpoint, the verifier key, consistency proofs, and each
-//! capture's entry and inclusion proof. The read token applies as to every other read.
+//! The log's reads: the latest checkpoint, the verifier key, consistency proofs, and the entry
+//! and inclusion proof of each capture and of each accountability event (a verdict, an erasure,
+//! a hold). The read token applies as to every other read.
 
 use std::sync::Arc;
 
@@ -25,6 +26,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/log/consistency", get(consistency))
         .route("/v1/captures/{id}/entry", get(entry))
         .route("/v1/captures/{id}/proof", get(proof))
+        .route("/v1/log/events/{id}/entry", get(event_entry))
+        .route("/v1/log/events/{id}/proof", get(event_proof))
 }
 
 fn text(body: String) -> Response {
@@ -144,22 +147,56 @@ async fn proof(
     if let Err(r) = log_of(&state, &headers) {
         return *r;
     }
+    let found = state.store.log_entry(id.clone()).await;
+    prove(&state, &format!("capture \"{id}\""), found, params).await
+}
+
+async fn event_entry(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = log_of(&state, &headers) {
+        return *r;
+    }
+    match state.store.log_event_entry(id.clone()).await {
+        Ok(Some(e)) => ([(header::CONTENT_TYPE, "application/json")], e.raw).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no event with id \"{id}\"")),
+        Err(e) => store_failure(&state, &e).into_response(),
+    }
+}
+
+async fn event_proof(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    params: Result<QueryParams<ProofParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = log_of(&state, &headers) {
+        return *r;
+    }
+    let found = state.store.log_event_entry(id.clone()).await;
+    prove(&state, &format!("event \"{id}\""), found, params).await
+}
+
+/// The `tlog-proof` of `what`, whose entry the store `found`.
+async fn prove(
+    state: &AppState,
+    what: &str,
+    found: Result<Option<crate::store::log::LogEntry>, crate::store::StoreError>,
+    params: Result<QueryParams<ProofParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let Ok(QueryParams(ProofParams { size: asked })) = params else {
         return error(StatusCode::BAD_REQUEST, "size must be a decimal number");
     };
-    let index = match state.store.log_entry(id.clone()).await {
+    let index = match found {
         Ok(Some(e)) => e.index,
-        Ok(None) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("no capture with id \"{id}\""),
-            )
-        }
-        Err(e) => return store_failure(&state, &e).into_response(),
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no {what}")),
+        Err(e) => return store_failure(state, &e).into_response(),
     };
     let Some(index) = index else {
         return not_yet(format!(
-            "capture \"{id}\" is stored and not yet sequenced into the log; its proof follows within seconds"
+            "{what} is stored and not yet sequenced into the log; its proof follows within seconds"
         ));
     };
     let (size, note) = match state.store.log_checkpoint(asked).await {
@@ -168,15 +205,14 @@ async fn proof(
             return match asked {
                 Some(n) => error(StatusCode::NOT_FOUND, format!("no checkpoint of size {n}")),
                 None => not_yet(format!(
-                    "capture \"{id}\" is at index {index}, and no checkpoint is signed yet"
+                    "{what} is at index {index}, and no checkpoint is signed yet"
                 )),
             }
         }
-        Err(e) => return store_failure(&state, &e).into_response(),
+        Err(e) => return store_failure(state, &e).into_response(),
     };
     if index >= size {
-        let message =
-            format!("capture \"{id}\" is at index {index}, beyond the checkpoint of size {size}");
+        let message = format!("{what} is at index {index}, beyond the checkpoint of size {size}");
         return if asked.is_some() {
             error(StatusCode::BAD_REQUEST, message)
         } else {
@@ -192,7 +228,7 @@ async fn proof(
             }
             .to_text(),
         ),
-        Err(e) => failure(&state, e),
+        Err(e) => failure(state, e),
     }
 }
 
@@ -205,4 +241,27 @@ pub fn place_json(id: &str, place: crate::reads::LogPlace) -> serde_json::Value 
         "checkpoint_size": place.checkpoint_size,
         "proof": place.proven().then(|| format!("/v1/captures/{}/proof", crate::web::format::segment(id))),
     })
+}
+
+/// A stored verdict as `verdicts` in `GET /v1/captures/{id}` shows it: its stored JSON (its log
+/// entry, byte for byte), and with the log on, `log`: its `event` id, its `index` (`null` until
+/// sequenced), and the paths of its `entry` and `proof`.
+pub fn verdict_json(v: &crate::store::StoredVerdict, log_on: bool) -> String {
+    let stored = v.json.trim_end();
+    let Some(open) = stored.strip_suffix('}').filter(|_| log_on) else {
+        return v.json.clone();
+    };
+    let event = crate::web::format::segment(&v.event);
+    let log = serde_json::json!({
+        "event": v.event,
+        "index": v.log_index,
+        "entry": format!("/v1/log/events/{event}/entry"),
+        "proof": format!("/v1/log/events/{event}/proof"),
+    });
+    let sep = if open.trim_end().ends_with('{') {
+        ""
+    } else {
+        ","
+    };
+    format!("{open}{sep}\"log\":{log}}}")
 }

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use super::note::VerifierKey;
 use super::tree::{self, DenseTree, Hash, Query};
-use crate::store::erase::{ERASURE_KIND, EVENT_PREFIX};
-use crate::store::log::LogStore;
+use crate::store::erase::{ERASURE_KIND, EVENT_PREFIX, VERDICT_PREFIX};
+use crate::store::log::{LogStore, VerdictRow};
 use crate::store::StoreError;
 
 /// Records read from the store at a time.
@@ -23,6 +23,19 @@ struct Erasure {
     reason: String,
     by: String,
     captures: Vec<String>,
+    /// The verdicts removed with the captures.
+    #[serde(default)]
+    verdicts: Vec<String>,
+}
+
+/// What a log entry is, as the report names it: `capture <id>`, `verdict verdict-<n>` or
+/// `event <id>` (an erasure's or a hold's).
+fn named(id: &str) -> String {
+    match id.strip_prefix(EVENT_PREFIX) {
+        Some(v) if v.starts_with(VERDICT_PREFIX) => format!("verdict {v}"),
+        Some(event) => format!("event {event}"),
+        None => format!("capture {id}"),
+    }
 }
 
 /// What the check found.
@@ -52,6 +65,35 @@ impl Report {
     pub fn ok(&self) -> bool {
         self.problems == 0
     }
+}
+
+/// How the row `capture_verdicts` keeps of a verdict (what the list filters by, which capture
+/// shows it) disagrees with its logged entry, if it does.
+fn row_disagrees(row: Option<&VerdictRow>, entry: &str) -> Option<String> {
+    let Some(row) = row else {
+        return Some(
+            "its row in capture_verdicts is gone: its capture no longer shows it".to_owned(),
+        );
+    };
+    let v: serde_json::Value = serde_json::from_str(entry).ok()?;
+    let capture = v["capture_id"].as_str().filter(|c| !c.is_empty());
+    let differ = [
+        ("capture", capture.is_some_and(|c| c != row.capture_id)),
+        ("engine", v["engine"].as_str() != Some(row.engine.as_str())),
+        ("status", v["status"].as_str() != Some(row.status.as_str())),
+        ("score", v["score"].as_f64() != row.score),
+        (
+            "hallucination",
+            v["hallucination"].as_bool() != row.hallucination,
+        ),
+    ];
+    let fields: Vec<&str> = differ.iter().filter(|d| d.1).map(|d| d.0).collect();
+    (!fields.is_empty()).then(|| {
+        format!(
+            "its row in capture_verdicts (what the list filters by) differs from its entry in {}",
+            fields.join(", ")
+        )
+    })
 }
 
 /// Checks the store's log. `key` is the verifier key to check signatures against; without it,
@@ -115,6 +157,8 @@ pub async fn verify_store(
     // The erasure event a tombstone names, per index; and what each logged erasure erased.
     let mut erased_by: Vec<Option<String>> = Vec::new();
     let mut erasures: HashMap<String, (u64, Erasure)> = HashMap::new();
+    // What each verdict's row disagrees with its entry in, per index.
+    let mut row_problems: Vec<Option<String>> = Vec::new();
     let mut next = 0u64;
     loop {
         let page = store.log_records(next, PAGE).await?;
@@ -130,6 +174,7 @@ pub async fn verify_store(
                 ids.push(String::new());
                 records.push(None);
                 erased_by.push(None);
+                row_problems.push(None);
                 let _ = recomputed.push(Hash::default());
                 next += 1;
             }
@@ -147,6 +192,13 @@ pub async fn verify_store(
                 }
             }
             erased_by.push(e.erased_by);
+            let is_verdict =
+                e.id.strip_prefix(EVENT_PREFIX)
+                    .is_some_and(|v| v.starts_with(VERDICT_PREFIX));
+            row_problems.push(match (&e.raw, is_verdict) {
+                (Some(raw), true) => row_disagrees(e.verdict_row.as_ref(), raw),
+                _ => None,
+            });
             let _ = recomputed.push(leaf.unwrap_or(stored));
             stored_leaves.push(stored);
             ids.push(e.id);
@@ -160,40 +212,63 @@ pub async fn verify_store(
         .enumerate()
         .map(|(i, h)| (h.0, i as u64))
         .collect();
+    // The erasure that removed each verdict, by its event id.
+    let verdicts_erased: HashMap<&str, (&u64, &Erasure)> = erasures
+        .values()
+        .flat_map(|(j, x)| x.verdicts.iter().map(move |v| (v.as_str(), (j, x))))
+        .collect();
     let mut erased = 0u64;
     for (i, (leaf, id)) in records.iter().zip(&ids).enumerate() {
         let i = i as u64;
         let Some(stored) = stored_leaves.get(i as usize).copied() else {
             continue;
         };
+        let what = named(id);
         match leaf {
             _ if id.is_empty() => {}
-            None => match erased_by.get(i as usize).cloned().flatten() {
-                Some(event) => match erasures.get(&event) {
-                    Some((j, x)) if x.captures.iter().any(|c| c == id) => {
+            None => match id.strip_prefix(EVENT_PREFIX) {
+                Some(event) => match verdicts_erased.get(event) {
+                    Some((j, x)) => {
                         r.verified += 1;
-                        erased += 1;
                         r.say(format!(
-                            "erased capture {id} (index {i}): erased on {} ({}) by {}, erasure entry at index {j}",
+                            "erased {what} (index {i}): erased with its capture on {} ({}) by {}, erasure entry at index {j}",
                             x.at, x.reason, x.by
                         ));
                     }
-                    _ => r.problem(format!(
-                        "capture {id} (index {i}): deleted from the store — its tombstone names the erasure {event}, and no erasure in the log erased it"
+                    None => r.problem(format!("{what} (index {i}): deleted from the store")),
+                },
+                None => match erased_by.get(i as usize).cloned().flatten() {
+                    Some(event) => match erasures.get(&event) {
+                        Some((j, x)) if x.captures.iter().any(|c| c == id) => {
+                            r.verified += 1;
+                            erased += 1;
+                            r.say(format!(
+                                "erased capture {id} (index {i}): erased on {} ({}) by {}, erasure entry at index {j}",
+                                x.at, x.reason, x.by
+                            ));
+                        }
+                        _ => r.problem(format!(
+                            "capture {id} (index {i}): deleted from the store — its tombstone names the erasure {event}, and no erasure in the log erased it"
+                        )),
+                    },
+                    None => r.problem(format!(
+                        "capture {id} (index {i}): deleted from the store"
                     )),
                 },
-                None => r.problem(format!(
-                    "capture {id} (index {i}): deleted from the store"
-                )),
             },
-            Some(h) if *h == stored => r.verified += 1,
+            Some(h) if *h == stored => {
+                r.verified += 1;
+                if let Some(why) = row_problems.get(i as usize).cloned().flatten() {
+                    r.problem(format!("{what} (index {i}): {why}"));
+                }
+            }
             Some(h) => match by_leaf.get(&h.0) {
                 Some(&j) => r.problem(format!(
-                    "capture {id} (index {i}): moved — the store holds under it the record logged at index {j} (capture {})",
-                    ids.get(j as usize).map(String::as_str).unwrap_or("?")
+                    "{what} (index {i}): moved — the store holds under it the record logged at index {j} ({})",
+                    ids.get(j as usize).map_or("?".to_owned(), |id| named(id))
                 )),
                 None => r.problem(format!(
-                    "capture {id} (index {i}): modified — its stored record is not the entry the log holds"
+                    "{what} (index {i}): modified — its stored record is not the entry the log holds"
                 )),
             },
         }

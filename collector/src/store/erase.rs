@@ -7,7 +7,9 @@
 //! line per table — and writes its tombstone and the erasure's event, all in one transaction: a
 //! capture is erased entirely or not at all; a dry run does the same and rolls back. An event's
 //! log entry is keyed in `log_entries` by the negated `seq` of its `log_events` row, so the
-//! sequencer appends it like a record and `verify` reads it back.
+//! sequencer appends it like a record and `verify` reads it back. An audit engine's verdict is
+//! such an event too (kind [`VERDICT_KIND`]): its entry is the verdict as stored, and erasing a
+//! capture removes its verdicts' entries with it, named in the erasure's entry.
 
 use std::future::Future;
 
@@ -103,6 +105,9 @@ pub struct EventEntry<'a> {
     /// The filters a hold holds by.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filters: Option<&'a serde_json::Value>,
+    /// The verdicts an erasure removed with its captures (their event ids, `verdict-<n>`).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub verdicts: &'a [String],
 }
 
 /// The entry kind of an erasure.
@@ -111,6 +116,10 @@ pub const ERASURE_KIND: &str = "truthtable.erasure/v1";
 pub const HOLD_KIND: &str = "truthtable.hold/v1";
 /// The entry kind of a hold lifted.
 pub const HOLD_LIFTED_KIND: &str = "truthtable.hold-lifted/v1";
+/// The kind of a verdict's event: its entry is the verdict's JSON exactly as stored and shown.
+pub const VERDICT_KIND: &str = "truthtable.verdict/v1";
+/// The prefix of a verdict's event id: `verdict-<n>`, `n` its row in `capture_verdicts`.
+pub const VERDICT_PREFIX: &str = "verdict-";
 
 impl EventEntry<'_> {
     /// The entry's bytes.
@@ -119,8 +128,8 @@ impl EventEntry<'_> {
     }
 }
 
-/// The erasure's entry for the captures it erased.
-pub fn erasure_entry(req: &EraseRequest, erased: &[String]) -> String {
+/// The erasure's entry for the captures it erased and the verdicts that went with them.
+pub fn erasure_entry(req: &EraseRequest, erased: &[String], verdicts: &[String]) -> String {
     EventEntry {
         kind: ERASURE_KIND,
         id: &req.event,
@@ -129,6 +138,7 @@ pub fn erasure_entry(req: &EraseRequest, erased: &[String]) -> String {
         by: &req.by,
         captures: erased,
         filters: None,
+        verdicts,
     }
     .to_text()
 }
@@ -151,7 +161,8 @@ pub struct EraseCounts {
     pub erased: u64,
     /// Active holds.
     pub holds: u64,
-    /// Accountability events (erasures, holds placed and lifted): entries the log holds or will.
+    /// Accountability events (erasures, holds placed and lifted, verdicts): entries the log holds
+    /// or will.
     pub events: u64,
 }
 

@@ -24,7 +24,7 @@ pub struct LogState {
 }
 
 /// One entry of the log, as the offline verifier walks it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoggedRecord {
     /// Its index in the log.
     pub index: u64,
@@ -34,6 +34,26 @@ pub struct LoggedRecord {
     pub raw: Option<String>,
     /// The erasure event that erased it, when its tombstone says it was erased.
     pub erased_by: Option<String>,
+    /// A verdict's row in `capture_verdicts` (what the list filters by), when the entry is a
+    /// verdict's and the row is there.
+    pub verdict_row: Option<VerdictRow>,
+}
+
+/// What `capture_verdicts` says of a verdict beside its entry: what the list filters by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictRow {
+    /// Its event id (`verdict-<n>`).
+    pub event: String,
+    /// The capture it is shown with.
+    pub capture_id: String,
+    /// The engine.
+    pub engine: String,
+    /// Its status.
+    pub status: String,
+    /// Its score.
+    pub score: Option<f64>,
+    /// Its hallucination flag.
+    pub hallucination: Option<bool>,
 }
 
 /// A capture's entry and where the log has it.
@@ -104,6 +124,12 @@ pub trait LogStore: Send + Sync {
 
     /// The capture `id`'s entry and index.
     fn log_entry(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<Option<LogEntry>, StoreError>> + Send;
+
+    /// The accountability event `id`'s entry (an erasure's, a hold's, a verdict's) and index.
+    fn log_event_entry(
         &self,
         id: String,
     ) -> impl Future<Output = Result<Option<LogEntry>, StoreError>> + Send;
@@ -183,6 +209,10 @@ impl LogStore for Store {
 
     async fn log_entry(&self, id: String) -> Result<Option<LogEntry>, StoreError> {
         dispatch!(self, s => s.log_entry(id).await)
+    }
+
+    async fn log_event_entry(&self, id: String) -> Result<Option<LogEntry>, StoreError> {
+        dispatch!(self, s => s.log_event_entry(id).await)
     }
 
     async fn log_records(&self, from: u64, limit: u32) -> Result<Vec<LoggedRecord>, StoreError> {

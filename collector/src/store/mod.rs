@@ -559,6 +559,31 @@ pub struct NewVerdict {
     pub verdict: String,
     /// When it arrived (RFC 3339).
     pub received_at: String,
+    /// Queue it for a Phoenix span annotation ([`CaptureStore::to_annotate`]).
+    pub annotate: bool,
+}
+
+/// A verdict waiting to be posted to Phoenix as a span annotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAnnotation {
+    /// Its row in `capture_verdicts`.
+    pub row: i64,
+    /// The capture it judges.
+    pub capture_id: String,
+    /// The verdict as stored (JSON).
+    pub verdict: String,
+}
+
+/// A stored verdict: its JSON, which is also its entry in the verifiable log, and where the
+/// log has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVerdict {
+    /// The verdict as stored (`crate::engine::verdict::Verdict` as JSON): the log entry's bytes.
+    pub json: String,
+    /// Its event id (`verdict-<n>`); its log entry is `event/verdict-<n>`.
+    pub event: String,
+    /// Its index in the log, once sequenced.
+    pub log_index: Option<u64>,
 }
 
 /// Size figures for `/metrics`.
@@ -657,8 +682,9 @@ pub trait CaptureStore: Send + Sync {
         holder: String,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Appends a verdict (verdicts are never changed or removed: several engines, or several
-    /// runs of one, each keep theirs).
+    /// Appends a verdict and its event for the verifiable log (its entry: `verdict.verdict`),
+    /// in one transaction (verdicts are never changed or removed: several engines, or several
+    /// runs of one, each keep theirs). Nothing is stored when the capture is gone (erased).
     fn add_verdict(
         &self,
         verdict: NewVerdict,
@@ -670,8 +696,21 @@ pub trait CaptureStore: Send + Sync {
         id: String,
     ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
 
-    /// The verdicts on capture `id` as stored (JSON), in the order they arrived.
-    fn verdicts(&self, id: String) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// The verdicts on capture `id` as stored, in the order they arrived.
+    fn verdicts(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<Vec<StoredVerdict>, StoreError>> + Send;
+
+    /// Up to `limit` verdicts stored with `annotate` and not yet marked [`Self::annotated`],
+    /// oldest first: the durable queue of Phoenix span annotations.
+    fn to_annotate(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<PendingAnnotation>, StoreError>> + Send;
+
+    /// Takes these verdicts (by `row`) off the annotation queue: sent, refused or given up.
+    fn annotated(&self, rows: Vec<i64>) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Of `ids`, those `engine` has already given a verdict (or an engine error) on.
     fn judged(
@@ -815,8 +854,16 @@ impl CaptureStore for Store {
         dispatch!(self, s => s.capture_seq(id).await)
     }
 
-    async fn verdicts(&self, id: String) -> Result<Vec<String>, StoreError> {
+    async fn verdicts(&self, id: String) -> Result<Vec<StoredVerdict>, StoreError> {
         dispatch!(self, s => s.verdicts(id).await)
+    }
+
+    async fn to_annotate(&self, limit: u32) -> Result<Vec<PendingAnnotation>, StoreError> {
+        dispatch!(self, s => s.to_annotate(limit).await)
+    }
+
+    async fn annotated(&self, rows: Vec<i64>) -> Result<(), StoreError> {
+        dispatch!(self, s => s.annotated(rows).await)
     }
 
     async fn judged(&self, engine: String, ids: Vec<String>) -> Result<Vec<String>, StoreError> {

@@ -25,13 +25,13 @@ use crate::log::tree::{Hash, Hashes};
 
 use super::erase::{
     EraseCounts, EraseOutcome, EraseRequest, EraseStore, Hold, PendingEvent, Tombstone,
-    EVENT_PREFIX,
+    EVENT_PREFIX, VERDICT_KIND, VERDICT_PREFIX,
 };
-use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord};
+use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord, VerdictRow};
 use super::{
     list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
-    ListQuery, NewCapture, NewVerdict, Page, SqlValue, StaleDigest, StoreError, StoreStats,
-    StoredCapture, MODELS_SQL,
+    ListQuery, NewCapture, NewVerdict, Page, PendingAnnotation, SqlValue, StaleDigest, StoreError,
+    StoreStats, StoredCapture, StoredVerdict, MODELS_SQL,
 };
 
 /// The SQLite store; cheap to share behind an `Arc`.
@@ -184,6 +184,19 @@ CREATE TABLE holds (
     filters   TEXT,
     lifted_at TEXT
 );
+",
+    // A verdict is evidence too: its JSON moves to its event (`verdict-<seq>`), which the
+    // verifiable log appends; the row keeps what the list filters by.
+    "
+ALTER TABLE capture_verdicts ADD COLUMN event_seq INTEGER;
+INSERT INTO log_events (id, kind, entry)
+    SELECT 'verdict-' || seq, 'truthtable.verdict/v1', verdict FROM capture_verdicts ORDER BY seq;
+UPDATE capture_verdicts SET event_seq =
+    (SELECT v.seq FROM log_events v WHERE v.id = 'verdict-' || capture_verdicts.seq);
+ALTER TABLE capture_verdicts DROP COLUMN verdict;
+CREATE UNIQUE INDEX capture_verdicts_event ON capture_verdicts (event_seq);
+ALTER TABLE capture_verdicts ADD COLUMN annotate INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX capture_verdicts_annotate ON capture_verdicts (seq) WHERE annotate;
 ",
 ];
 
@@ -607,21 +620,32 @@ impl CaptureStore for SqliteStore {
 
     async fn add_verdict(&self, v: NewVerdict) -> Result<(), StoreError> {
         self.blocking(move |_, conn| {
-            conn.prepare_cached(
-                "INSERT INTO capture_verdicts
-                 (capture_seq, capture_id, engine, status, score, hallucination, verdict, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                v.capture_seq,
-                v.capture_id,
-                v.engine,
-                v.status,
-                v.score,
-                v.hallucination,
-                v.verdict,
-                v.received_at
-            ])?;
+            let tx = conn.transaction()?;
+            let added = tx
+                .prepare_cached(
+                    "INSERT INTO capture_verdicts
+                     (capture_seq, capture_id, engine, status, score, hallucination, received_at, annotate)
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM captures WHERE seq = ?1)",
+                )?
+                .execute(params![
+                    v.capture_seq,
+                    v.capture_id,
+                    v.engine,
+                    v.status,
+                    v.score,
+                    v.hallucination,
+                    v.received_at,
+                    v.annotate
+                ])?;
+            if added == 1 {
+                let row = tx.last_insert_rowid();
+                tx.prepare_cached("INSERT INTO log_events (id, kind, entry) VALUES (?1, ?2, ?3)")?
+                    .execute(params![format!("{VERDICT_PREFIX}{row}"), VERDICT_KIND, v.verdict])?;
+                let event = tx.last_insert_rowid();
+                tx.prepare_cached("UPDATE capture_verdicts SET event_seq = ?1 WHERE seq = ?2")?
+                    .execute(params![event, row])?;
+            }
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -637,13 +661,59 @@ impl CaptureStore for SqliteStore {
         .await
     }
 
-    async fn verdicts(&self, id: String) -> Result<Vec<String>, StoreError> {
+    async fn verdicts(&self, id: String) -> Result<Vec<StoredVerdict>, StoreError> {
         self.blocking(move |_, conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT verdict FROM capture_verdicts WHERE capture_id = ?1 ORDER BY seq",
+                "SELECT v.entry, v.id, e.idx FROM capture_verdicts cv
+                 JOIN log_events v ON v.seq = cv.event_seq
+                 LEFT JOIN log_entries e ON e.seq = -v.seq
+                 WHERE cv.capture_id = ?1 ORDER BY cv.seq",
             )?;
-            let rows = stmt.query_map(params![id], |r| r.get(0))?;
+            let rows = stmt.query_map(params![id], |r| {
+                Ok(StoredVerdict {
+                    json: r.get(0)?,
+                    event: r.get(1)?,
+                    log_index: r
+                        .get::<_, Option<i64>>(2)?
+                        .and_then(|i| u64::try_from(i).ok()),
+                })
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn to_annotate(&self, limit: u32) -> Result<Vec<PendingAnnotation>, StoreError> {
+        self.blocking(move |_, conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT cv.seq, cv.capture_id, v.entry FROM capture_verdicts cv
+                 JOIN log_events v ON v.seq = cv.event_seq
+                 WHERE cv.annotate ORDER BY cv.seq LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit], |r| {
+                Ok(PendingAnnotation {
+                    row: r.get(0)?,
+                    capture_id: r.get(1)?,
+                    verdict: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn annotated(&self, rows: Vec<i64>) -> Result<(), StoreError> {
+        self.blocking(move |_, conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("UPDATE capture_verdicts SET annotate = 0 WHERE seq = ?1")?;
+                for row in rows {
+                    stmt.execute(params![row])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
         })
         .await
     }
@@ -858,21 +928,55 @@ impl LogStore for SqliteStore {
         .await
     }
 
+    async fn log_event_entry(&self, id: String) -> Result<Option<LogEntry>, StoreError> {
+        self.blocking(move |_, conn| {
+            let found: Option<(String, Option<i64>)> = conn
+                .query_row(
+                    "SELECT v.entry, e.idx FROM log_events v
+                     LEFT JOIN log_entries e ON e.seq = -v.seq WHERE v.id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            Ok(found.map(|(raw, idx)| LogEntry {
+                raw,
+                index: idx.and_then(|i| u64::try_from(i).ok()),
+            }))
+        })
+        .await
+    }
+
     async fn log_records(&self, from: u64, limit: u32) -> Result<Vec<LoggedRecord>, StoreError> {
         self.reading(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT e.idx, e.id, coalesce(c.record, v.entry), t.erasure FROM log_entries e
+                "SELECT e.idx, e.id, coalesce(c.record, v.entry), t.erasure, cv.capture_id,
+                        cv.engine, cv.status, cv.score, cv.hallucination FROM log_entries e
                  LEFT JOIN captures c ON c.seq = e.seq
                  LEFT JOIN log_events v ON e.seq < 0 AND v.seq = -e.seq
                  LEFT JOIN tombstones t ON t.seq = e.seq
+                 LEFT JOIN capture_verdicts cv ON e.seq < 0 AND cv.event_seq = -e.seq
                  WHERE e.idx >= ?1 ORDER BY e.idx LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![db_int(from), limit], |r| {
+                let id: String = r.get(1)?;
+                let capture_id: Option<String> = r.get(4)?;
+                let verdict_row = match capture_id {
+                    Some(capture_id) => Some(VerdictRow {
+                        event: id.strip_prefix(EVENT_PREFIX).unwrap_or(&id).to_owned(),
+                        capture_id,
+                        engine: r.get(5)?,
+                        status: r.get(6)?,
+                        score: r.get(7)?,
+                        hallucination: r.get(8)?,
+                    }),
+                    None => None,
+                };
                 Ok(LoggedRecord {
                     index: u64::try_from(r.get::<_, i64>(0)?).unwrap_or_default(),
-                    id: r.get(1)?,
+                    id,
                     raw: r.get(2)?,
                     erased_by: r.get(3)?,
+                    verdict_row,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -934,6 +1038,7 @@ impl LogStore for SqliteStore {
 const CONTENT_TABLES: &[&str] = &[
     "DELETE FROM capture_search WHERE rowid = ?1",
     "DELETE FROM capture_digests WHERE seq = ?1",
+    "DELETE FROM log_events WHERE seq IN (SELECT event_seq FROM capture_verdicts WHERE capture_seq = ?1)",
     "DELETE FROM capture_verdicts WHERE capture_seq = ?1",
     "DELETE FROM capture_amendments WHERE id = (SELECT id FROM captures WHERE seq = ?1)",
     "DELETE FROM captures WHERE seq = ?1",
@@ -984,12 +1089,23 @@ fn erase(conn: &mut Connection, req: &EraseRequest) -> Result<EraseOutcome, Stor
     }
     out.erased = found.iter().map(|f| f.1.clone()).collect();
     if !found.is_empty() {
+        let mut verdicts = Vec::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT v.id FROM capture_verdicts cv JOIN log_events v ON v.seq = cv.event_seq
+                 WHERE cv.capture_seq = ?1 ORDER BY cv.seq",
+            )?;
+            for (seq, ..) in &found {
+                let ids = stmt.query_map(params![seq], |r| r.get::<_, String>(0))?;
+                verdicts.extend(ids.collect::<Result<Vec<_>, _>>()?);
+            }
+        }
         tx.execute(
             "INSERT INTO log_events (id, kind, entry) VALUES (?1, ?2, ?3)",
             params![
                 req.event,
                 super::erase::ERASURE_KIND,
-                super::erase::erasure_entry(req, &out.erased)
+                super::erase::erasure_entry(req, &out.erased, &verdicts)
             ],
         )?;
         let mut stone = tx.prepare_cached(
@@ -1092,8 +1208,11 @@ impl EraseStore for SqliteStore {
     async fn unlogged_events(&self, limit: u32) -> Result<Vec<PendingEvent>, StoreError> {
         self.reading(move |conn| {
             let mut stmt = conn.prepare_cached(
+                // One writer commits events in `seq` order, so none hides behind the latest
+                // one logged: only those after it are looked at.
                 "SELECT v.seq, v.id, v.entry FROM log_events v
-                 WHERE NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = -v.seq)
+                 WHERE v.seq > coalesce((SELECT -min(seq) FROM log_entries WHERE seq < 0), 0)
+                   AND NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = -v.seq)
                  ORDER BY v.seq LIMIT ?1",
             )?;
             let rows = stmt.query_map(params![limit], |r| {
@@ -1325,6 +1444,45 @@ mod tests {
             .unwrap();
         assert_eq!(s[0].model.as_deref(), Some("gpt-4o"));
         assert!(s[0].question.is_some());
+    }
+
+    #[tokio::test]
+    async fn verdicts_stored_before_they_joined_the_log_become_its_events_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v8.db");
+        let verdict = r#"{"engine":"grpc://a","score":0.5}"#;
+        {
+            let conn = Connection::open(&path).unwrap();
+            let eight: String = MIGRATIONS[..8].concat();
+            conn.execute_batch(&format!("{eight} PRAGMA user_version = 8;"))
+                .unwrap();
+            conn.execute(
+                "INSERT INTO captures (id, started_at, method, path, status, outcome, duration_ms, model, record)
+                 VALUES ('old', 't', 'GET', '/', 200, 'complete', 1.0, NULL, '{}')",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO capture_verdicts
+                 (capture_seq, capture_id, engine, status, score, hallucination, verdict, received_at)
+                 VALUES (1, 'old', 'grpc://a', 'completed', 0.5, 0, ?1, 't')",
+                [verdict],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let kept = store.verdicts("old".into()).await.unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            (kept[0].json.as_str(), kept[0].event.as_str()),
+            (verdict, "verdict-1")
+        );
+        let waiting = store.unlogged_events(10).await.unwrap();
+        assert_eq!(waiting.len(), 1, "the log appends it next");
+        assert_eq!(
+            (waiting[0].log_id.as_str(), waiting[0].entry.as_str()),
+            ("event/verdict-1", verdict)
+        );
     }
 
     #[tokio::test]

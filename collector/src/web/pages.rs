@@ -145,10 +145,10 @@ fn evidence_source(view: &AuditView, evidence: &str) -> Option<(usize, String)> 
 }
 
 /// The audit engines' verdicts, each claim with its evidence and where the context holds it.
-fn verdicts_section(view: &AuditView, verdicts: &[String]) -> Markup {
+fn verdicts_section(view: &AuditView, verdicts: &[crate::store::StoredVerdict]) -> Markup {
     let parsed: Vec<Result<crate::engine::Verdict, String>> = verdicts
         .iter()
-        .map(|v| serde_json::from_str(v).map_err(|e| e.to_string()))
+        .map(|v| serde_json::from_str(&v.json).map_err(|e| e.to_string()))
         .collect();
     html! {
         section #verdicts.verdicts {
@@ -380,7 +380,7 @@ fn json_or_text(text: &str) -> Markup {
     }
 }
 
-fn audit_columns(view: &AuditView, verdicts: &[String]) -> Markup {
+fn audit_columns(view: &AuditView, verdicts: &[crate::store::StoredVerdict]) -> Markup {
     html! {
         div.qca {
             section #question.pane {

@@ -33,14 +33,14 @@ use tokio_postgres::NoTls;
 use self::connect::{classify, Failure};
 use super::erase::{
     EraseCounts, EraseOutcome, EraseRequest, EraseStore, Hold, PendingEvent, Tombstone,
-    EVENT_PREFIX,
+    EVENT_PREFIX, VERDICT_KIND, VERDICT_PREFIX,
 };
 use super::health::HealthTracker;
-use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord};
+use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord, VerdictRow};
 use super::{
     list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
-    ListQuery, NewCapture, NewVerdict, Page, SqlValue, StaleDigest, StoreError, StoreStats,
-    StoredCapture, MODELS_SQL,
+    ListQuery, NewCapture, NewVerdict, Page, PendingAnnotation, SqlValue, StaleDigest, StoreError,
+    StoreStats, StoredCapture, StoredVerdict, MODELS_SQL,
 };
 use crate::config::PasswordSources;
 use crate::log::tree::{Hash, Hashes};
@@ -195,6 +195,18 @@ CREATE TABLE holds (
     filters   text,
     lifted_at text
 );
+",
+    // A verdict is evidence too: its JSON moves to its event (`verdict-<seq>`), which the
+    // verifiable log appends; the row keeps what the list filters by.
+    "
+ALTER TABLE capture_verdicts ADD COLUMN event_seq bigint;
+INSERT INTO log_events (id, kind, entry)
+    SELECT 'verdict-' || seq, 'truthtable.verdict/v1', verdict FROM capture_verdicts ORDER BY seq;
+UPDATE capture_verdicts cv SET event_seq = v.seq FROM log_events v WHERE v.id = 'verdict-' || cv.seq;
+ALTER TABLE capture_verdicts DROP COLUMN verdict;
+CREATE UNIQUE INDEX capture_verdicts_event ON capture_verdicts (event_seq);
+ALTER TABLE capture_verdicts ADD COLUMN annotate boolean NOT NULL DEFAULT false;
+CREATE INDEX capture_verdicts_annotate ON capture_verdicts (seq) WHERE annotate;
 ",
 ];
 
@@ -852,16 +864,14 @@ impl CaptureStore for PgStore {
 
     async fn add_verdict(&self, v: NewVerdict) -> Result<(), StoreError> {
         self.with_client(async |client| {
-            let stmt = client
-                .prepare_cached(
+            let tx = client.transaction().await?;
+            let row = tx
+                .query_opt(
                     "INSERT INTO capture_verdicts
-                     (capture_seq, capture_id, engine, status, score, hallucination, verdict, received_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .await?;
-            client
-                .execute(
-                    &stmt,
+                     (capture_seq, capture_id, engine, status, score, hallucination, received_at, annotate)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8
+                     WHERE EXISTS (SELECT 1 FROM captures WHERE seq = $1)
+                     RETURNING seq",
                     &[
                         &v.capture_seq,
                         &v.capture_id,
@@ -869,11 +879,22 @@ impl CaptureStore for PgStore {
                         &v.status,
                         &v.score,
                         &v.hallucination,
-                        &v.verdict,
                         &v.received_at,
+                        &v.annotate,
                     ],
                 )
-                .await
+                .await?;
+            if let Some(row) = row {
+                let seq: i64 = row.get(0);
+                tx.execute(
+                    "WITH event AS (INSERT INTO log_events (id, kind, entry) VALUES ($1, $2, $3)
+                                    RETURNING seq)
+                     UPDATE capture_verdicts SET event_seq = (SELECT seq FROM event) WHERE seq = $4",
+                    &[&format!("{VERDICT_PREFIX}{seq}"), &VERDICT_KIND, &v.verdict, &seq],
+                )
+                .await?;
+            }
+            tx.commit().await
         })
         .await?;
         Ok(())
@@ -889,21 +910,67 @@ impl CaptureStore for PgStore {
         .await
     }
 
-    async fn verdicts(&self, id: String) -> Result<Vec<String>, StoreError> {
+    async fn verdicts(&self, id: String) -> Result<Vec<StoredVerdict>, StoreError> {
         self.with_client(async |client| {
             let stmt = client
                 .prepare_cached(
-                    "SELECT verdict FROM capture_verdicts WHERE capture_id = $1 ORDER BY seq",
+                    "SELECT v.entry, v.id, e.idx FROM capture_verdicts cv
+                     JOIN log_events v ON v.seq = cv.event_seq
+                     LEFT JOIN log_entries e ON e.seq = -v.seq
+                     WHERE cv.capture_id = $1 ORDER BY cv.seq",
                 )
                 .await?;
             Ok(client
                 .query(&stmt, &[&id])
                 .await?
                 .iter()
-                .map(|r| r.get(0))
+                .map(|r| StoredVerdict {
+                    json: r.get(0),
+                    event: r.get(1),
+                    log_index: r
+                        .get::<_, Option<i64>>(2)
+                        .and_then(|i| u64::try_from(i).ok()),
+                })
                 .collect())
         })
         .await
+    }
+
+    async fn to_annotate(&self, limit: u32) -> Result<Vec<PendingAnnotation>, StoreError> {
+        let limit = i64::from(limit);
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query(
+                        "SELECT cv.seq, cv.capture_id, v.entry FROM capture_verdicts cv
+                         JOIN log_events v ON v.seq = cv.event_seq
+                         WHERE cv.annotate ORDER BY cv.seq LIMIT $1",
+                        &[&limit],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| PendingAnnotation {
+                row: r.get(0),
+                capture_id: r.get(1),
+                verdict: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn annotated(&self, rows: Vec<i64>) -> Result<(), StoreError> {
+        self.with_client(async |client| {
+            client
+                .execute(
+                    "UPDATE capture_verdicts SET annotate = false WHERE seq = ANY($1)",
+                    &[&rows],
+                )
+                .await
+        })
+        .await?;
+        Ok(())
     }
 
     async fn judged(&self, engine: String, ids: Vec<String>) -> Result<Vec<String>, StoreError> {
@@ -1153,6 +1220,26 @@ impl LogStore for PgStore {
         }))
     }
 
+    async fn log_event_entry(&self, id: String) -> Result<Option<LogEntry>, StoreError> {
+        let row = self
+            .with_client(async |client| {
+                client
+                    .query_opt(
+                        "SELECT v.entry, e.idx FROM log_events v
+                         LEFT JOIN log_entries e ON e.seq = -v.seq WHERE v.id = $1",
+                        &[&id],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(row.map(|r| LogEntry {
+            raw: r.get(0),
+            index: r
+                .get::<_, Option<i64>>(1)
+                .and_then(|i| u64::try_from(i).ok()),
+        }))
+    }
+
     async fn log_records(&self, from: u64, limit: u32) -> Result<Vec<LoggedRecord>, StoreError> {
         let from = db_int(from);
         let limit = i64::from(limit);
@@ -1160,11 +1247,13 @@ impl LogStore for PgStore {
             .with_client(async |client| {
                 client
                     .query(
-                        "SELECT e.idx, e.id, coalesce(c.record, v.entry), t.erasure
+                        "SELECT e.idx, e.id, coalesce(c.record, v.entry), t.erasure, cv.capture_id,
+                                cv.engine, cv.status, cv.score, cv.hallucination
                          FROM log_entries e
                          LEFT JOIN captures c ON c.seq = e.seq
                          LEFT JOIN log_events v ON e.seq < 0 AND v.seq = -e.seq
                          LEFT JOIN tombstones t ON t.seq = e.seq
+                         LEFT JOIN capture_verdicts cv ON e.seq < 0 AND cv.event_seq = -e.seq
                          WHERE e.idx >= $1 ORDER BY e.idx LIMIT $2",
                         &[&from, &limit],
                     )
@@ -1173,11 +1262,23 @@ impl LogStore for PgStore {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| LoggedRecord {
-                index: u64::try_from(r.get::<_, i64>(0)).unwrap_or_default(),
-                id: r.get(1),
-                raw: r.get(2),
-                erased_by: r.get(3),
+            .map(|r| {
+                let id: String = r.get(1);
+                let verdict_row = r.get::<_, Option<String>>(4).map(|capture_id| VerdictRow {
+                    event: id.strip_prefix(EVENT_PREFIX).unwrap_or(&id).to_owned(),
+                    capture_id,
+                    engine: r.get(5),
+                    status: r.get(6),
+                    score: r.get(7),
+                    hallucination: r.get(8),
+                });
+                LoggedRecord {
+                    index: u64::try_from(r.get::<_, i64>(0)).unwrap_or_default(),
+                    id,
+                    raw: r.get(2),
+                    erased_by: r.get(3),
+                    verdict_row,
+                }
             })
             .collect())
     }
@@ -1249,6 +1350,7 @@ impl LogStore for PgStore {
 /// through this list (a new table of derived content is one more line).
 const CONTENT_TABLES: &[&str] = &[
     "DELETE FROM capture_digests WHERE seq = $1",
+    "DELETE FROM log_events WHERE seq IN (SELECT event_seq FROM capture_verdicts WHERE capture_seq = $1)",
     "DELETE FROM capture_verdicts WHERE capture_seq = $1",
     "DELETE FROM capture_amendments WHERE id = (SELECT id FROM captures WHERE seq = $1)",
     "DELETE FROM captures WHERE seq = $1",
@@ -1301,12 +1403,23 @@ impl EraseStore for PgStore {
             }
             out.erased = found.iter().map(|f| f.1.clone()).collect();
             if !found.is_empty() {
+                let seqs: Vec<i64> = found.iter().map(|f| f.0).collect();
+                let verdicts: Vec<String> = tx
+                    .query(
+                        "SELECT v.id FROM capture_verdicts cv JOIN log_events v ON v.seq = cv.event_seq
+                         WHERE cv.capture_seq = ANY($1) ORDER BY cv.seq",
+                        &[&seqs],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
                 tx.execute(
                     "INSERT INTO log_events (id, kind, entry) VALUES ($1, $2, $3)",
                     &[
                         &req.event,
                         &super::erase::ERASURE_KIND,
-                        &super::erase::erasure_entry(&req, &out.erased),
+                        &super::erase::erasure_entry(&req, &out.erased, &verdicts),
                     ],
                 )
                 .await?;
@@ -1389,8 +1502,12 @@ impl EraseStore for PgStore {
             .with_client(async |client| {
                 client
                     .query(
+                        // Events commit out of `seq` order only by a little (one per verdict,
+                        // erasure or hold, each in a short transaction): those after the latest
+                        // logged one, and a window before it, are looked at, not every event.
                         "SELECT v.seq, v.id, v.entry FROM log_events v
-                         WHERE NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = -v.seq)
+                         WHERE v.seq > coalesce((SELECT -min(seq) FROM log_entries WHERE seq < 0), 0) - 10000
+                           AND NOT EXISTS (SELECT 1 FROM log_entries e WHERE e.seq = -v.seq)
                          ORDER BY v.seq LIMIT $1",
                         &[&limit],
                     )
