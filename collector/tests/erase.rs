@@ -231,6 +231,7 @@ async fn erase_by_ids_and_filter(client: &reqwest::Client, base: &str) {
     }
     let (_, tombstones) = get(client, format!("{base}/v1/erasures")).await;
     assert!(tombstones.contains("secret-1") && tombstones.contains("secret-2"));
+    list_shows_tombstones_when_asked(client, base).await;
 
     // Erasing again reports it, and changes nothing.
     let (_, v) = admin(
@@ -258,6 +259,112 @@ async fn erase_by_ids_and_filter(client: &reqwest::Client, base: &str) {
     assert_eq!(metric(client, base, "truthtable_legal_holds").await, 0);
     // 5 records, 2 erasures, a hold placed and lifted.
     metric_at_least(client, base, "truthtable_log_signed_size", 9).await;
+}
+
+/// `erased=show`: the list (JSON and web) shows the erased captures as tombstone rows in their
+/// places, pages through them, and keeps them out when a content filter is given.
+async fn list_shows_tombstones_when_asked(client: &reqwest::Client, base: &str) {
+    let rows = |v: &Value| -> Vec<(String, bool)> {
+        v["captures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["id"].as_str().unwrap().to_owned(), r["erased"] == true))
+            .collect()
+    };
+    let json = |text: String| serde_json::from_str::<Value>(&text).unwrap();
+    let (s, all) = get(client, format!("{base}/v1/captures?erased=show")).await;
+    assert_eq!(s, 200, "{all}");
+    let all = json(all);
+    let row = |id: &str, erased: bool| (id.to_owned(), erased);
+    assert_eq!(
+        rows(&all),
+        [
+            row("held-1", false),
+            row("secret-2", true),
+            row("keep-2", false),
+            row("secret-1", true),
+            row("keep-1", false)
+        ],
+        "{all}"
+    );
+    let stone = &all["captures"][3];
+    assert_eq!(stone["reason"], "GDPR Art. 17 request #41");
+    assert_eq!(stone["started_at"], "2026-11-25T16:11:40Z");
+    assert!(stone["erased_at"].is_string() && stone["leaf_hash"].is_string());
+    // `hide` is the default.
+    let (_, hidden) = get(client, format!("{base}/v1/captures?erased=hide")).await;
+    assert_eq!(rows(&json(hidden)).len(), 3);
+
+    // Paged two at a time, older and back newer: the tombstones keep their places.
+    let mut seen = Vec::new();
+    let mut cursors = Vec::new();
+    let mut url = format!("{base}/v1/captures?erased=show&limit=2");
+    loop {
+        let page = json(get(client, url.clone()).await.1);
+        seen.extend(rows(&page));
+        cursors.push(page["prev_after"].as_str().map(str::to_owned));
+        match page["next_before"].as_str() {
+            Some(b) => url = format!("{base}/v1/captures?erased=show&limit=2&before={b}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, rows(&all), "paged");
+    let back = cursors[2]
+        .clone()
+        .expect("the last page links to newer ones");
+    let newer = json(
+        get(
+            client,
+            format!("{base}/v1/captures?erased=show&limit=2&after={back}"),
+        )
+        .await
+        .1,
+    );
+    assert_eq!(
+        rows(&newer),
+        [row("keep-2", false), row("secret-1", true)],
+        "{newer}"
+    );
+
+    // A tombstone matches the time range only: a content filter leaves them out.
+    let (_, timed) = get(
+        client,
+        format!(
+            "{base}/v1/captures?erased=show&since=2026-11-25T16:11:00Z&until=2026-11-25T16:13:00Z"
+        ),
+    )
+    .await;
+    assert_eq!(
+        rows(&json(timed)),
+        [row("keep-2", false), row("secret-1", true)]
+    );
+    let (_, by_model) = get(
+        client,
+        format!("{base}/v1/captures?erased=show&model=gpt-4o"),
+    )
+    .await;
+    assert!(rows(&json(by_model)).iter().all(|(_, erased)| !erased));
+    let (s, bad) = get(client, format!("{base}/v1/captures?erased=all")).await;
+    assert_eq!(s, 400);
+    assert!(bad.contains("erased: expected show or hide"), "{bad}");
+    let (s, bad) = get(client, format!("{base}/v1/captures?erased=show&sort=ttft")).await;
+    assert_eq!(s, 400);
+    assert!(bad.contains("erased=show"), "{bad}");
+
+    // The web view: tombstone rows saying when and why, and nothing of the content.
+    let (s, page) = get(client, format!("{base}/ui?erased=show")).await;
+    assert_eq!(s, 200);
+    assert_eq!(page.matches("<tr class=\"erased\"").count(), 2, "{page}");
+    assert!(
+        page.contains("request #41") && page.contains("request #42"),
+        "{page}"
+    );
+    let (_, plain) = get(client, format!("{base}/ui")).await;
+    assert!(!plain.contains("class=\"erased\"") && !plain.contains("request #41"));
+    for text in [&all.to_string(), &page] {
+        assert!(!text.contains(SECRET_Q) && !text.contains(SECRET_A));
+    }
 }
 
 fn verify(db: &str) -> (bool, String) {

@@ -175,6 +175,17 @@ pub trait EraseStore: Send + Sync {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Tombstone>, StoreError>> + Send;
 
+    /// Up to `limit` tombstones of captures stored strictly between `above` and `below` (by
+    /// `seq`; `None` is no bound), newest stored first, or oldest first when `oldest_first`:
+    /// `(seq, tombstone)`. The list shows them in their captures' places.
+    fn tombstones_between(
+        &self,
+        above: Option<i64>,
+        below: Option<i64>,
+        oldest_first: bool,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(i64, Tombstone)>, StoreError>> + Send;
+
     /// Up to `limit` events the log does not hold yet, oldest first.
     fn unlogged_events(
         &self,
@@ -234,6 +245,16 @@ impl EraseStore for Store {
 
     async fn tombstones(&self, limit: u32) -> Result<Vec<Tombstone>, StoreError> {
         dispatch!(self, s => s.tombstones(limit).await)
+    }
+
+    async fn tombstones_between(
+        &self,
+        above: Option<i64>,
+        below: Option<i64>,
+        oldest_first: bool,
+        limit: u32,
+    ) -> Result<Vec<(i64, Tombstone)>, StoreError> {
+        dispatch!(self, s => s.tombstones_between(above, below, oldest_first, limit).await)
     }
 
     async fn unlogged_events(&self, limit: u32) -> Result<Vec<PendingEvent>, StoreError> {

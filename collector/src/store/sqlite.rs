@@ -930,17 +930,22 @@ const TOMBSTONE_COLUMNS: &str = "t.id, t.started_at, e.idx, t.leaf_hash, t.erase
      t.erasure, t.erased_by FROM tombstones t LEFT JOIN log_entries e ON e.seq = t.seq";
 
 fn tombstone(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tombstone> {
+    tombstone_from(r, 0)
+}
+
+/// The tombstone in the row's [`TOMBSTONE_COLUMNS`] from column `at` on.
+fn tombstone_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Tombstone> {
     Ok(Tombstone {
-        id: r.get(0)?,
-        started_at: r.get(1)?,
+        id: r.get(at)?,
+        started_at: r.get(at + 1)?,
         log_index: r
-            .get::<_, Option<i64>>(2)?
+            .get::<_, Option<i64>>(at + 2)?
             .and_then(|i| u64::try_from(i).ok()),
-        leaf_hash: r.get(3)?,
-        erased_at: r.get(4)?,
-        reason: r.get(5)?,
-        erasure: r.get(6)?,
-        by: r.get(7)?,
+        leaf_hash: r.get(at + 3)?,
+        erased_at: r.get(at + 4)?,
+        reason: r.get(at + 5)?,
+        erasure: r.get(at + 6)?,
+        by: r.get(at + 7)?,
     })
 }
 
@@ -1071,6 +1076,28 @@ impl EraseStore for SqliteStore {
                 "SELECT {TOMBSTONE_COLUMNS} ORDER BY t.erased_at DESC, t.seq DESC LIMIT ?1"
             ))?;
             let rows = stmt.query_map(params![limit], tombstone)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn tombstones_between(
+        &self,
+        above: Option<i64>,
+        below: Option<i64>,
+        oldest_first: bool,
+        limit: u32,
+    ) -> Result<Vec<(i64, Tombstone)>, StoreError> {
+        self.blocking(move |_, conn| {
+            let order = if oldest_first { "ASC" } else { "DESC" };
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT t.seq, {TOMBSTONE_COLUMNS} WHERE t.seq > ?1 AND t.seq < ?2
+                 ORDER BY t.seq {order} LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(
+                params![above.unwrap_or(0), below.unwrap_or(i64::MAX), limit],
+                |r| Ok((r.get(0)?, tombstone_from(r, 1)?)),
+            )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await

@@ -1255,17 +1255,22 @@ const TOMBSTONE_COLUMNS: &str = "t.id, t.started_at, e.idx, t.leaf_hash, t.erase
      t.erasure, t.erased_by FROM tombstones t LEFT JOIN log_entries e ON e.seq = t.seq";
 
 fn tombstone(r: &tokio_postgres::Row) -> Tombstone {
+    tombstone_from(r, 0)
+}
+
+/// The tombstone in the row's [`TOMBSTONE_COLUMNS`] from column `at` on.
+fn tombstone_from(r: &tokio_postgres::Row, at: usize) -> Tombstone {
     Tombstone {
-        id: r.get(0),
-        started_at: r.get(1),
+        id: r.get(at),
+        started_at: r.get(at + 1),
         log_index: r
-            .get::<_, Option<i64>>(2)
+            .get::<_, Option<i64>>(at + 2)
             .and_then(|i| u64::try_from(i).ok()),
-        leaf_hash: r.get(3),
-        erased_at: r.get(4),
-        reason: r.get(5),
-        erasure: r.get(6),
-        by: r.get(7),
+        leaf_hash: r.get(at + 3),
+        erased_at: r.get(at + 4),
+        reason: r.get(at + 5),
+        erasure: r.get(at + 6),
+        by: r.get(at + 7),
     }
 }
 
@@ -1378,6 +1383,38 @@ impl EraseStore for PgStore {
             })
             .await?;
         Ok(rows.iter().map(tombstone).collect())
+    }
+
+    async fn tombstones_between(
+        &self,
+        above: Option<i64>,
+        below: Option<i64>,
+        oldest_first: bool,
+        limit: u32,
+    ) -> Result<Vec<(i64, Tombstone)>, StoreError> {
+        let (above, below, limit) = (
+            above.unwrap_or(0),
+            below.unwrap_or(i64::MAX),
+            i64::from(limit),
+        );
+        let order = if oldest_first { "ASC" } else { "DESC" };
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query(
+                        &format!(
+                            "SELECT t.seq, {TOMBSTONE_COLUMNS} WHERE t.seq > $1 AND t.seq < $2
+                             ORDER BY t.seq {order} LIMIT $3"
+                        ),
+                        &[&above, &below, &limit],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), tombstone_from(r, 1)))
+            .collect())
     }
 
     async fn unlogged_events(&self, limit: u32) -> Result<Vec<PendingEvent>, StoreError> {
