@@ -487,6 +487,19 @@ async fn postgres_erasure_by_ids_and_filter_leaves_tombstones_and_a_whole_log() 
         "0",
         "no stored record or digest holds the erased words"
     );
+    // The erased rows' space is given back (their TOAST with them) by a VACUUM after each
+    // erasure, not left to autovacuum, which a few deleted rows never wake.
+    let vacuumed = pg.sql(
+        &name,
+        "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_stat_user_tables
+         WHERE relname IN ('captures', 'capture_digests', 'capture_verdicts', 'capture_amendments')
+           AND last_vacuum >= (SELECT max(erased_at)::timestamptz FROM tombstones)",
+    );
+    assert_eq!(
+        vacuumed,
+        "capture_amendments,capture_digests,capture_verdicts,captures",
+        "every content table vacuumed after the last erasure"
+    );
     let (ok, out) = verify(&url);
     assert!(ok, "{out}");
     assert!(out.contains("erased capture secret-1"), "{out}");

@@ -288,13 +288,13 @@ impl EraseStore for Store {
 }
 
 impl Store {
-    /// After an erasure: makes the erased bytes unrecoverable from the store's files where the
-    /// store can (SQLite: merges the word index, truncates the write-ahead log). PostgreSQL
-    /// removes deleted rows (and their TOAST) from its files when it vacuums them.
+    /// After an erasure: gives the erased rows' space back and makes their bytes unrecoverable
+    /// from the store's files where the store can (SQLite: merges the word index, truncates the
+    /// write-ahead log; PostgreSQL: vacuums the content tables, their TOAST with them).
     pub async fn purge(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.purge().await,
-            Store::Postgres(_) => Ok(()),
+            Store::Postgres(s) => s.purge().await,
         }
     }
 }

@@ -658,7 +658,8 @@ pub trait CaptureStore: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Appends a verdict (verdicts are never changed or removed: several engines, or several
-    /// runs of one, each keep theirs).
+    /// runs of one, each keep theirs; erasure removes them with their capture). A verdict on a
+    /// capture no longer stored — erased while its engine judged it — is dropped.
     fn add_verdict(
         &self,
         verdict: NewVerdict,

@@ -281,11 +281,13 @@ fn insert_batch(conn: &mut Connection, batch: &[NewCapture]) -> Result<BatchOutc
     let tx = conn.transaction()?;
     let mut outcome = BatchOutcome::default();
     {
-        // `model` stays NULL: the digest, written behind ingest, names the model.
+        // `model` stays NULL: the digest, written behind ingest, names the model. An erased
+        // capture's id (a tombstone's) is not stored again: a duplicate.
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO captures
              (id, started_at, method, path, status, outcome, duration_ms, record)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+             WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE id = ?1)",
         )?;
         for (i, c) in batch.iter().enumerate() {
             let n = stmt.execute(params![
@@ -307,7 +309,7 @@ fn insert_batch(conn: &mut Connection, batch: &[NewCapture]) -> Result<BatchOutc
         }
         let mut amend = tx.prepare_cached(&format!(
             "INSERT OR IGNORE INTO capture_amendments (id, received_ms, record)
-             VALUES (?1, {NOW_MS}, ?2)"
+             SELECT ?1, {NOW_MS}, ?2 WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE id = ?1)"
         ))?;
         for c in batch.iter().filter(|c| crate::record::is_amendment(&c.raw)) {
             amend.execute(params![c.id, c.raw])?;
@@ -597,7 +599,8 @@ impl CaptureStore for SqliteStore {
             conn.prepare_cached(
                 "INSERT INTO capture_verdicts
                  (capture_seq, capture_id, engine, status, score, hallucination, verdict, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+                 WHERE EXISTS (SELECT 1 FROM captures WHERE seq = ?1)",
             )?
             .execute(params![
                 v.capture_seq,
