@@ -496,8 +496,7 @@ async fn postgres_erasure_by_ids_and_filter_leaves_tombstones_and_a_whole_log() 
            AND last_vacuum >= (SELECT max(erased_at)::timestamptz FROM tombstones)",
     );
     assert_eq!(
-        vacuumed,
-        "capture_amendments,capture_digests,capture_verdicts,captures",
+        vacuumed, "capture_amendments,capture_digests,capture_verdicts,captures",
         "every content table vacuumed after the last erasure"
     );
     let (ok, out) = verify(&url);
@@ -742,5 +741,178 @@ async fn a_capture_erased_while_its_export_waits_is_never_sent() {
         )
         .await,
         3
+    );
+}
+
+/// Two replicas on one PostgreSQL run retention: one holds the pass's lease at a time; SIGKILLed
+/// midway, it leaves the rest to the other, which takes the lease over once it expires and
+/// finishes. Nothing stored is lost (ingest to the survivor goes on throughout), every old
+/// capture is erased exactly once — one tombstone, one erasure log entry naming it — and
+/// `verify` counts each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_run_retention_one_at_a_time_and_a_killed_pass_holder_loses_nothing() {
+    const OLD: usize = 6000;
+    let pg = Postgres::shared();
+    let name = pg.database();
+    let url = pg.url_with_password(&name);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("log.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+        .args(["keygen", "--name", "retention.test/log", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let key = key.display().to_string();
+    let client = reqwest::Client::new();
+
+    // The store, without retention: old captures and two recent ones, indexed.
+    let mut loader = Process::start_with(&["--db", &url, "--log-key", &key], &[]);
+    let base = loader.base();
+    let old: Vec<Value> = (0..OLD)
+        .map(|i| aged(&format!("old-{i}"), "2020-01-01T00:00:00Z"))
+        .collect();
+    for chunk in old
+        .chunks(500)
+        .map(ndjson)
+        .chain([ndjson(&[aged("recent-0", "2099-01-01T00:00:00Z")])])
+    {
+        let r = client
+            .post(format!("{base}/v1/captures"))
+            .body(chunk)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    common::when_indexed(
+        &client,
+        &format!("{base}/v1/captures?model=gpt-4o"),
+        Duration::from_secs(60),
+    )
+    .await;
+    loader.sigterm();
+    assert!(loader.wait(30).success());
+
+    // Two replicas with retention; find the one holding the pass's lease once it erased some.
+    let args = [
+        "--db",
+        url.as_str(),
+        "--log-key",
+        key.as_str(),
+        "--retain",
+        "180d",
+    ];
+    let mut replicas = [
+        Process::start_with(&args, &[]),
+        Process::start_with(&args, &[]),
+    ];
+    let erased = || {
+        pg.sql(&name, "SELECT count(*) FROM tombstones")
+            .parse::<usize>()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let holder = loop {
+        let lease = pg.sql(
+            &name,
+            "SELECT coalesce(holder, '') FROM export_cursors WHERE name = 'truthtable.retention'",
+        );
+        let n = erased();
+        if n > 0 {
+            let pid = lease.split('/').next().unwrap_or_default().to_owned();
+            let holder = replicas
+                .iter()
+                .position(|r| r.child.id().to_string() == pid)
+                .unwrap_or_else(|| panic!("the lease holder {lease} is neither replica"));
+            break holder;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no retention pass within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    replicas[holder].child.kill().unwrap();
+    replicas[holder].child.wait().unwrap();
+    let at_kill = erased();
+    assert!(
+        at_kill < OLD,
+        "the pass was killed midway ({at_kill} erased)"
+    );
+    let survivor = &replicas[1 - holder];
+    let base = survivor.base();
+
+    // Ingest goes on at the survivor while it waits for the lease and finishes the pass.
+    let recent: Vec<Value> = (1..=200)
+        .map(|i| aged(&format!("recent-{i}"), "2099-01-01T00:00:00Z"))
+        .collect();
+    for chunk in recent.chunks(20) {
+        let r = client
+            .post(format!("{base}/v1/captures"))
+            .body(ndjson(chunk))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while erased() < OLD {
+        assert!(
+            Instant::now() < deadline,
+            "the survivor did not finish the pass ({} of {OLD} erased)",
+            erased()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    metric_at_least(&client, &base, "truthtable_retention_passes_total", 1).await;
+
+    // Nothing lost, nothing old left, each old capture erased once, in one logged erasure.
+    assert_eq!(
+        pg.sql(
+            &name,
+            "SELECT count(*) FROM captures WHERE id LIKE 'recent-%'"
+        ),
+        "201"
+    );
+    assert_eq!(
+        pg.sql(&name, "SELECT count(*) FROM captures WHERE id LIKE 'old-%'"),
+        "0"
+    );
+    assert_eq!(
+        pg.sql(&name, "SELECT count(DISTINCT id) FROM tombstones"),
+        OLD.to_string()
+    );
+    let named = pg.sql(
+        &name,
+        "SELECT count(*) || ' ' || count(DISTINCT c) FROM log_events e,
+             jsonb_array_elements_text(e.entry::jsonb -> 'captures') AS c
+         WHERE e.kind = 'truthtable.erasure/v1'",
+    );
+    assert_eq!(
+        named,
+        format!("{OLD} {OLD}"),
+        "erasure entries name each old capture once"
+    );
+    let events: u64 = pg
+        .sql(&name, "SELECT count(*) FROM log_events")
+        .parse()
+        .unwrap();
+    metric_at_least(
+        &client,
+        &base,
+        "truthtable_log_signed_size",
+        OLD as u64 + 201 + events,
+    )
+    .await;
+    let mut survivor = replicas.into_iter().nth(1 - holder).unwrap();
+    survivor.sigterm();
+    assert!(survivor.wait(30).success());
+    let (ok, out) = verify(&url);
+    let tail = out.lines().rev().take(5).collect::<Vec<_>>().join("\n");
+    assert!(ok, "{tail}");
+    assert!(
+        out.contains(&format!("{OLD} erased capture(s)")),
+        "each capture erased once: {tail}"
     );
 }
