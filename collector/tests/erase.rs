@@ -579,6 +579,9 @@ async fn retention_erases_what_is_older_keeps_what_is_held_and_a_pass_killed_mid
     let at_kill = loop {
         let n = metric(&client, &base, "truthtable_erased_captures").await;
         if n > 0 {
+            // Midway, what is left to erase is counted.
+            let pending = metric(&client, &base, "truthtable_retention_pending_captures").await;
+            assert!(pending > 0, "pending {pending} with {n} erased");
             break n;
         }
         assert!(
@@ -621,6 +624,16 @@ async fn retention_erases_what_is_older_keeps_what_is_held_and_a_pass_killed_mid
     assert_eq!(s, 410);
     assert!(body.contains("retention 180d"), "{body}");
     assert!(metric(&client, &base, "truthtable_held_captures_total").await >= 1);
+    assert_eq!(
+        metric(&client, &base, "truthtable_retention_pending_captures").await,
+        0,
+        "nothing left to erase"
+    );
+    assert_eq!(
+        metric(&client, &base, "truthtable_retention_held_captures").await,
+        1,
+        "old-7, held"
+    );
     // Every erasure and the hold in the log, then signed.
     let events = {
         let conn = rusqlite::Connection::open(&db).unwrap();

@@ -221,6 +221,13 @@ pub trait EraseStore: Send + Sync {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<(i64, String)>, StoreError>> + Send;
 
+    /// How many stored captures started before `before_us` (as [`EraseStore::started_before`]
+    /// finds them).
+    fn count_started_before(
+        &self,
+        before_us: i64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Counts for the metrics.
     fn erase_counts(&self) -> impl Future<Output = Result<EraseCounts, StoreError>> + Send;
 }
@@ -280,6 +287,10 @@ impl EraseStore for Store {
         limit: u32,
     ) -> Result<Vec<(i64, String)>, StoreError> {
         dispatch!(self, s => s.started_before(before_us, after_seq, limit).await)
+    }
+
+    async fn count_started_before(&self, before_us: i64) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.count_started_before(before_us).await)
     }
 
     async fn erase_counts(&self) -> Result<EraseCounts, StoreError> {

@@ -1228,6 +1228,16 @@ impl EraseStore for SqliteStore {
         .await
     }
 
+    async fn count_started_before(&self, before_us: i64) -> Result<u64, StoreError> {
+        self.blocking(move |_, conn| {
+            let n: i64 = conn
+                .prepare_cached("SELECT count(*) FROM capture_digests WHERE started_us < ?1")?
+                .query_row(params![before_us], |r| r.get(0))?;
+            Ok(u64::try_from(n).unwrap_or_default())
+        })
+        .await
+    }
+
     async fn erase_counts(&self) -> Result<EraseCounts, StoreError> {
         self.blocking(move |_, conn| {
             let erased: i64 =

@@ -1560,6 +1560,20 @@ impl EraseStore for PgStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    async fn count_started_before(&self, before_us: i64) -> Result<u64, StoreError> {
+        let row = self
+            .with_client(async |client| {
+                client
+                    .query_one(
+                        "SELECT count(*) FROM capture_digests WHERE started_us < $1",
+                        &[&before_us],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or_default())
+    }
+
     async fn erase_counts(&self) -> Result<EraseCounts, StoreError> {
         let row = self
             .with_client(async |client| {
