@@ -19,7 +19,7 @@ pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 1000;
 
 /// Every parameter the list takes (`GET /v1/captures`, `/`, `/ui`).
-pub const LIST_PARAMS: [&str; 17] = [
+pub const LIST_PARAMS: [&str; 18] = [
     "limit",
     "before",
     "after",
@@ -28,6 +28,7 @@ pub const LIST_PARAMS: [&str; 17] = [
     "outcome",
     "protocol",
     "model",
+    "path",
     "status",
     "mark",
     "q",
@@ -145,6 +146,7 @@ impl ListRequest {
                     }
                 }
                 "model" => f.model = Some(value.to_owned()),
+                "path" => f.path = Some(value.to_owned()),
                 "status" => f.status = Some(parse_status(value)?),
                 "mark" => {
                     for v in each() {
@@ -606,13 +608,14 @@ mod tests {
 
     #[test]
     fn every_filter_is_read() {
-        let r = parse("since=2026-11-25&until=2026-11-26T00:00:00Z&outcome=client_aborted,upstream_failed&protocol=openai.chat&protocol=anthropic.messages&model=gpt-4o&status=5xx&mark=truncated,problems&q=Envoy proxy&limit=10&before=99").unwrap();
+        let r = parse("since=2026-11-25&until=2026-11-26T00:00:00Z&outcome=client_aborted,upstream_failed&protocol=openai.chat&protocol=anthropic.messages&model=gpt-4o&status=5xx&mark=truncated,problems&q=Envoy proxy&limit=10&before=99&path=/v1/messages").unwrap();
         let f = &r.query.filter;
         assert_eq!(f.since_us, timestamp::unix_micros("2026-11-25"));
         assert_eq!(f.until_us, timestamp::unix_micros("2026-11-26"));
         assert_eq!(f.outcomes, ["client_aborted", "upstream_failed"]);
         assert_eq!(f.protocols, ["openai.chat", "anthropic.messages"]);
         assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(f.path.as_deref(), Some("/v1/messages"));
         assert_eq!(f.status, Some(StatusFilter::Class(5)));
         assert!(f.truncated && f.problems && !f.incomplete);
         assert_eq!(f.terms, ["envoy", "proxy"]);

@@ -199,6 +199,23 @@ async fn erase_by_ids_and_filter(client: &reqwest::Client, base: &str) {
     assert_eq!(s, 200, "{v}");
     assert_eq!(ids(&v["erased"]), ["secret-2"]);
     assert_eq!(ids(&v["held"]), ["held-1"]);
+    // By path: a dry run names what the path selects, held ones apart.
+    let (s, v) = admin(
+        client,
+        erasures.clone(),
+        json!({"path": "/v1/chat/completions", "reason": "by path", "dry_run": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(ids(&v["erased"]), ["keep-1", "keep-2"]);
+    assert_eq!(ids(&v["held"]), ["held-1"]);
+    let (_, v) = admin(
+        client,
+        erasures.clone(),
+        json!({"path": "/v1/messages", "reason": "by path", "dry_run": true}),
+    )
+    .await;
+    assert_eq!(ids(&v["erased"]), Vec::<String>::new(), "{v}");
 
     // Erased: 410 with the tombstone; gone from the list, the search and the web page.
     let r = client

@@ -1199,7 +1199,26 @@ async fn a_digest_written_while_its_capture_is_erased_does_not_outlive_the_erasu
     );
 }
 
+async fn a_path_filter_keeps_the_captures_of_that_path(b: Backend) {
+    let store = b.open().await;
+    let mut rows = indexed(batch("p", 3));
+    rows[1].0.path = "/v1/messages".into();
+    store_indexed(&store, rows).await;
+    let list = |path: &str| {
+        let q = filtered(ListFilter {
+            path: Some(path.into()),
+            ..Default::default()
+        });
+        let store = &store;
+        async move { store.list(q).await.unwrap() }
+    };
+    assert_eq!(ids(&list("/v1/messages").await), ["p1"]);
+    assert_eq!(ids(&list("/v1/chat/completions").await), ["p2", "p0"]);
+    assert!(list("/v1/chat").await.is_empty(), "exactly the path");
+}
+
 store_suite!(
+    a_path_filter_keeps_the_captures_of_that_path,
     an_erased_capture_is_not_stored_again_nor_judged,
     duplicates_are_skipped_and_counted,
     the_copy_stored_first_is_kept,

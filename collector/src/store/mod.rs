@@ -171,6 +171,8 @@ pub struct ListFilter {
     pub protocols: Vec<String>,
     /// Exactly this model.
     pub model: Option<String>,
+    /// Exactly this request path (without its query).
+    pub path: Option<String>,
     /// The response status.
     pub status: Option<StatusFilter>,
     /// Only captures with a truncated body.
@@ -314,6 +316,13 @@ pub(crate) fn list_sql(q: &ListQuery, dialect: &Dialect) -> (String, Vec<SqlValu
     one_of("d.protocol", &f.protocols, &mut conds);
     if let Some(m) = &f.model {
         one_of("d.model", std::slice::from_ref(m), &mut conds);
+    }
+    if let Some(p) = &f.path {
+        // The path is the record's, not the digest's: looked up by key for each candidate.
+        let p = bind(SqlValue::Text(p.clone()));
+        conds.push(format!(
+            "EXISTS (SELECT 1 FROM captures pc WHERE pc.seq = d.seq AND pc.path = {p})"
+        ));
     }
     match f.status {
         None => {}

@@ -295,6 +295,7 @@ pub fn list(
                     input #model type="text" name="model" list="models" value=(value("model")) placeholder="exact name";
                     datalist #models { @for m in models { option value=(m) {} } }
                 }
+                label { "Path" input #path type="text" name="path" value=(value("path")) placeholder="/v1/chat/completions"; }
                 label { "Status" input #status type="text" name="status" value=(value("status")) placeholder="200, 4xx, none" size="8"; }
                 label { "TTFT over (ms)" input #ttft_above type="text" name="ttft_above" value=(value("ttft_above")) placeholder="2000" size="8"; }
                 (select("sort", "Order", req.filter_value("sort"), &["ttft", "duration"], "newest"))
