@@ -64,6 +64,12 @@ fn new_year(year: i32) -> i64 {
         .unix_timestamp()
 }
 
+/// Half a year into `year`: well clear of the passes' cut-offs (January 1st), however late a
+/// pass computes its own.
+fn mid_year(year: i32) -> i64 {
+    new_year(year) + 181 * 86_400
+}
+
 /// Where the store lives, and how big it is.
 enum Target {
     Sqlite(std::path::PathBuf),
@@ -157,8 +163,8 @@ async fn ingest(store: &Store, next: &AtomicU64, stop: &AtomicBool, bytes: usize
     }
 }
 
-/// Fills the store: `captures` records, every other one old (in one of `years` years from
-/// [`FIRST_YEAR`], in turn), the rest started in 2099, with their digests.
+/// Fills the store: `captures` records, every other one old (half a year into one of `years`
+/// years from [`FIRST_YEAR`], in turn), the rest started in 2099, with their digests.
 async fn build(store: &Store, captures: usize, years: usize, bytes: usize) {
     let new_us = new_year(2099) * 1_000_000;
     for chunk in 0..captures.div_ceil(1000) {
@@ -171,7 +177,13 @@ async fn build(store: &Store, captures: usize, years: usize, bytes: usize) {
         let batch = ids
             .iter()
             .map(|(id, year)| {
-                let at = format!("{}-01-01T00:00:00Z", year.unwrap_or(2099));
+                let at = match year {
+                    Some(y) => time::OffsetDateTime::from_unix_timestamp(mid_year(*y))
+                        .unwrap()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap(),
+                    None => "2099-01-01T00:00:00Z".to_owned(),
+                };
                 record(id, &at, bytes)
             })
             .collect();
@@ -181,7 +193,7 @@ async fn build(store: &Store, captures: usize, years: usize, bytes: usize) {
             .iter()
             .map(|&(i, seq)| {
                 let (id, year) = &ids[i];
-                let us = year.map_or(new_us, |y| new_year(y) * 1_000_000);
+                let us = year.map_or(new_us, |y| mid_year(y) * 1_000_000);
                 (seq, digest(us, id))
             })
             .collect();
