@@ -5,6 +5,10 @@
 //! collector's database files (WAL included), the collector's debug log, Envoy's log with the wasm
 //! component at debug, Envoy's stats, the filter's error lines, the collector's JSON reads and
 //! its web pages (the list and every capture's page).
+//!
+//! And an erased exchange's question and answer are found in none of the artifacts erasure
+//! promises to clear: the database file and its WAL, every JSON read, every web page, and the
+//! OpenTelemetry spans the collector sends after the erasure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -66,6 +70,11 @@ impl Drop for Killed {
 
 /// The collector as its own process, logging at debug into `dir/collector.log`.
 fn collector(dir: &Path, port: u16) -> Killed {
+    collector_with(dir, port, &[], &[])
+}
+
+/// The collector with more flags and environment.
+fn collector_with(dir: &Path, port: u16, args: &[&str], env: &[(&str, &str)]) -> Killed {
     let bin = repo().join("target/debug/truthtable-collector");
     assert!(
         bin.exists(),
@@ -76,7 +85,9 @@ fn collector(dir: &Path, port: u16) -> Killed {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--db")
         .arg(dir.join("captures.db"))
+        .args(args)
         .env("TRUTHTABLE_INGEST_TOKEN", INGEST_TOKEN)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -336,6 +347,264 @@ async fn no_canary_secret_reaches_any_stored_or_printed_artifact() {
                 !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
                 "{secret} found in {name}"
             );
+        }
+    }
+}
+
+const ADMIN_TOKEN: &str = "tt-admin-token-for-the-erasure-sweep";
+/// Words only the exchange to be erased holds: in its question, and in its answer.
+const ERASED_Q: &str = "quokkazanzibarsweep";
+const ERASED_A: &str = "platypusmarmaladesweep";
+/// A word only the kept exchange holds: found where the scan looks, so the scan is not blind.
+const KEPT_Q: &str = "walruslighthousesweep";
+
+/// An upstream that answers a chat question naming [`ERASED_Q`] with [`ERASED_A`].
+async fn answering_upstream() -> u16 {
+    let app = axum::Router::new().fallback(|body: String| async move {
+        let answer = if body.contains(ERASED_Q) {
+            format!("Dear {ERASED_A}, refunds take 60 days.")
+        } else {
+            "Yes, within 30 days.".to_owned()
+        };
+        (
+            [("content-type", "application/json")],
+            serde_json::json!({"choices": [{"message": {"role": "assistant", "content": answer}}]})
+                .to_string(),
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// An OTLP/HTTP receiver that answers 503 until `open`, and keeps every body it took.
+struct SpanSink {
+    endpoint: String,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    taken: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl SpanSink {
+    async fn start() -> SpanSink {
+        use std::sync::atomic::Ordering;
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, t) = (open.clone(), taken.clone());
+        let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+            let (o, t) = (o.clone(), t.clone());
+            async move {
+                if !o.load(Ordering::SeqCst) {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                t.lock().unwrap().extend_from_slice(&body);
+                axum::http::StatusCode::OK
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        SpanSink {
+            endpoint,
+            open,
+            taken,
+        }
+    }
+}
+
+/// A counter or gauge of the collector's `/metrics`.
+async fn collector_metric(base: &str, name: &str) -> f64 {
+    let text = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn wait_metric(base: &str, name: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while collector_metric(base, name).await < want {
+        assert!(Instant::now() < deadline, "{name} did not reach {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn holds(bytes: &[u8], word: &str) -> bool {
+    bytes.windows(word.len()).any(|w| w == word.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_exchange_is_found_in_no_artifact_erasure_clears() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = answering_upstream().await;
+    let sink = SpanSink::start().await;
+    let port = free_port();
+    let mut collector = collector_with(
+        dir.path(),
+        port,
+        &[
+            "--otlp-endpoint",
+            &sink.endpoint,
+            "--otlp-retry-max-ms",
+            "300",
+        ],
+        &[("TRUTHTABLE_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let filter = filter_config(&format!(
+        r#""audit_headers": {{"authorization": "Bearer {INGEST_TOKEN}"}}"#
+    ));
+    let envoy = Envoy::start(EnvoyOpts {
+        upstream,
+        audit: port,
+        filter: Some(&filter),
+        workers: 1,
+    });
+    for question in [
+        format!("My name is {ERASED_Q}, refund me"),
+        format!("Can I return it? {KEPT_Q}"),
+    ] {
+        let resp = client()
+            .post(envoy.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(
+                serde_json::json!({"model": "m", "messages": [{"role": "user", "content": question}]})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    // Both stored and indexed; the exporter has read them and is being refused.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let erased_id = loop {
+        let list: Value = client()
+            .get(format!("{base}/v1/captures"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let rows = list["captures"].as_array().unwrap();
+        let erased = rows.iter().find(|r| {
+            r["question_preview"]
+                .as_str()
+                .is_some_and(|q| q.contains(ERASED_Q))
+        });
+        if let (2, false, Some(r)) = (rows.len(), list["indexing"] == true, erased) {
+            break r["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "not both stored: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    wait_metric(&base, "truthtable_collector_otlp_spans_retried_total", 1.0).await;
+
+    let erased = client()
+        .post(format!("{base}/v1/erasures"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"ids": [erased_id], "reason": "GDPR Art. 17 sweep"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), 200);
+    sink.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_metric(&base, "truthtable_collector_otlp_spans_exported_total", 1.0).await;
+
+    // Every read and page the collector serves, for both captures and the lists.
+    let list: Value = client()
+        .get(format!("{base}/v1/captures?erased=show"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<String> = list["captures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(ids.contains(&erased_id) && ids.len() == 2, "{list}");
+    let mut reads = Vec::new();
+    let mut paths = vec![
+        "/v1/captures?erased=show".to_owned(),
+        "/v1/captures".to_owned(),
+        format!("/v1/captures?q={ERASED_Q}"),
+        "/v1/erasures".to_owned(),
+        "/v1/log/checkpoint".to_owned(),
+        "/metrics".to_owned(),
+    ];
+    for id in &ids {
+        for tail in ["", "/entry", "/proof"] {
+            paths.push(format!("/v1/captures/{id}{tail}"));
+        }
+    }
+    for path in &paths {
+        let resp = client().get(format!("{base}{path}")).send().await.unwrap();
+        reads.extend(resp.bytes().await.unwrap());
+    }
+    let mut pages = Vec::new();
+    for path in ["/ui".to_owned(), "/ui?erased=show".to_owned()]
+        .into_iter()
+        .chain(ids.iter().map(|id| format!("/ui/captures/{id}")))
+    {
+        let resp = client().get(format!("{base}{path}")).send().await.unwrap();
+        pages.extend(resp.bytes().await.unwrap());
+    }
+    assert!(
+        holds(&pages, "erased on") && holds(&pages, "GDPR Art. 17 sweep"),
+        "the pages show the tombstone"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spans = sink.taken.lock().unwrap().clone();
+    let mut artifacts: Vec<(String, Vec<u8>)> = vec![
+        ("the collector's JSON reads".into(), reads),
+        ("the collector's web pages".into(), pages),
+        ("the OpenTelemetry spans sent".into(), spans),
+    ];
+    let running: Vec<(String, Vec<u8>)> = files_under(dir.path())
+        .into_iter()
+        .filter(|p| !p.ends_with("collector.log"))
+        .map(|p| {
+            (
+                format!("{} (running)", p.display()),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        running.iter().any(|(_, b)| holds(b, KEPT_Q)),
+        "the database files hold the kept exchange"
+    );
+    artifacts.extend(running);
+    drop(envoy);
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(collector.0.id().to_string())
+        .status()
+        .unwrap();
+    collector.0.wait().unwrap();
+    for file in files_under(dir.path()) {
+        if !file.ends_with("collector.log") {
+            artifacts.push((file.display().to_string(), std::fs::read(&file).unwrap()));
+        }
+    }
+    for (name, bytes) in &artifacts[..3] {
+        assert!(holds(bytes, KEPT_Q), "{name} holds the kept exchange");
+    }
+    for (name, bytes) in &artifacts {
+        for word in [ERASED_Q, ERASED_A] {
+            assert!(!holds(bytes, word), "{word} found in {name}");
         }
     }
 }

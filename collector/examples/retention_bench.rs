@@ -1,14 +1,18 @@
-//! What a retention pass costs ingest, and what it gives back on disk, on a SQLite store: a store
-//! of `--captures` records (half of them started in 2020, half in 2099), then, paired on one
-//! machine in one run, the store's ingest rate (batches of 88 records of about `--record-bytes`,
-//! `insert_batch` straight into the store, one writer) without a pass, with a 180-day retention
-//! pass erasing the old half running beside it, and without again; and the database file's size
-//! (plus its write-ahead log) before the pass, after it, and after a `VACUUM`. See BENCHMARKS.md.
+//! What retention passes cost ingest, and what they give back on disk, on SQLite or PostgreSQL:
+//! a store of `--captures` records with their digests, half of them old — spread over
+//! `--rounds` years, 2015 onwards — and half started in 2099. Then `--rounds` paired rounds on
+//! one machine in one run: ingest alone for `--seconds`, then ingest beside a retention pass
+//! (what the collector runs, `truthtable_collector::erase::retention_pass`) whose cut-off
+//! erases the next year of old captures, so the passes together erase half the store; and ingest
+//! alone once more at the end. Ingest is the store's own: one writer calling `insert_batch` with
+//! batches of 88 records of about `--record-bytes` as fast as it can, each batch timed (its p50,
+//! p99 and longest are what a sender waits). Last, the store's size before the passes, after
+//! them, and (SQLite) after a `VACUUM`. See BENCHMARKS.md.
 //!
 //! `cargo run --release -p truthtable-collector --example retention_bench -- --captures 200000`
+//! `… -- --store postgres --pg-admin-url postgres://postgres:pw@127.0.0.1:5432/postgres` (`bench/retention`)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +20,9 @@ use std::time::{Duration, Instant};
 use truthtable_collector::config::{Config, DbTarget};
 use truthtable_collector::erase::{retention_pass, Eraser};
 use truthtable_collector::store::{CaptureStore, Digest, NewCapture, Store};
+
+/// The first year of old captures.
+const FIRST_YEAR: i32 = 2015;
 
 fn record(id: &str, started_at: &str, bytes: usize) -> NewCapture {
     let filler = "x".repeat(bytes.saturating_sub(300));
@@ -48,19 +55,93 @@ fn digest(started_us: i64, id: &str) -> Digest {
     }
 }
 
-fn size(db: &Path) -> u64 {
-    let wal = db.with_extension("db-wal");
-    [db, wal.as_path()]
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum()
+/// Seconds since the epoch of January 1st of `year`, UTC.
+fn new_year(year: i32) -> i64 {
+    time::Date::from_calendar_date(year, time::Month::January, 1)
+        .unwrap()
+        .midnight()
+        .assume_utc()
+        .unix_timestamp()
 }
 
-/// Inserts batches of 88 new records until `stop`; returns records per second.
-async fn ingest(store: &Store, next: &AtomicU64, stop: &AtomicBool, bytes: usize) -> f64 {
+/// Half a year into `year`: well clear of the passes' cut-offs (January 1st), however late a
+/// pass computes its own.
+fn mid_year(year: i32) -> i64 {
+    new_year(year) + 181 * 86_400
+}
+
+/// Where the store lives, and how big it is.
+enum Target {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Target {
+    fn db(&self) -> DbTarget {
+        match self {
+            Target::Sqlite(p) => DbTarget::Sqlite(p.clone()),
+            Target::Postgres(u) => DbTarget::Postgres(u.clone()),
+        }
+    }
+
+    /// Bytes on disk: the file and its write-ahead log, or the database's relations.
+    async fn size(&self) -> u64 {
+        match self {
+            Target::Sqlite(db) => {
+                let wal = db.with_extension("db-wal");
+                [db.as_path(), wal.as_path()]
+                    .iter()
+                    .filter_map(|p| std::fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .sum()
+            }
+            Target::Postgres(url) => {
+                let client = pg(url).await;
+                let row = client
+                    .query_one("SELECT pg_database_size(current_database())", &[])
+                    .await
+                    .unwrap();
+                row.get::<_, i64>(0) as u64
+            }
+        }
+    }
+}
+
+async fn pg(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// A fresh PostgreSQL database; returns its URL (with the admin URL's credentials).
+async fn fresh_pg(admin_url: &str, name: &str) -> String {
+    let client = pg(admin_url).await;
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        client.batch_execute(&sql).await.unwrap();
+    }
+    let (base, query) = admin_url.split_once('?').unwrap_or((admin_url, ""));
+    let base = &base[..base.rfind('/').unwrap()];
+    format!("{base}/{name}?{query}")
+}
+
+/// What one stretch of ingest did.
+struct Ingest {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+/// Inserts batches of 88 new records until `stop`, timing each.
+async fn ingest(store: &Store, next: &AtomicU64, stop: &AtomicBool, bytes: usize) -> Ingest {
     let started = Instant::now();
     let mut n = 0u64;
+    let mut waits = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let batch: Vec<NewCapture> = (0..88)
             .map(|_| {
@@ -68,32 +149,42 @@ async fn ingest(store: &Store, next: &AtomicU64, stop: &AtomicBool, bytes: usize
                 record(&format!("new-{i}"), "2099-06-01T00:00:00Z", bytes)
             })
             .collect();
+        let t = Instant::now();
         n += store.insert_batch(batch).await.unwrap().stored;
+        waits.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    n as f64 / started.elapsed().as_secs_f64()
+    waits.sort_by(f64::total_cmp);
+    let at = |q: f64| waits[((waits.len() as f64 * q) as usize).min(waits.len() - 1)];
+    Ingest {
+        rate: n as f64 / started.elapsed().as_secs_f64(),
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        max_ms: *waits.last().unwrap(),
+    }
 }
 
-/// A fresh store of `captures` records, every other one started in 2020, with their digests.
-async fn build(dir: &Path, captures: usize, bytes: usize) -> Store {
-    let db = dir.join("retention.db");
-    let store = Store::open(&Config::with_db(DbTarget::Sqlite(db)))
-        .await
-        .unwrap();
-    let old_us = 1_577_836_800_000_000i64; // 2020-01-01
-    let new_us = 4_070_908_800_000_000i64; // 2099-01-01
+/// Fills the store: `captures` records, every other one old (half a year into one of `years`
+/// years from [`FIRST_YEAR`], in turn), the rest started in 2099, with their digests.
+async fn build(store: &Store, captures: usize, years: usize, bytes: usize) {
+    let new_us = new_year(2099) * 1_000_000;
     for chunk in 0..captures.div_ceil(1000) {
-        let ids: Vec<(String, bool)> = (chunk * 1000..((chunk + 1) * 1000).min(captures))
-            .map(|i| (format!("c-{i}"), i % 2 == 0))
+        let ids: Vec<(String, Option<i32>)> = (chunk * 1000..((chunk + 1) * 1000).min(captures))
+            .map(|i| {
+                let year = (i % 2 == 0).then(|| FIRST_YEAR + ((i / 2) % years) as i32);
+                (format!("c-{i}"), year)
+            })
             .collect();
         let batch = ids
             .iter()
-            .map(|(id, old)| {
-                let at = if *old {
-                    "2020-01-01T00:00:00Z"
-                } else {
-                    "2099-01-01T00:00:00Z"
+            .map(|(id, year)| {
+                let at = match year {
+                    Some(y) => time::OffsetDateTime::from_unix_timestamp(mid_year(*y))
+                        .unwrap()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap(),
+                    None => "2099-01-01T00:00:00Z".to_owned(),
                 };
-                record(id, at, bytes)
+                record(id, &at, bytes)
             })
             .collect();
         let out = store.insert_batch(batch).await.unwrap();
@@ -101,23 +192,40 @@ async fn build(dir: &Path, captures: usize, bytes: usize) -> Store {
             .new
             .iter()
             .map(|&(i, seq)| {
-                let (id, old) = &ids[i];
-                (seq, digest(if *old { old_us } else { new_us }, id))
+                let (id, year) = &ids[i];
+                let us = year.map_or(new_us, |y| mid_year(y) * 1_000_000);
+                (seq, digest(us, id))
             })
             .collect();
         store.put_digests(digests).await.unwrap();
     }
-    store.purge().await.unwrap();
-    store
 }
 
-const RETAIN: Duration = Duration::from_secs(180 * 86_400);
+fn timed(secs: u64) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        s.store(true, Ordering::Relaxed);
+    });
+    stop
+}
+
+fn row(what: &str, i: &Ingest) {
+    println!(
+        "| {what} | {:.0} | {:.1} | {:.1} | {:.1} |",
+        i.rate, i.p50_ms, i.p99_ms, i.max_ms
+    );
+}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let mut captures = 200_000usize;
     let mut bytes = 1000usize;
     let mut seconds = 10u64;
+    let mut rounds = 5usize;
+    let mut store_kind = "sqlite".to_owned();
+    let mut admin_url = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -125,82 +233,123 @@ async fn main() {
             "--captures" => captures = value.parse().unwrap(),
             "--record-bytes" => bytes = value.parse().unwrap(),
             "--seconds" => seconds = value.parse().unwrap(),
+            "--rounds" => rounds = value.parse().unwrap(),
+            "--store" => store_kind = value,
+            "--pg-admin-url" => admin_url = Some(value),
             other => panic!("unknown flag {other}"),
         }
     }
-    // Disk: the pass alone, then VACUUM.
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("retention.db");
+    let target = match store_kind.as_str() {
+        "sqlite" => Target::Sqlite(dir.path().join("retention.db")),
+        "postgres" => Target::Postgres(
+            fresh_pg(
+                admin_url
+                    .as_deref()
+                    .expect("--store postgres needs --pg-admin-url"),
+                "truthtable_retention_bench",
+            )
+            .await,
+        ),
+        other => panic!("--store: sqlite or postgres, not {other}"),
+    };
+    let store = Store::open(&Config::with_db(target.db())).await.unwrap();
     let load = Instant::now();
-    let store = build(dir.path(), captures, bytes).await;
-    let before = size(&db);
+    build(&store, captures, rounds, bytes).await;
+    store.purge().await.unwrap();
+    let before = target.size().await;
     println!(
-        "store: {captures} captures of ~{bytes} bytes ({} started in 2020) loaded in {:.0} s",
+        "{store_kind}: {captures} captures of ~{bytes} bytes ({} started in {FIRST_YEAR}–{}, the rest in 2099) loaded in {:.0} s, {:.1} MB",
         captures.div_ceil(2),
-        load.elapsed().as_secs_f64()
+        FIRST_YEAR + rounds as i32 - 1,
+        load.elapsed().as_secs_f64(),
+        before as f64 / 1e6
     );
-    let alone = Instant::now();
-    let pass = retention_pass(&store, &Eraser::new(Some(RETAIN)), RETAIN)
-        .await
-        .unwrap()
-        .unwrap();
-    let alone = alone.elapsed();
-    let after = size(&db);
-    store.close().await.unwrap();
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute_batch("VACUUM")
-        .unwrap();
-    let vacuumed = size(&db);
+    println!();
+    println!("| stretch | ingest records/s | batch p50 ms | batch p99 ms | longest batch ms |");
+    println!("|---|---|---|---|---|");
+
+    let next = AtomicU64::new(0);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut alone = vec![ingest(&store, &next, &timed(seconds), bytes).await];
+    row("alone", &alone[0]);
+    let mut beside = Vec::new();
+    let mut passes = Vec::new();
+    for k in 0..rounds {
+        // The cut-off: the start of the year after this round's, so the pass erases that year.
+        let cutoff = new_year(FIRST_YEAR + k as i32 + 1);
+        let retain = Duration::from_secs(u64::try_from(now - cutoff).unwrap());
+        let eraser = Eraser::new(Some(retain));
+        let stop = AtomicBool::new(false);
+        let started = Instant::now();
+        let (during, pass) = tokio::join!(ingest(&store, &next, &stop, bytes), async {
+            let pass = retention_pass(&store, &eraser, retain)
+                .await
+                .unwrap()
+                .unwrap();
+            stop.store(true, Ordering::Relaxed);
+            (pass, started.elapsed())
+        });
+        row(
+            &format!(
+                "beside pass {} ({} erased in {:.1} s)",
+                k + 1,
+                pass.0.erased,
+                pass.1.as_secs_f64()
+            ),
+            &during,
+        );
+        beside.push(during);
+        passes.push(pass);
+        let after = ingest(&store, &next, &timed(seconds), bytes).await;
+        row("alone", &after);
+        alone.push(after);
+    }
+    println!();
+    let mut ratios = Vec::new();
+    for (k, during) in beside.iter().enumerate() {
+        let baseline = (alone[k].rate + alone[k + 1].rate) / 2.0;
+        ratios.push(during.rate / baseline);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let erased: u64 = passes.iter().map(|p| p.0.erased).sum();
+    let took: f64 = passes.iter().map(|p| p.1.as_secs_f64()).sum();
+    let p99 = |v: &[Ingest]| v.iter().map(|i| i.p99_ms).fold(0.0, f64::max);
     println!(
-        "pass alone: {} erased in {:.1} s; file + WAL {:.1} MB before, {:.1} MB after (secure_delete zeroes, the file keeps its pages for reuse), {:.1} MB after VACUUM",
-        pass.erased,
-        alone.as_secs_f64(),
+        "ingest beside a pass / alone (each pass against the mean of the stretches either side): median {:.2}, lowest {:.2}, highest {:.2}",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
+    println!(
+        "batch p99: at most {:.1} ms alone, at most {:.1} ms beside a pass",
+        p99(&alone),
+        p99(&beside)
+    );
+    println!(
+        "passes: {erased} captures erased in {took:.0} s ({:.0}/s, pauses included)",
+        erased as f64 / took
+    );
+    let ingested = next.load(Ordering::Relaxed);
+    let after = target.size().await;
+    store.close().await.unwrap();
+    let vacuumed = match &target {
+        Target::Sqlite(db) => {
+            rusqlite::Connection::open(db)
+                .unwrap()
+                .execute_batch("VACUUM")
+                .unwrap();
+            Some(target.size().await)
+        }
+        Target::Postgres(_) => None,
+    };
+    println!(
+        "size: {:.1} MB before the passes; {:.1} MB after them and {ingested} more records ingested{}",
         before as f64 / 1e6,
         after as f64 / 1e6,
-        vacuumed as f64 / 1e6
-    );
-    drop(dir);
-
-    // Ingest: without, beside, and again without a pass, on a fresh store of the same size.
-    let dir = tempfile::tempdir().unwrap();
-    let store = build(dir.path(), captures, bytes).await;
-    let next = AtomicU64::new(0);
-    let timed = |secs: u64| {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = Arc::clone(&stop);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(secs)).await;
-            s.store(true, Ordering::Relaxed);
-        });
-        stop
-    };
-    let stop = timed(seconds);
-    let base1 = ingest(&store, &next, &stop, bytes).await;
-    // With the pass: ingest runs until the pass ends.
-    let stop = Arc::new(AtomicBool::new(false));
-    let eraser = Eraser::new(Some(RETAIN));
-    let pass_started = Instant::now();
-    let (rate, pass) = tokio::join!(ingest(&store, &next, &stop, bytes), async {
-        let pass = retention_pass(&store, &eraser, RETAIN)
-            .await
-            .unwrap()
-            .unwrap();
-        stop.store(true, Ordering::Relaxed);
-        (pass, pass_started.elapsed())
-    });
-    let (pass, took) = pass;
-    let stop = timed(seconds);
-    let base2 = ingest(&store, &next, &stop, bytes).await;
-    let baseline = (base1 + base2) / 2.0;
-    println!(
-        "ingest without a pass: {base1:.0} and {base2:.0} records/s; beside the pass: {rate:.0} records/s = {:.2} of without",
-        rate / baseline
-    );
-    println!(
-        "pass: {} captures erased in {:.1} s ({:.0}/s)",
-        pass.erased,
-        took.as_secs_f64(),
-        pass.erased as f64 / took.as_secs_f64()
+        vacuumed.map_or(String::new(), |v| format!(
+            "; {:.1} MB after VACUUM",
+            v as f64 / 1e6
+        ))
     );
 }

@@ -368,7 +368,7 @@ async fn list(
     };
     match reads::list(&state, &req).await {
         Ok(page) => Json(json!({
-            "captures": page.captures,
+            "captures": page.rows,
             "next_before": page.next_before,
             "prev_after": page.prev_after,
             "indexing": page.indexing,

@@ -7,7 +7,10 @@ use crate::digest;
 use crate::http::AppState;
 use crate::record::{CaptureRecord, Outcome};
 use crate::search;
-use crate::store::{CaptureStore, CaptureSummary, ListQuery, Page, Sort, StatusFilter, StoreError};
+use crate::store::erase::{EraseStore, Tombstone};
+use crate::store::{
+    CaptureStore, CaptureSummary, ListFilter, ListQuery, Page, Sort, StatusFilter, StoreError,
+};
 use crate::timestamp;
 
 /// Default page size of the list.
@@ -16,7 +19,7 @@ pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 1000;
 
 /// Every parameter the list takes (`GET /v1/captures`, `/`, `/ui`).
-pub const LIST_PARAMS: [&str; 16] = [
+pub const LIST_PARAMS: [&str; 18] = [
     "limit",
     "before",
     "after",
@@ -25,6 +28,7 @@ pub const LIST_PARAMS: [&str; 16] = [
     "outcome",
     "protocol",
     "model",
+    "path",
     "status",
     "mark",
     "q",
@@ -33,6 +37,7 @@ pub const LIST_PARAMS: [&str; 16] = [
     "sort",
     "verdict",
     "score_below",
+    "erased",
 ];
 
 /// The values of `sort`.
@@ -53,6 +58,8 @@ pub struct ListRequest {
     pub query: ListQuery,
     /// The non-empty filter parameters (not `before`/`after`), in the order given.
     pub filters: Vec<(String, String)>,
+    /// `erased=show`: erased captures are listed as tombstone rows in their places.
+    pub show_erased: bool,
 }
 
 impl ListRequest {
@@ -65,6 +72,7 @@ impl ListRequest {
                 ..ListQuery::default()
             },
             filters: Vec::new(),
+            show_erased: false,
         };
         let mut seen: Vec<&str> = Vec::new();
         let (mut before, mut after) = (None, None);
@@ -138,6 +146,7 @@ impl ListRequest {
                     }
                 }
                 "model" => f.model = Some(value.to_owned()),
+                "path" => f.path = Some(value.to_owned()),
                 "status" => f.status = Some(parse_status(value)?),
                 "mark" => {
                     for v in each() {
@@ -192,8 +201,25 @@ impl ListRequest {
                         })?;
                     f.score_below = Some(score.to_string());
                 }
+                "erased" => {
+                    req.show_erased = match value {
+                        "show" => true,
+                        "hide" => false,
+                        other => {
+                            return Err(BadParam(format!(
+                                "erased: expected show or hide, got \"{other}\""
+                            )))
+                        }
+                    }
+                }
                 _ => {}
             }
+        }
+        if req.show_erased && req.query.sort != Sort::Newest {
+            return Err(BadParam(
+                "erased=show: tombstones are listed in stored order only; leave sort out (newest)"
+                    .to_owned(),
+            ));
         }
         req.resolve_page(before, after)?;
         Ok(req)
@@ -288,11 +314,50 @@ fn parse_status(value: &str) -> Result<StatusFilter, BadParam> {
     }
 }
 
+/// One row of the list: a stored capture, or (with `erased=show`) an erased one's tombstone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Row {
+    /// A stored capture.
+    Capture(CaptureSummary),
+    /// An erased capture's tombstone, in the place (`seq`) its capture had.
+    Erased(i64, Tombstone),
+}
+
+impl Row {
+    /// Where the row stands in stored order.
+    pub fn seq(&self) -> i64 {
+        match self {
+            Row::Capture(s) => s.seq,
+            Row::Erased(seq, _) => *seq,
+        }
+    }
+}
+
+impl serde::Serialize for Row {
+    /// A capture as its summary; a tombstone as its fields and `"erased": true`.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Erased<'a> {
+            erased: bool,
+            #[serde(flatten)]
+            tombstone: &'a Tombstone,
+        }
+        match self {
+            Row::Capture(s) => s.serialize(serializer),
+            Row::Erased(_, tombstone) => Erased {
+                erased: true,
+                tombstone,
+            }
+            .serialize(serializer),
+        }
+    }
+}
+
 /// One page of the list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListPage {
-    /// The captures, newest stored first.
-    pub captures: Vec<CaptureSummary>,
+    /// The captures (and, with `erased=show`, the tombstones), newest stored first.
+    pub rows: Vec<Row>,
     /// `before` for the next page (older; a sorted list's next); `None` on the last.
     pub next_before: Option<String>,
     /// `after` for the previous, newer page; `None` on the newest (and for a sorted list).
@@ -308,58 +373,141 @@ pub async fn list(state: &AppState, req: &ListRequest) -> Result<ListPage, Store
         limit: limit + 1,
         ..req.query.clone()
     };
-    let mut rows = state.store.list(query.clone()).await?;
+    let mut rows = with_tombstones(
+        state,
+        req,
+        query.page,
+        state.store.list(query.clone()).await?,
+    )
+    .await?;
     if matches!(query.page, Page::After(_)) && rows.len() <= limit as usize {
         // Fewer newer captures than a page: that is the newest page.
         query.page = Page::Newest;
-        rows = state.store.list(query.clone()).await?;
+        rows = with_tombstones(
+            state,
+            req,
+            query.page,
+            state.store.list(query.clone()).await?,
+        )
+        .await?;
     }
     let more = rows.len() > limit as usize;
     if query.sort != Sort::Newest {
-        let page: Vec<CaptureSummary> = rows.into_iter().take(limit as usize).collect();
-        let key = |s: &CaptureSummary| match query.sort {
-            Sort::Ttft => s.keys.0,
-            _ => s.keys.1,
+        let page: Vec<Row> = rows.into_iter().take(limit as usize).collect();
+        let key = |r: &Row| match (r, query.sort) {
+            (Row::Capture(s), Sort::Ttft) => s.keys.0,
+            (Row::Capture(s), _) => s.keys.1,
+            (Row::Erased(..), _) => None,
         };
         let next_before = page
             .last()
             .filter(|_| more)
-            .and_then(|s| Some(format!("{}:{}", key(s)?, s.seq)));
+            .and_then(|r| Some(format!("{}:{}", key(r)?, r.seq())));
         return Ok(ListPage {
-            captures: page,
+            rows: page,
             next_before,
             prev_after: None,
             indexing: state.indexing(),
         });
     }
-    let (captures, next_before, prev_after) = match query.page {
+    let (rows, next_before, prev_after) = match query.page {
         Page::After(_) => {
             let extra = rows.len().saturating_sub(limit as usize);
             let page: Vec<_> = rows.into_iter().skip(extra).collect();
-            let older = page.last().map(|s| s.seq);
-            let newer = page.first().map(|s| s.seq);
+            let older = page.last().map(Row::seq);
+            let newer = page.first().map(Row::seq);
             (page, older, newer)
         }
         Page::Newest | Page::Before(_) => {
             let page: Vec<_> = rows.into_iter().take(limit as usize).collect();
             let older = if more {
-                page.last().map(|s| s.seq)
+                page.last().map(Row::seq)
             } else {
                 None
             };
             let newer = match query.page {
-                Page::Before(_) => page.first().map(|s| s.seq),
+                Page::Before(_) => page.first().map(Row::seq),
                 _ => None,
             };
             (page, older, newer)
         }
     };
     Ok(ListPage {
-        captures,
+        rows,
         next_before: next_before.map(|s| s.to_string()),
         prev_after: prev_after.map(|s| s.to_string()),
         indexing: state.indexing(),
     })
+}
+
+/// The store's rows for `page` (at most a page and one, newest stored first), with the tombstones
+/// that stand among them merged in when the request shows erased captures: the same window, in
+/// the same order, cut to the same length. A tombstone has no content, so it matches no filter
+/// but the time range (`since`, `until`, by the exchange's start).
+async fn with_tombstones(
+    state: &AppState,
+    req: &ListRequest,
+    page: Page,
+    captures: Vec<CaptureSummary>,
+) -> Result<Vec<Row>, StoreError> {
+    let want = captures.len();
+    let mut rows: Vec<Row> = captures.into_iter().map(Row::Capture).collect();
+    let f = &req.query.filter;
+    let content_filtered = ListFilter {
+        since_us: None,
+        until_us: None,
+        ..f.clone()
+    } != ListFilter::default();
+    if !req.show_erased || content_filtered {
+        return Ok(rows);
+    }
+    let full = want > req.query.limit as usize;
+    // The window the captures span (a full page: up to its farthest row; else to the end).
+    let (above, below, oldest_first) = match page {
+        Page::Newest => (full.then(|| rows[want - 1].seq()), None, false),
+        Page::Before(b) => (full.then(|| rows[want - 1].seq()), Some(b), false),
+        Page::After(a) => (Some(a), full.then(|| rows[0].seq()), true),
+    };
+    let cap = req.query.limit + 1;
+    let in_time = |t: &Tombstone| {
+        let Some(at) = timestamp::unix_micros(&t.started_at) else {
+            return f.since_us.is_none() && f.until_us.is_none();
+        };
+        f.since_us.is_none_or(|s| at >= s) && f.until_us.is_none_or(|u| at < u)
+    };
+    // Tombstones in the window, nearest the page's start first, until a page and one match.
+    let mut found = Vec::new();
+    let (mut lo, mut hi) = (above, below);
+    while found.len() < cap as usize {
+        let batch = state
+            .store
+            .tombstones_between(lo, hi, oldest_first, cap)
+            .await?;
+        let Some(&(last, _)) = batch.last() else {
+            break;
+        };
+        let short = batch.len() < cap as usize;
+        found.extend(batch.into_iter().filter(|(_, t)| in_time(t)));
+        if short {
+            break;
+        }
+        if oldest_first {
+            lo = Some(last);
+        } else {
+            hi = Some(last);
+        }
+    }
+    rows.extend(found.into_iter().map(|(seq, t)| Row::Erased(seq, t)));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.seq()));
+    let keep = cap as usize;
+    if rows.len() > keep {
+        if oldest_first {
+            rows.drain(..rows.len() - keep);
+        } else {
+            rows.truncate(keep);
+        }
+    }
+    Ok(rows)
 }
 
 /// The distinct models the list can be filtered by.
@@ -460,13 +608,14 @@ mod tests {
 
     #[test]
     fn every_filter_is_read() {
-        let r = parse("since=2026-11-25&until=2026-11-26T00:00:00Z&outcome=client_aborted,upstream_failed&protocol=openai.chat&protocol=anthropic.messages&model=gpt-4o&status=5xx&mark=truncated,problems&q=Envoy proxy&limit=10&before=99").unwrap();
+        let r = parse("since=2026-11-25&until=2026-11-26T00:00:00Z&outcome=client_aborted,upstream_failed&protocol=openai.chat&protocol=anthropic.messages&model=gpt-4o&status=5xx&mark=truncated,problems&q=Envoy proxy&limit=10&before=99&path=/v1/messages").unwrap();
         let f = &r.query.filter;
         assert_eq!(f.since_us, timestamp::unix_micros("2026-11-25"));
         assert_eq!(f.until_us, timestamp::unix_micros("2026-11-26"));
         assert_eq!(f.outcomes, ["client_aborted", "upstream_failed"]);
         assert_eq!(f.protocols, ["openai.chat", "anthropic.messages"]);
         assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(f.path.as_deref(), Some("/v1/messages"));
         assert_eq!(f.status, Some(StatusFilter::Class(5)));
         assert!(f.truncated && f.problems && !f.incomplete);
         assert_eq!(f.terms, ["envoy", "proxy"]);
@@ -531,6 +680,11 @@ mod tests {
             ("verdict=good", "verdict: expected flagged"),
             ("score_below=2", "score_below: expected a score from 0 to 1"),
             ("score_below=x", "score_below: expected a score"),
+            ("erased=all", "erased: expected show or hide"),
+            (
+                "erased=show&sort=ttft",
+                "erased=show: tombstones are listed in stored order",
+            ),
         ] {
             let e = parse(q).unwrap_err().0;
             assert!(e.starts_with(start), "{q}: {e}");

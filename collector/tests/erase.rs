@@ -199,6 +199,23 @@ async fn erase_by_ids_and_filter(client: &reqwest::Client, base: &str) {
     assert_eq!(s, 200, "{v}");
     assert_eq!(ids(&v["erased"]), ["secret-2"]);
     assert_eq!(ids(&v["held"]), ["held-1"]);
+    // By path: a dry run names what the path selects, held ones apart.
+    let (s, v) = admin(
+        client,
+        erasures.clone(),
+        json!({"path": "/v1/chat/completions", "reason": "by path", "dry_run": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(ids(&v["erased"]), ["keep-1", "keep-2"]);
+    assert_eq!(ids(&v["held"]), ["held-1"]);
+    let (_, v) = admin(
+        client,
+        erasures.clone(),
+        json!({"path": "/v1/messages", "reason": "by path", "dry_run": true}),
+    )
+    .await;
+    assert_eq!(ids(&v["erased"]), Vec::<String>::new(), "{v}");
 
     // Erased: 410 with the tombstone; gone from the list, the search and the web page.
     let r = client
@@ -231,6 +248,7 @@ async fn erase_by_ids_and_filter(client: &reqwest::Client, base: &str) {
     }
     let (_, tombstones) = get(client, format!("{base}/v1/erasures")).await;
     assert!(tombstones.contains("secret-1") && tombstones.contains("secret-2"));
+    list_shows_tombstones_when_asked(client, base).await;
 
     // Erasing again reports it, and changes nothing.
     let (_, v) = admin(
@@ -258,6 +276,112 @@ async fn erase_by_ids_and_filter(client: &reqwest::Client, base: &str) {
     assert_eq!(metric(client, base, "truthtable_legal_holds").await, 0);
     // 5 records, 2 erasures, a hold placed and lifted.
     metric_at_least(client, base, "truthtable_log_signed_size", 9).await;
+}
+
+/// `erased=show`: the list (JSON and web) shows the erased captures as tombstone rows in their
+/// places, pages through them, and keeps them out when a content filter is given.
+async fn list_shows_tombstones_when_asked(client: &reqwest::Client, base: &str) {
+    let rows = |v: &Value| -> Vec<(String, bool)> {
+        v["captures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["id"].as_str().unwrap().to_owned(), r["erased"] == true))
+            .collect()
+    };
+    let json = |text: String| serde_json::from_str::<Value>(&text).unwrap();
+    let (s, all) = get(client, format!("{base}/v1/captures?erased=show")).await;
+    assert_eq!(s, 200, "{all}");
+    let all = json(all);
+    let row = |id: &str, erased: bool| (id.to_owned(), erased);
+    assert_eq!(
+        rows(&all),
+        [
+            row("held-1", false),
+            row("secret-2", true),
+            row("keep-2", false),
+            row("secret-1", true),
+            row("keep-1", false)
+        ],
+        "{all}"
+    );
+    let stone = &all["captures"][3];
+    assert_eq!(stone["reason"], "GDPR Art. 17 request #41");
+    assert_eq!(stone["started_at"], "2026-11-25T16:11:40Z");
+    assert!(stone["erased_at"].is_string() && stone["leaf_hash"].is_string());
+    // `hide` is the default.
+    let (_, hidden) = get(client, format!("{base}/v1/captures?erased=hide")).await;
+    assert_eq!(rows(&json(hidden)).len(), 3);
+
+    // Paged two at a time, older and back newer: the tombstones keep their places.
+    let mut seen = Vec::new();
+    let mut cursors = Vec::new();
+    let mut url = format!("{base}/v1/captures?erased=show&limit=2");
+    loop {
+        let page = json(get(client, url.clone()).await.1);
+        seen.extend(rows(&page));
+        cursors.push(page["prev_after"].as_str().map(str::to_owned));
+        match page["next_before"].as_str() {
+            Some(b) => url = format!("{base}/v1/captures?erased=show&limit=2&before={b}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, rows(&all), "paged");
+    let back = cursors[2]
+        .clone()
+        .expect("the last page links to newer ones");
+    let newer = json(
+        get(
+            client,
+            format!("{base}/v1/captures?erased=show&limit=2&after={back}"),
+        )
+        .await
+        .1,
+    );
+    assert_eq!(
+        rows(&newer),
+        [row("keep-2", false), row("secret-1", true)],
+        "{newer}"
+    );
+
+    // A tombstone matches the time range only: a content filter leaves them out.
+    let (_, timed) = get(
+        client,
+        format!(
+            "{base}/v1/captures?erased=show&since=2026-11-25T16:11:00Z&until=2026-11-25T16:13:00Z"
+        ),
+    )
+    .await;
+    assert_eq!(
+        rows(&json(timed)),
+        [row("keep-2", false), row("secret-1", true)]
+    );
+    let (_, by_model) = get(
+        client,
+        format!("{base}/v1/captures?erased=show&model=gpt-4o"),
+    )
+    .await;
+    assert!(rows(&json(by_model)).iter().all(|(_, erased)| !erased));
+    let (s, bad) = get(client, format!("{base}/v1/captures?erased=all")).await;
+    assert_eq!(s, 400);
+    assert!(bad.contains("erased: expected show or hide"), "{bad}");
+    let (s, bad) = get(client, format!("{base}/v1/captures?erased=show&sort=ttft")).await;
+    assert_eq!(s, 400);
+    assert!(bad.contains("erased=show"), "{bad}");
+
+    // The web view: tombstone rows saying when and why, and nothing of the content.
+    let (s, page) = get(client, format!("{base}/ui?erased=show")).await;
+    assert_eq!(s, 200);
+    assert_eq!(page.matches("<tr class=\"erased\"").count(), 2, "{page}");
+    assert!(
+        page.contains("request #41") && page.contains("request #42"),
+        "{page}"
+    );
+    let (_, plain) = get(client, format!("{base}/ui")).await;
+    assert!(!plain.contains("class=\"erased\"") && !plain.contains("request #41"));
+    for text in [&all.to_string(), &page] {
+        assert!(!text.contains(SECRET_Q) && !text.contains(SECRET_A));
+    }
 }
 
 fn verify(db: &str) -> (bool, String) {
@@ -380,6 +504,18 @@ async fn postgres_erasure_by_ids_and_filter_leaves_tombstones_and_a_whole_log() 
         "0",
         "no stored record or digest holds the erased words"
     );
+    // The erased rows' space is given back (their TOAST with them) by a VACUUM after each
+    // erasure, not left to autovacuum, which a few deleted rows never wake.
+    let vacuumed = pg.sql(
+        &name,
+        "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_stat_user_tables
+         WHERE relname IN ('captures', 'capture_digests', 'capture_verdicts', 'capture_amendments')
+           AND last_vacuum >= (SELECT max(erased_at)::timestamptz FROM tombstones)",
+    );
+    assert_eq!(
+        vacuumed, "capture_amendments,capture_digests,capture_verdicts,captures",
+        "every content table vacuumed after the last erasure"
+    );
     let (ok, out) = verify(&url);
     assert!(ok, "{out}");
     assert!(out.contains("erased capture secret-1"), "{out}");
@@ -460,6 +596,9 @@ async fn retention_erases_what_is_older_keeps_what_is_held_and_a_pass_killed_mid
     let at_kill = loop {
         let n = metric(&client, &base, "truthtable_erased_captures").await;
         if n > 0 {
+            // Midway, what is left to erase is counted.
+            let pending = metric(&client, &base, "truthtable_retention_pending_captures").await;
+            assert!(pending > 0, "pending {pending} with {n} erased");
             break n;
         }
         assert!(
@@ -502,6 +641,16 @@ async fn retention_erases_what_is_older_keeps_what_is_held_and_a_pass_killed_mid
     assert_eq!(s, 410);
     assert!(body.contains("retention 180d"), "{body}");
     assert!(metric(&client, &base, "truthtable_held_captures_total").await >= 1);
+    assert_eq!(
+        metric(&client, &base, "truthtable_retention_pending_captures").await,
+        0,
+        "nothing left to erase"
+    );
+    assert_eq!(
+        metric(&client, &base, "truthtable_retention_held_captures").await,
+        1,
+        "old-7, held"
+    );
     // Every erasure and the hold in the log, then signed.
     let events = {
         let conn = rusqlite::Connection::open(&db).unwrap();
@@ -622,5 +771,178 @@ async fn a_capture_erased_while_its_export_waits_is_never_sent() {
         )
         .await,
         3
+    );
+}
+
+/// Two replicas on one PostgreSQL run retention: one holds the pass's lease at a time; SIGKILLed
+/// midway, it leaves the rest to the other, which takes the lease over once it expires and
+/// finishes. Nothing stored is lost (ingest to the survivor goes on throughout), every old
+/// capture is erased exactly once — one tombstone, one erasure log entry naming it — and
+/// `verify` counts each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_run_retention_one_at_a_time_and_a_killed_pass_holder_loses_nothing() {
+    const OLD: usize = 6000;
+    let pg = Postgres::shared();
+    let name = pg.database();
+    let url = pg.url_with_password(&name);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("log.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+        .args(["keygen", "--name", "retention.test/log", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let key = key.display().to_string();
+    let client = reqwest::Client::new();
+
+    // The store, without retention: old captures and two recent ones, indexed.
+    let mut loader = Process::start_with(&["--db", &url, "--log-key", &key], &[]);
+    let base = loader.base();
+    let old: Vec<Value> = (0..OLD)
+        .map(|i| aged(&format!("old-{i}"), "2020-01-01T00:00:00Z"))
+        .collect();
+    for chunk in old
+        .chunks(500)
+        .map(ndjson)
+        .chain([ndjson(&[aged("recent-0", "2099-01-01T00:00:00Z")])])
+    {
+        let r = client
+            .post(format!("{base}/v1/captures"))
+            .body(chunk)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    common::when_indexed(
+        &client,
+        &format!("{base}/v1/captures?model=gpt-4o"),
+        Duration::from_secs(60),
+    )
+    .await;
+    loader.sigterm();
+    assert!(loader.wait(30).success());
+
+    // Two replicas with retention; find the one holding the pass's lease once it erased some.
+    let args = [
+        "--db",
+        url.as_str(),
+        "--log-key",
+        key.as_str(),
+        "--retain",
+        "180d",
+    ];
+    let mut replicas = [
+        Process::start_with(&args, &[]),
+        Process::start_with(&args, &[]),
+    ];
+    let erased = || {
+        pg.sql(&name, "SELECT count(*) FROM tombstones")
+            .parse::<usize>()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let holder = loop {
+        let lease = pg.sql(
+            &name,
+            "SELECT coalesce(holder, '') FROM export_cursors WHERE name = 'truthtable.retention'",
+        );
+        let n = erased();
+        if n > 0 {
+            let pid = lease.split('/').next().unwrap_or_default().to_owned();
+            let holder = replicas
+                .iter()
+                .position(|r| r.child.id().to_string() == pid)
+                .unwrap_or_else(|| panic!("the lease holder {lease} is neither replica"));
+            break holder;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no retention pass within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    replicas[holder].child.kill().unwrap();
+    replicas[holder].child.wait().unwrap();
+    let at_kill = erased();
+    assert!(
+        at_kill < OLD,
+        "the pass was killed midway ({at_kill} erased)"
+    );
+    let survivor = &replicas[1 - holder];
+    let base = survivor.base();
+
+    // Ingest goes on at the survivor while it waits for the lease and finishes the pass.
+    let recent: Vec<Value> = (1..=200)
+        .map(|i| aged(&format!("recent-{i}"), "2099-01-01T00:00:00Z"))
+        .collect();
+    for chunk in recent.chunks(20) {
+        let r = client
+            .post(format!("{base}/v1/captures"))
+            .body(ndjson(chunk))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while erased() < OLD {
+        assert!(
+            Instant::now() < deadline,
+            "the survivor did not finish the pass ({} of {OLD} erased)",
+            erased()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    metric_at_least(&client, &base, "truthtable_retention_passes_total", 1).await;
+
+    // Nothing lost, nothing old left, each old capture erased once, in one logged erasure.
+    assert_eq!(
+        pg.sql(
+            &name,
+            "SELECT count(*) FROM captures WHERE id LIKE 'recent-%'"
+        ),
+        "201"
+    );
+    assert_eq!(
+        pg.sql(&name, "SELECT count(*) FROM captures WHERE id LIKE 'old-%'"),
+        "0"
+    );
+    assert_eq!(
+        pg.sql(&name, "SELECT count(DISTINCT id) FROM tombstones"),
+        OLD.to_string()
+    );
+    let named = pg.sql(
+        &name,
+        "SELECT count(*) || ' ' || count(DISTINCT c) FROM log_events e,
+             jsonb_array_elements_text(e.entry::jsonb -> 'captures') AS c
+         WHERE e.kind = 'truthtable.erasure/v1'",
+    );
+    assert_eq!(
+        named,
+        format!("{OLD} {OLD}"),
+        "erasure entries name each old capture once"
+    );
+    let events: u64 = pg
+        .sql(&name, "SELECT count(*) FROM log_events")
+        .parse()
+        .unwrap();
+    metric_at_least(
+        &client,
+        &base,
+        "truthtable_log_signed_size",
+        OLD as u64 + 201 + events,
+    )
+    .await;
+    let mut survivor = replicas.into_iter().nth(1 - holder).unwrap();
+    survivor.sigterm();
+    assert!(survivor.wait(30).success());
+    let (ok, out) = verify(&url);
+    let tail = out.lines().rev().take(5).collect::<Vec<_>>().join("\n");
+    assert!(ok, "{tail}");
+    assert!(
+        out.contains(&format!("{OLD} erased capture(s)")),
+        "each capture erased once: {tail}"
     );
 }

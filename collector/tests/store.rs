@@ -1154,7 +1154,123 @@ async fn erasing_a_capture_deletes_its_verdicts_and_amendments(b: Backend) {
     assert_eq!(store.amendments("e1".into()).await.unwrap().len(), 1);
 }
 
+async fn an_erased_capture_is_not_stored_again_nor_judged(b: Backend) {
+    let store = b.open().await;
+    let out = store_indexed(&store, indexed(batch("r", 2))).await;
+    let seq = out.new[0].1;
+    let erase = |ids: Vec<String>| EraseRequest {
+        event: "erasure-r".into(),
+        reason: "a person asked".into(),
+        by: "request".into(),
+        erased_at: "2026-12-07T01:00:00Z".into(),
+        ids,
+        dry_run: false,
+    };
+    store.erase(erase(vec!["r0".into()])).await.unwrap();
+    // The filter delivers at least once: the record (and an amendment of it) sent again after
+    // the erasure is a duplicate, not a capture stored anew.
+    let mut amendment = capture("r0");
+    amendment.raw = r#"{"id":"r0","amendment":{"reason":"client_gone_during_hold"}}"#.into();
+    let again = store
+        .insert_batch(vec![capture("r0"), amendment, capture("r2")])
+        .await
+        .unwrap();
+    assert_eq!((again.stored, again.duplicates), (1, 2));
+    assert_eq!(store.get("r0".into()).await.unwrap(), None);
+    assert_eq!(
+        store.amendments("r0".into()).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert!(store.tombstone("r0".into()).await.unwrap().is_some());
+    // An engine's verdict arriving after the erasure is dropped; one on a kept capture is kept.
+    store
+        .add_verdict(verdict(seq, "r0", "grpc://a", Some(0.2), true))
+        .await
+        .unwrap();
+    store
+        .add_verdict(verdict(out.new[1].1, "r1", "grpc://a", Some(0.9), false))
+        .await
+        .unwrap();
+    assert!(store.verdicts("r0".into()).await.unwrap().is_empty());
+    assert_eq!(store.verdicts("r1".into()).await.unwrap().len(), 1);
+}
+
+/// PostgreSQL only (SQLite has one writer): the indexer writes a digest while the capture's
+/// erasure is in flight — the erasure's transaction has deleted the capture and not committed.
+/// The digest write waits for it and then writes nothing; before, it wrote the digest (question
+/// and answer) beside no capture, where it outlived the erasure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_written_while_its_capture_is_erased_does_not_outlive_the_erasure() {
+    let pg = Postgres::shared();
+    let db = pg.database();
+    let b = Backend::Postgres(db.clone());
+    let store = b.open().await;
+    let out = store.insert_batch(vec![capture("raced")]).await.unwrap();
+    let seq = out.new[0].1;
+    let (erasing, conn) =
+        tokio_postgres::connect(&pg.url_with_password(&db), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    erasing
+        .batch_execute(&format!("BEGIN; DELETE FROM captures WHERE seq = {seq}"))
+        .await
+        .unwrap();
+    let (_, digest) = indexed(vec![capture("raced")]).pop().unwrap();
+    let writer = {
+        let store = b.open().await;
+        tokio::spawn(async move { store.put_digests(vec![(seq, digest)]).await.unwrap() })
+    };
+    // Until the writer either finished (it did not wait) or waits on the erasure's lock.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting = pg.sql(
+            &db,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        );
+        if writer.is_finished() || waiting != "0" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer neither wrote nor waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    erasing.batch_execute("COMMIT").await.unwrap();
+    writer.await.unwrap();
+    assert_eq!(
+        pg.sql(
+            &db,
+            &format!("SELECT count(*) FROM capture_digests WHERE seq = {seq}")
+        ),
+        "0",
+        "a digest outlived its capture's erasure"
+    );
+}
+
+async fn a_path_filter_keeps_the_captures_of_that_path(b: Backend) {
+    let store = b.open().await;
+    let mut rows = indexed(batch("p", 3));
+    rows[1].0.path = "/v1/messages".into();
+    store_indexed(&store, rows).await;
+    let list = |path: &str| {
+        let q = filtered(ListFilter {
+            path: Some(path.into()),
+            ..Default::default()
+        });
+        let store = &store;
+        async move { store.list(q).await.unwrap() }
+    };
+    assert_eq!(ids(&list("/v1/messages").await), ["p1"]);
+    assert_eq!(ids(&list("/v1/chat/completions").await), ["p2", "p0"]);
+    assert!(list("/v1/chat").await.is_empty(), "exactly the path");
+}
+
 store_suite!(
+    a_path_filter_keeps_the_captures_of_that_path,
+    an_erased_capture_is_not_stored_again_nor_judged,
     duplicates_are_skipped_and_counted,
     the_copy_stored_first_is_kept,
     an_amendment_is_kept_beside_its_capture_whose_bytes_stay,

@@ -25,8 +25,8 @@ pub fn routes() -> Router<Arc<AppState>> {
 }
 
 /// The list filters an erasure or a hold takes (the list's parameters, as JSON).
-pub const FILTERS: [&str; 8] = [
-    "since", "until", "outcome", "protocol", "model", "status", "mark", "q",
+pub const FILTERS: [&str; 9] = [
+    "since", "until", "outcome", "protocol", "model", "path", "status", "mark", "q",
 ];
 
 /// `Ok` when the request carries the admin token; erasure is refused when none is configured.

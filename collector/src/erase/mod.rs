@@ -225,8 +225,11 @@ pub async fn erase(
 pub struct Eraser {
     retain: Option<Duration>,
     holder: String,
-    /// Captures due for retention the running pass has not reached yet (0 between passes).
+    /// Captures past retention that retention has still to erase: counted when a pass starts,
+    /// less what each step erased or found held, and counted again when it ends.
     pending: AtomicU64,
+    /// Captures past retention the last pass kept because a hold holds them.
+    retained_by_holds: AtomicU64,
     /// Captures an erasure or a pass left because a hold holds them (each time).
     held: AtomicU64,
     /// Retention passes this process finished.
@@ -240,6 +243,7 @@ impl Eraser {
             retain,
             holder: format!("{}/{}", std::process::id(), fresh_id()),
             pending: AtomicU64::new(0),
+            retained_by_holds: AtomicU64::new(0),
             held: AtomicU64::new(0),
             passes: AtomicU64::new(0),
         }
@@ -290,8 +294,13 @@ impl Eraser {
         );
         metric(
             "truthtable_retention_pending_captures",
-            "Captures past retention that the running pass has not erased yet (0 between passes).",
+            "Captures past retention still to be erased (held ones not counted), as of the running pass's last step or the last pass's end.",
             self.pending.load(Ordering::Relaxed),
+        );
+        metric(
+            "truthtable_retention_held_captures",
+            "Captures past retention the last retention pass kept because a legal hold holds them.",
+            self.retained_by_holds.load(Ordering::Relaxed),
         );
         metric(
             "truthtable_retention_passes_total",
@@ -345,6 +354,8 @@ pub async fn retention_pass(
     let holds = held(store).await?;
     let mut pass = Pass::default();
     let mut after = 0i64;
+    let past = store.count_started_before(cutoff).await?;
+    eraser.pending.store(past, Ordering::Relaxed);
     loop {
         let due = store.started_before(cutoff, after, STEP as u32).await?;
         let Some(&(last, _)) = due.last() else { break };
@@ -354,7 +365,6 @@ pub async fn retention_pass(
             .map(|(_, id)| id)
             .partition(|id| holds.contains(id));
         pass.held += kept.len() as u64;
-        eraser.pending.store(ids.len() as u64, Ordering::Relaxed);
         let step = std::time::Instant::now();
         if !ids.is_empty() {
             let out = store
@@ -369,7 +379,10 @@ pub async fn retention_pass(
                 .await?;
             pass.erased += out.erased.len() as u64;
         }
-        eraser.pending.store(0, Ordering::Relaxed);
+        eraser.pending.store(
+            past.saturating_sub(pass.erased + pass.held),
+            Ordering::Relaxed,
+        );
         if !claim().await? {
             // The lease ran out and another collector took the pass over.
             break;
@@ -379,6 +392,11 @@ pub async fn retention_pass(
     if pass.erased > 0 {
         store.purge().await?;
     }
+    let left = store.count_started_before(cutoff).await?;
+    eraser
+        .pending
+        .store(left.saturating_sub(pass.held), Ordering::Relaxed);
+    eraser.retained_by_holds.store(pass.held, Ordering::Relaxed);
     eraser.held.fetch_add(pass.held, Ordering::Relaxed);
     eraser.passes.fetch_add(1, Ordering::Relaxed);
     eraser.release(store).await;

@@ -186,6 +186,17 @@ pub trait EraseStore: Send + Sync {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Tombstone>, StoreError>> + Send;
 
+    /// Up to `limit` tombstones of captures stored strictly between `above` and `below` (by
+    /// `seq`; `None` is no bound), newest stored first, or oldest first when `oldest_first`:
+    /// `(seq, tombstone)`. The list shows them in their captures' places.
+    fn tombstones_between(
+        &self,
+        above: Option<i64>,
+        below: Option<i64>,
+        oldest_first: bool,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(i64, Tombstone)>, StoreError>> + Send;
+
     /// Up to `limit` events the log does not hold yet, oldest first.
     fn unlogged_events(
         &self,
@@ -221,6 +232,13 @@ pub trait EraseStore: Send + Sync {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<(i64, String)>, StoreError>> + Send;
 
+    /// How many stored captures started before `before_us` (as [`EraseStore::started_before`]
+    /// finds them).
+    fn count_started_before(
+        &self,
+        before_us: i64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Counts for the metrics.
     fn erase_counts(&self) -> impl Future<Output = Result<EraseCounts, StoreError>> + Send;
 }
@@ -245,6 +263,16 @@ impl EraseStore for Store {
 
     async fn tombstones(&self, limit: u32) -> Result<Vec<Tombstone>, StoreError> {
         dispatch!(self, s => s.tombstones(limit).await)
+    }
+
+    async fn tombstones_between(
+        &self,
+        above: Option<i64>,
+        below: Option<i64>,
+        oldest_first: bool,
+        limit: u32,
+    ) -> Result<Vec<(i64, Tombstone)>, StoreError> {
+        dispatch!(self, s => s.tombstones_between(above, below, oldest_first, limit).await)
     }
 
     async fn unlogged_events(&self, limit: u32) -> Result<Vec<PendingEvent>, StoreError> {
@@ -272,19 +300,23 @@ impl EraseStore for Store {
         dispatch!(self, s => s.started_before(before_us, after_seq, limit).await)
     }
 
+    async fn count_started_before(&self, before_us: i64) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.count_started_before(before_us).await)
+    }
+
     async fn erase_counts(&self) -> Result<EraseCounts, StoreError> {
         dispatch!(self, s => s.erase_counts().await)
     }
 }
 
 impl Store {
-    /// After an erasure: makes the erased bytes unrecoverable from the store's files where the
-    /// store can (SQLite: merges the word index, truncates the write-ahead log). PostgreSQL
-    /// removes deleted rows (and their TOAST) from its files when it vacuums them.
+    /// After an erasure: gives the erased rows' space back and makes their bytes unrecoverable
+    /// from the store's files where the store can (SQLite: merges the word index, truncates the
+    /// write-ahead log; PostgreSQL: vacuums the content tables, their TOAST with them).
     pub async fn purge(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.purge().await,
-            Store::Postgres(_) => Ok(()),
+            Store::Postgres(s) => s.purge().await,
         }
     }
 }

@@ -171,6 +171,8 @@ pub struct ListFilter {
     pub protocols: Vec<String>,
     /// Exactly this model.
     pub model: Option<String>,
+    /// Exactly this request path (without its query).
+    pub path: Option<String>,
     /// The response status.
     pub status: Option<StatusFilter>,
     /// Only captures with a truncated body.
@@ -314,6 +316,13 @@ pub(crate) fn list_sql(q: &ListQuery, dialect: &Dialect) -> (String, Vec<SqlValu
     one_of("d.protocol", &f.protocols, &mut conds);
     if let Some(m) = &f.model {
         one_of("d.model", std::slice::from_ref(m), &mut conds);
+    }
+    if let Some(p) = &f.path {
+        // The path is the record's, not the digest's: looked up by key for each candidate.
+        let p = bind(SqlValue::Text(p.clone()));
+        conds.push(format!(
+            "EXISTS (SELECT 1 FROM captures pc WHERE pc.seq = d.seq AND pc.path = {p})"
+        ));
     }
     match f.status {
         None => {}
@@ -684,7 +693,8 @@ pub trait CaptureStore: Send + Sync {
 
     /// Appends a verdict and its event for the verifiable log (its entry: `verdict.verdict`),
     /// in one transaction (verdicts are never changed or removed: several engines, or several
-    /// runs of one, each keep theirs). Nothing is stored when the capture is gone (erased).
+    /// runs of one, each keep theirs; erasure removes them with their capture). A verdict on a
+    /// capture no longer stored — erased while its engine judged it — is dropped.
     fn add_verdict(
         &self,
         verdict: NewVerdict,

@@ -311,11 +311,13 @@ fn insert_batch(conn: &mut Connection, batch: &[NewCapture]) -> Result<BatchOutc
     let tx = conn.transaction()?;
     let mut outcome = BatchOutcome::default();
     {
-        // `model` stays NULL: the digest, written behind ingest, names the model.
+        // `model` stays NULL: the digest, written behind ingest, names the model. An erased
+        // capture's id (a tombstone's) is not stored again: a duplicate.
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO captures
              (id, started_at, method, path, status, outcome, duration_ms, record)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+             WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE id = ?1)",
         )?;
         for (i, c) in batch.iter().enumerate() {
             let n = stmt.execute(params![
@@ -337,7 +339,7 @@ fn insert_batch(conn: &mut Connection, batch: &[NewCapture]) -> Result<BatchOutc
         }
         let mut amend = tx.prepare_cached(&format!(
             "INSERT OR IGNORE INTO capture_amendments (id, received_ms, record)
-             VALUES (?1, {NOW_MS}, ?2)"
+             SELECT ?1, {NOW_MS}, ?2 WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE id = ?1)"
         ))?;
         for c in batch.iter().filter(|c| crate::record::is_amendment(&c.raw)) {
             amend.execute(params![c.id, c.raw])?;
@@ -1048,17 +1050,22 @@ const TOMBSTONE_COLUMNS: &str = "t.id, t.started_at, e.idx, t.leaf_hash, t.erase
      t.erasure, t.erased_by FROM tombstones t LEFT JOIN log_entries e ON e.seq = t.seq";
 
 fn tombstone(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tombstone> {
+    tombstone_from(r, 0)
+}
+
+/// The tombstone in the row's [`TOMBSTONE_COLUMNS`] from column `at` on.
+fn tombstone_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Tombstone> {
     Ok(Tombstone {
-        id: r.get(0)?,
-        started_at: r.get(1)?,
+        id: r.get(at)?,
+        started_at: r.get(at + 1)?,
         log_index: r
-            .get::<_, Option<i64>>(2)?
+            .get::<_, Option<i64>>(at + 2)?
             .and_then(|i| u64::try_from(i).ok()),
-        leaf_hash: r.get(3)?,
-        erased_at: r.get(4)?,
-        reason: r.get(5)?,
-        erasure: r.get(6)?,
-        by: r.get(7)?,
+        leaf_hash: r.get(at + 3)?,
+        erased_at: r.get(at + 4)?,
+        reason: r.get(at + 5)?,
+        erasure: r.get(at + 6)?,
+        by: r.get(at + 7)?,
     })
 }
 
@@ -1205,6 +1212,28 @@ impl EraseStore for SqliteStore {
         .await
     }
 
+    async fn tombstones_between(
+        &self,
+        above: Option<i64>,
+        below: Option<i64>,
+        oldest_first: bool,
+        limit: u32,
+    ) -> Result<Vec<(i64, Tombstone)>, StoreError> {
+        self.blocking(move |_, conn| {
+            let order = if oldest_first { "ASC" } else { "DESC" };
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT t.seq, {TOMBSTONE_COLUMNS} WHERE t.seq > ?1 AND t.seq < ?2
+                 ORDER BY t.seq {order} LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(
+                params![above.unwrap_or(0), below.unwrap_or(i64::MAX), limit],
+                |r| Ok((r.get(0)?, tombstone_from(r, 1)?)),
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn unlogged_events(&self, limit: u32) -> Result<Vec<PendingEvent>, StoreError> {
         self.reading(move |conn| {
             let mut stmt = conn.prepare_cached(
@@ -1326,6 +1355,16 @@ impl EraseStore for SqliteStore {
                 Ok((r.get(0)?, r.get(1)?))
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn count_started_before(&self, before_us: i64) -> Result<u64, StoreError> {
+        self.blocking(move |_, conn| {
+            let n: i64 = conn
+                .prepare_cached("SELECT count(*) FROM capture_digests WHERE started_us < ?1")?
+                .query_row(params![before_us], |r| r.get(0))?;
+            Ok(u64::try_from(n).unwrap_or_default())
         })
         .await
     }

@@ -5,7 +5,7 @@ use maud::{html, Markup, DOCTYPE};
 
 use super::format;
 use crate::audit::{self, decode, AuditView, ContextSource, Protocol, StreamBody};
-use crate::reads::{CaptureRead, ListPage, ListRequest, MARKS};
+use crate::reads::{CaptureRead, ListPage, ListRequest, Row, MARKS};
 use crate::record::{CaptureRecord, CapturedBody, Headers, Outcome};
 use crate::store::CaptureSummary;
 
@@ -295,6 +295,7 @@ pub fn list(
                     input #model type="text" name="model" list="models" value=(value("model")) placeholder="exact name";
                     datalist #models { @for m in models { option value=(m) {} } }
                 }
+                label { "Path" input #path type="text" name="path" value=(value("path")) placeholder="/v1/chat/completions"; }
                 label { "Status" input #status type="text" name="status" value=(value("status")) placeholder="200, 4xx, none" size="8"; }
                 label { "TTFT over (ms)" input #ttft_above type="text" name="ttft_above" value=(value("ttft_above")) placeholder="2000" size="8"; }
                 (select("sort", "Order", req.filter_value("sort"), &["ttft", "duration"], "newest"))
@@ -306,6 +307,7 @@ pub fn list(
                 }
                 (select("verdict", "Verdict", req.filter_value("verdict"), &["flagged"], "any"))
                 label { "Score below" input #score_below type="text" name="score_below" value=(value("score_below")) placeholder="0.5" size="5"; }
+                (select("erased", "Erased", req.filter_value("erased"), &["show"], "hide"))
                 (select("limit", "Per page", req.filter_value("limit"), &limits, "50"))
                 div.actions {
                     button #apply type="submit" { "Apply" }
@@ -317,7 +319,7 @@ pub fn list(
                 @if page.indexing {
                     p.notice role="status" { "Stored captures are still being indexed: filters and search skip those not reached yet." }
                 }
-                @if page.captures.is_empty() {
+                @if page.rows.is_empty() {
                     p.empty { @if req.query.filter.is_empty() { "No captures stored yet." } @else { "No capture matches these filters." } }
                 } @else {
                     table #captures.captures {
@@ -326,20 +328,34 @@ pub fn list(
                             th { "Protocol · model" } th { "Question" } th { "Answer" } th { "Verdict" } th { "Marks" }
                         } }
                         tbody {
-                            @for s in &page.captures {
-                                tr data-id=(s.id) {
-                                    td.time { a href=(capture_href(&s.id)) title=(s.started_at) { (format::short_time(&s.started_at)) } }
-                                    td.req { span.method { (s.method) } " " span.path title=(s.path) { (s.path) } }
-                                    td { (status_badge(s.status)) }
-                                    td { (outcome_badge(&s.outcome)) }
-                                    td.proto {
-                                        @if let Some(p) = &s.protocol { span.protocol { (p) } }
-                                        @if let Some(m) = &s.model { br; span.model { (m) } }
+                            @for row in &page.rows {
+                                @match row {
+                                    Row::Erased(_, t) => {
+                                        tr.erased data-id=(t.id) {
+                                            td.time { a href=(capture_href(&t.id)) title=(t.started_at) { (format::short_time(&t.started_at)) } }
+                                            td.tombstone colspan="8" {
+                                                span.erased { "erased on " (t.erased_at) " (" (t.reason) ")" }
+                                                " · " span.by { (t.by) }
+                                                @if let Some(i) = t.log_index { " · log index " (i) }
+                                            }
+                                        }
                                     }
-                                    td.q { a.question href=(capture_href(&s.id)) { @match &s.question { Some(q) => (q), None => span.none { "no question" } } } }
-                                    td.a { @match &s.answer { Some(a) => span.answer { (a) }, None => span.none { "no answer" } } }
-                                    td.verdict { (verdict_badge(s)) }
-                                    td.marks { (marks(s)) }
+                                    Row::Capture(s) => {
+                                        tr data-id=(s.id) {
+                                            td.time { a href=(capture_href(&s.id)) title=(s.started_at) { (format::short_time(&s.started_at)) } }
+                                            td.req { span.method { (s.method) } " " span.path title=(s.path) { (s.path) } }
+                                            td { (status_badge(s.status)) }
+                                            td { (outcome_badge(&s.outcome)) }
+                                            td.proto {
+                                                @if let Some(p) = &s.protocol { span.protocol { (p) } }
+                                                @if let Some(m) = &s.model { br; span.model { (m) } }
+                                            }
+                                            td.q { a.question href=(capture_href(&s.id)) { @match &s.question { Some(q) => (q), None => span.none { "no question" } } } }
+                                            td.a { @match &s.answer { Some(a) => span.answer { (a) }, None => span.none { "no answer" } } }
+                                            td.verdict { (verdict_badge(s)) }
+                                            td.marks { (marks(s)) }
+                                        }
+                                    }
                                 }
                             }
                         }

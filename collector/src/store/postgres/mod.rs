@@ -234,13 +234,14 @@ END $$";
 /// Key of the advisory lock that serialises migrations (any constant other programs do not use).
 const MIGRATION_LOCK: i64 = 0x7472_7574_6874_6162; // "truthtab"
 
-/// The records of a batch; of ids repeated in a batch the first is stored. `model` stays NULL:
-/// the digest, written behind ingest, names the model.
+/// The records of a batch; of ids repeated in a batch the first is stored, and an erased
+/// capture's id (a tombstone's) is not stored again. `model` stays NULL: the digest, written
+/// behind ingest, names the model.
 const INSERT: &str = "
 WITH amended AS (
     INSERT INTO capture_amendments (id, record)
     SELECT a.id, a.record FROM unnest($1::text[], $8::text[], $9::bool[]) AS a(id, record, amends)
-    WHERE a.amends
+    WHERE a.amends AND NOT EXISTS (SELECT 1 FROM tombstones t WHERE t.id = a.id)
     ON CONFLICT (id) DO NOTHING
 )
 INSERT INTO captures (id, started_at, method, path, status, outcome, duration_ms, record)
@@ -248,13 +249,15 @@ SELECT id, started_at, method, path, status, outcome, duration_ms, record
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[],
             $7::float8[], $8::text[])
      WITH ORDINALITY AS b(id, started_at, method, path, status, outcome, duration_ms, record, n)
+WHERE NOT EXISTS (SELECT 1 FROM tombstones t WHERE t.id = b.id)
 ORDER BY n
 ON CONFLICT (id) DO NOTHING
 RETURNING seq, id";
 
 /// Digests written over older ones (or none), never over a newer derivation's, in one
 /// statement; only for records that exist (looked up by key: a join let the planner hash the
-/// whole table, a cost that grew with it).
+/// whole table, a cost that grew with it), and share-locked: a record being erased is waited for
+/// and then skipped, so its digest cannot outlive the erasure.
 const PUT_DIGESTS: &str = "
 INSERT INTO capture_digests (seq, version, started_us, outcome, status, protocol, model, question,
                              answer, body_truncated, stream_complete, problems, search, ttft_us,
@@ -267,7 +270,7 @@ FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::text[], $5::int4[], $6::text
             $14::int8[], $15::int8[])
      AS b(seq, version, started_us, outcome, status, protocol, model, question, answer,
           truncated, complete, problems, words, ttft_us, duration_us)
-WHERE b.seq IN (SELECT seq FROM captures WHERE seq = ANY($1::int8[]))
+WHERE b.seq IN (SELECT seq FROM captures WHERE seq = ANY($1::int8[]) FOR SHARE)
 ORDER BY b.seq
 ON CONFLICT (seq) DO UPDATE SET
     version = EXCLUDED.version, started_us = EXCLUDED.started_us, outcome = EXCLUDED.outcome,
@@ -870,7 +873,7 @@ impl CaptureStore for PgStore {
                     "INSERT INTO capture_verdicts
                      (capture_seq, capture_id, engine, status, score, hallucination, received_at, annotate)
                      SELECT $1, $2, $3, $4, $5, $6, $7, $8
-                     WHERE EXISTS (SELECT 1 FROM captures WHERE seq = $1)
+                     WHERE EXISTS (SELECT 1 FROM captures WHERE seq = $1 FOR SHARE)
                      RETURNING seq",
                     &[
                         &v.capture_seq,
@@ -1360,17 +1363,39 @@ const TOMBSTONE_COLUMNS: &str = "t.id, t.started_at, e.idx, t.leaf_hash, t.erase
      t.erasure, t.erased_by FROM tombstones t LEFT JOIN log_entries e ON e.seq = t.seq";
 
 fn tombstone(r: &tokio_postgres::Row) -> Tombstone {
+    tombstone_from(r, 0)
+}
+
+/// The tombstone in the row's [`TOMBSTONE_COLUMNS`] from column `at` on.
+fn tombstone_from(r: &tokio_postgres::Row, at: usize) -> Tombstone {
     Tombstone {
-        id: r.get(0),
-        started_at: r.get(1),
+        id: r.get(at),
+        started_at: r.get(at + 1),
         log_index: r
-            .get::<_, Option<i64>>(2)
+            .get::<_, Option<i64>>(at + 2)
             .and_then(|i| u64::try_from(i).ok()),
-        leaf_hash: r.get(3),
-        erased_at: r.get(4),
-        reason: r.get(5),
-        erasure: r.get(6),
-        by: r.get(7),
+        leaf_hash: r.get(at + 3),
+        erased_at: r.get(at + 4),
+        reason: r.get(at + 5),
+        erasure: r.get(at + 6),
+        by: r.get(at + 7),
+    }
+}
+
+impl PgStore {
+    /// Vacuums the tables erasure deletes from ([`CONTENT_TABLES`]), and with them their TOAST:
+    /// the erased rows' space is free for new rows at once, not when autovacuum next gets to the
+    /// table (by default after a fifth of it changed, which a few erasures in a large store
+    /// never reach). `VACUUM` takes no lock that stops ingest or reads.
+    pub async fn purge(&self) -> Result<(), StoreError> {
+        self.with_client(async |client| {
+            client
+                .batch_execute(
+                    "VACUUM captures, capture_digests, capture_verdicts, capture_amendments",
+                )
+                .await
+        })
+        .await
     }
 }
 
@@ -1494,6 +1519,38 @@ impl EraseStore for PgStore {
             })
             .await?;
         Ok(rows.iter().map(tombstone).collect())
+    }
+
+    async fn tombstones_between(
+        &self,
+        above: Option<i64>,
+        below: Option<i64>,
+        oldest_first: bool,
+        limit: u32,
+    ) -> Result<Vec<(i64, Tombstone)>, StoreError> {
+        let (above, below, limit) = (
+            above.unwrap_or(0),
+            below.unwrap_or(i64::MAX),
+            i64::from(limit),
+        );
+        let order = if oldest_first { "ASC" } else { "DESC" };
+        let rows = self
+            .with_client(async |client| {
+                client
+                    .query(
+                        &format!(
+                            "SELECT t.seq, {TOMBSTONE_COLUMNS} WHERE t.seq > $1 AND t.seq < $2
+                             ORDER BY t.seq {order} LIMIT $3"
+                        ),
+                        &[&above, &below, &limit],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), tombstone_from(r, 1)))
+            .collect())
     }
 
     async fn unlogged_events(&self, limit: u32) -> Result<Vec<PendingEvent>, StoreError> {
@@ -1620,6 +1677,20 @@ impl EraseStore for PgStore {
             })
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn count_started_before(&self, before_us: i64) -> Result<u64, StoreError> {
+        let row = self
+            .with_client(async |client| {
+                client
+                    .query_one(
+                        "SELECT count(*) FROM capture_digests WHERE started_us < $1",
+                        &[&before_us],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or_default())
     }
 
     async fn erase_counts(&self) -> Result<EraseCounts, StoreError> {
