@@ -368,6 +368,10 @@ pub struct ListPage {
 
 /// The page `req` asks for.
 pub async fn list(state: &AppState, req: &ListRequest) -> Result<ListPage, StoreError> {
+    // Read before the query: a page says "not indexing" only when every digest it could need
+    // was written before it was read (read after, a backfill finishing meanwhile would vouch for
+    // a page that missed its last records).
+    let indexing = state.indexing();
     let limit = req.query.limit;
     let mut query = ListQuery {
         limit: limit + 1,
@@ -407,7 +411,7 @@ pub async fn list(state: &AppState, req: &ListRequest) -> Result<ListPage, Store
             rows: page,
             next_before,
             prev_after: None,
-            indexing: state.indexing(),
+            indexing,
         });
     }
     let (rows, next_before, prev_after) = match query.page {
@@ -436,7 +440,7 @@ pub async fn list(state: &AppState, req: &ListRequest) -> Result<ListPage, Store
         rows,
         next_before: next_before.map(|s| s.to_string()),
         prev_after: prev_after.map(|s| s.to_string()),
-        indexing: state.indexing(),
+        indexing,
     })
 }
 
