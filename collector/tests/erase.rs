@@ -474,14 +474,7 @@ async fn postgres_erasure_by_ids_and_filter_leaves_tombstones_and_a_whole_log() 
     let name = pg.database();
     let url = pg.url_with_password(&name);
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("log.key");
-    let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
-        .args(["keygen", "--name", "erase.test/log", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let key = key.display().to_string();
+    let (key, _) = common::keygen(dir.path(), "erase.test/log");
     let client = reqwest::Client::new();
     let mut proc = Process::start_with(
         &["--db", &url, "--log-key", &key],
@@ -786,14 +779,7 @@ async fn two_replicas_run_retention_one_at_a_time_and_a_killed_pass_holder_loses
     let name = pg.database();
     let url = pg.url_with_password(&name);
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("log.key");
-    let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
-        .args(["keygen", "--name", "retention.test/log", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let key = key.display().to_string();
+    let (key, _) = common::keygen(dir.path(), "retention.test/log");
     let client = reqwest::Client::new();
 
     // The store, without retention: old captures and two recent ones, indexed.

@@ -791,13 +791,7 @@ async fn a_log_that_fails_its_own_check_says_so_keeps_ingesting_and_signs_nothin
 async fn the_monitor_trusts_a_growing_log_and_catches_one_rebuilt_and_re_signed_with_the_same_key()
 {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("log.key");
-    let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
-        .args(["keygen", "--name", "monitor.test/log", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    let vkey = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (key, vkey) = common::keygen(dir.path(), "monitor.test/log");
     let state = dir.path().join("trusted-checkpoint");
     let monitor = |base: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
@@ -817,7 +811,7 @@ async fn the_monitor_trusts_a_growing_log_and_catches_one_rebuilt_and_re_signed_
                 "--db",
                 &dir.path().join(db).display().to_string(),
                 "--log-key",
-                &key.display().to_string(),
+                &key,
             ],
             &[],
         )
@@ -1095,14 +1089,7 @@ async fn a_verdict_is_a_log_entry_and_verify_names_one_changed_or_deleted_on_pos
     let name = pg.database();
     let url = pg.url_with_password(&name);
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("log.key");
-    let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
-        .args(["keygen", "--name", "verdicts.test/log", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let key = key.display().to_string();
+    let (key, _) = common::keygen(dir.path(), "verdicts.test/log");
     let client = reqwest::Client::new();
     let mut proc = Process::start_with(&verdict_log_args(&url, &["--log-key", &key]), &VERDICT_ENV);
     let (event, erased) = verdicts_in_the_log(&client, &proc.base()).await;

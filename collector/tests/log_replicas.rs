@@ -17,15 +17,7 @@ async fn the_sequencing_replica_sigkilled_under_load_leaves_one_unforked_log() {
     let db = pg.database();
     let url = pg.url_with_password(&db);
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("log.key");
-    let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
-        .args(["keygen", "--name", "replicas.test/log", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let vkey = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let key = key.display().to_string();
+    let (key, vkey) = common::keygen(dir.path(), "replicas.test/log");
     let args = ["--db", url.as_str(), "--log-key", key.as_str()];
     let mut replicas = [
         Process::start_with(&args, &[]),

@@ -152,6 +152,20 @@ impl InProcess {
 }
 
 /// How many records the SQLite file at `db` holds (read directly, without the collector).
+/// A log key made by `truthtable-collector keygen --name <name>` in `dir`: the key file's path
+/// and the verifier key the command printed.
+pub fn keygen(dir: &Path, name: &str) -> (String, String) {
+    let key = dir.join("log.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+        .args(["keygen", "--name", name, "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let vkey = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    (key.display().to_string(), vkey)
+}
+
 pub fn sqlite_count(db: &Path) -> u64 {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.query_row("SELECT COUNT(*) FROM captures", [], |r| r.get::<_, i64>(0))
