@@ -14,7 +14,7 @@ pub const MAX_CHUNKS: usize = 4096;
 pub struct Arrivals {
     /// `(ns, bytes)` of the first [`MAX_CHUNKS`] non-empty chunks.
     kept: Vec<(u64, u32)>,
-    /// Their bytes.
+    /// Their bytes, summed once the cap is reached (they change no more after it).
     kept_bytes: u64,
     /// The chunks after those.
     more: Rest,
@@ -44,8 +44,10 @@ impl Arrivals {
         let size = u32::try_from(size).unwrap_or(u32::MAX);
         if self.kept.len() < MAX_CHUNKS {
             self.kept.push((now_ns, size));
-            self.kept_bytes += u64::from(size);
             return;
+        }
+        if self.more.count == 0 {
+            self.kept_bytes = self.kept.iter().map(|&(_, b)| u64::from(b)).sum();
         }
         let previous = if self.more.count == 0 {
             self.kept.last().map_or(now_ns, |&(ns, _)| ns)
