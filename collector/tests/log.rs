@@ -295,6 +295,143 @@ async fn proofs_from_before_and_after_a_restart_verify_and_their_checkpoints_are
     drop(proc);
 }
 
+/// Overwrites the tree's stored hash at `idx` in a SQLite store (64 to a row of
+/// `log_hash_tiles`), as someone editing the file would.
+fn set_stored_hash(conn: &rusqlite::Connection, idx: usize, hash: &[u8; 32]) {
+    let tile = (idx / 64) as i64;
+    let mut bytes: Vec<u8> = conn
+        .query_row(
+            "SELECT hashes FROM log_hash_tiles WHERE tile = ?1",
+            [tile],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let at = idx % 64 * 32;
+    bytes[at..at + 32].copy_from_slice(hash);
+    conn.execute(
+        "UPDATE log_hash_tiles SET hashes = ?1 WHERE tile = ?2",
+        rusqlite::params![bytes, tile],
+    )
+    .unwrap();
+}
+
+/// Puts a SQLite store's stored hashes back the way collectors before migration 10 kept them:
+/// a row each in `log_hashes`.
+fn untile_hashes(db: &Path) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch("CREATE TABLE log_hashes (idx INTEGER PRIMARY KEY, hash BLOB NOT NULL);")
+        .unwrap();
+    let rows: Vec<(i64, Vec<u8>)> = conn
+        .prepare("SELECT tile, hashes FROM log_hash_tiles ORDER BY tile")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (tile, bytes) in rows {
+        for (k, hash) in bytes.chunks(32).enumerate() {
+            conn.execute(
+                "INSERT INTO log_hashes (idx, hash) VALUES (?1, ?2)",
+                rusqlite::params![tile * 64 + k as i64, hash],
+            )
+            .unwrap();
+        }
+    }
+    conn.execute_batch("DROP TABLE log_hash_tiles; PRAGMA user_version = 9;")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_store_whose_hashes_were_a_row_each_migrates_and_its_log_goes_on_across_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rows.db");
+    let client = reqwest::Client::new();
+    let mut proc = Process::start(&db);
+    let base = proc.base();
+    let vkey = text(&client, format!("{base}/v1/log/key")).await.1;
+    // Posted in uneven batches, so sequencing steps end inside rows of 64 stored hashes.
+    let ids: Vec<String> = (0..150).map(|i| format!("r-{i}")).collect();
+    for chunk in ids[..100].chunks(37) {
+        assert_eq!(
+            post(&client, &base, ndjson(chunk), None).await.status(),
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let old_note = checkpoint_of(&client, &base, 100).await;
+    let (old_size, old_root) = check_proof(&client, &base, "r-63", &vkey, "").await;
+    assert_eq!(old_size, 100);
+    proc.sigterm();
+    assert!(proc.wait(20).success());
+    untile_hashes(&db);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM log_hashes", [], |r| r.get(0))
+        .unwrap();
+    // Go's layout stores 2n - popcount(n) hashes for n records: 197 for 100.
+    assert_eq!(rows, 197, "a tree of 100 records stores 197 hashes");
+    drop(conn);
+
+    let proc = Process::start(&db);
+    let base = proc.base();
+    // Every proof reads hashes from several rows: before the migration's size and after.
+    for id in ["r-0", "r-63", "r-64", "r-99"] {
+        assert_eq!(
+            check_proof(&client, &base, id, &vkey, "?size=100").await,
+            (old_size, old_root),
+            "{id}"
+        );
+    }
+    for chunk in ids[100..].chunks(17) {
+        assert_eq!(
+            post(&client, &base, ndjson(chunk), None).await.status(),
+            200
+        );
+    }
+    checkpoint_of(&client, &base, 150).await;
+    let (status, latest) = text(&client, format!("{base}/v1/log/checkpoint")).await;
+    assert_eq!(status, 200);
+    assert_ne!(latest, old_note);
+    let (new_size, new_root) = check_proof(&client, &base, "r-149", &vkey, "").await;
+    assert_eq!(new_size, 150);
+    for id in ["r-0", "r-100", "r-127", "r-128"] {
+        assert_eq!(
+            check_proof(&client, &base, id, &vkey, "").await,
+            (new_size, new_root),
+            "{id}"
+        );
+    }
+    let (status, consistency) = text(
+        &client,
+        format!("{base}/v1/log/consistency?old=100&new=150"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let proof: Vec<H> = consistency
+        .lines()
+        .map(|l| b64(l).try_into().unwrap())
+        .collect();
+    assert!(consistent(100, 150, old_root, new_root, &proof));
+    drop(proc);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (tiles, bytes): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), sum(length(hashes)) FROM log_hash_tiles",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (tiles, bytes),
+        (5, 296 * 32),
+        "the 296 stored hashes of 150 records, 64 to a row"
+    );
+    drop(conn);
+    let (ok, out) = verify(&db, Some(vkey.trim()));
+    assert!(ok, "{out}");
+    assert!(out.ends_with("150 of 150 records verified\n"), "{out}");
+}
+
 /// Copies the clean store, changes the copy with `sql`, and returns what `verify` says of it.
 fn tampered(clean: &Path, name: &str, sql: &str) -> (bool, String) {
     let copy = clean.with_file_name(format!("{name}.db"));
@@ -454,11 +591,7 @@ async fn verify_passes_a_clean_store_and_names_each_tampering() {
     )
     .unwrap();
     // Record 5's leaf hash is stored at index 8 in Go's layout (0, 1; 2; 3, 4; 5; 6; 7, 8).
-    conn.execute(
-        "UPDATE log_hashes SET hash = ?1 WHERE idx = 8",
-        [leaf(forged.as_bytes()).to_vec()],
-    )
-    .unwrap();
+    set_stored_hash(&conn, 8, &leaf(forged.as_bytes()));
     drop(conn);
     let (ok, out) = verify(&copy, None);
     assert!(!ok, "{out}");
@@ -742,11 +875,7 @@ async fn a_log_that_fails_its_own_check_says_so_keeps_ingesting_and_signs_nothin
     // Someone rewrites a stored hash of the tree behind the collector's back: the root of the
     // first four records (stored index 6 in Go's layout: 0; 1, 2; 3; 4, 5, 6; 7).
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute(
-        "UPDATE log_hashes SET hash = zeroblob(32) WHERE idx = 6",
-        [],
-    )
-    .unwrap();
+    set_stored_hash(&conn, 6, &[0; 32]);
     drop(conn);
 
     let proc = Process::start(&db);

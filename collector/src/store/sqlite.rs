@@ -198,7 +198,25 @@ CREATE UNIQUE INDEX capture_verdicts_event ON capture_verdicts (event_seq);
 ALTER TABLE capture_verdicts ADD COLUMN annotate INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX capture_verdicts_annotate ON capture_verdicts (seq) WHERE annotate;
 ",
+    // The log's stored hashes, [`HASHES_PER_ROW`] to a row (`tile_hashes` moves the existing
+    // ones here, then `log_hashes` goes): a sequencing step writes a few dozen rows, not two a
+    // record, on the writer ingest waits for.
+    "
+CREATE TABLE log_hash_tiles (
+    tile   INTEGER PRIMARY KEY,
+    hashes BLOB NOT NULL
+);
+",
 ];
+
+/// The migration whose SQL creates `log_hash_tiles`; [`tile_hashes`] fills it in the same
+/// transaction.
+const TILES_MIGRATION: usize = 10;
+
+/// Stored hashes a row of `log_hash_tiles` holds: row `t` holds the hashes at stored indexes
+/// `64 t ..`, 32 bytes each, in order (2 KiB, within one database page). Only the newest row is
+/// ever short.
+const HASHES_PER_ROW: u64 = 64;
 
 /// Milliseconds since the Unix epoch, by SQLite's clock.
 const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
@@ -290,11 +308,45 @@ impl SqliteStore {
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (version, sql) in MIGRATIONS.iter().enumerate().skip(applied.max(0) as usize) {
-        conn.execute_batch(&format!(
-            "BEGIN; {sql} PRAGMA user_version = {}; COMMIT;",
-            version + 1
-        ))?;
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        if version + 1 == TILES_MIGRATION {
+            tile_hashes(&tx)?;
+        }
+        tx.execute_batch(&format!("PRAGMA user_version = {};", version + 1))?;
+        tx.commit()?;
     }
+    Ok(())
+}
+
+/// Moves the stored hashes a store kept a row each (`log_hashes`, before migration 10) to
+/// `log_hash_tiles`, and drops the old table. A row holds a run from its first index; a hash
+/// after a gap in its row is not carried over, so the log's self-check names it missing.
+fn tile_hashes(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
+    {
+        let mut stmt = tx.prepare("SELECT idx, hash FROM log_hashes ORDER BY idx")?;
+        let mut found = stmt.query([])?;
+        while let Some(r) = found.next()? {
+            let idx = u64::try_from(r.get::<_, i64>(0)?).unwrap_or(u64::MAX);
+            let hash: Vec<u8> = r.get(1)?;
+            let (tile, at) = (idx / HASHES_PER_ROW, idx % HASHES_PER_ROW);
+            match rows.last_mut() {
+                Some((t, bytes))
+                    if *t == tile && bytes.len() as u64 == at * 32 && hash.len() == 32 =>
+                {
+                    bytes.extend_from_slice(&hash);
+                }
+                _ if at == 0 && hash.len() == 32 => rows.push((tile, hash)),
+                _ => {}
+            }
+        }
+    }
+    let mut put = tx.prepare("INSERT INTO log_hash_tiles (tile, hashes) VALUES (?1, ?2)")?;
+    for (tile, bytes) in rows {
+        put.execute(params![db_int(tile), bytes])?;
+    }
+    tx.execute_batch("DROP TABLE log_hashes;")?;
     Ok(())
 }
 
@@ -797,13 +849,27 @@ impl LogStore for SqliteStore {
 
     async fn log_hashes(&self, indexes: Vec<u64>) -> Result<Hashes, StoreError> {
         self.reading(move |conn| {
-            let mut stmt = conn.prepare_cached("SELECT hash FROM log_hashes WHERE idx = ?1")?;
-            let mut out = Hashes::default();
+            let mut by_row: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
             for i in indexes {
-                let hash: Option<Vec<u8>> = stmt
-                    .query_row(params![db_int(i)], |r| r.get(0))
+                by_row.entry(i / HASHES_PER_ROW).or_default().push(i);
+            }
+            let mut stmt =
+                conn.prepare_cached("SELECT hashes FROM log_hash_tiles WHERE tile = ?1")?;
+            let mut out = Hashes::default();
+            for (tile, wanted) in by_row {
+                let found = stmt
+                    .query_row(params![db_int(tile)], |r| {
+                        let bytes = r.get_ref(0)?.as_blob()?;
+                        Ok(wanted
+                            .iter()
+                            .filter_map(|&i| {
+                                let at = usize::try_from(i % HASHES_PER_ROW).ok()? * 32;
+                                Some((i, bytes.get(at..at + 32)?.to_vec()))
+                            })
+                            .collect::<Vec<_>>())
+                    })
                     .optional()?;
-                if let Some(hash) = hash {
+                for (i, hash) in found.unwrap_or_default() {
                     out.0.insert(i, hash_from(&hash)?);
                 }
             }
@@ -835,11 +901,7 @@ impl LogStore for SqliteStore {
                 for (idx, (seq, id)) in (from..).zip(&entries) {
                     entry.execute(params![db_int(idx), seq, id])?;
                 }
-                let mut hash =
-                    tx.prepare_cached("INSERT INTO log_hashes (idx, hash) VALUES (?1, ?2)")?;
-                for (idx, h) in &hashes {
-                    hash.execute(params![db_int(*idx), &h.0[..]])?;
-                }
+                put_hashes(&tx, hashes)?;
             }
             tx.commit()?;
             Ok(true)
@@ -1145,6 +1207,39 @@ fn erase(conn: &mut Connection, req: &EraseRequest) -> Result<EraseOutcome, Stor
         tx.commit()?;
     }
     Ok(out)
+}
+
+/// Writes the hashes a sequencing step made (consecutive stored indexes, continuing the stored
+/// ones) into their rows of `log_hash_tiles`: the newest row is extended, the rest are new.
+fn put_hashes(
+    tx: &rusqlite::Transaction<'_>,
+    mut hashes: Vec<(u64, Hash)>,
+) -> Result<(), StoreError> {
+    hashes.sort_unstable_by_key(|(i, _)| *i);
+    let mut get = tx.prepare_cached("SELECT hashes FROM log_hash_tiles WHERE tile = ?1")?;
+    let mut put = tx.prepare_cached(
+        "INSERT INTO log_hash_tiles (tile, hashes) VALUES (?1, ?2)
+         ON CONFLICT (tile) DO UPDATE SET hashes = excluded.hashes",
+    )?;
+    let mut at = 0;
+    while at < hashes.len() {
+        let tile = hashes[at].0 / HASHES_PER_ROW;
+        let mut bytes: Vec<u8> = get
+            .query_row(params![db_int(tile)], |r| r.get(0))
+            .optional()?
+            .unwrap_or_default();
+        while let Some((idx, hash)) = hashes.get(at).filter(|(i, _)| i / HASHES_PER_ROW == tile) {
+            if bytes.len() as u64 != idx % HASHES_PER_ROW * 32 {
+                return Err(StoreError::Sqlite(rusqlite::Error::InvalidParameterName(
+                    format!("the log's stored hash {idx} does not follow the stored ones"),
+                )));
+            }
+            bytes.extend_from_slice(&hash.0);
+            at += 1;
+        }
+        put.execute(params![db_int(tile), bytes])?;
+    }
+    Ok(())
 }
 
 impl SqliteStore {
