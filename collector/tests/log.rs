@@ -315,8 +315,8 @@ fn set_stored_hash(conn: &rusqlite::Connection, idx: usize, hash: &[u8; 32]) {
     .unwrap();
 }
 
-/// Puts a SQLite store's stored hashes back the way collectors before migration 10 kept them:
-/// a row each in `log_hashes`.
+/// Puts a SQLite store back the way collectors before migration 10 kept it: the stored hashes a
+/// row each in `log_hashes`, no leaf hashes beside the captures.
 fn untile_hashes(db: &Path) {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.execute_batch("CREATE TABLE log_hashes (idx INTEGER PRIMARY KEY, hash BLOB NOT NULL);")
@@ -337,8 +337,10 @@ fn untile_hashes(db: &Path) {
             .unwrap();
         }
     }
-    conn.execute_batch("DROP TABLE log_hash_tiles; PRAGMA user_version = 9;")
-        .unwrap();
+    conn.execute_batch(
+        "DROP TABLE log_hash_tiles; ALTER TABLE captures DROP COLUMN leaf; PRAGMA user_version = 9;",
+    )
+    .unwrap();
 }
 
 #[tokio::test]

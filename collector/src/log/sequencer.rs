@@ -19,7 +19,7 @@ use std::time::Duration;
 use super::note::{LogKey, VerifierKey};
 use super::tree::{self, Hash, Query};
 use crate::store::erase::EraseStore;
-use crate::store::log::LogStore;
+use crate::store::log::{LogStore, Pending};
 use crate::store::{CaptureStore, StoreError};
 
 /// How often the sequencer looks for records to append, and the signer for growth.
@@ -210,10 +210,11 @@ pub async fn sequence<S: CaptureStore + LogStore + EraseStore>(
 ) -> Result<usize, LogError> {
     let state = store.log_state().await?;
     log.size.store(state.size, Ordering::Relaxed);
-    let mut records = if sweep {
-        store.log_unlogged(STEP).await?
+    let mut records: Vec<Pending> = if sweep {
+        let unlogged = store.log_unlogged(STEP).await?;
+        unlogged.into_iter().map(Pending::from).collect()
     } else {
-        store.read_after(state.cursor, STEP).await?
+        store.log_pending(state.cursor, STEP).await?
     };
     let read = records.len();
     // Accountability events (erasures, holds) waiting for the log go in after the records.
@@ -236,9 +237,8 @@ pub async fn sequence<S: CaptureStore + LogStore + EraseStore>(
     let mut known = store.log_hashes(tree::frontier(state.size)).await?;
     let leaves: Vec<Hash> = records
         .iter()
-        .map(|r| r.raw.as_bytes())
-        .chain(events.iter().map(|e| e.entry.as_bytes()))
-        .map(tree::leaf_hash)
+        .map(|r| r.leaf)
+        .chain(events.iter().map(|e| tree::leaf_hash(e.entry.as_bytes())))
         .collect();
     let made = tree::append(state.size, &leaves, &mut known)?;
     let entries: Vec<(i64, String)> = records

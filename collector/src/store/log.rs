@@ -65,6 +65,30 @@ pub struct LogEntry {
     pub index: Option<u64>,
 }
 
+/// A record waiting for the log: where it sits in commit order, and its leaf hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    /// Its place in the store's commit order.
+    pub cursor: Cursor,
+    /// Its sequence number.
+    pub seq: i64,
+    /// The capture id.
+    pub id: String,
+    /// SHA-256(0x00 ‖ the record as stored).
+    pub leaf: Hash,
+}
+
+impl From<super::StoredCapture> for Pending {
+    fn from(r: super::StoredCapture) -> Self {
+        Pending {
+            cursor: r.cursor,
+            seq: r.seq,
+            id: r.id,
+            leaf: crate::log::tree::leaf_hash(r.raw.as_bytes()),
+        }
+    }
+}
+
 /// Bytes of a stored hash.
 pub(crate) fn hash_from(bytes: &[u8]) -> Result<Hash, StoreError> {
     bytes.try_into().map(Hash).map_err(|_| {
@@ -140,6 +164,15 @@ pub trait LogStore: Send + Sync {
         from: u64,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<LoggedRecord>, StoreError>> + Send;
+
+    /// Up to `limit` records committed after `after`, in commit order, with their leaf hashes
+    /// (what the sequencer appends; [`CaptureStore::read_after`](super::CaptureStore::read_after)
+    /// with the records hashed, where a store keeps no leaf hashes of its own).
+    fn log_pending(
+        &self,
+        after: Cursor,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Pending>, StoreError>> + Send;
 
     /// Of these `seq`s, those the log already holds.
     fn log_logged(
@@ -217,6 +250,10 @@ impl LogStore for Store {
 
     async fn log_records(&self, from: u64, limit: u32) -> Result<Vec<LoggedRecord>, StoreError> {
         dispatch!(self, s => s.log_records(from, limit).await)
+    }
+
+    async fn log_pending(&self, after: Cursor, limit: u32) -> Result<Vec<Pending>, StoreError> {
+        dispatch!(self, s => s.log_pending(after, limit).await)
     }
 
     async fn log_logged(&self, seqs: Vec<i64>) -> Result<Vec<i64>, StoreError> {

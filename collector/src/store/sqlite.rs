@@ -27,7 +27,9 @@ use super::erase::{
     EraseCounts, EraseOutcome, EraseRequest, EraseStore, Hold, PendingEvent, Tombstone,
     EVENT_PREFIX, VERDICT_KIND, VERDICT_PREFIX,
 };
-use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord, VerdictRow};
+use super::log::{
+    db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord, Pending, VerdictRow,
+};
 use super::{
     list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
     ListQuery, NewCapture, NewVerdict, Page, PendingAnnotation, SqlValue, StaleDigest, StoreError,
@@ -207,6 +209,11 @@ CREATE TABLE log_hash_tiles (
     hashes BLOB NOT NULL
 );
 ",
+    // Each capture's leaf hash, taken at ingest from the bytes it stores, so the sequencer reads
+    // 32 bytes a record instead of the record (NULL on rows stored before: it hashes those).
+    "
+ALTER TABLE captures ADD COLUMN leaf BLOB;
+",
 ];
 
 /// The migration whose SQL creates `log_hash_tiles`; [`tile_hashes`] fills it in the same
@@ -359,7 +366,11 @@ fn parse_cursor(text: &str) -> Result<Cursor, StoreError> {
     })
 }
 
-fn insert_batch(conn: &mut Connection, batch: &[NewCapture]) -> Result<BatchOutcome, StoreError> {
+fn insert_batch(
+    conn: &mut Connection,
+    batch: &[NewCapture],
+    leaves: &[Hash],
+) -> Result<BatchOutcome, StoreError> {
     let tx = conn.transaction()?;
     let mut outcome = BatchOutcome::default();
     {
@@ -367,11 +378,11 @@ fn insert_batch(conn: &mut Connection, batch: &[NewCapture]) -> Result<BatchOutc
         // capture's id (a tombstone's) is not stored again: a duplicate.
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO captures
-             (id, started_at, method, path, status, outcome, duration_ms, record)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+             (id, started_at, method, path, status, outcome, duration_ms, record, leaf)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
              WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE id = ?1)",
         )?;
-        for (i, c) in batch.iter().enumerate() {
+        for ((i, c), leaf) in batch.iter().enumerate().zip(leaves) {
             let n = stmt.execute(params![
                 c.id,
                 c.started_at,
@@ -380,7 +391,8 @@ fn insert_batch(conn: &mut Connection, batch: &[NewCapture]) -> Result<BatchOutc
                 c.status,
                 c.outcome,
                 c.duration_ms,
-                c.raw
+                c.raw,
+                &leaf.0[..]
             ])?;
             if n == 1 {
                 outcome.stored += 1;
@@ -474,8 +486,12 @@ impl CaptureStore for SqliteStore {
     }
 
     async fn insert_batch(&self, batch: Vec<NewCapture>) -> Result<BatchOutcome, StoreError> {
+        let leaves: Vec<Hash> = batch
+            .iter()
+            .map(|c| crate::log::tree::leaf_hash(c.raw.as_bytes()))
+            .collect();
         self.blocking(move |inner, conn| {
-            let outcome = insert_batch(conn, &batch)?;
+            let outcome = insert_batch(conn, &batch, &leaves)?;
             inner.records.fetch_add(outcome.stored, Ordering::Relaxed);
             Ok(outcome)
         })
@@ -1048,8 +1064,51 @@ impl LogStore for SqliteStore {
         .await
     }
 
+    async fn log_pending(&self, after: Cursor, limit: u32) -> Result<Vec<Pending>, StoreError> {
+        self.reading(move |conn| {
+            // The record is read only where no leaf hash was kept at ingest.
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, id, leaf, CASE WHEN length(leaf) = 32 THEN NULL ELSE record END
+                 FROM captures WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after.seq, limit], |r| {
+                let seq: i64 = r.get(0)?;
+                let leaf = match r.get_ref(3)?.as_str_or_null()? {
+                    Some(record) => crate::log::tree::leaf_hash(record.as_bytes()),
+                    None => Hash(r.get(2)?),
+                };
+                Ok(Pending {
+                    cursor: Cursor { tx: 0, seq },
+                    seq,
+                    id: r.get(1)?,
+                    leaf,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn log_logged(&self, seqs: Vec<i64>) -> Result<Vec<i64>, StoreError> {
         self.reading(move |conn| {
+            let (Some(&low), Some(&high)) = (seqs.iter().min(), seqs.iter().max()) else {
+                return Ok(Vec::new());
+            };
+            // A step's records are nearly consecutive: one range read, not a lookup each.
+            if high.abs_diff(low) <= 4 * seqs.len() as u64 + 64 {
+                let wanted: std::collections::HashSet<i64> = seqs.into_iter().collect();
+                let mut stmt =
+                    conn.prepare_cached("SELECT seq FROM log_entries WHERE seq BETWEEN ?1 AND ?2")?;
+                let found = stmt.query_map(params![low, high], |r| r.get::<_, i64>(0))?;
+                let mut out = Vec::new();
+                for seq in found {
+                    let seq = seq?;
+                    if wanted.contains(&seq) {
+                        out.push(seq);
+                    }
+                }
+                return Ok(out);
+            }
             let mut stmt = conn.prepare_cached("SELECT 1 FROM log_entries WHERE seq = ?1")?;
             let mut out = Vec::new();
             for seq in seqs {
@@ -1511,6 +1570,93 @@ mod tests {
             })
             .await
             .unwrap();
+    }
+
+    fn rows(ids: &[&str]) -> Vec<NewCapture> {
+        let body: String = ids
+            .iter()
+            .map(|id| format!("{}\n", crate::record::tests::sample(id)))
+            .collect();
+        crate::ingest::parse_ndjson(body.as_bytes())
+            .unwrap()
+            .into_iter()
+            .map(|l| crate::ingest::to_row(l).0)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_log_reads_leaf_hashes_kept_at_ingest_and_hashes_records_kept_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let batch = rows(&["a", "b", "c"]);
+        let want: Vec<(String, Hash)> = batch
+            .iter()
+            .map(|c| (c.id.clone(), crate::log::tree::leaf_hash(c.raw.as_bytes())))
+            .collect();
+        store.insert_batch(batch).await.unwrap();
+        let kept: i64 = store
+            .reading(|c| {
+                Ok(c.query_row(
+                    "SELECT count(*) FROM captures WHERE length(leaf) = 32",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(kept, 3, "ingest keeps each record's leaf hash");
+        // A row stored before leaf hashes were kept, and one whose kept hash is damaged: both
+        // are hashed from the record as stored.
+        store
+            .blocking(|_, c| {
+                c.execute("UPDATE captures SET leaf = NULL WHERE id = 'b'", [])?;
+                c.execute("UPDATE captures SET leaf = x'00' WHERE id = 'c'", [])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let pending = store.log_pending(Cursor::START, 10).await.unwrap();
+        let got: Vec<(String, Hash)> = pending.iter().map(|p| (p.id.clone(), p.leaf)).collect();
+        assert_eq!(got, want);
+        let after_a = store.log_pending(pending[0].cursor, 10).await.unwrap();
+        assert_eq!(after_a.len(), 2);
+        assert_eq!(after_a[0].id, "b");
+    }
+
+    #[tokio::test]
+    async fn log_logged_names_exactly_the_seqs_the_log_holds_near_and_far_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let ids: Vec<String> = (0..300).map(|i| format!("r{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        store.insert_batch(rows(&ids)).await.unwrap();
+        // The log holds seqs 1..=10 and 200.
+        let held: Vec<(i64, String)> = (1..=10)
+            .chain([200])
+            .map(|s| (s, format!("r{}", s - 1)))
+            .collect();
+        store
+            .blocking(move |_, c| {
+                let mut put =
+                    c.prepare("INSERT INTO log_entries (idx, seq, id) VALUES (?1, ?2, ?3)")?;
+                for (idx, (seq, id)) in held.iter().enumerate() {
+                    put.execute(params![idx as i64, seq, id])?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let mut near = store.log_logged((5..=20).collect()).await.unwrap();
+        near.sort_unstable();
+        assert_eq!(near, (5..=10).collect::<Vec<_>>(), "one range read");
+        let mut far = store.log_logged(vec![3, 200, 299, 7]).await.unwrap();
+        far.sort_unstable();
+        assert_eq!(far, vec![3, 7, 200], "a lookup each");
+        assert!(store.log_logged(vec![]).await.unwrap().is_empty());
+        assert_eq!(
+            store.log_logged(vec![11, 12]).await.unwrap(),
+            Vec::<i64>::new()
+        );
     }
 
     #[tokio::test]

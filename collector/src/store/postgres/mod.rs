@@ -36,7 +36,9 @@ use super::erase::{
     EVENT_PREFIX, VERDICT_KIND, VERDICT_PREFIX,
 };
 use super::health::HealthTracker;
-use super::log::{db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord, VerdictRow};
+use super::log::{
+    db_int, hash_from, LogEntry, LogState, LogStore, LoggedRecord, Pending, VerdictRow,
+};
 use super::{
     list_sql, BatchOutcome, CaptureStore, CaptureSummary, Cursor, Dialect, Digest, Health,
     ListQuery, NewCapture, NewVerdict, Page, PendingAnnotation, SqlValue, StaleDigest, StoreError,
@@ -1284,6 +1286,11 @@ impl LogStore for PgStore {
                 }
             })
             .collect())
+    }
+
+    async fn log_pending(&self, after: Cursor, limit: u32) -> Result<Vec<Pending>, StoreError> {
+        let records = self.read_after(after, limit).await?;
+        Ok(records.into_iter().map(Pending::from).collect())
     }
 
     async fn log_logged(&self, seqs: Vec<i64>) -> Result<Vec<i64>, StoreError> {
