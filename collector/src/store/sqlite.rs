@@ -43,9 +43,6 @@ struct Inner {
     conn: Mutex<Option<Connection>>,
     /// Reads for [`CaptureStore::read_after`], beside the writer.
     reader: Mutex<Option<Connection>>,
-    /// Checkpoints the write-ahead log beside the writer, after the erasure's steps (which
-    /// commit without checkpointing, see [`without_autocheckpoint`]).
-    side: Mutex<Option<Connection>>,
     path: PathBuf,
     /// Rows in `captures`: counted at open, then kept by the one writer.
     records: AtomicU64,
@@ -244,15 +241,10 @@ impl SqliteStore {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         reader.busy_timeout(std::time::Duration::from_secs(10))?;
-        let side = Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 conn: Mutex::new(Some(conn)),
                 reader: Mutex::new(Some(reader)),
-                side: Mutex::new(Some(side)),
                 path: path.to_owned(),
                 records: AtomicU64::new(u64::try_from(records).unwrap_or_default()),
             }),
@@ -766,10 +758,13 @@ impl CaptureStore for SqliteStore {
     async fn close(&self) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            for side in [&inner.reader, &inner.side] {
-                if let Some(c) = side.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    c.close().map_err(|(_, e)| StoreError::Sqlite(e))?;
-                }
+            if let Some(reader) = inner
+                .reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                reader.close().map_err(|(_, e)| StoreError::Sqlite(e))?;
             }
             let mut guard = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(conn) = guard.take() {
@@ -1220,39 +1215,7 @@ fn merge_step(conn: &Connection, start: bool) -> Result<Merge, StoreError> {
     })
 }
 
-/// Runs `f` with the connection's automatic checkpoint off. An erasure's steps change pages all
-/// over the file, and the checkpoint a commit sets off (once the write-ahead log passes 1000
-/// pages) writes those pages back in place and syncs the file, which took up to 0.37 s beside
-/// ingest on a 1 000 000-capture store while the writer, and ingest behind it, waited. Such a
-/// step commits without it, and [`SqliteStore::checkpoint_beside`] then checkpoints on a
-/// connection of its own while ingest goes on.
-fn without_autocheckpoint<T>(
-    conn: &mut Connection,
-    f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    let out = f(conn);
-    conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
-    out
-}
-
 impl SqliteStore {
-    /// Copies what the write-ahead log holds into the database file, on the side connection:
-    /// the writer goes on meanwhile (a `PASSIVE` checkpoint waits for no one, and a commit's own
-    /// checkpoint finding it under way skips).
-    async fn checkpoint_beside(&self) -> Result<(), StoreError> {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let guard = inner.side.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(side) = guard.as_ref() {
-                side.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
-    }
-
     /// Makes erased bytes unrecoverable from the files, in steps that each hold the writer
     /// briefly (ingest goes on in between): merges the word index until no segment holds a
     /// deleted entry (a contentless index keeps a deleted capture's words in its segments until
@@ -1263,11 +1226,7 @@ impl SqliteStore {
         let mut clean = false;
         for _ in 0..MERGE_STEPS_MAX {
             let t = std::time::Instant::now();
-            let step = self
-                .blocking(move |_, conn| without_autocheckpoint(conn, |c| merge_step(c, start)))
-                .await?;
-            self.checkpoint_beside().await?;
-            match step {
+            match self.blocking(move |_, conn| merge_step(conn, start)).await? {
                 Merge::Clean => {
                     clean = true;
                     break;
@@ -1313,10 +1272,9 @@ impl SqliteStore {
 
 impl EraseStore for SqliteStore {
     async fn erase(&self, req: EraseRequest) -> Result<EraseOutcome, StoreError> {
-        let dry_run = req.dry_run;
         let out = self
             .blocking(move |inner, conn| {
-                let out = without_autocheckpoint(conn, |c| erase(c, &req))?;
+                let out = erase(conn, &req)?;
                 if !req.dry_run {
                     inner
                         .records
@@ -1325,9 +1283,6 @@ impl EraseStore for SqliteStore {
                 Ok(out)
             })
             .await?;
-        if !dry_run {
-            self.checkpoint_beside().await?;
-        }
         Ok(out)
     }
 
