@@ -1226,7 +1226,10 @@ impl SqliteStore {
         let mut clean = false;
         for _ in 0..MERGE_STEPS_MAX {
             let t = std::time::Instant::now();
-            match self.blocking(move |_, conn| merge_step(conn, start)).await? {
+            match self
+                .blocking(move |_, conn| merge_step(conn, start))
+                .await?
+            {
                 Merge::Clean => {
                     clean = true;
                     break;
@@ -1692,7 +1695,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(deleted, 3200);
-        assert!(store.blocking(|_, c| deleted_words_indexed(c)).await.unwrap());
+        assert!(store
+            .blocking(|_, c| deleted_words_indexed(c))
+            .await
+            .unwrap());
 
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
@@ -1718,7 +1724,10 @@ mod tests {
         let wal = dir.path().join("purge.db-wal");
         assert!(!file_holds(&path, SECRET), "a deleted word is in the file");
         assert!(!file_holds(&wal, SECRET), "a deleted word is in the log");
-        assert!(!store.blocking(|_, c| deleted_words_indexed(c)).await.unwrap());
+        assert!(!store
+            .blocking(|_, c| deleted_words_indexed(c))
+            .await
+            .unwrap());
         assert!(file_holds(&path, KEPT) || file_holds(&wal, KEPT));
         assert!(during >= 2, "{during} writes went in while purge ran");
         // The index is whole and finds what was kept.
