@@ -1301,28 +1301,129 @@ fn put_hashes(
     Ok(())
 }
 
+/// Leaf pages of the word index one merge step writes at most (of about 4 KB each; FTS5 itself
+/// merges in units of 64 behind ingest).
+const MERGE_PAGES: i64 = 64;
+/// After each merge step [`SqliteStore::purge`] pauses this many times as long as the step took
+/// (at least [`MERGE_PAUSE`]), so it holds the writer at most a fifth of the time.
+const MERGE_PAUSE_FACTOR: u32 = 4;
+const MERGE_PAUSE: Duration = Duration::from_millis(20);
+/// Merge steps a purge takes before it merges what is left in one statement: reached only if
+/// the index keeps gaining deleted entries as fast as the steps drop them.
+const MERGE_STEPS_MAX: u32 = 20_000;
+/// Tries at truncating the write-ahead log, [`CHECKPOINT_RETRY`] apart (the writer is released
+/// in between).
+const CHECKPOINT_TRIES: u32 = 50;
+const CHECKPOINT_RETRY: Duration = Duration::from_millis(20);
+
+/// The least rowid of `capture_search_data` that is a page of a segment's tombstone hash
+/// (FTS5's `FTS5_TOMBSTONE_ROWID(0, 0)`: segment ids, 16 bits, start at bit 37, and tombstone
+/// pages are filed under segment id + 2^16). A segment has such pages exactly when entries it
+/// holds were deleted, and they go when a merge rewrites the segment without those entries.
+const FTS5_FIRST_TOMBSTONE: i64 = 1 << 53;
+
+/// What one merge step of the word index found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Merge {
+    /// No segment holds a deleted entry.
+    Clean,
+    /// Merged up to [`MERGE_PAGES`] pages.
+    Merged,
+    /// Deleted entries are left but the step found nothing to merge (the merge under way is not
+    /// the level FTS5 picks next): the next step starts the merge again over every segment.
+    Idle,
+}
+
+/// Whether a segment of the word index still holds deleted entries (their words with them).
+fn deleted_words_indexed(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM capture_search_data WHERE id >= ?1)")?
+        .query_row(params![FTS5_FIRST_TOMBSTONE], |r| r.get(0))?)
+}
+
+/// One bounded step of merging the word index, in its own transaction. `start`: put every
+/// segment into one level and start merging them (FTS5's `merge` with a negative count, the
+/// incremental `optimize`), otherwise carry on the merge under way (a positive count; with
+/// `usermerge` 2 the merge in progress is taken up as soon as the levels below it hold fewer
+/// segments than it, which FTS5's own merging behind ingest keeps so).
+fn merge_step(conn: &Connection, start: bool) -> Result<Merge, StoreError> {
+    if !deleted_words_indexed(conn)? {
+        return Ok(Merge::Clean);
+    }
+    if start {
+        conn.execute(
+            "INSERT INTO capture_search (capture_search, rank) VALUES ('usermerge', 2)",
+            [],
+        )?;
+    }
+    let before = conn.total_changes();
+    conn.execute(
+        "INSERT INTO capture_search (capture_search, rank) VALUES ('merge', ?1)",
+        params![if start { -MERGE_PAGES } else { MERGE_PAGES }],
+    )?;
+    // FTS5's documented test: a merge that did nothing changed fewer than two rows.
+    Ok(if conn.total_changes() - before >= 2 {
+        Merge::Merged
+    } else {
+        Merge::Idle
+    })
+}
+
 impl SqliteStore {
-    /// Makes erased bytes unrecoverable from the files: merges the word index (its segments
-    /// still hold deleted words until merged), then checkpoints the write-ahead log and truncates
-    /// it (its frames hold earlier versions of the pages).
+    /// Makes erased bytes unrecoverable from the files, in steps that each hold the writer
+    /// briefly (ingest goes on in between): merges the word index until no segment holds a
+    /// deleted entry (a contentless index keeps a deleted capture's words in its segments until
+    /// a merge rewrites them), then checkpoints the write-ahead log and truncates it (its frames
+    /// hold earlier versions of the pages).
     pub async fn purge(&self) -> Result<(), StoreError> {
-        self.blocking(|_, conn| {
-            conn.execute(
-                "INSERT INTO capture_search (capture_search) VALUES ('optimize')",
-                [],
-            )?;
-            for _ in 0..50 {
-                let busy: i64 =
-                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-                if busy == 0 {
-                    return Ok(());
+        let mut start = true;
+        let mut clean = false;
+        for _ in 0..MERGE_STEPS_MAX {
+            let t = std::time::Instant::now();
+            match self
+                .blocking(move |_, conn| merge_step(conn, start))
+                .await?
+            {
+                Merge::Clean => {
+                    clean = true;
+                    break;
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                Merge::Merged => start = false,
+                Merge::Idle => start = true,
             }
-            tracing::warn!("the write-ahead log could not be truncated after an erasure (readers kept it busy); it is on the next erasure or at shutdown");
-            Ok(())
-        })
-        .await
+            tokio::time::sleep(MERGE_PAUSE.max(t.elapsed() * MERGE_PAUSE_FACTOR)).await;
+        }
+        if !clean {
+            tracing::warn!("the word index kept gaining deleted entries while it was merged in steps; merging what is left at once");
+            self.blocking(|_, conn| {
+                conn.execute(
+                    "INSERT INTO capture_search (capture_search) VALUES ('optimize')",
+                    [],
+                )?;
+                Ok(())
+            })
+            .await?;
+        }
+        for _ in 0..CHECKPOINT_TRIES {
+            // Without waiting: a reader on an older snapshot makes it busy at once, and the
+            // writer is released before the next try.
+            let busy = self
+                .blocking(|_, conn| {
+                    conn.busy_timeout(Duration::ZERO)?;
+                    let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                        r.get::<_, i64>(0)
+                    });
+                    conn.busy_timeout(Duration::from_secs(10))?;
+                    Ok(busy? != 0)
+                })
+                .await?;
+            if !busy {
+                return Ok(());
+            }
+            tokio::time::sleep(CHECKPOINT_RETRY).await;
+        }
+        tracing::warn!("the write-ahead log could not be truncated after an erasure (readers kept it busy); it is on the next erasure or at shutdown");
+        Ok(())
     }
 }
 
@@ -1777,5 +1878,115 @@ mod tests {
             store.get("x".into()).await,
             Err(StoreError::Closed)
         ));
+    }
+
+    /// Indexes `n` captures' words from rowid `first` on in one transaction (one segment).
+    async fn index_words(store: &SqliteStore, first: i64, n: i64, secret: Option<&'static str>) {
+        store
+            .blocking(move |_, conn| {
+                let tx = conn.transaction()?;
+                {
+                    let mut stmt =
+                        tx.prepare("INSERT INTO capture_search (rowid, words) VALUES (?1, ?2)")?;
+                    for seq in first..first + n {
+                        let words: String = (0..12)
+                            .map(|k| format!("w{}x{k} ", seq * 7919 % 100_003))
+                            .collect();
+                        let words = match secret {
+                            Some(s) if seq % 10 == 0 => format!("{words}{s}{seq}"),
+                            _ if seq == 3 => format!("{words}{KEPT}"),
+                            _ => words,
+                        };
+                        stmt.execute(params![seq, words])?;
+                    }
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    /// A word only a kept capture has (the first term of its page, so held whole, not as the
+    /// tail of a prefix-compressed term: the byte scan is not blind).
+    const KEPT: &str = "lighthousewalrus";
+
+    fn file_holds(path: &Path, word: &str) -> bool {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        bytes.windows(word.len()).any(|w| w == word.as_bytes())
+    }
+
+    /// Purge merges the word index in steps, and the writer serves others between them: words
+    /// indexed while it runs are stored before it ends, and still no deleted word is left in the
+    /// index, the file or its write-ahead log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn purge_drops_deleted_words_in_steps_that_let_writes_in_between() {
+        const SECRET: &str = "zanzibarquokka";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("purge.db");
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        // Several segments, large enough that merging them takes many steps.
+        for k in 0..8 {
+            index_words(&store, 1 + k * 4000, 4000, Some(SECRET)).await;
+        }
+        let deleted = store
+            .blocking(|_, conn| {
+                Ok(conn.execute("DELETE FROM capture_search WHERE rowid % 10 = 0", [])?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(deleted, 3200);
+        assert!(store
+            .blocking(|_, c| deleted_words_indexed(c))
+            .await
+            .unwrap());
+
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+            tokio::spawn(async move {
+                let mut during = 0;
+                let mut next = 1_000_000;
+                while !done.load(Ordering::Relaxed) {
+                    index_words(&store, next, 50, None).await;
+                    next += 50;
+                    if !done.load(Ordering::Relaxed) {
+                        during += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                during
+            })
+        };
+        store.purge().await.unwrap();
+        done.store(true, Ordering::Relaxed);
+        let during = writer.await.unwrap();
+
+        let wal = dir.path().join("purge.db-wal");
+        assert!(!file_holds(&path, SECRET), "a deleted word is in the file");
+        assert!(!file_holds(&wal, SECRET), "a deleted word is in the log");
+        assert!(!store
+            .blocking(|_, c| deleted_words_indexed(c))
+            .await
+            .unwrap());
+        assert!(file_holds(&path, KEPT) || file_holds(&wal, KEPT));
+        assert!(during >= 2, "{during} writes went in while purge ran");
+        // The index is whole and finds what was kept.
+        store
+            .blocking(|_, conn| {
+                conn.execute(
+                    "INSERT INTO capture_search (capture_search, rank) VALUES ('integrity-check', 0)",
+                    [],
+                )?;
+                let kept: i64 = conn.query_row(
+                    "SELECT count(*) FROM capture_search WHERE capture_search MATCH ?1",
+                    [KEPT],
+                    |r| r.get(0),
+                )?;
+                assert_eq!(kept, 1);
+                Ok(())
+            })
+            .await
+            .unwrap();
     }
 }

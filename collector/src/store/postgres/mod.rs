@@ -1356,14 +1356,15 @@ impl LogStore for PgStore {
     }
 }
 
-/// Every table that holds a capture's content, and how to delete it by `seq`: erasure deletes
-/// through this list (a new table of derived content is one more line).
+/// Every table that holds a capture's content, and how to delete it for a step's captures, by
+/// their `seq`s (`$1`, an array): erasure deletes through this list, one statement a table for
+/// the whole step (a new table of derived content is one more line).
 const CONTENT_TABLES: &[&str] = &[
-    "DELETE FROM capture_digests WHERE seq = $1",
-    "DELETE FROM log_events WHERE seq IN (SELECT event_seq FROM capture_verdicts WHERE capture_seq = $1)",
-    "DELETE FROM capture_verdicts WHERE capture_seq = $1",
-    "DELETE FROM capture_amendments WHERE id = (SELECT id FROM captures WHERE seq = $1)",
-    "DELETE FROM captures WHERE seq = $1",
+    "DELETE FROM capture_digests WHERE seq = ANY($1)",
+    "DELETE FROM log_events WHERE seq IN (SELECT event_seq FROM capture_verdicts WHERE capture_seq = ANY($1))",
+    "DELETE FROM capture_verdicts WHERE capture_seq = ANY($1)",
+    "DELETE FROM capture_amendments WHERE id IN (SELECT id FROM captures WHERE seq = ANY($1))",
+    "DELETE FROM captures WHERE seq = ANY($1)",
 ];
 
 const TOMBSTONE_COLUMNS: &str = "t.id, t.started_at, e.idx, t.leaf_hash, t.erased_at, t.reason,
@@ -1412,24 +1413,39 @@ impl EraseStore for PgStore {
             let tx = client.transaction().await?;
             let mut out = EraseOutcome::default();
             let mut found: Vec<(i64, String, String, String)> = Vec::new();
+            // The step's ids, each once, in the order asked; looked up (and locked) together.
             let mut seen = std::collections::HashSet::new();
-            let capture = tx
-                .prepare_cached(
-                    "SELECT seq, started_at, record FROM captures WHERE id = $1 FOR UPDATE",
+            let ids: Vec<&String> = req.ids.iter().filter(|id| seen.insert(id.as_str())).collect();
+            let mut stored: std::collections::HashMap<String, (i64, String, String)> = tx
+                .query(
+                    "SELECT id, seq, started_at, record FROM captures WHERE id = ANY($1)
+                     ORDER BY seq FOR UPDATE",
+                    &[&ids],
                 )
-                .await?;
-            let erased = tx
-                .prepare_cached("SELECT 1 FROM tombstones WHERE id = $1")
-                .await?;
-            for id in &req.ids {
-                if !seen.insert(id.as_str()) {
-                    continue;
-                }
-                match tx.query_opt(&capture, &[id]).await? {
-                    Some(r) => found.push((r.get(0), id.clone(), r.get(1), r.get(2))),
-                    None if tx.query_opt(&erased, &[id]).await?.is_some() => {
-                        out.already_erased.push(id.clone())
+                .await?
+                .into_iter()
+                .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+                .collect();
+            let missing: Vec<&String> = ids
+                .iter()
+                .filter(|id| !stored.contains_key(id.as_str()))
+                .copied()
+                .collect();
+            let erased: std::collections::HashSet<String> = if missing.is_empty() {
+                Default::default()
+            } else {
+                tx.query("SELECT id FROM tombstones WHERE id = ANY($1)", &[&missing])
+                    .await?
+                    .into_iter()
+                    .map(|r| r.get(0))
+                    .collect()
+            };
+            for id in ids {
+                match stored.remove(id.as_str()) {
+                    Some((seq, started_at, record)) => {
+                        found.push((seq, id.clone(), started_at, record))
                     }
+                    None if erased.contains(id.as_str()) => out.already_erased.push(id.clone()),
                     None => out.unknown.push(id.clone()),
                 }
             }
@@ -1455,36 +1471,38 @@ impl EraseStore for PgStore {
                     ],
                 )
                 .await?;
-                let stone = tx
-                    .prepare_cached(
-                        "INSERT INTO tombstones
-                         (seq, id, started_at, leaf_hash, erased_at, reason, erasure, erased_by)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    )
-                    .await?;
-                let mut deletes = Vec::with_capacity(CONTENT_TABLES.len());
+                let (stone_ids, started, leaves): (Vec<&str>, Vec<&str>, Vec<String>) = found
+                    .iter()
+                    .map(|(_, id, started_at, record)| {
+                        let leaf = crate::log::tree::leaf_hash(record.as_bytes());
+                        (id.as_str(), started_at.as_str(), super::erase::hex(&leaf.0))
+                    })
+                    .fold(Default::default(), |(mut a, mut b, mut c), (x, y, z)| {
+                        a.push(x);
+                        b.push(y);
+                        c.push(z);
+                        (a, b, c)
+                    });
+                tx.execute(
+                    "INSERT INTO tombstones
+                     (seq, id, started_at, leaf_hash, erased_at, reason, erasure, erased_by)
+                     SELECT seq, id, started_at, leaf_hash, $5, $6, $7, $8
+                     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
+                          AS t (seq, id, started_at, leaf_hash)",
+                    &[
+                        &seqs,
+                        &stone_ids,
+                        &started,
+                        &leaves,
+                        &req.erased_at,
+                        &req.reason,
+                        &req.event,
+                        &req.by,
+                    ],
+                )
+                .await?;
                 for sql in CONTENT_TABLES {
-                    deletes.push(tx.prepare_cached(sql).await?);
-                }
-                for (seq, id, started_at, record) in &found {
-                    let leaf = super::erase::hex(&crate::log::tree::leaf_hash(record.as_bytes()).0);
-                    tx.execute(
-                        &stone,
-                        &[
-                            seq,
-                            id,
-                            started_at,
-                            &leaf,
-                            &req.erased_at,
-                            &req.reason,
-                            &req.event,
-                            &req.by,
-                        ],
-                    )
-                    .await?;
-                    for delete in &deletes {
-                        tx.execute(delete, &[seq]).await?;
-                    }
+                    tx.execute(*sql, &[&seqs]).await?;
                 }
             }
             if req.dry_run {
