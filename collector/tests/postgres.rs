@@ -10,6 +10,7 @@ use common::postgres::{PgOptions, Postgres, PASSWORD, USER};
 use common::{get_json, metric, ndjson, post, when_indexed, Process};
 use serde_json::Value;
 use truthtable_collector::config::{Config, DbTarget};
+use truthtable_collector::store::log::LogStore;
 use truthtable_collector::store::{CaptureStore, Cursor, Store};
 
 /// Arguments and environment of one collector start.
@@ -314,10 +315,11 @@ async fn a_collector_started_before_its_database_waits_for_it_and_then_creates_t
     );
     // The latest schema: the captures (1), the export cursors (2), the digests (3), the verifiable
     // log (4), the amendments (5), the digests' TTFT and duration (6), the audit
-    // engines' verdicts (7), erasure (8) and verdicts as log events (9).
+    // engines' verdicts (7), erasure (8), verdicts as log events (9) and the captures' leaf
+    // hashes (10).
     assert_eq!(
         pg.sql(&db, "SELECT max(version) FROM truthtable_schema"),
-        "9"
+        "10"
     );
 }
 
@@ -475,7 +477,7 @@ async fn a_database_of_an_older_collector_is_migrated_at_start_and_its_records_d
     );
     assert_eq!(
         pg.sql(&db, "SELECT max(version) FROM truthtable_schema"),
-        "9"
+        "10"
     );
     assert_eq!(pg.sql(&db, "SELECT count(*) FROM capture_digests"), "250");
     assert_eq!(
@@ -487,6 +489,37 @@ async fn a_database_of_an_older_collector_is_migrated_at_start_and_its_records_d
     // The records themselves are untouched.
     let raw: Value = get_json(&client, format!("{base}/v1/captures/old-7")).await;
     assert_eq!(raw["capture"], common::record("old-7"));
+    // Stored before leaf hashes were kept beside them (new rows get theirs at ingest), they
+    // go to the log under their records' hashes, and in commit order.
+    assert_eq!(
+        pg.sql(&db, "SELECT count(*) FROM captures WHERE leaf IS NULL"),
+        "250"
+    );
+    let store = open_store(pg, &db).await;
+    let pending = store.log_pending(Cursor::START, 1000).await.unwrap();
+    assert_eq!(pending.len(), 250);
+    for p in &pending[..3] {
+        let raw = store.get(p.id.clone()).await.unwrap().unwrap();
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(&mut h, [0u8]);
+        sha2::Digest::update(&mut h, raw.as_bytes());
+        assert_eq!(p.leaf.0[..], sha2::Digest::finalize(h)[..], "{}", p.id);
+    }
+    assert_eq!(pending[0].id, "old-0");
+    // A capture ingested now keeps its leaf hash.
+    assert_eq!(
+        post(&client, &base, ndjson(&["new-1".to_owned()]), None)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        pg.sql(
+            &db,
+            "SELECT octet_length(leaf) FROM captures WHERE id = 'new-1'"
+        ),
+        "32"
+    );
 }
 
 /// A small random source for the stress tests (xorshift; the seed is printed so a failing run

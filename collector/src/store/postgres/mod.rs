@@ -210,6 +210,11 @@ CREATE UNIQUE INDEX capture_verdicts_event ON capture_verdicts (event_seq);
 ALTER TABLE capture_verdicts ADD COLUMN annotate boolean NOT NULL DEFAULT false;
 CREATE INDEX capture_verdicts_annotate ON capture_verdicts (seq) WHERE annotate;
 ",
+    // Each capture's leaf hash, taken at ingest from the bytes it stores, so the sequencer reads
+    // 32 bytes a record instead of the record (NULL on rows stored before: it hashes those).
+    "
+ALTER TABLE captures ADD COLUMN leaf bytea;
+",
 ];
 
 const DIALECT: Dialect = Dialect {
@@ -246,11 +251,12 @@ WITH amended AS (
     WHERE a.amends AND NOT EXISTS (SELECT 1 FROM tombstones t WHERE t.id = a.id)
     ON CONFLICT (id) DO NOTHING
 )
-INSERT INTO captures (id, started_at, method, path, status, outcome, duration_ms, record)
-SELECT id, started_at, method, path, status, outcome, duration_ms, record
+INSERT INTO captures (id, started_at, method, path, status, outcome, duration_ms, record, leaf)
+SELECT id, started_at, method, path, status, outcome, duration_ms, record, leaf
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[],
-            $7::float8[], $8::text[])
-     WITH ORDINALITY AS b(id, started_at, method, path, status, outcome, duration_ms, record, n)
+            $7::float8[], $8::text[], $10::bytea[])
+     WITH ORDINALITY AS b(id, started_at, method, path, status, outcome, duration_ms, record, leaf,
+                          n)
 WHERE NOT EXISTS (SELECT 1 FROM tombstones t WHERE t.id = b.id)
 ORDER BY n
 ON CONFLICT (id) DO NOTHING
@@ -581,6 +587,10 @@ impl CaptureStore for PgStore {
             .iter()
             .map(|c| crate::record::is_amendment(&c.raw))
             .collect();
+        let leaves: Vec<Vec<u8>> = batch
+            .iter()
+            .map(|c| crate::log::tree::leaf_hash(c.raw.as_bytes()).0.to_vec())
+            .collect();
         let rows = self
             .with_client(async |client| {
                 let stmt = client.prepare_cached(INSERT).await?;
@@ -589,7 +599,7 @@ impl CaptureStore for PgStore {
                         &stmt,
                         &[
                             &ids, &started, &methods, &paths, &statuses, &outcomes, &durations,
-                            &raws, &amends,
+                            &raws, &amends, &leaves,
                         ],
                     )
                     .await
@@ -1289,8 +1299,44 @@ impl LogStore for PgStore {
     }
 
     async fn log_pending(&self, after: Cursor, limit: u32) -> Result<Vec<Pending>, StoreError> {
-        let records = self.read_after(after, limit).await?;
-        Ok(records.into_iter().map(Pending::from).collect())
+        let tx = after.tx.to_string();
+        let limit = i64::from(limit);
+        // `read_after`'s walk, reading the leaf hash kept at ingest instead of the record (which
+        // is read, and hashed, only where none was kept).
+        let rows = self
+            .with_client(async |client| {
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT c.tx::text, c.seq, c.id, c.leaf,
+                                CASE WHEN octet_length(c.leaf) = 32 THEN NULL ELSE c.record END
+                         FROM captures c
+                         WHERE (c.tx, c.seq) > ($1::text::xid8, $2)
+                           AND c.tx < pg_snapshot_xmin(pg_current_snapshot())
+                         ORDER BY c.tx, c.seq LIMIT $3",
+                    )
+                    .await?;
+                client.query(&stmt, &[&tx, &after.seq, &limit]).await
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let tx: String = row.get(0);
+                let seq: i64 = row.get(1);
+                let tx = tx.parse().map_err(|_| {
+                    StoreError::Postgres(format!("transaction id {tx:?} is not a number"))
+                })?;
+                let leaf = match row.get::<_, Option<&str>>(4) {
+                    Some(record) => crate::log::tree::leaf_hash(record.as_bytes()),
+                    None => hash_from(row.get::<_, &[u8]>(3))?,
+                };
+                Ok(Pending {
+                    cursor: Cursor { tx, seq },
+                    seq,
+                    id: row.get(2),
+                    leaf,
+                })
+            })
+            .collect()
     }
 
     async fn log_logged(&self, seqs: Vec<i64>) -> Result<Vec<i64>, StoreError> {
