@@ -304,6 +304,45 @@ struct Inner {
 }
 
 impl PgStore {
+    /// Up to `limit` rows committed after `after`, in commit order, with their cursors: columns
+    /// 0 and 1 are the cursor's, then `columns`.
+    async fn walk_after(
+        &self,
+        after: Cursor,
+        limit: u32,
+        columns: &str,
+    ) -> Result<Vec<(Cursor, tokio_postgres::Row)>, StoreError> {
+        let tx = after.tx.to_string();
+        let limit = i64::from(limit);
+        // Rows of transactions older than the oldest one still running are final: no row can
+        // join them later, so (tx, seq) order among them is the commit order a reader can trust.
+        // The ORDER BY names the table's column (`c.tx`): a bare `tx` would be the output column
+        // `tx::text`, ordering 999 after 1000 — a page across such a boundary moved the cursor
+        // past records it had not returned — and sorting every row after the cursor besides.
+        let sql = format!(
+            "SELECT c.tx::text, c.seq, {columns} FROM captures c
+             WHERE (c.tx, c.seq) > ($1::text::xid8, $2)
+               AND c.tx < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY c.tx, c.seq LIMIT $3"
+        );
+        let rows = self
+            .with_client(async |client| {
+                let stmt = client.prepare_cached(&sql).await?;
+                client.query(&stmt, &[&tx, &after.seq, &limit]).await
+            })
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let tx: String = row.get(0);
+                let seq: i64 = row.get(1);
+                let tx = tx.parse().map_err(|_| {
+                    StoreError::Postgres(format!("transaction id {tx:?} is not a number"))
+                })?;
+                Ok((Cursor { tx, seq }, row))
+            })
+            .collect()
+    }
+
     /// Connects to the database `url` names and prepares its schema. Errors that retrying cannot
     /// cure (a bad URL, wrong credentials, a missing database, a refused certificate) fail here;
     /// a server that does not answer yet does not: the store starts unavailable and a
@@ -764,41 +803,16 @@ impl CaptureStore for PgStore {
         after: Cursor,
         limit: u32,
     ) -> Result<Vec<StoredCapture>, StoreError> {
-        let tx = after.tx.to_string();
-        let limit = i64::from(limit);
-        // Rows of transactions older than the oldest one still running are final: no row can
-        // join them later, so (tx, seq) order among them is the commit order a reader can trust.
-        // The ORDER BY names the table's column (`c.tx`): a bare `tx` would be the output column
-        // `tx::text`, ordering 999 after 1000 — a page across such a boundary moved the cursor
-        // past records it had not returned — and sorting every row after the cursor besides.
-        let rows = self
-            .with_client(async |client| {
-                let stmt = client
-                    .prepare_cached(
-                        "SELECT c.tx::text, c.seq, c.id, c.record FROM captures c
-                         WHERE (c.tx, c.seq) > ($1::text::xid8, $2)
-                           AND c.tx < pg_snapshot_xmin(pg_current_snapshot())
-                         ORDER BY c.tx, c.seq LIMIT $3",
-                    )
-                    .await?;
-                client.query(&stmt, &[&tx, &after.seq, &limit]).await
+        let rows = self.walk_after(after, limit, "c.id, c.record").await?;
+        Ok(rows
+            .into_iter()
+            .map(|(cursor, row)| StoredCapture {
+                cursor,
+                seq: cursor.seq,
+                id: row.get(2),
+                raw: row.get(3),
             })
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let tx: String = row.get(0);
-                let seq: i64 = row.get(1);
-                let tx = tx.parse().map_err(|_| {
-                    StoreError::Postgres(format!("transaction id {tx:?} is not a number"))
-                })?;
-                Ok(StoredCapture {
-                    cursor: Cursor { tx, seq },
-                    seq,
-                    id: row.get(2),
-                    raw: row.get(3),
-                })
-            })
-            .collect()
+            .collect())
     }
 
     async fn claim_cursor(
@@ -1299,39 +1313,23 @@ impl LogStore for PgStore {
     }
 
     async fn log_pending(&self, after: Cursor, limit: u32) -> Result<Vec<Pending>, StoreError> {
-        let tx = after.tx.to_string();
-        let limit = i64::from(limit);
-        // `read_after`'s walk, reading the leaf hash kept at ingest instead of the record (which
-        // is read, and hashed, only where none was kept).
+        // The leaf hash kept at ingest; the record is read, and hashed, only where none was kept.
         let rows = self
-            .with_client(async |client| {
-                let stmt = client
-                    .prepare_cached(
-                        "SELECT c.tx::text, c.seq, c.id, c.leaf,
-                                CASE WHEN octet_length(c.leaf) = 32 THEN NULL ELSE c.record END
-                         FROM captures c
-                         WHERE (c.tx, c.seq) > ($1::text::xid8, $2)
-                           AND c.tx < pg_snapshot_xmin(pg_current_snapshot())
-                         ORDER BY c.tx, c.seq LIMIT $3",
-                    )
-                    .await?;
-                client.query(&stmt, &[&tx, &after.seq, &limit]).await
-            })
+            .walk_after(
+                after,
+                limit,
+                "c.id, c.leaf, CASE WHEN octet_length(c.leaf) = 32 THEN NULL ELSE c.record END",
+            )
             .await?;
-        rows.iter()
-            .map(|row| {
-                let tx: String = row.get(0);
-                let seq: i64 = row.get(1);
-                let tx = tx.parse().map_err(|_| {
-                    StoreError::Postgres(format!("transaction id {tx:?} is not a number"))
-                })?;
+        rows.into_iter()
+            .map(|(cursor, row)| {
                 let leaf = match row.get::<_, Option<&str>>(4) {
                     Some(record) => crate::log::tree::leaf_hash(record.as_bytes()),
                     None => hash_from(row.get::<_, &[u8]>(3))?,
                 };
                 Ok(Pending {
-                    cursor: Cursor { tx, seq },
-                    seq,
+                    cursor,
+                    seq: cursor.seq,
                     id: row.get(2),
                     leaf,
                 })
