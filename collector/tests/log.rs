@@ -1258,3 +1258,89 @@ async fn a_verdict_is_a_log_entry_and_verify_names_one_changed_or_deleted_on_pos
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn a_postgres_log_whose_hashes_were_a_row_each_migrates_and_goes_on_across_rows() {
+    let pg = common::postgres::Postgres::shared();
+    let name = pg.database();
+    let url = pg.url_with_password(&name);
+    let dir = tempfile::tempdir().unwrap();
+    let (key, vkey) = common::keygen(dir.path(), "tiles.test/log");
+    let client = reqwest::Client::new();
+    let args = ["--db", url.as_str(), "--log-key", key.as_str()];
+    let mut proc = Process::start_with(&args, &[]);
+    let base = proc.base();
+    let ids: Vec<String> = (0..150).map(|i| format!("p-{i}")).collect();
+    for chunk in ids[..100].chunks(37) {
+        assert_eq!(
+            post(&client, &base, ndjson(chunk), None).await.status(),
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    checkpoint_of(&client, &base, 100).await;
+    let (old_size, old_root) = check_proof(&client, &base, "p-63", &vkey, "").await;
+    assert_eq!(old_size, 100);
+    proc.sigterm();
+    assert!(proc.wait(20).success());
+    // Back to the layout before migration 11: a row per stored hash.
+    pg.sql(
+        &name,
+        "CREATE TABLE log_hashes (idx bigint PRIMARY KEY, hash bytea NOT NULL);
+         INSERT INTO log_hashes (idx, hash)
+             SELECT tile * 64 + i, substring(hashes FROM i * 32 + 1 FOR 32)
+             FROM log_hash_tiles, generate_series(0, octet_length(hashes) / 32 - 1) AS i;
+         DROP TABLE log_hash_tiles;
+         DELETE FROM truthtable_schema WHERE version = 11;",
+    );
+    assert_eq!(pg.sql(&name, "SELECT count(*) FROM log_hashes"), "197");
+
+    let proc = Process::start_with(&args, &[]);
+    let base = proc.base();
+    for id in ["p-0", "p-63", "p-64", "p-99"] {
+        assert_eq!(
+            check_proof(&client, &base, id, &vkey, "?size=100").await,
+            (old_size, old_root),
+            "{id}"
+        );
+    }
+    for chunk in ids[100..].chunks(17) {
+        assert_eq!(
+            post(&client, &base, ndjson(chunk), None).await.status(),
+            200
+        );
+    }
+    checkpoint_of(&client, &base, 150).await;
+    let (new_size, new_root) = check_proof(&client, &base, "p-149", &vkey, "").await;
+    assert_eq!(new_size, 150);
+    for id in ["p-0", "p-100", "p-127", "p-128"] {
+        assert_eq!(
+            check_proof(&client, &base, id, &vkey, "").await,
+            (new_size, new_root),
+            "{id}"
+        );
+    }
+    let (status, consistency) = text(
+        &client,
+        format!("{base}/v1/log/consistency?old=100&new=150"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let proof: Vec<H> = consistency
+        .lines()
+        .map(|l| b64(l).try_into().unwrap())
+        .collect();
+    assert!(consistent(100, 150, old_root, new_root, &proof));
+    drop(proc);
+    assert_eq!(
+        pg.sql(
+            &name,
+            "SELECT count(*) || ' ' || sum(octet_length(hashes)) FROM log_hash_tiles"
+        ),
+        format!("5 {}", 296 * 32),
+        "the 296 stored hashes of 150 records, 64 to a row"
+    );
+    let (ok, out) = verify(Path::new(&url), Some(vkey.trim()));
+    assert!(ok, "{out}");
+    assert!(out.ends_with("150 of 150 records verified\n"), "{out}");
+}

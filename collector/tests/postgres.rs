@@ -319,7 +319,7 @@ async fn a_collector_started_before_its_database_waits_for_it_and_then_creates_t
     // hashes (10).
     assert_eq!(
         pg.sql(&db, "SELECT max(version) FROM truthtable_schema"),
-        "10"
+        "11"
     );
 }
 
@@ -477,7 +477,7 @@ async fn a_database_of_an_older_collector_is_migrated_at_start_and_its_records_d
     );
     assert_eq!(
         pg.sql(&db, "SELECT max(version) FROM truthtable_schema"),
-        "10"
+        "11"
     );
     assert_eq!(pg.sql(&db, "SELECT count(*) FROM capture_digests"), "250");
     assert_eq!(

@@ -215,6 +215,14 @@ CREATE INDEX capture_verdicts_annotate ON capture_verdicts (seq) WHERE annotate;
     "
 ALTER TABLE captures ADD COLUMN leaf bytea;
 ",
+    // The log's stored hashes 64 to a row, as SQLite keeps them: an append writes a few dozen
+    // rows, not two a record.
+    "
+CREATE TABLE log_hash_tiles (tile bigint PRIMARY KEY, hashes bytea NOT NULL);
+INSERT INTO log_hash_tiles (tile, hashes)
+    SELECT idx / 64, string_agg(hash, ''::bytea ORDER BY idx) FROM log_hashes GROUP BY idx / 64;
+DROP TABLE log_hashes;
+",
 ];
 
 const DIALECT: Dialect = Dialect {
@@ -1070,8 +1078,9 @@ WITH moved AS (
     INSERT INTO log_entries (idx, seq, id)
     SELECT * FROM unnest($4::int8[], $5::int8[], $6::text[]) WHERE EXISTS (SELECT 1 FROM moved)
 ), hashes AS (
-    INSERT INTO log_hashes (idx, hash)
+    INSERT INTO log_hash_tiles AS t (tile, hashes)
     SELECT * FROM unnest($7::int8[], $8::bytea[]) WHERE EXISTS (SELECT 1 FROM moved)
+    ON CONFLICT (tile) DO UPDATE SET hashes = t.hashes || excluded.hashes
 )
 SELECT count(*) FROM moved";
 
@@ -1098,21 +1107,25 @@ impl LogStore for PgStore {
     }
 
     async fn log_hashes(&self, indexes: Vec<u64>) -> Result<Hashes, StoreError> {
-        let wanted: Vec<i64> = indexes.iter().map(|i| db_int(*i)).collect();
+        let mut wanted: Vec<i64> = indexes.iter().map(|i| db_int(i / 64)).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
         let rows = self
             .with_client(async |client| {
                 let stmt = client
-                    .prepare_cached("SELECT idx, hash FROM log_hashes WHERE idx = ANY($1)")
+                    .prepare_cached("SELECT tile, hashes FROM log_hash_tiles WHERE tile = ANY($1)")
                     .await?;
                 client.query(&stmt, &[&wanted]).await
             })
             .await?;
+        let tiles: std::collections::HashMap<i64, &[u8]> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         let mut out = Hashes::default();
-        for row in rows {
-            let idx: i64 = row.get(0);
-            let hash: &[u8] = row.get(1);
-            out.0
-                .insert(u64::try_from(idx).unwrap_or_default(), hash_from(hash)?);
+        for i in indexes {
+            let at = (i % 64) as usize * 32;
+            if let Some(hash) = tiles.get(&db_int(i / 64)).and_then(|b| b.get(at..at + 32)) {
+                out.0.insert(i, hash_from(hash)?);
+            }
         }
         Ok(out)
     }
@@ -1130,8 +1143,20 @@ impl LogStore for PgStore {
         let idxs: Vec<i64> = (from..).take(entries.len()).map(db_int).collect();
         let seqs: Vec<i64> = entries.iter().map(|e| e.0).collect();
         let ids: Vec<&str> = entries.iter().map(|e| e.1.as_str()).collect();
-        let hash_idxs: Vec<i64> = hashes.iter().map(|h| db_int(h.0)).collect();
-        let hash_bytes: Vec<&[u8]> = hashes.iter().map(|h| &h.1 .0[..]).collect();
+        let mut hashes = hashes;
+        hashes.sort_unstable_by_key(|h| h.0);
+        let mut hash_idxs: Vec<i64> = Vec::new();
+        let mut hash_bytes: Vec<Vec<u8>> = Vec::new();
+        for (idx, hash) in &hashes {
+            let tile = db_int(idx / 64);
+            if hash_idxs.last() != Some(&tile) {
+                hash_idxs.push(tile);
+                hash_bytes.push(Vec::with_capacity(64 * 32));
+            }
+            if let Some(b) = hash_bytes.last_mut() {
+                b.extend_from_slice(&hash.0);
+            }
+        }
         let moved: i64 = self
             .with_client(async |client| {
                 let stmt = client.prepare_cached(LOG_APPEND).await?;
