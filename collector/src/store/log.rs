@@ -1,5 +1,5 @@
 //! The verifiable log's part of the store (`crate::log`): the entries in log order, the tree's
-//! stored hashes (Go `sumdb/tlog`'s layout, one row per hash), every signed checkpoint, and the
+//! stored hashes (Go `sumdb/tlog`'s layout, 64 to a row), every signed checkpoint, and the
 //! log's state — its size and the [`Cursor`] of the last record it sequenced — in one row.
 //!
 //! Both backends promise: [`LogStore::log_append`] adds entries and hashes and moves the state
