@@ -343,15 +343,22 @@ fn untile_hashes(db: &Path) {
     .unwrap();
 }
 
-#[tokio::test]
-async fn a_store_whose_hashes_were_a_row_each_migrates_and_its_log_goes_on_across_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("rows.db");
+/// Posts 100 records in uneven batches (so sequencing steps end inside rows of 64 stored hashes),
+/// stops the collector started with `args`, lets `rewind` put its store back as collectors kept
+/// it before the hashes were tiled, starts it again, and checks that proofs across several rows
+/// verify against the old checkpoint and a new one after 50 more records, that the two are
+/// consistent, that `tiles` (`"<rows> <bytes>"` of `log_hash_tiles`) says 296 hashes in 5 rows,
+/// and that `verify` of `db` verifies all 150.
+async fn a_log_of_rows_migrates_and_goes_on(
+    args: &[&str],
+    rewind: impl FnOnce(),
+    tiles: impl FnOnce() -> String,
+    db: &Path,
+) {
     let client = reqwest::Client::new();
-    let mut proc = Process::start(&db);
+    let mut proc = Process::start_with(args, &[]);
     let base = proc.base();
     let vkey = text(&client, format!("{base}/v1/log/key")).await.1;
-    // Posted in uneven batches, so sequencing steps end inside rows of 64 stored hashes.
     let ids: Vec<String> = (0..150).map(|i| format!("r-{i}")).collect();
     for chunk in ids[..100].chunks(37) {
         assert_eq!(
@@ -365,18 +372,10 @@ async fn a_store_whose_hashes_were_a_row_each_migrates_and_its_log_goes_on_acros
     assert_eq!(old_size, 100);
     proc.sigterm();
     assert!(proc.wait(20).success());
-    untile_hashes(&db);
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let rows: i64 = conn
-        .query_row("SELECT count(*) FROM log_hashes", [], |r| r.get(0))
-        .unwrap();
-    // Go's layout stores 2n - popcount(n) hashes for n records: 197 for 100.
-    assert_eq!(rows, 197, "a tree of 100 records stores 197 hashes");
-    drop(conn);
+    rewind();
 
-    let proc = Process::start(&db);
+    let proc = Process::start_with(args, &[]);
     let base = proc.base();
-    // Every proof reads hashes from several rows: before the migration's size and after.
     for id in ["r-0", "r-63", "r-64", "r-99"] {
         assert_eq!(
             check_proof(&client, &base, id, &vkey, "?size=100").await,
@@ -391,9 +390,10 @@ async fn a_store_whose_hashes_were_a_row_each_migrates_and_its_log_goes_on_acros
         );
     }
     checkpoint_of(&client, &base, 150).await;
-    let (status, latest) = text(&client, format!("{base}/v1/log/checkpoint")).await;
-    assert_eq!(status, 200);
-    assert_ne!(latest, old_note);
+    assert_ne!(
+        text(&client, format!("{base}/v1/log/checkpoint")).await.1,
+        old_note
+    );
     let (new_size, new_root) = check_proof(&client, &base, "r-149", &vkey, "").await;
     assert_eq!(new_size, 150);
     for id in ["r-0", "r-100", "r-127", "r-128"] {
@@ -415,23 +415,40 @@ async fn a_store_whose_hashes_were_a_row_each_migrates_and_its_log_goes_on_acros
         .collect();
     assert!(consistent(100, 150, old_root, new_root, &proof));
     drop(proc);
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let (tiles, bytes): (i64, i64) = conn
-        .query_row(
-            "SELECT count(*), sum(length(hashes)) FROM log_hash_tiles",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
     assert_eq!(
-        (tiles, bytes),
-        (5, 296 * 32),
+        tiles(),
+        format!("5 {}", 296 * 32),
         "the 296 stored hashes of 150 records, 64 to a row"
     );
-    drop(conn);
-    let (ok, out) = verify(&db, Some(vkey.trim()));
+    let (ok, out) = verify(db, Some(vkey.trim()));
     assert!(ok, "{out}");
     assert!(out.ends_with("150 of 150 records verified\n"), "{out}");
+}
+
+#[tokio::test]
+async fn a_store_whose_hashes_were_a_row_each_migrates_and_its_log_goes_on_across_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rows.db");
+    let db_arg = db.display().to_string();
+    let rewind = || {
+        untile_hashes(&db);
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM log_hashes", [], |r| r.get(0))
+            .unwrap();
+        // Go's layout stores 2n - popcount(n) hashes for n records: 197 for 100.
+        assert_eq!(rows, 197, "a tree of 100 records stores 197 hashes");
+    };
+    let tiles = || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row(
+            "SELECT count(*) || ' ' || sum(length(hashes)) FROM log_hash_tiles",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    a_log_of_rows_migrates_and_goes_on(&["--db", &db_arg], rewind, tiles, &db).await;
 }
 
 /// Copies the clean store, changes the copy with `sql`, and returns what `verify` says of it.
@@ -1265,82 +1282,26 @@ async fn a_postgres_log_whose_hashes_were_a_row_each_migrates_and_goes_on_across
     let name = pg.database();
     let url = pg.url_with_password(&name);
     let dir = tempfile::tempdir().unwrap();
-    let (key, vkey) = common::keygen(dir.path(), "tiles.test/log");
-    let client = reqwest::Client::new();
-    let args = ["--db", url.as_str(), "--log-key", key.as_str()];
-    let mut proc = Process::start_with(&args, &[]);
-    let base = proc.base();
-    let ids: Vec<String> = (0..150).map(|i| format!("p-{i}")).collect();
-    for chunk in ids[..100].chunks(37) {
-        assert_eq!(
-            post(&client, &base, ndjson(chunk), None).await.status(),
-            200
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    checkpoint_of(&client, &base, 100).await;
-    let (old_size, old_root) = check_proof(&client, &base, "p-63", &vkey, "").await;
-    assert_eq!(old_size, 100);
-    proc.sigterm();
-    assert!(proc.wait(20).success());
+    let (key, _) = common::keygen(dir.path(), "tiles.test/log");
     // Back to the layout before migration 11: a row per stored hash.
-    pg.sql(
-        &name,
-        "CREATE TABLE log_hashes (idx bigint PRIMARY KEY, hash bytea NOT NULL);
-         INSERT INTO log_hashes (idx, hash)
-             SELECT tile * 64 + i, substring(hashes FROM i * 32 + 1 FOR 32)
-             FROM log_hash_tiles, generate_series(0, octet_length(hashes) / 32 - 1) AS i;
-         DROP TABLE log_hash_tiles;
-         DELETE FROM truthtable_schema WHERE version = 11;",
-    );
-    assert_eq!(pg.sql(&name, "SELECT count(*) FROM log_hashes"), "197");
-
-    let proc = Process::start_with(&args, &[]);
-    let base = proc.base();
-    for id in ["p-0", "p-63", "p-64", "p-99"] {
-        assert_eq!(
-            check_proof(&client, &base, id, &vkey, "?size=100").await,
-            (old_size, old_root),
-            "{id}"
-        );
-    }
-    for chunk in ids[100..].chunks(17) {
-        assert_eq!(
-            post(&client, &base, ndjson(chunk), None).await.status(),
-            200
-        );
-    }
-    checkpoint_of(&client, &base, 150).await;
-    let (new_size, new_root) = check_proof(&client, &base, "p-149", &vkey, "").await;
-    assert_eq!(new_size, 150);
-    for id in ["p-0", "p-100", "p-127", "p-128"] {
-        assert_eq!(
-            check_proof(&client, &base, id, &vkey, "").await,
-            (new_size, new_root),
-            "{id}"
-        );
-    }
-    let (status, consistency) = text(
-        &client,
-        format!("{base}/v1/log/consistency?old=100&new=150"),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let proof: Vec<H> = consistency
-        .lines()
-        .map(|l| b64(l).try_into().unwrap())
-        .collect();
-    assert!(consistent(100, 150, old_root, new_root, &proof));
-    drop(proc);
-    assert_eq!(
+    let rewind = || {
         pg.sql(
             &name,
-            "SELECT count(*) || ' ' || sum(octet_length(hashes)) FROM log_hash_tiles"
-        ),
-        format!("5 {}", 296 * 32),
-        "the 296 stored hashes of 150 records, 64 to a row"
-    );
-    let (ok, out) = verify(Path::new(&url), Some(vkey.trim()));
-    assert!(ok, "{out}");
-    assert!(out.ends_with("150 of 150 records verified\n"), "{out}");
+            "CREATE TABLE log_hashes (idx bigint PRIMARY KEY, hash bytea NOT NULL);
+             INSERT INTO log_hashes (idx, hash)
+                 SELECT tile * 64 + i, substring(hashes FROM i * 32 + 1 FOR 32)
+                 FROM log_hash_tiles, generate_series(0, octet_length(hashes) / 32 - 1) AS i;
+             DROP TABLE log_hash_tiles;
+             DELETE FROM truthtable_schema WHERE version = 11;",
+        );
+        assert_eq!(pg.sql(&name, "SELECT count(*) FROM log_hashes"), "197");
+    };
+    let tiles = || {
+        pg.sql(
+            &name,
+            "SELECT count(*) || ' ' || sum(octet_length(hashes)) FROM log_hash_tiles",
+        )
+    };
+    let args = ["--db", url.as_str(), "--log-key", key.as_str()];
+    a_log_of_rows_migrates_and_goes_on(&args, rewind, tiles, Path::new(&url)).await;
 }
