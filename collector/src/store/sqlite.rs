@@ -992,36 +992,24 @@ impl LogStore for SqliteStore {
 
     async fn log_entry(&self, id: String) -> Result<Option<LogEntry>, StoreError> {
         self.reading(move |conn| {
-            let found: Option<(String, Option<i64>)> = conn
-                .query_row(
-                    "SELECT c.record, e.idx FROM captures c
-                     LEFT JOIN log_entries e ON e.seq = c.seq WHERE c.id = ?1",
-                    params![id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            Ok(found.map(|(raw, idx)| LogEntry {
-                raw,
-                index: idx.and_then(|i| u64::try_from(i).ok()),
-            }))
+            entry_at(
+                conn,
+                "SELECT c.record, e.idx FROM captures c
+                 LEFT JOIN log_entries e ON e.seq = c.seq WHERE c.id = ?1",
+                &id,
+            )
         })
         .await
     }
 
     async fn log_event_entry(&self, id: String) -> Result<Option<LogEntry>, StoreError> {
-        self.blocking(move |_, conn| {
-            let found: Option<(String, Option<i64>)> = conn
-                .query_row(
-                    "SELECT v.entry, e.idx FROM log_events v
-                     LEFT JOIN log_entries e ON e.seq = -v.seq WHERE v.id = ?1",
-                    params![id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            Ok(found.map(|(raw, idx)| LogEntry {
-                raw,
-                index: idx.and_then(|i| u64::try_from(i).ok()),
-            }))
+        self.reading(move |conn| {
+            entry_at(
+                conn,
+                "SELECT v.entry, e.idx FROM log_events v
+                 LEFT JOIN log_entries e ON e.seq = -v.seq WHERE v.id = ?1",
+                &id,
+            )
         })
         .await
     }
@@ -1266,6 +1254,17 @@ fn erase(conn: &mut Connection, req: &EraseRequest) -> Result<EraseOutcome, Stor
         tx.commit()?;
     }
     Ok(out)
+}
+
+/// The entry and log index that `sql` (selecting them for `?1`) finds for `id`.
+fn entry_at(conn: &Connection, sql: &str, id: &str) -> Result<Option<LogEntry>, StoreError> {
+    let found: Option<(String, Option<i64>)> = conn
+        .query_row(sql, params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(found.map(|(raw, idx)| LogEntry {
+        raw,
+        index: idx.and_then(|i| u64::try_from(i).ok()),
+    }))
 }
 
 /// Writes the hashes a sequencing step made (consecutive stored indexes, continuing the stored

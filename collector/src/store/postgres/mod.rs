@@ -312,6 +312,19 @@ struct Inner {
 }
 
 impl PgStore {
+    /// The entry and log index that `sql` (selecting them for `$1`) finds for `id`.
+    async fn entry_at(&self, sql: &str, id: String) -> Result<Option<LogEntry>, StoreError> {
+        let row = self
+            .with_client(async |client| client.query_opt(sql, &[&id]).await)
+            .await?;
+        Ok(row.map(|r| LogEntry {
+            raw: r.get(0),
+            index: r
+                .get::<_, Option<i64>>(1)
+                .and_then(|i| u64::try_from(i).ok()),
+        }))
+    }
+
     /// Up to `limit` rows committed after `after`, in commit order, with their cursors: columns
     /// 0 and 1 are the cursor's, then `columns`.
     async fn walk_after(
@@ -1255,43 +1268,21 @@ impl LogStore for PgStore {
     }
 
     async fn log_entry(&self, id: String) -> Result<Option<LogEntry>, StoreError> {
-        let row = self
-            .with_client(async |client| {
-                client
-                    .query_opt(
-                        "SELECT c.record, e.idx FROM captures c
-                         LEFT JOIN log_entries e ON e.seq = c.seq WHERE c.id = $1",
-                        &[&id],
-                    )
-                    .await
-            })
-            .await?;
-        Ok(row.map(|r| LogEntry {
-            raw: r.get(0),
-            index: r
-                .get::<_, Option<i64>>(1)
-                .and_then(|i| u64::try_from(i).ok()),
-        }))
+        self.entry_at(
+            "SELECT c.record, e.idx FROM captures c
+             LEFT JOIN log_entries e ON e.seq = c.seq WHERE c.id = $1",
+            id,
+        )
+        .await
     }
 
     async fn log_event_entry(&self, id: String) -> Result<Option<LogEntry>, StoreError> {
-        let row = self
-            .with_client(async |client| {
-                client
-                    .query_opt(
-                        "SELECT v.entry, e.idx FROM log_events v
-                         LEFT JOIN log_entries e ON e.seq = -v.seq WHERE v.id = $1",
-                        &[&id],
-                    )
-                    .await
-            })
-            .await?;
-        Ok(row.map(|r| LogEntry {
-            raw: r.get(0),
-            index: r
-                .get::<_, Option<i64>>(1)
-                .and_then(|i| u64::try_from(i).ok()),
-        }))
+        self.entry_at(
+            "SELECT v.entry, e.idx FROM log_events v
+             LEFT JOIN log_entries e ON e.seq = -v.seq WHERE v.id = $1",
+            id,
+        )
+        .await
     }
 
     async fn log_records(&self, from: u64, limit: u32) -> Result<Vec<LoggedRecord>, StoreError> {
