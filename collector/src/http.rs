@@ -244,7 +244,12 @@ pub(crate) fn store_failure(state: &AppState, e: &StoreError) -> ApiError {
     }
 }
 
-async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+/// `POST /v1/captures`; also each batch of an ingest stream (`crate::lanes`).
+pub(crate) async fn ingest(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     state.metrics.ingest_request();
     let reject = |why: Rejection, response: Response| {
         state.metrics.rejected(why);

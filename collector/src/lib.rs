@@ -15,6 +15,7 @@ pub mod frames;
 pub mod http;
 pub mod indexer;
 pub mod ingest;
+pub mod lanes;
 pub mod log;
 pub mod metrics;
 pub mod otlp;
@@ -115,8 +116,15 @@ pub async fn serve(
         let state = Arc::clone(&state);
         tokio::spawn(async move { erase::run_retention(&state).await })
     });
-    let served = axum::serve(listener, app(Arc::clone(&state)))
-        .with_graceful_shutdown(shutdown)
+    // Streams of batches (`lanes`) end at shutdown, after the batch each is storing.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let router = app(Arc::clone(&state))
+        .route_service(lanes::PATH, lanes::service(Arc::clone(&state), stopping));
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
         .await
         .context("serving HTTP");
     let left = state.indexer.settle(SHUTDOWN_INDEXING).await;

@@ -53,6 +53,7 @@ pub enum SpanCount {
 #[derive(Debug, Default)]
 pub struct Metrics {
     ingest_requests: AtomicU64,
+    stream_batches: AtomicU64,
     records_stored: AtomicU64,
     duplicates: AtomicU64,
     rejected: [AtomicU64; 4],
@@ -89,6 +90,11 @@ impl Metrics {
     /// One `POST /v1/captures` arrived.
     pub fn ingest_request(&self) {
         self.ingest_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A batch arrived on an ingest stream (`crate::lanes`); it is also an ingest request.
+    pub fn stream_batch(&self) {
+        self.stream_batches.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A batch committed `stored` new records and skipped `duplicates`.
@@ -148,8 +154,14 @@ impl Metrics {
         metric(
             "truthtable_collector_ingest_requests_total",
             "counter",
-            "Ingest requests received.",
+            "Ingest requests received (POSTs and batches on ingest streams).",
             &[("", get(&self.ingest_requests))],
+        );
+        metric(
+            "truthtable_collector_ingest_stream_batches_total",
+            "counter",
+            "Batches received on gRPC ingest streams (audit_transport \"grpc\").",
+            &[("", get(&self.stream_batches))],
         );
         metric(
             "truthtable_collector_records_stored_total",
@@ -376,6 +388,7 @@ mod tests {
     fn render_reports_every_counter() {
         let m = Metrics::new();
         m.ingest_request();
+        m.stream_batch();
         m.batch_committed(3, 2);
         m.rejected(Rejection::TooLarge);
         m.store_unavailable();
@@ -398,6 +411,7 @@ mod tests {
         );
         for line in [
             "truthtable_collector_ingest_requests_total 1",
+            "truthtable_collector_ingest_stream_batches_total 1",
             "truthtable_collector_records_stored_total 3",
             "truthtable_collector_duplicates_total 2",
             "truthtable_collector_rejected_requests_total{reason=\"too_large\"} 1",
