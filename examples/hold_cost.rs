@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
+use truthtable_collector::lanes::proto as ingest;
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -96,7 +97,7 @@ struct Side {
     vm: &'static str,
 }
 
-fn envoy_yaml(admin: u16, listeners: &[Side], upstream: u16, audit: u16) -> String {
+fn envoy_yaml(admin: u16, listeners: &[Side], upstream: u16, audit: u16, lanes: u16) -> String {
     let mut out = format!(
         "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}\n\
          static_resources:\n  listeners:\n"
@@ -160,7 +161,57 @@ fn envoy_yaml(admin: u16, listeners: &[Side], upstream: u16, audit: u16) -> Stri
 "#
         ));
     }
+    out.push_str(&format!(
+        r#"  - name: lanes
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: lanes
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {lanes} }} }} }}
+"#
+    ));
     out
+}
+
+/// The receiver of `audit_transport: "grpc"`: acknowledges every batch at once (200), counting
+/// them as callouts of `/lanes`.
+struct AckAll(Arc<Mutex<std::collections::HashMap<String, u64>>>);
+
+type Acks = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<ingest::Ack, tonic::Status>> + Send + 'static>,
+>;
+
+#[tonic::async_trait]
+impl ingest::ingest_service_server::IngestService for AckAll {
+    type DeliverStream = Acks;
+
+    async fn deliver(
+        &self,
+        request: tonic::Request<tonic::Streaming<ingest::Batch>>,
+    ) -> Result<tonic::Response<Acks>, tonic::Status> {
+        use futures_util::StreamExt;
+        let received = self.0.clone();
+        let acks = request.into_inner().map(move |batch| {
+            batch.map(|_| {
+                *received
+                    .lock()
+                    .unwrap()
+                    .entry("/lanes".to_owned())
+                    .or_default() += 1;
+                ingest::Ack {
+                    status: 200,
+                    message: String::new(),
+                }
+            })
+        });
+        Ok(tonic::Response::new(Box::pin(acks)))
+    }
 }
 
 /// One exchange through `port`: the time from the upstream's last byte to the client's, or
@@ -237,6 +288,18 @@ async fn main() {
         }
     })
     .await;
+    let lanes = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let svc = ingest::ingest_service_server::IngestServiceServer::new(AckAll(received.clone()));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        port
+    };
     let admin = free_port();
     let build = std::env::current_dir()
         .unwrap()
@@ -283,6 +346,19 @@ async fn main() {
         wasm: build.clone(),
         vm: "truthtable",
     });
+    // The same hold, its records sent as messages on gRPC streams instead of callouts.
+    sides.push(Side {
+        name: "held, gRPC streams",
+        audit: "lanes",
+        port: free_port(),
+        config: concat!(
+            r#"{"audit_cluster": "lanes", "audit_transport": "grpc", "delivery_format": "framed", "#,
+            r#""complete_after_stored": true}"#
+        )
+        .to_owned(),
+        wasm: build.clone(),
+        vm: "truthtable",
+    });
     // A/B of two builds in the same run: `HOLD_BASELINE_WASM` adds a held listener running that
     // build (in a VM of its own).
     if let Ok(baseline) = std::env::var("HOLD_BASELINE_WASM") {
@@ -295,7 +371,7 @@ async fn main() {
             vm: "baseline",
         });
     }
-    let yaml = envoy_yaml(admin, &sides, upstream, audit);
+    let yaml = envoy_yaml(admin, &sides, upstream, audit, lanes);
     let dir = std::env::temp_dir().join(format!("hold_cost-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("envoy.yaml");

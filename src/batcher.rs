@@ -350,6 +350,11 @@ impl Batcher {
         self.inflight.push((token, batch));
     }
 
+    /// Whether the batch sent as `token` still awaits its answer.
+    pub fn awaits(&self, token: u32) -> bool {
+        self.inflight.iter().any(|(t, _)| *t == token)
+    }
+
     /// The host could not dispatch `batch` at all (for example the cluster is unknown).
     pub fn not_sent(&mut self, batch: Batch, now_ms: u64) {
         self.fail(batch, now_ms);

@@ -23,12 +23,25 @@ pub struct Config {
     pub redact_query_params: Names,
     /// How records travel to the audit cluster.
     pub delivery_format: Format,
+    /// Which way batches travel: a callout each, or a message on a long-lived gRPC stream.
+    pub audit_transport: Transport,
     pub delivery: DeliveryLimits,
     /// How long a root context that is shut down with no successor keeps delivering what it
     /// holds before the rest is counted as dropped.
     pub drain_timeout_ms: u64,
     /// `complete_after_stored`: hold the end of each response until its record is stored.
     pub hold: Option<HoldPolicy>,
+}
+
+/// `audit_transport`: how a batch reaches the audit cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `POST {audit_path}`, one callout per batch (CONTRACT.md §2).
+    Http,
+    /// A message on one of at most `max_inflight` long-lived streams of
+    /// `truthtable.ingest.v1.IngestService/Deliver`, each answered by an acknowledgement (the
+    /// cluster must speak HTTP/2).
+    Grpc,
 }
 
 /// What `complete_after_stored`, `hold_timeout_ms` and `on_hold_timeout` ask for.
@@ -104,6 +117,8 @@ struct RawConfig {
     redact_query_params: Vec<String>,
     #[serde(default = "default_delivery_format")]
     delivery_format: String,
+    #[serde(default = "default_audit_transport")]
+    audit_transport: String,
     #[serde(default = "default_batch_max_bytes", deserialize_with = "integer")]
     batch_max_bytes: u64,
     #[serde(default = "default_flush_interval_ms", deserialize_with = "integer")]
@@ -155,6 +170,9 @@ fn default_retry_max_ms() -> u64 {
 }
 fn default_delivery_format() -> String {
     "ndjson".to_owned()
+}
+fn default_audit_transport() -> String {
+    "http".to_owned()
 }
 fn default_drain_timeout_ms() -> u64 {
     30_000
@@ -411,6 +429,28 @@ impl RawConfig {
                 })
             }
         };
+        let audit_transport = match self.audit_transport.as_str() {
+            "http" => Transport::Http,
+            "grpc" => Transport::Grpc,
+            other => {
+                return Err(ConfigError {
+                    key: "audit_transport".to_owned(),
+                    problem: format!(
+                        "{other:?} is not a transport (expected \"http\" or \"grpc\")"
+                    ),
+                })
+            }
+        };
+        if audit_transport == Transport::Grpc
+            && !crate::lane::fits(&self.audit_cluster, &audit_authority)
+        {
+            return Err(ConfigError {
+                key: "audit_transport".to_owned(),
+                problem: "\"grpc\" needs audit_cluster and audit_authority (when it differs) \
+                          to fit in 123 bytes together"
+                    .to_owned(),
+            });
+        }
         let redact_query_params = Names::new(
             redact::DEFAULT_QUERY_PARAMS,
             self.redact_query_params.iter().map(String::as_str),
@@ -465,6 +505,7 @@ impl RawConfig {
             redact_headers,
             redact_query_params,
             delivery_format,
+            audit_transport,
             delivery: DeliveryLimits {
                 batch_max_bytes: usize::try_from(batch_max_bytes).unwrap_or(usize::MAX),
                 flush_interval_ms: check("flush_interval_ms", self.flush_interval_ms, 10, 60_000)?,
@@ -765,6 +806,28 @@ mod tests {
             assert_eq!(e.key, "audit_cluster", "{empty:?}: {e}");
             assert!(e.problem.contains("missing"), "{empty:?}: {e}");
         }
+    }
+
+    #[test]
+    fn audit_transport_is_http_by_default_grpc_on_request_and_nothing_else() {
+        let c = Config::parse(br#"{"audit_cluster":"a"}"#).unwrap();
+        assert_eq!(c.audit_transport, Transport::Http);
+        let c = Config::parse(br#"{"audit_cluster":"a","audit_transport":"grpc"}"#).unwrap();
+        assert_eq!(c.audit_transport, Transport::Grpc);
+        let e = err(r#"{"audit_cluster":"a","audit_transport":"grpc-web"}"#);
+        assert_eq!(e.key, "audit_transport");
+        assert!(e.problem.contains("\"grpc-web\""), "{}", e.problem);
+        // The stream's target must fit where the SDK can pass it.
+        let (cluster, authority) = ("c".repeat(100), "d".repeat(100));
+        let json = format!(
+            r#"{{"audit_cluster":"{cluster}","audit_authority":"{authority}","audit_transport":"grpc"}}"#
+        );
+        assert_eq!(err(&json).key, "audit_transport");
+        let json = format!(r#"{{"audit_cluster":"{cluster}","audit_authority":"{authority}"}}"#);
+        assert!(
+            Config::parse(json.as_bytes()).is_ok(),
+            "callouts have no such limit"
+        );
     }
 
     #[test]

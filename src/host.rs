@@ -27,9 +27,10 @@ use metrics::{Metrics, Reported};
 
 use crate::batcher::{acknowledged, Appended, Batcher, Budget};
 use crate::body::BodyTap;
-use crate::config::{Config, HoldPolicy, OnHoldTimeout};
+use crate::config::{Config, HoldPolicy, OnHoldTimeout, Transport};
 use crate::group::Group;
 use crate::hold::{self, EndFinder, Fate, Step};
+use crate::lane::{self, Lanes};
 use crate::outcome::Outcome;
 use crate::record::{Amendment, Ending, Exchange};
 use crate::websocket::FrameWalk;
@@ -69,6 +70,8 @@ struct Worker {
     wake_queue: Option<u32>,
     /// A wake-up was sent and not yet received.
     woken: bool,
+    /// `audit_transport: "grpc"`: the open streams and the batch each carries.
+    lanes: Lanes,
 }
 
 /// An exchange that is over, with what only `on_log` could read.
@@ -96,6 +99,7 @@ impl Worker {
             hurried: false,
             wake_queue: None,
             woken: false,
+            lanes: Lanes::default(),
         }
     }
 
@@ -156,6 +160,9 @@ impl Worker {
     /// Dispatches every batch that is due. Runs only in the root context's own callbacks, so the
     /// SDK routes each answer to it.
     fn deliver(&mut self, now: u64) {
+        if self.config.audit_transport == Transport::Grpc {
+            return self.deliver_on_lanes(now);
+        }
         while let Some(batch) = self.batcher.next_due(now) {
             if cfg!(feature = "record-only") {
                 self.batcher.sent(0, batch, now);
@@ -184,6 +191,100 @@ impl Worker {
                     break;
                 }
             }
+        }
+    }
+
+    /// `audit_transport: "grpc"`: each due batch goes as a message on an idle lane, a new lane
+    /// opened while fewer than `max_inflight` are open.
+    fn deliver_on_lanes(&mut self, now: u64) {
+        loop {
+            let lane = match self.lanes.idle() {
+                Some(lane) => lane,
+                None if self.lanes.len() < self.config.delivery.max_inflight => {
+                    match self.open_lane() {
+                        Some(lane) => lane,
+                        None => return,
+                    }
+                }
+                None => return,
+            };
+            let Some(batch) = self.batcher.next_due(now) else {
+                return;
+            };
+            let message = lane::batch(batch.format.content_type(), &batch.body);
+            if calls::grpc_send(lane, &message) {
+                let key = self.lanes.carry(lane);
+                self.batcher.sent(key, batch, now);
+            } else {
+                warn!(
+                    "truthtable: cannot send on a stream to audit cluster {}; the batch will be retried",
+                    self.config.audit_cluster
+                );
+                self.lanes.closed(lane);
+                calls::grpc_cancel(lane);
+                self.batcher.not_sent(batch, now);
+                return;
+            }
+        }
+    }
+
+    fn open_lane(&mut self) -> Option<u32> {
+        let c = &self.config;
+        let service = lane::grpc_service(&c.audit_cluster, &c.audit_authority)?;
+        let metadata = c
+            .audit_headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        match calls::grpc_stream(&service, (lane::SERVICE, lane::METHOD), metadata) {
+            Ok(stream) => {
+                self.lanes.opened(stream);
+                Some(stream)
+            }
+            Err(status) => {
+                warn!(
+                    "truthtable: cannot open a stream to audit cluster {} ({status:?}); batches will be retried",
+                    c.audit_cluster
+                );
+                // Fail what is due now, so the batcher backs off before the next try.
+                if let Some(batch) = self.batcher.next_due(now_ms()) {
+                    self.batcher.not_sent(batch, now_ms());
+                }
+                None
+            }
+        }
+    }
+
+    /// Lanes whose batch the batcher gave up on (no acknowledgement within
+    /// `audit_timeout_ms`): reset, since what comes on them later answers nothing.
+    fn drop_stale_lanes(&mut self) {
+        let Worker { batcher, lanes, .. } = self;
+        for stream in lanes.stale(|key| batcher.awaits(key)) {
+            calls::grpc_cancel(stream);
+        }
+    }
+
+    /// What a batch's answer means for the held ends it carried; then what is due goes.
+    fn answered(&mut self, root_id: u32, key: u32, stored: bool, now: u64) {
+        let stored_holds = self.batcher.answered(key, stored, now);
+        if !stored_holds.is_empty() {
+            let steps = with_vm(|vm| vm.holds.stored(&stored_holds)).unwrap_or_default();
+            act_on_holds(root_id, &steps);
+        }
+        // An answer frees a callout slot: send what is due without waiting for the tick.
+        self.deliver(now);
+    }
+}
+
+/// Resumes or resets held streams as `steps` say; runs in a callback of root `root_id`.
+fn act_on_holds(root_id: u32, steps: &[Step]) {
+    for step in steps {
+        let (id, done) = match *step {
+            Step::Resume(id) => (id, calls::resume_response(id, root_id)),
+            Step::Reset(id) => (id, calls::reset_response(id, root_id)),
+        };
+        if !done {
+            debug!("truthtable: held stream {id} is gone");
         }
     }
 }
@@ -278,6 +379,7 @@ impl RootContext for Root {
             w.write_finished();
             let timeout = w.config.audit_timeout_ms;
             w.batcher.expire(now, timeout);
+            w.drop_stale_lanes();
         }
         let expired = with_vm(|vm| vm.holds.expire(now)).unwrap_or_default();
         self.act_on_holds(&expired);
@@ -352,15 +454,7 @@ impl Root {
 
     /// Resumes or resets held streams as `steps` say; runs in a root callback.
     fn act_on_holds(&self, steps: &[Step]) {
-        for step in steps {
-            let (id, done) = match *step {
-                Step::Resume(id) => (id, calls::resume_response(id, self.context_id)),
-                Step::Reset(id) => (id, calls::reset_response(id, self.context_id)),
-            };
-            if !done {
-                debug!("truthtable: held stream {id} is gone");
-            }
-        }
+        act_on_holds(self.context_id, steps);
     }
 }
 
@@ -394,16 +488,52 @@ impl Context for Root {
                     status.unwrap_or_default()
                 );
             }
-            let stored_holds = w.batcher.answered(token, stored, now);
-            if !stored_holds.is_empty() {
-                let steps = with_vm(|vm| vm.holds.stored(&stored_holds)).unwrap_or_default();
-                self.act_on_holds(&steps);
-            }
-            // An answer frees a callout slot: send what is due without waiting for the tick.
-            w.deliver(now);
+            w.answered(self.context_id, token, stored, now);
         }
         if self.drain_until_ms.is_some() {
             self.drain_step(now);
+        }
+    }
+
+    fn on_grpc_stream_message(&mut self, token: u32, message_size: usize) {
+        let now = now_ms();
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        {
+            let mut w = worker.borrow_mut();
+            let Some(key) = w.lanes.acknowledged(token) else {
+                return;
+            };
+            let status = calls::grpc_message(message_size)
+                .as_deref()
+                .and_then(lane::ack_status);
+            let stored = status.is_some_and(|s| (200..300).contains(&s));
+            if !stored {
+                warn!(
+                    "truthtable: audit cluster {} did not store a batch (status {status:?}); it will be retried",
+                    w.config.audit_cluster
+                );
+            }
+            w.answered(self.context_id, key, stored, now);
+        }
+        if self.drain_until_ms.is_some() {
+            self.drain_step(now);
+        }
+    }
+
+    fn on_grpc_stream_close(&mut self, token: u32, status_code: u32) {
+        let now = now_ms();
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let mut w = worker.borrow_mut();
+        if let Some(key) = w.lanes.closed(token) {
+            warn!(
+                "truthtable: a stream to audit cluster {} closed (grpc-status {status_code}) with a batch unanswered; it will be retried",
+                w.config.audit_cluster
+            );
+            w.answered(self.context_id, key, false, now);
         }
     }
 

@@ -14,6 +14,7 @@ pub mod handoff;
 pub mod headers;
 pub mod hold;
 pub mod json;
+pub mod lane;
 pub mod outcome;
 pub mod record;
 pub mod redact;

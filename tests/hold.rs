@@ -43,6 +43,47 @@ fn envoy(upstream: u16, audit: u16, filter: &str) -> Envoy {
     .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"))
 }
 
+/// [`envoy`] with one more cluster, `truthtable_lanes`: HTTP/2 to the same collector, for
+/// `audit_transport: "grpc"` (a gRPC stream needs HTTP/2; the shipped cluster speaks HTTP/1.1).
+fn grpc_envoy(upstream: u16, audit: u16, filter: &str) -> Envoy {
+    Envoy::try_start_with(
+        EnvoyOpts {
+            upstream,
+            audit,
+            filter: Some(filter),
+            workers: 2,
+        },
+        |yaml| {
+            let lanes = format!(
+                r#"  clusters:
+  - name: truthtable_lanes
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: truthtable_lanes
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {audit} }} }} }}
+"#
+            );
+            assert_eq!(yaml.matches("\n  clusters:\n").count(), 1);
+            yaml.replace(
+                "preserve_external_request_id: false",
+                "preserve_external_request_id: false\n          always_set_request_id_in_response: true",
+            )
+            .replace("\n  clusters:\n", &format!("\n{lanes}"))
+        },
+    )
+    .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"))
+}
+
+/// The filter's keys that send records over gRPC streams to `truthtable_lanes`.
+const GRPC: &str = r#""audit_cluster": "truthtable_lanes", "audit_transport": "grpc""#;
+
 /// Whether the collector has stored the capture `id` (read straight from its store).
 async fn stored(collector: &Collector, id: &str) -> bool {
     let url = format!("http://127.0.0.1:{}/v1/captures/{id}", collector.port);
@@ -191,11 +232,29 @@ async fn bodiless_answers_end_once_their_record_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_collector_down_the_end_is_released_at_the_timeout_and_counted() {
-    let (_upstream, mut collector, envoy) = rig(
-        &hold_config(r#""hold_timeout_ms": 600, "on_hold_timeout": "release""#),
-        false,
-    )
-    .await;
+    released_at_the_timeout(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_grpc_streams_with_the_collector_down_the_end_is_released_at_the_timeout() {
+    released_at_the_timeout(true).await;
+}
+
+/// The collector is down: the end goes out after `hold_timeout_ms`, counted, and the record is
+/// stored once the collector is back — with records sent by callouts or (`grpc`) on streams.
+async fn released_at_the_timeout(grpc: bool) {
+    let keys = r#""hold_timeout_ms": 600, "on_hold_timeout": "release""#;
+    let upstream = Upstream::start().await;
+    let mut collector = Collector::down(None);
+    let envoy = if grpc {
+        grpc_envoy(
+            upstream.port,
+            collector.port,
+            &hold_config(&format!("{keys}, {GRPC}")),
+        )
+    } else {
+        envoy(upstream.port, collector.port, &hold_config(keys))
+    };
     let started = Instant::now();
     let resp = client()
         .post(envoy.url("/v1/chat/completions"))
@@ -455,7 +514,12 @@ struct Load {
 /// names, while Envoy is SIGKILLed at random moments `kills` times and started again; returns
 /// the ids of every answer a client received completely (an SSE stream counts once its
 /// `data: [DONE]` arrived).
-async fn load_with_kills(filter: &str, collector: &Collector, kills: usize) -> Load {
+async fn load_with_kills(
+    filter: &str,
+    collector: &Collector,
+    kills: usize,
+    envoy: fn(u16, u16, &str) -> Envoy,
+) -> Load {
     use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
     use std::sync::{Arc, Mutex};
     let upstream = Upstream::start().await;
@@ -571,7 +635,7 @@ async fn stored_count(collector: &Collector, ids: &[String]) -> usize {
 async fn every_answer_received_completely_is_stored_though_envoy_is_sigkilled() {
     let collector = Collector::running().await;
     let filter = filter_config(r#""complete_after_stored": true, "flush_interval_ms": 1000"#);
-    let load = load_with_kills(&filter, &collector, 3).await;
+    let load = load_with_kills(&filter, &collector, 3, envoy).await;
     let n = load.complete.len();
     assert!(n > 100, "too little load to tell: {n} answers");
     let stored = stored_count(&collector, &load.complete).await;
@@ -592,7 +656,7 @@ async fn without_the_hold_sigkills_lose_answers_clients_received() {
     // The control: the check above finds a loss when the hold is off.
     let collector = Collector::running().await;
     let filter = filter_config(r#""flush_interval_ms": 1000"#);
-    let load = load_with_kills(&filter, &collector, 3).await;
+    let load = load_with_kills(&filter, &collector, 3, envoy).await;
     let n = load.complete.len();
     assert!(n > 100, "too little load to tell: {n} answers");
     // What Envoy had delivered before it died is all the collector will ever get.
@@ -980,4 +1044,89 @@ async fn a_stream_that_fails_after_its_end_went_out_is_told_by_an_amendment() {
     assert_ne!(a["outcome"], "complete", "{a}");
     let body = String::from_utf8(body_bytes(&a["response"])).unwrap();
     assert!(body.contains(": after the end"), "{body:?}");
+}
+
+// ---- records over gRPC streams (`audit_transport: "grpc"`) --------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_grpc_streams_a_json_answer_and_an_sse_stream_end_only_once_stored() {
+    let upstream = Upstream::start().await;
+    let collector = Collector::running().await;
+    let envoy = grpc_envoy(upstream.port, collector.port, &hold_config(GRPC));
+    for path in ["/v1/chat/completions", "/sse?events=3&delay_ms=5"] {
+        let resp = client()
+            .post(envoy.url(path))
+            .body(r#"{"q":"capital of France?"}"#)
+            .send()
+            .await
+            .unwrap();
+        let id = request_id(&resp);
+        let body = resp.bytes().await.unwrap();
+        assert!(!body.is_empty());
+        assert!(
+            stored(&collector, &id).await,
+            "{path}: the client had the whole answer before its record {id} was stored"
+        );
+    }
+    metric_becomes(&envoy, "truthtable_hold_ends_stored", 2.0).await;
+    metric_becomes(&envoy, "truthtable_hold_ends_released_unrecorded", 0.0).await;
+    assert!(
+        collector
+            .metric("truthtable_collector_ingest_stream_batches_total")
+            .await
+            >= Some(2.0),
+        "the records came as batches on gRPC streams"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_grpc_streams_every_answer_received_completely_is_stored_though_envoy_is_sigkilled() {
+    let collector = Collector::running().await;
+    let filter = filter_config(&format!(
+        r#"{GRPC}, "complete_after_stored": true, "flush_interval_ms": 1000"#
+    ));
+    let load = load_with_kills(&filter, &collector, 3, grpc_envoy).await;
+    let n = load.complete.len();
+    assert!(n > 100, "too little load to tell: {n} answers");
+    let stored = stored_count(&collector, &load.complete).await;
+    eprintln!("hold on, gRPC streams: {stored} of {n} answers received completely are stored");
+    assert_eq!(
+        stored,
+        n,
+        "{} answers received without their record",
+        n - stored
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_grpc_streams_a_collector_restart_loses_nothing() {
+    // The streams close with the collector; what was sent on them, and what comes while it is
+    // down, is sent again on new streams once it is back.
+    let upstream = Upstream::start().await;
+    let mut collector = Collector::running().await;
+    let envoy = grpc_envoy(upstream.port, collector.port, &filter_config(GRPC));
+    let send = |n: usize| {
+        let url = envoy.url("/v1/chat/completions");
+        async move {
+            let mut ids = Vec::new();
+            for _ in 0..n {
+                let resp = client().post(&url).body("{}").send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                ids.push(request_id(&resp));
+            }
+            ids
+        }
+    };
+    let mut ids = send(5).await;
+    collector.wait_records(5, Duration::from_secs(10)).await;
+    collector.stop().await;
+    ids.extend(send(5).await);
+    collector.start().await;
+    let records = collector.wait_records(10, Duration::from_secs(20)).await;
+    for id in &ids {
+        assert!(
+            records.iter().any(|r| r["id"] == id.as_str()),
+            "{id} was not stored after the restart"
+        );
+    }
 }

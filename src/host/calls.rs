@@ -138,6 +138,32 @@ pub fn http_call(
     )
 }
 
+/// Opens a gRPC stream to `service` (a serialized `GrpcService`); its token.
+pub fn grpc_stream(
+    service: &str,
+    method: (&str, &str),
+    metadata: Vec<(&str, &[u8])>,
+) -> Result<u32, Status> {
+    hostcalls::open_grpc_stream(service, method.0, method.1, metadata)
+}
+
+/// Sends one message on an open gRPC stream.
+pub fn grpc_send(stream: u32, message: &[u8]) -> bool {
+    hostcalls::send_grpc_stream_message(stream, Some(message), false).is_ok()
+}
+
+/// Resets a gRPC stream (nothing more comes on it).
+pub fn grpc_cancel(stream: u32) {
+    let _ = hostcalls::cancel_grpc_stream(stream);
+}
+
+/// The message a gRPC stream just delivered.
+pub fn grpc_message(size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+        .ok()
+        .flatten()
+}
+
 pub fn set_tick_period_ms(ms: u64) -> bool {
     hostcalls::set_tick_period(Duration::from_millis(ms)).is_ok()
 }
