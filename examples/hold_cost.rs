@@ -16,6 +16,10 @@
 //!   to an audit path of its own). A third listener, unheld but sending each record in a callout
 //!   of its own (`batch_max_bytes` at its 1 KiB minimum), is the control that tells the hold's
 //!   own cost (pause, wake-up, resume) from the cost of the callouts it makes.
+//! - **Over gRPC streams**: a fourth listener, held, sends its records with `audit_transport:
+//!   "grpc"` to a receiver of `truthtable.ingest.v1.IngestService` that acknowledges each batch at
+//!   once (its messages are counted as its callouts): what the hold costs when a batch is a
+//!   message on an open stream instead of a callout.
 //! - **A/B of two builds**: `HOLD_BASELINE_WASM=path/to/other.wasm` adds a third listener, held,
 //!   running that build in a VM of its own, measured in the same rounds (a design change is kept
 //!   only if it beats the baseline build round by round).
