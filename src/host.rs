@@ -194,21 +194,13 @@ impl Worker {
         }
     }
 
-    /// `audit_transport: "grpc"`: each due batch goes as a message on an idle lane, a new lane
-    /// opened while fewer than `max_inflight` are open.
+    /// `audit_transport: "grpc"`: each due batch goes as a message on an idle lane, or on a new
+    /// one. The batcher lets at most `max_inflight` batches be open, one per lane, so a due batch
+    /// always finds an idle lane or room for a new one.
     fn deliver_on_lanes(&mut self, now: u64) {
-        loop {
-            let lane = match self.lanes.idle() {
-                Some(lane) => lane,
-                None if self.lanes.len() < self.config.delivery.max_inflight => {
-                    match self.open_lane() {
-                        Some(lane) => lane,
-                        None => return,
-                    }
-                }
-                None => return,
-            };
-            let Some(batch) = self.batcher.next_due(now) else {
+        while let Some(batch) = self.batcher.next_due(now) {
+            let Some(lane) = self.lanes.idle().or_else(|| self.open_lane()) else {
+                self.batcher.not_sent(batch, now);
                 return;
             };
             let message = lane::batch(batch.format.content_type(), &batch.body);
@@ -228,6 +220,7 @@ impl Worker {
         }
     }
 
+    /// Opens a lane to the audit cluster; `None` (logged) when Envoy refuses.
     fn open_lane(&mut self) -> Option<u32> {
         let c = &self.config;
         let service = lane::grpc_service(&c.audit_cluster, &c.audit_authority)?;
@@ -243,13 +236,9 @@ impl Worker {
             }
             Err(status) => {
                 warn!(
-                    "truthtable: cannot open a stream to audit cluster {} ({status:?}); batches will be retried",
+                    "truthtable: cannot open a stream to audit cluster {} ({status:?}); the batch will be retried",
                     c.audit_cluster
                 );
-                // Fail what is due now, so the batcher backs off before the next try.
-                if let Some(batch) = self.batcher.next_due(now_ms()) {
-                    self.batcher.not_sent(batch, now_ms());
-                }
                 None
             }
         }
