@@ -1130,3 +1130,40 @@ async fn over_grpc_streams_a_collector_restart_loses_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_grpc_streams_batches_of_a_quarter_megabyte_arrive_whole() {
+    // 24 answers of 48 KiB gathered for a second: batches up to batch_max_bytes (256 KiB), larger
+    // than an HTTP/2 stream's first flow-control window.
+    let upstream = Upstream::start().await;
+    let collector = Collector::running().await;
+    let filter = filter_config(&format!(r#"{GRPC}, "flush_interval_ms": 1000"#));
+    let envoy = grpc_envoy(upstream.port, collector.port, &filter);
+    let mut ids = Vec::new();
+    for _ in 0..24 {
+        let resp = client()
+            .post(envoy.url("/bytes?n=49152"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        ids.push(request_id(&resp));
+        assert_eq!(resp.bytes().await.unwrap().len(), 49152);
+    }
+    let records = collector.wait_records(24, Duration::from_secs(20)).await;
+    for id in &ids {
+        let record = records
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} was not stored"));
+        assert_eq!(record["response"]["body"]["size"], 49152);
+        assert_eq!(record["response"]["body"]["truncated"], false);
+    }
+    assert!(
+        collector
+            .metric("truthtable_collector_ingest_stream_batches_total")
+            .await
+            >= Some(4.0),
+        "1.2 MB of records came in batches of at most 256 KiB"
+    );
+}
