@@ -26,36 +26,19 @@ fn hold_config(extra: &str) -> String {
 /// Envoy with `filter` in front of `upstream`, sending captures to `audit`, and telling each
 /// client its exchange's id (`x-request-id`, which is the capture's id).
 fn envoy(upstream: u16, audit: u16, filter: &str) -> Envoy {
-    Envoy::try_start_with(
-        EnvoyOpts {
-            upstream,
-            audit,
-            filter: Some(filter),
-            workers: 2,
-        },
-        |yaml| {
-            yaml.replace(
-                "preserve_external_request_id: false",
-                "preserve_external_request_id: false\n          always_set_request_id_in_response: true",
-            )
-        },
-    )
-    .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"))
+    envoy_with(upstream, audit, filter, false)
 }
 
 /// [`envoy`] with one more cluster, `truthtable_lanes`: HTTP/2 to the same collector, for
 /// `audit_transport: "grpc"` (a gRPC stream needs HTTP/2; the shipped cluster speaks HTTP/1.1).
 fn grpc_envoy(upstream: u16, audit: u16, filter: &str) -> Envoy {
-    Envoy::try_start_with(
-        EnvoyOpts {
-            upstream,
-            audit,
-            filter: Some(filter),
-            workers: 2,
-        },
-        |yaml| {
-            let lanes = format!(
-                r#"  clusters:
+    envoy_with(upstream, audit, filter, true)
+}
+
+fn envoy_with(upstream: u16, audit: u16, filter: &str, lanes: bool) -> Envoy {
+    let lanes = lanes.then(|| {
+        format!(
+            r#"  clusters:
   - name: truthtable_lanes
     type: STATIC
     connect_timeout: 1s
@@ -69,13 +52,27 @@ fn grpc_envoy(upstream: u16, audit: u16, filter: &str) -> Envoy {
       - lb_endpoints:
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {audit} }} }} }}
 "#
-            );
-            assert_eq!(yaml.matches("\n  clusters:\n").count(), 1);
-            yaml.replace(
+        )
+    });
+    Envoy::try_start_with(
+        EnvoyOpts {
+            upstream,
+            audit,
+            filter: Some(filter),
+            workers: 2,
+        },
+        |yaml| {
+            let yaml = yaml.replace(
                 "preserve_external_request_id: false",
                 "preserve_external_request_id: false\n          always_set_request_id_in_response: true",
-            )
-            .replace("\n  clusters:\n", &format!("\n{lanes}"))
+            );
+            match &lanes {
+                Some(cluster) => {
+                    assert_eq!(yaml.matches("\n  clusters:\n").count(), 1);
+                    yaml.replace("\n  clusters:\n", &format!("\n{cluster}"))
+                }
+                None => yaml,
+            }
         },
     )
     .unwrap_or_else(|log| panic!("Envoy did not start:\n{log}"))
