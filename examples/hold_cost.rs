@@ -16,10 +16,10 @@
 //!   to an audit path of its own). A third listener, unheld but sending each record in a callout
 //!   of its own (`batch_max_bytes` at its 1 KiB minimum), is the control that tells the hold's
 //!   own cost (pause, wake-up, resume) from the cost of the callouts it makes.
-//! - **Over gRPC streams**: a fourth listener, held, sends its records with `audit_transport:
-//!   "grpc"` to a receiver of `truthtable.ingest.v1.IngestService` that acknowledges each batch at
-//!   once (its messages are counted as its callouts): what the hold costs when a batch is a
-//!   message on an open stream instead of a callout.
+//! - **Over gRPC streams**: two more listeners, unheld and held, send their records with
+//!   `audit_transport: "grpc"` to a receiver of `truthtable.ingest.v1.IngestService` that
+//!   acknowledges each batch at once (its messages are counted as their callouts): what the hold
+//!   costs when a batch is a message on an open stream instead of a callout.
 //! - **A/B of two builds**: `HOLD_BASELINE_WASM=path/to/other.wasm` adds a third listener, held,
 //!   running that build in a VM of its own, measured in the same rounds (a design change is kept
 //!   only if it beats the baseline build round by round).
@@ -184,7 +184,7 @@ fn envoy_yaml(admin: u16, listeners: &[Side], upstream: u16, audit: u16, lanes: 
 }
 
 /// The receiver of `audit_transport: "grpc"`: acknowledges every batch at once (200), counting
-/// them as callouts of `/lanes`.
+/// them as callouts of `/{x-listener}` (the stream's metadata).
 struct AckAll(Arc<Mutex<std::collections::HashMap<String, u64>>>);
 
 type Acks = std::pin::Pin<
@@ -201,12 +201,17 @@ impl ingest::ingest_service_server::IngestService for AckAll {
     ) -> Result<tonic::Response<Acks>, tonic::Status> {
         use futures_util::StreamExt;
         let received = self.0.clone();
+        let listener = request
+            .metadata()
+            .get("x-listener")
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| "/lanes".to_owned(), |v| format!("/{v}"));
         let acks = request.into_inner().map(move |batch| {
             batch.map(|_| {
                 *received
                     .lock()
                     .unwrap()
-                    .entry("/lanes".to_owned())
+                    .entry(listener.clone())
                     .or_default() += 1;
                 ingest::Ack {
                     status: 200,
@@ -350,16 +355,27 @@ async fn main() {
         wasm: build.clone(),
         vm: "truthtable",
     });
-    // The same hold, its records sent as messages on gRPC streams instead of callouts.
+    // The same two listeners with their records sent as messages on gRPC streams instead of
+    // callouts; the receiver counts each listener's batches by the header the filter sends as
+    // the stream's metadata.
+    let lanes_config = |audit: &str, hold: bool| {
+        format!(
+            r#"{{"audit_cluster": "lanes", "audit_transport": "grpc", "delivery_format": "framed", "audit_headers": {{"x-listener": "{audit}"}}, "complete_after_stored": {hold}}}"#
+        )
+    };
+    sides.push(Side {
+        name: "unheld, gRPC streams",
+        audit: "lanes-unheld",
+        port: free_port(),
+        config: lanes_config("lanes-unheld", false),
+        wasm: build.clone(),
+        vm: "truthtable",
+    });
     sides.push(Side {
         name: "held, gRPC streams",
-        audit: "lanes",
+        audit: "lanes-held",
         port: free_port(),
-        config: concat!(
-            r#"{"audit_cluster": "lanes", "audit_transport": "grpc", "delivery_format": "framed", "#,
-            r#""complete_after_stored": true}"#
-        )
-        .to_owned(),
+        config: lanes_config("lanes-held", true),
         wasm: build.clone(),
         vm: "truthtable",
     });
