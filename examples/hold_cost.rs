@@ -38,6 +38,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use truthtable_collector::lanes::proto as ingest;
 
+#[path = "../tests/common/clusters.rs"]
+mod clusters;
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -165,21 +168,7 @@ fn envoy_yaml(admin: u16, listeners: &[Side], upstream: u16, audit: u16, lanes: 
 "#
         ));
     }
-    out.push_str(&format!(
-        r#"  - name: lanes
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: lanes
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {lanes} }} }} }}
-"#
-    ));
+    out.push_str(&clusters::http2_cluster("lanes", lanes));
     out
 }
 

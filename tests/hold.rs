@@ -38,20 +38,8 @@ fn grpc_envoy(upstream: u16, audit: u16, filter: &str) -> Envoy {
 fn envoy_with(upstream: u16, audit: u16, filter: &str, lanes: bool) -> Envoy {
     let lanes = lanes.then(|| {
         format!(
-            r#"  clusters:
-  - name: truthtable_lanes
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: truthtable_lanes
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {audit} }} }} }}
-"#
+            "  clusters:\n{}",
+            clusters::http2_cluster("truthtable_lanes", audit)
         )
     });
     Envoy::try_start_with(
@@ -128,7 +116,18 @@ fn request_id(resp: &reqwest::Response) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_json_answer_ends_only_once_its_record_is_stored() {
     let (_upstream, collector, envoy) = rig(&hold_config(""), true).await;
-    for path in ["/v1/chat/completions", "/bytes?n=40000"] {
+    ends_wait_for_their_records(
+        &envoy,
+        &collector,
+        &["/v1/chat/completions", "/bytes?n=40000"],
+    )
+    .await;
+}
+
+/// Each of `paths` through `envoy`: when its client has the whole answer, the collector has its
+/// record; every end was stored, none released unrecorded.
+async fn ends_wait_for_their_records(envoy: &Envoy, collector: &Collector, paths: &[&str]) {
+    for path in paths {
         let resp = client()
             .post(envoy.url(path))
             .body(r#"{"q":"capital of France?"}"#)
@@ -139,12 +138,13 @@ async fn a_json_answer_ends_only_once_its_record_is_stored() {
         let body = resp.bytes().await.unwrap();
         assert!(!body.is_empty());
         assert!(
-            stored(&collector, &id).await,
+            stored(collector, &id).await,
             "{path}: the client had the whole answer before its record {id} was stored"
         );
     }
-    metric_becomes(&envoy, "truthtable_hold_ends_stored", 2.0).await;
-    metric_becomes(&envoy, "truthtable_hold_ends_released_unrecorded", 0.0).await;
+    let n = paths.len() as f64;
+    metric_becomes(envoy, "truthtable_hold_ends_stored", n).await;
+    metric_becomes(envoy, "truthtable_hold_ends_released_unrecorded", 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1050,23 +1050,8 @@ async fn over_grpc_streams_a_json_answer_and_an_sse_stream_end_only_once_stored(
     let upstream = Upstream::start().await;
     let collector = Collector::running().await;
     let envoy = grpc_envoy(upstream.port, collector.port, &hold_config(GRPC));
-    for path in ["/v1/chat/completions", "/sse?events=3&delay_ms=5"] {
-        let resp = client()
-            .post(envoy.url(path))
-            .body(r#"{"q":"capital of France?"}"#)
-            .send()
-            .await
-            .unwrap();
-        let id = request_id(&resp);
-        let body = resp.bytes().await.unwrap();
-        assert!(!body.is_empty());
-        assert!(
-            stored(&collector, &id).await,
-            "{path}: the client had the whole answer before its record {id} was stored"
-        );
-    }
-    metric_becomes(&envoy, "truthtable_hold_ends_stored", 2.0).await;
-    metric_becomes(&envoy, "truthtable_hold_ends_released_unrecorded", 0.0).await;
+    let paths = ["/v1/chat/completions", "/sse?events=3&delay_ms=5"];
+    ends_wait_for_their_records(&envoy, &collector, &paths).await;
     assert!(
         collector
             .metric("truthtable_collector_ingest_stream_batches_total")

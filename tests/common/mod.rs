@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+pub mod clusters;
 pub mod lds;
 pub mod planes;
 
