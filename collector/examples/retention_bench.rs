@@ -244,7 +244,7 @@ async fn disk(dir: &std::path::Path, captures: usize, bytes: usize, layout: &str
     let load = Instant::now();
     let old = |i: usize| match layout {
         "oldest-first" => (i < captures / 2).then_some(FIRST_YEAR),
-        "interleaved" => (i % 2 == 0).then_some(FIRST_YEAR),
+        "interleaved" => i.is_multiple_of(2).then_some(FIRST_YEAR),
         other => panic!("--layout: oldest-first or interleaved, not {other}"),
     };
     build_with(&store, captures, bytes, old).await;
