@@ -152,6 +152,12 @@ async fn ingest(store: &Store, next: &AtomicU64, stop: &AtomicBool, bytes: usize
         let t = Instant::now();
         n += store.insert_batch(batch).await.unwrap().stored;
         waits.push(t.elapsed().as_secs_f64() * 1000.0);
+        if t.elapsed() > Duration::from_millis(100) {
+            tracing::debug!(
+                took_ms = t.elapsed().as_millis() as u64,
+                "slow ingest batch"
+            );
+        }
     }
     waits.sort_by(f64::total_cmp);
     let at = |q: f64| waits[((waits.len() as f64 * q) as usize).min(waits.len() - 1)];
@@ -383,6 +389,13 @@ async fn auto_vacuum_cost(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // Timing lines on stderr with RUST_LOG=debug: each slow batch, each step of the store's.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut captures = 200_000usize;
     let mut bytes = 1000usize;
     let mut seconds = 10u64;

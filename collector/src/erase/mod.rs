@@ -407,6 +407,11 @@ pub async fn retention_pass(
                 })
                 .await?;
             pass.erased += out.erased.len() as u64;
+            tracing::debug!(
+                took_ms = step.elapsed().as_millis() as u64,
+                erased = out.erased.len(),
+                "erase step"
+            );
         }
         eraser.pending.store(
             past.saturating_sub(pass.erased + pass.held),

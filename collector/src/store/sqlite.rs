@@ -1478,10 +1478,15 @@ impl SqliteStore {
         let mut clean = false;
         for _ in 0..MERGE_STEPS_MAX {
             let t = std::time::Instant::now();
-            match self
+            let merge = self
                 .blocking(move |_, conn| merge_step(conn, start))
-                .await?
-            {
+                .await?;
+            tracing::debug!(
+                took_ms = t.elapsed().as_millis() as u64,
+                ?merge,
+                "word index merge step"
+            );
+            match merge {
                 Merge::Clean => {
                     clean = true;
                     break;
@@ -1506,6 +1511,7 @@ impl SqliteStore {
             self.vacuum_in_steps().await?;
         }
         for _ in 0..CHECKPOINT_TRIES {
+            let t = std::time::Instant::now();
             // Without waiting: a reader on an older snapshot makes it busy at once, and the
             // writer is released before the next try.
             let busy = self
@@ -1518,6 +1524,11 @@ impl SqliteStore {
                     Ok(busy? != 0)
                 })
                 .await?;
+            tracing::debug!(
+                took_ms = t.elapsed().as_millis() as u64,
+                busy,
+                "write-ahead log truncation"
+            );
             if !busy {
                 return Ok(());
             }
@@ -1538,6 +1549,11 @@ impl SqliteStore {
         for _ in 0..steps {
             let t = std::time::Instant::now();
             let left = self.blocking(|_, conn| vacuum_step(conn)).await?;
+            tracing::debug!(
+                took_ms = t.elapsed().as_millis() as u64,
+                left,
+                "incremental vacuum step"
+            );
             if left == 0 {
                 break;
             }
