@@ -141,7 +141,7 @@ pub struct Monitor {
 #[derive(Debug, Parser)]
 #[command(
     name = "truthtable-collector vacuum",
-    about = "Converts a SQLite store created before incremental vacuum (auto_vacuum=NONE) so that erasures and retention passes give the erased captures' space back to the file system: sets auto_vacuum=INCREMENTAL and runs VACUUM, which rewrites the whole file (it needs free disk about the file's size meanwhile). Stop the collector first: the command refuses a file a collector has open. A store that needs no conversion is left as it is."
+    about = "Converts a SQLite store created before incremental vacuum (auto_vacuum=NONE) so that erasures and retention passes give the erased captures' space back to the file system: sets auto_vacuum=INCREMENTAL and runs VACUUM, which rewrites the whole file (it needs free disk of up to twice the file's size meanwhile: a copy in the temporary directory, then the copy written back through the write-ahead log). Stop the collector first: the command refuses a file a collector has open. A store that needs no conversion is left as it is."
 )]
 pub struct Vacuum {
     /// The SQLite file.

@@ -338,7 +338,7 @@ fn auto_vacuum(conn: &Connection) -> Result<i64, StoreError> {
 
 /// Converts the store at `path`, created before stores gave freed pages back, to
 /// `auto_vacuum=INCREMENTAL` with a `VACUUM`, which rewrites the whole file (and needs free disk
-/// about its size meanwhile). Takes the file for itself: fails at once, changing nothing, while a
+/// of up to twice its size meanwhile: a temporary copy, then the write-ahead log). Takes the file for itself: fails at once, changing nothing, while a
 /// collector has it open. Returns the file's size before and after (the file and its
 /// write-ahead log), or `None` when it needed no conversion. Blocks.
 pub fn convert_to_incremental_vacuum(path: &Path) -> Result<Option<(u64, u64)>, StoreError> {
