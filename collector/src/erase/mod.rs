@@ -54,7 +54,8 @@ const PAUSE_FACTOR: u32 = 4;
 /// The same on PostgreSQL: a pass there is busy at most a tenth of the time. Its steps are a
 /// handful of statements whatever their size, and pausing four times a step's time it erased
 /// about 2 900 captures a second and left ingest 0.47 and 0.88 of its rate beside two passes
-/// over 100 000 captures (BENCHMARKS.md, "Retention").
+/// over 100 000 captures; pausing nine times, 1 022 a second and 0.72–0.95 (median 0.91) beside
+/// five passes over 1 000 000 (BENCHMARKS.md, "Retention").
 const PG_PAUSE_FACTOR: u32 = 9;
 
 /// How many times as long as a step took a pass on `store` pauses after it.
