@@ -7,7 +7,12 @@
 //! alone once more at the end. Ingest is the store's own: one writer calling `insert_batch` with
 //! batches of 88 records of about `--record-bytes` as fast as it can, each batch timed (its p50,
 //! p99 and longest are what a sender waits). Last, the store's size before the passes, after
-//! them, and (SQLite) after a `VACUUM`. See BENCHMARKS.md.
+//! them, and (SQLite) after a `VACUUM`. `--layout oldest-first` stores the older half first, a
+//! year after another, as retention meets captures. Two more measurements, SQLite only:
+//! `--phase disk` (what one pass over the older half gives back to the file system, nothing else
+//! writing) and `--phase auto-vacuum` (ingest into a store with `auto_vacuum=INCREMENTAL` against
+//! one with NONE, paired). With `RUST_LOG=debug`, each store step's time and each batch over
+//! 100 ms go to stderr. See BENCHMARKS.md.
 //!
 //! `cargo run --release -p truthtable-collector --example retention_bench -- --captures 200000`
 //! `… -- --store postgres --pg-admin-url postgres://postgres:pw@127.0.0.1:5432/postgres` (`bench/retention`)
