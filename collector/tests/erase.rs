@@ -2,7 +2,9 @@
 //! filter, with a dry run, bad input and a legal hold; the erased question and answer appear
 //! nowhere afterwards (API, web page, the SQLite file and its write-ahead log), an erased capture
 //! answers 410 with its tombstone, and `verify` names the erased captures as erased while a row
-//! deleted by hand is still tampering. Retention erases what is older and keeps what is held.
+//! deleted by hand is still tampering. Retention erases what is older and keeps what is held; on
+//! SQLite it gives the erased captures' space back to the file system, and a store created
+//! before that (auto_vacuum NONE) keeps its size until `truthtable-collector vacuum` converts it.
 // This whole crate is tests; its helpers may fail loudly too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
