@@ -7,7 +7,12 @@
 //! alone once more at the end. Ingest is the store's own: one writer calling `insert_batch` with
 //! batches of 88 records of about `--record-bytes` as fast as it can, each batch timed (its p50,
 //! p99 and longest are what a sender waits). Last, the store's size before the passes, after
-//! them, and (SQLite) after a `VACUUM`. See BENCHMARKS.md.
+//! them, and (SQLite) after a `VACUUM`. `--layout oldest-first` stores the older half first, a
+//! year after another, as retention meets captures. Two more measurements, SQLite only:
+//! `--phase disk` (what one pass over the older half gives back to the file system, nothing else
+//! writing) and `--phase auto-vacuum` (ingest into a store with `auto_vacuum=INCREMENTAL` against
+//! one with NONE, paired). With `RUST_LOG=debug`, each store step's time and each batch over
+//! 100 ms go to stderr. See BENCHMARKS.md.
 //!
 //! `cargo run --release -p truthtable-collector --example retention_bench -- --captures 200000`
 //! `… -- --store postgres --pg-admin-url postgres://postgres:pw@127.0.0.1:5432/postgres` (`bench/retention`)
@@ -152,6 +157,12 @@ async fn ingest(store: &Store, next: &AtomicU64, stop: &AtomicBool, bytes: usize
         let t = Instant::now();
         n += store.insert_batch(batch).await.unwrap().stored;
         waits.push(t.elapsed().as_secs_f64() * 1000.0);
+        if t.elapsed() > Duration::from_millis(100) {
+            tracing::debug!(
+                took_ms = t.elapsed().as_millis() as u64,
+                "slow ingest batch"
+            );
+        }
     }
     waits.sort_by(f64::total_cmp);
     let at = |q: f64| waits[((waits.len() as f64 * q) as usize).min(waits.len() - 1)];
@@ -166,13 +177,24 @@ async fn ingest(store: &Store, next: &AtomicU64, stop: &AtomicBool, bytes: usize
 /// Fills the store: `captures` records, every other one old (half a year into one of `years`
 /// years from [`FIRST_YEAR`], in turn), the rest started in 2099, with their digests.
 async fn build(store: &Store, captures: usize, years: usize, bytes: usize) {
+    build_with(store, captures, bytes, |i| {
+        (i % 2 == 0).then(|| FIRST_YEAR + ((i / 2) % years) as i32)
+    })
+    .await
+}
+
+/// Fills the store with `captures` records, the `i`th started half a year into `old_year(i)`,
+/// or in 2099 when that is `None`, with their digests.
+async fn build_with(
+    store: &Store,
+    captures: usize,
+    bytes: usize,
+    old_year: impl Fn(usize) -> Option<i32>,
+) {
     let new_us = new_year(2099) * 1_000_000;
     for chunk in 0..captures.div_ceil(1000) {
         let ids: Vec<(String, Option<i32>)> = (chunk * 1000..((chunk + 1) * 1000).min(captures))
-            .map(|i| {
-                let year = (i % 2 == 0).then(|| FIRST_YEAR + ((i / 2) % years) as i32);
-                (format!("c-{i}"), year)
-            })
+            .map(|i| (format!("c-{i}"), old_year(i)))
             .collect();
         let batch = ids
             .iter()
@@ -218,14 +240,175 @@ fn row(what: &str, i: &Ingest) {
     );
 }
 
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+/// `--phase disk`: what erasing half the store gives back to the file system, with nothing else
+/// writing. The older half — the first stored, as retention meets them (`--layout oldest-first`),
+/// or every other capture (`--layout interleaved`, as an erasure by filter may) — is erased by
+/// one retention pass; the size before, after it, and after a `VACUUM` that rewrites the file.
+async fn disk(dir: &std::path::Path, captures: usize, bytes: usize, layout: &str) {
+    let db = dir.join("disk.db");
+    let target = Target::Sqlite(db.clone());
+    let store = Store::open(&Config::with_db(target.db())).await.unwrap();
+    let load = Instant::now();
+    let old = |i: usize| match layout {
+        "oldest-first" => (i < captures / 2).then_some(FIRST_YEAR),
+        "interleaved" => i.is_multiple_of(2).then_some(FIRST_YEAR),
+        other => panic!("--layout: oldest-first or interleaved, not {other}"),
+    };
+    build_with(&store, captures, bytes, old).await;
+    store.purge().await.unwrap();
+    let before = target.size().await;
+    println!(
+        "sqlite, {layout}: {captures} captures of ~{bytes} bytes loaded in {:.0} s: {:.1} MB",
+        load.elapsed().as_secs_f64(),
+        mb(before)
+    );
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let retain = Duration::from_secs(u64::try_from(now - new_year(FIRST_YEAR + 1)).unwrap());
+    let eraser = Eraser::new(Some(retain));
+    let started = Instant::now();
+    let pass = retention_pass(&store, &eraser, retain)
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed().as_secs_f64();
+    let after = target.size().await;
+    store.close().await.unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let free: i64 = conn
+        .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+        .unwrap();
+    let started = Instant::now();
+    conn.execute_batch("VACUUM").unwrap();
+    let vacuum_took = started.elapsed().as_secs_f64();
+    drop(conn);
+    let vacuumed = target.size().await;
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| captures erased by one retention pass, nothing else writing | {} ({:.1} MB of records) in {took:.1} s |",
+        pass.erased,
+        mb(pass.erased * bytes as u64)
+    );
+    println!("| file + WAL before the pass | {:.1} MB |", mb(before));
+    println!(
+        "| file + WAL after the pass | {:.1} MB ({free} pages still free) |",
+        mb(after)
+    );
+    println!(
+        "| given back by the pass | {:.1} MB |",
+        mb(before.saturating_sub(after))
+    );
+    println!(
+        "| file after a `VACUUM` (rewrites the file; {vacuum_took:.1} s) | {:.1} MB |",
+        mb(vacuumed)
+    );
+    println!(
+        "| given back by the pass / by pass and `VACUUM` | {:.2} |",
+        before.saturating_sub(after) as f64 / before.saturating_sub(vacuumed).max(1) as f64
+    );
+    std::fs::remove_file(&db).ok();
+}
+
+/// `--phase auto-vacuum`: what `auto_vacuum=INCREMENTAL` costs ingest. Two stores of
+/// `captures` records, one created as stores were before (auto_vacuum NONE), one as now; then
+/// `rounds` rounds of ingest for `seconds` on each, the order alternating (NONE first in odd
+/// rounds), so both see the machine alike.
+async fn auto_vacuum_cost(
+    dir: &std::path::Path,
+    captures: usize,
+    bytes: usize,
+    seconds: u64,
+    rounds: usize,
+) {
+    let none = dir.join("none.db");
+    // The first page written (by switching to WAL) before the collector asks for incremental
+    // vacuum: what stores created before it have.
+    rusqlite::Connection::open(&none)
+        .unwrap()
+        .query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .unwrap();
+    let incremental = dir.join("incremental.db");
+    let mut stores = Vec::new();
+    for (name, db) in [("NONE", &none), ("INCREMENTAL", &incremental)] {
+        let store = Store::open(&Config::with_db(DbTarget::Sqlite(db.clone())))
+            .await
+            .unwrap();
+        build(&store, captures, 5, bytes).await;
+        store.purge().await.unwrap();
+        let av: i64 = rusqlite::Connection::open(db)
+            .unwrap()
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .unwrap();
+        println!("sqlite, auto_vacuum {name} ({av}): {captures} captures of ~{bytes} bytes loaded");
+        stores.push(store);
+    }
+    println!();
+    println!(
+        "| round | NONE records/s | p99 ms | INCREMENTAL records/s | p99 ms | INCREMENTAL / NONE |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let next = AtomicU64::new(0);
+    let mut ratios = Vec::new();
+    for k in 0..rounds {
+        let order: [usize; 2] = if k % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut got: [Option<Ingest>; 2] = [None, None];
+        for i in order {
+            got[i] = Some(ingest(&stores[i], &next, &timed(seconds), bytes).await);
+        }
+        let [Some(a), Some(b)] = got else {
+            unreachable!()
+        };
+        ratios.push(b.rate / a.rate);
+        println!(
+            "| {} ({}) | {:.0} | {:.1} | {:.0} | {:.1} | {:.3} |",
+            k + 1,
+            if k % 2 == 0 {
+                "NONE first"
+            } else {
+                "INCREMENTAL first"
+            },
+            a.rate,
+            a.p99_ms,
+            b.rate,
+            b.p99_ms,
+            b.rate / a.rate
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!();
+    println!(
+        "ingest with INCREMENTAL / with NONE: median {:.3}, lowest {:.3}, highest {:.3}",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
+    for store in stores {
+        store.close().await.unwrap();
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // Timing lines on stderr with RUST_LOG=debug: each slow batch, each step of the store's.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut captures = 200_000usize;
     let mut bytes = 1000usize;
     let mut seconds = 10u64;
     let mut rounds = 5usize;
     let mut store_kind = "sqlite".to_owned();
     let mut admin_url = None;
+    let mut phase = "rounds".to_owned();
+    let mut layout: Option<String> = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -236,10 +419,24 @@ async fn main() {
             "--rounds" => rounds = value.parse().unwrap(),
             "--store" => store_kind = value,
             "--pg-admin-url" => admin_url = Some(value),
+            "--phase" => phase = value,
+            "--layout" => layout = Some(value),
             other => panic!("unknown flag {other}"),
         }
     }
     let dir = tempfile::tempdir().unwrap();
+    match phase.as_str() {
+        "rounds" => {}
+        "disk" => {
+            let layout = layout.as_deref().unwrap_or("oldest-first");
+            return disk(dir.path(), captures, bytes, layout).await;
+        }
+        "auto-vacuum" => {
+            return auto_vacuum_cost(dir.path(), captures, bytes, seconds, rounds).await
+        }
+        other => panic!("--phase: rounds, disk or auto-vacuum, not {other}"),
+    }
+    let layout = layout.unwrap_or_else(|| "interleaved".to_owned());
     let target = match store_kind.as_str() {
         "sqlite" => Target::Sqlite(dir.path().join("retention.db")),
         "postgres" => Target::Postgres(
@@ -255,7 +452,21 @@ async fn main() {
     };
     let store = Store::open(&Config::with_db(target.db())).await.unwrap();
     let load = Instant::now();
-    build(&store, captures, rounds, bytes).await;
+    match layout.as_str() {
+        // Every other capture old, the years in turn: each pass erases a tenth of the store,
+        // scattered over it.
+        "interleaved" => build(&store, captures, rounds, bytes).await,
+        // The older half stored first, a year after another: each pass erases a run of
+        // captures stored together, and its vacuum moves pages from the file's end into them.
+        "oldest-first" => {
+            let half = captures / 2;
+            build_with(&store, captures, bytes, |i| {
+                (i < half).then(|| FIRST_YEAR + (i * rounds / half.max(1)) as i32)
+            })
+            .await
+        }
+        other => panic!("--layout: oldest-first or interleaved, not {other}"),
+    }
     store.purge().await.unwrap();
     let before = target.size().await;
     println!(

@@ -2,7 +2,9 @@
 //! filter, with a dry run, bad input and a legal hold; the erased question and answer appear
 //! nowhere afterwards (API, web page, the SQLite file and its write-ahead log), an erased capture
 //! answers 410 with its tombstone, and `verify` names the erased captures as erased while a row
-//! deleted by hand is still tampering. Retention erases what is older and keeps what is held.
+//! deleted by hand is still tampering. Retention erases what is older and keeps what is held; on
+//! SQLite it gives the erased captures' space back to the file system, and a store created
+//! before that (auto_vacuum NONE) keeps its size until `truthtable-collector vacuum` converts it.
 // This whole crate is tests; its helpers may fail loudly too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -932,5 +934,169 @@ async fn two_replicas_run_retention_one_at_a_time_and_a_killed_pass_holder_loses
     assert!(
         out.contains(&format!("{OLD} erased capture(s)")),
         "each capture erased once: {tail}"
+    );
+}
+
+/// A capture of about `bytes` bytes, started at `started_at`: its question is long.
+fn large(id: &str, started_at: &str, bytes: usize) -> Value {
+    let question: String = (0..)
+        .map(|i| format!("{id}word{i} "))
+        .take_while({
+            let mut len = 0;
+            move |w| {
+                len += w.len();
+                len <= bytes
+            }
+        })
+        .collect();
+    let mut r = aged(id, started_at);
+    let req =
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": question}]}).to_string();
+    r["request"]["body"] = common::captures::body(&req);
+    r
+}
+
+/// The database file and its write-ahead log, in bytes.
+fn file_and_wal(db: &Path) -> u64 {
+    let wal = db.with_extension("db-wal");
+    [db, wal.as_path()]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Stores `OLD` large captures started in 2020 and a few recent ones (the collector stopped
+/// after), then lets a retention pass erase the old ones. Returns the file and WAL's size before
+/// the pass, after it (the collector still running), and the erased records' bytes.
+async fn retention_over_large_captures(db: &Path) -> (u64, u64, u64) {
+    const OLD: usize = 1500;
+    let db_arg = db.display().to_string();
+    let client = reqwest::Client::new();
+    let mut proc = Process::start_with(&["--db", &db_arg], &[]);
+    let base = proc.base();
+    let old: Vec<Value> = (0..OLD)
+        .map(|i| large(&format!("old-{i}"), "2020-01-01T00:00:00Z", 6000))
+        .collect();
+    let recent: Vec<Value> = (0..100)
+        .map(|i| large(&format!("recent-{i}"), "2099-01-01T00:00:00Z", 6000))
+        .collect();
+    for chunk in old.chunks(100).chain(recent.chunks(100)) {
+        let r = client
+            .post(format!("{base}/v1/captures"))
+            .body(ndjson(chunk))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    proc.sigterm();
+    assert!(proc.wait(30).success());
+    let erased_bytes: u64 = old.iter().map(|r| r.to_string().len() as u64).sum();
+    let before = file_and_wal(db);
+
+    let mut proc = Process::start_with(&["--db", &db_arg, "--retain", "180d"], &[]);
+    let base = proc.base();
+    metric_at_least(&client, &base, "truthtable_retention_passes_total", 1).await;
+    assert_eq!(
+        metric(&client, &base, "truthtable_erased_captures").await,
+        OLD as u64
+    );
+    let after = file_and_wal(db);
+    proc.sigterm();
+    assert!(proc.wait(30).success());
+    (before, after, erased_bytes)
+}
+
+fn auto_vacuum(db: &Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sqlite_retention_gives_the_erased_captures_space_back_to_the_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shrinks.db");
+    let (before, after, erased) = retention_over_large_captures(&db).await;
+    assert_eq!(auto_vacuum(&db), 2, "a new store vacuums incrementally");
+    assert!(
+        before.saturating_sub(after) >= erased / 2,
+        "the file and its WAL went from {before} to {after} bytes after {erased} bytes of captures were erased"
+    );
+}
+
+#[tokio::test]
+async fn an_old_sqlite_store_keeps_its_size_until_the_vacuum_command_converts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    // A store as collectors created them before incremental vacuum: the file's first page
+    // written (by switching to WAL) before the collector sets auto_vacuum.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .unwrap();
+    let (before, after, erased) = retention_over_large_captures(&db).await;
+    assert_eq!(auto_vacuum(&db), 0);
+    // Without incremental vacuum the freed pages stay in the file, for reuse.
+    assert!(
+        after + erased / 10 > before,
+        "the file went from {before} to {after} bytes"
+    );
+
+    // The collector says so once at start, naming the command…
+    let db_arg = db.display().to_string();
+    let proc = Process::start_with(&["--db", &db_arg], &[]);
+    assert_eq!(
+        proc.log_count("truthtable-collector vacuum --db"),
+        1,
+        "{:?}",
+        proc.log()
+    );
+    // …which refuses the file while a collector has it open, changing nothing…
+    let vacuum = || {
+        Command::new(env!("CARGO_BIN_EXE_truthtable-collector"))
+            .args(["vacuum", "--db", &db_arg])
+            .output()
+            .unwrap()
+    };
+    let out = vacuum();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut proc = proc;
+    proc.sigterm();
+    assert!(proc.wait(30).success());
+    assert_eq!(auto_vacuum(&db), 0);
+    // …and converts it once the collector stopped: the erased captures' space leaves the file.
+    let out = vacuum();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("converted to auto_vacuum=INCREMENTAL"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(auto_vacuum(&db), 2);
+    let converted = file_and_wal(&db);
+    assert!(
+        before.saturating_sub(converted) >= erased / 2,
+        "{before} bytes before the pass, {converted} after the conversion"
+    );
+    let out = vacuum();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to do"));
+    let (ok, out) = verify(&db_arg);
+    assert!(
+        ok,
+        "{}",
+        out.lines().rev().take(5).collect::<Vec<_>>().join("\n")
     );
 }

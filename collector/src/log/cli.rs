@@ -1,4 +1,5 @@
-//! The log's commands: `truthtable-collector keygen` and `truthtable-collector verify`.
+//! The commands beside serving: the log's (`keygen`, `verify`, `export`, `monitor`) and the
+//! SQLite store's one-time conversion to incremental vacuum (`vacuum`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use crate::config::{Cli, Config};
 use crate::store::Store;
 
 /// The commands beside serving, chosen by the first argument.
-pub const COMMANDS: [&str; 4] = ["keygen", "verify", "export", "monitor"];
+pub const COMMANDS: [&str; 5] = ["keygen", "verify", "export", "monitor", "vacuum"];
 
 /// `truthtable-collector keygen`: writes a new signing key and prints its verifier key.
 #[derive(Debug, Parser)]
@@ -135,6 +136,19 @@ pub struct Monitor {
     pub state: PathBuf,
 }
 
+/// `truthtable-collector vacuum`: the one-time conversion of a SQLite store created before
+/// stores gave erased captures' space back.
+#[derive(Debug, Parser)]
+#[command(
+    name = "truthtable-collector vacuum",
+    about = "Converts a SQLite store created before incremental vacuum (auto_vacuum=NONE) so that erasures and retention passes give the erased captures' space back to the file system: sets auto_vacuum=INCREMENTAL and runs VACUUM, which rewrites the whole file (it needs free disk of up to twice the file's size meanwhile: a copy in the temporary directory, then the copy written back through the write-ahead log). Stop the collector first: the command refuses a file a collector has open. A store that needs no conversion is left as it is."
+)]
+pub struct Vacuum {
+    /// The SQLite file.
+    #[arg(long, value_name = "PATH")]
+    pub db: PathBuf,
+}
+
 /// Runs the command `args[1]` names (`args[0]` is the program).
 pub async fn main(args: Vec<String>) -> ExitCode {
     let command = args.get(1).cloned().unwrap_or_default();
@@ -152,6 +166,10 @@ pub async fn main(args: Vec<String>) -> ExitCode {
         },
         "monitor" => match Monitor::try_parse_from(rest) {
             Ok(m) => monitor(m).await,
+            Err(e) => e.exit(),
+        },
+        "vacuum" => match Vacuum::try_parse_from(rest) {
+            Ok(v) => vacuum(v).await,
             Err(e) => e.exit(),
         },
         _ => match Verify::try_parse_from(rest) {
@@ -204,6 +222,30 @@ async fn verify(v: Verify) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn vacuum(v: Vacuum) -> anyhow::Result<ExitCode> {
+    if !v.db.is_file() {
+        anyhow::bail!("no SQLite database at {}", v.db.display());
+    }
+    let path = v.db.clone();
+    let converted = tokio::task::spawn_blocking(move || {
+        crate::store::sqlite::convert_to_incremental_vacuum(&path)
+    })
+    .await??;
+    match converted {
+        None => println!(
+            "{}: already gives erased captures' space back (auto_vacuum=INCREMENTAL); nothing to do",
+            v.db.display()
+        ),
+        Some((before, after)) => println!(
+            "{}: converted to auto_vacuum=INCREMENTAL; {:.1} MB before, {:.1} MB after",
+            v.db.display(),
+            before as f64 / 1e6,
+            after as f64 / 1e6
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Opens the store `db` names as serving would (without creating a SQLite file).

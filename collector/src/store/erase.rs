@@ -311,8 +311,9 @@ impl EraseStore for Store {
 
 impl Store {
     /// After an erasure: gives the erased rows' space back and makes their bytes unrecoverable
-    /// from the store's files where the store can (SQLite: merges the word index, truncates the
-    /// write-ahead log; PostgreSQL: vacuums the content tables, their TOAST with them).
+    /// from the store's files where the store can (SQLite: merges the word index, gives the
+    /// free pages back to the file system, truncates the write-ahead log; PostgreSQL: vacuums
+    /// the content tables, their TOAST with them).
     pub async fn purge(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.purge().await,

@@ -48,6 +48,10 @@ struct Inner {
     path: PathBuf,
     /// Rows in `captures`: counted at open, then kept by the one writer.
     records: AtomicU64,
+    /// The file gives freed pages back (`auto_vacuum=INCREMENTAL`, every store created since
+    /// it was the default); a store created before keeps them for reuse until converted
+    /// ([`convert_to_incremental_vacuum`]).
+    incremental_vacuum: bool,
 }
 
 /// Schema versions, applied in order; `PRAGMA user_version` holds how many have been applied.
@@ -250,6 +254,10 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Before anything writes the file's first page (switching to WAL does): a new store
+        // can then give erased captures' pages back to the file system ([`SqliteStore::purge`]).
+        // On a store created before, this changes nothing until a `VACUUM`.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Sqlite(rusqlite::Error::InvalidParameterName(
@@ -261,6 +269,14 @@ impl SqliteStore {
         conn.pragma_update(None, "secure_delete", "ON")?;
         migrate(&conn)?;
         let records: i64 = conn.query_row("SELECT COUNT(*) FROM captures", [], |r| r.get(0))?;
+        let incremental_vacuum = auto_vacuum(&conn)? == AUTO_VACUUM_INCREMENTAL;
+        if !incremental_vacuum {
+            tracing::warn!(
+                db = %path.display(),
+                "this SQLite store was created without incremental vacuum: erased captures' pages are reused by new ones, but the file does not shrink; to make it give them back, stop the collector once and run `truthtable-collector vacuum --db {}` (it rewrites the file)",
+                path.display()
+            );
+        }
         let reader = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -272,6 +288,7 @@ impl SqliteStore {
                 reader: Mutex::new(Some(reader)),
                 path: path.to_owned(),
                 records: AtomicU64::new(u64::try_from(records).unwrap_or_default()),
+                incremental_vacuum,
             }),
         })
     }
@@ -310,6 +327,70 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
     }
+}
+
+/// `PRAGMA auto_vacuum`'s value for `INCREMENTAL`.
+const AUTO_VACUUM_INCREMENTAL: i64 = 2;
+
+fn auto_vacuum(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?)
+}
+
+/// Converts the store at `path`, created before stores gave freed pages back, to
+/// `auto_vacuum=INCREMENTAL` with a `VACUUM`, which rewrites the whole file (and needs free disk
+/// of up to twice its size meanwhile: a temporary copy, then the write-ahead log). Takes the file for itself: fails at once, changing nothing, while a
+/// collector has it open. Returns the file's size before and after (the file and its
+/// write-ahead log), or `None` when it needed no conversion. Blocks.
+pub fn convert_to_incremental_vacuum(path: &Path) -> Result<Option<(u64, u64)>, StoreError> {
+    let size = || file_and_wal_bytes(path);
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    // An exclusive lock, taken without waiting: in WAL mode it is refused while another
+    // connection (a running collector's) has the database open.
+    conn.busy_timeout(Duration::ZERO)?;
+    let mode: String = conn.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("exclusive") {
+        return Err(StoreError::Config(format!(
+            "{}: could not take the file for itself (locking_mode is {mode})",
+            path.display()
+        )));
+    }
+    let busy = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Config(format!(
+                "{} is in use (is a collector running on it? stop it first)",
+                path.display()
+            ))
+        }
+        _ => StoreError::Sqlite(e),
+    };
+    conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;")
+        .map_err(busy)?;
+    if auto_vacuum(&conn)? == AUTO_VACUUM_INCREMENTAL {
+        return Ok(None);
+    }
+    let before = size();
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    conn.execute_batch("VACUUM").map_err(busy)?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    if auto_vacuum(&conn)? != AUTO_VACUUM_INCREMENTAL {
+        return Err(StoreError::Config(format!(
+            "{}: VACUUM did not turn on incremental vacuum",
+            path.display()
+        )));
+    }
+    drop(conn);
+    Ok(Some((before, size())))
+}
+
+/// Bytes of the database file at `path` and its write-ahead log.
+fn file_and_wal_bytes(path: &Path) -> u64 {
+    let mut wal = path.to_owned().into_os_string();
+    wal.push("-wal");
+    [path.to_owned(), PathBuf::from(wal)]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -805,13 +886,7 @@ impl CaptureStore for SqliteStore {
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
-        let mut wal = self.inner.path.clone().into_os_string();
-        wal.push("-wal");
-        let bytes = [self.inner.path.clone(), PathBuf::from(wal)]
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
+        let bytes = file_and_wal_bytes(&self.inner.path);
         Ok(StoreStats {
             records: self.inner.records.load(Ordering::Relaxed),
             bytes,
@@ -1310,6 +1385,10 @@ const MERGE_PAUSE: Duration = Duration::from_millis(20);
 /// Merge steps a purge takes before it merges what is left in one statement: reached only if
 /// the index keeps gaining deleted entries as fast as the steps drop them.
 const MERGE_STEPS_MAX: u32 = 20_000;
+/// Free pages one step of [`SqliteStore::purge`]'s incremental vacuum gives back at most (of
+/// 4 KB each: 1 MB). Each is filled with a page moved from the file's end, so a step writes a
+/// few times this many pages; it runs in its own transaction, then pauses like a merge step.
+const VACUUM_PAGES: u32 = 256;
 /// Tries at truncating the write-ahead log, [`CHECKPOINT_RETRY`] apart (the writer is released
 /// in between).
 const CHECKPOINT_TRIES: u32 = 50;
@@ -1368,21 +1447,46 @@ fn merge_step(conn: &Connection, start: bool) -> Result<Merge, StoreError> {
     })
 }
 
+/// Free pages in the file.
+fn free_pages(conn: &Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or_default())
+}
+
+/// One step of incremental vacuum, in its own transaction: gives back up to [`VACUUM_PAGES`]
+/// free pages (the file ends that much sooner once the write-ahead log is checkpointed) and
+/// returns how many are left.
+fn vacuum_step(conn: &Connection) -> Result<u64, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
+    // The pragma gives back one page per row it returns: it must be run to its end.
+    let mut rows = stmt.query([])?;
+    while rows.next()?.is_some() {}
+    drop(rows);
+    free_pages(conn)
+}
+
 impl SqliteStore {
-    /// Makes erased bytes unrecoverable from the files, in steps that each hold the writer
-    /// briefly (ingest goes on in between): merges the word index until no segment holds a
-    /// deleted entry (a contentless index keeps a deleted capture's words in its segments until
-    /// a merge rewrites them), then checkpoints the write-ahead log and truncates it (its frames
-    /// hold earlier versions of the pages).
+    /// Makes erased bytes unrecoverable from the files and gives their space back, in steps
+    /// that each hold the writer briefly (ingest goes on in between): merges the word index
+    /// until no segment holds a deleted entry (a contentless index keeps a deleted capture's
+    /// words in its segments until a merge rewrites them); on a store with incremental vacuum,
+    /// gives the free pages back [`VACUUM_PAGES`] a step; then checkpoints the write-ahead log
+    /// and truncates it (its frames hold earlier versions of the pages; the checkpoint is what
+    /// shortens the database file).
     pub async fn purge(&self) -> Result<(), StoreError> {
         let mut start = true;
         let mut clean = false;
         for _ in 0..MERGE_STEPS_MAX {
             let t = std::time::Instant::now();
-            match self
+            let merge = self
                 .blocking(move |_, conn| merge_step(conn, start))
-                .await?
-            {
+                .await?;
+            tracing::debug!(
+                took_ms = t.elapsed().as_millis() as u64,
+                ?merge,
+                "word index merge step"
+            );
+            match merge {
                 Merge::Clean => {
                     clean = true;
                     break;
@@ -1403,7 +1507,11 @@ impl SqliteStore {
             })
             .await?;
         }
+        if self.inner.incremental_vacuum {
+            self.vacuum_in_steps().await?;
+        }
         for _ in 0..CHECKPOINT_TRIES {
+            let t = std::time::Instant::now();
             // Without waiting: a reader on an older snapshot makes it busy at once, and the
             // writer is released before the next try.
             let busy = self
@@ -1416,12 +1524,41 @@ impl SqliteStore {
                     Ok(busy? != 0)
                 })
                 .await?;
+            tracing::debug!(
+                took_ms = t.elapsed().as_millis() as u64,
+                busy,
+                "write-ahead log truncation"
+            );
             if !busy {
                 return Ok(());
             }
             tokio::time::sleep(CHECKPOINT_RETRY).await;
         }
         tracing::warn!("the write-ahead log could not be truncated after an erasure (readers kept it busy); it is on the next erasure or at shutdown");
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// Gives the file's free pages back in steps of [`VACUUM_PAGES`], pausing after each four
+    /// times as long as it took (at least [`MERGE_PAUSE`]). Ingest meanwhile takes free pages
+    /// too, so the steps are bounded by what was free at the start.
+    async fn vacuum_in_steps(&self) -> Result<(), StoreError> {
+        let free = self.blocking(|_, conn| free_pages(conn)).await?;
+        let steps = free.div_ceil(u64::from(VACUUM_PAGES));
+        for _ in 0..steps {
+            let t = std::time::Instant::now();
+            let left = self.blocking(|_, conn| vacuum_step(conn)).await?;
+            tracing::debug!(
+                took_ms = t.elapsed().as_millis() as u64,
+                left,
+                "incremental vacuum step"
+            );
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(MERGE_PAUSE.max(t.elapsed() * MERGE_PAUSE_FACTOR)).await;
+        }
         Ok(())
     }
 }
@@ -1655,7 +1792,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn opens_in_wal_mode_with_full_sync_at_the_latest_schema() {
+    async fn opens_in_wal_mode_with_full_sync_and_incremental_vacuum_at_the_latest_schema() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         store
@@ -1666,6 +1803,7 @@ mod tests {
                 assert_eq!(mode, "wal");
                 assert_eq!(sync, 2, "FULL");
                 assert_eq!(version as usize, MIGRATIONS.len());
+                assert_eq!(auto_vacuum(c)?, AUTO_VACUUM_INCREMENTAL);
                 Ok(())
             })
             .await
