@@ -65,6 +65,20 @@ fn ndjson(records: &[Value]) -> String {
     records.iter().map(|r| format!("{r}\n")).collect()
 }
 
+/// POSTs each batch of `records` (`per` records a request) to the collector at `base`; each is
+/// stored (200).
+async fn post_all(client: &reqwest::Client, base: &str, records: &[Value], per: usize) {
+    for chunk in records.chunks(per) {
+        let r = client
+            .post(format!("{base}/v1/captures"))
+            .body(ndjson(chunk))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
 async fn admin(client: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let r = client
         .post(url)
@@ -549,15 +563,7 @@ async fn retention_erases_what_is_older_keeps_what_is_held_and_a_pass_killed_mid
     let old: Vec<Value> = (0..OLD)
         .map(|i| aged(&format!("old-{i}"), "2020-01-01T00:00:00Z"))
         .collect();
-    for chunk in old.chunks(500) {
-        let r = client
-            .post(format!("{base}/v1/captures"))
-            .body(ndjson(chunk))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
+    post_all(&client, &base, &old, 500).await;
     let recent = [
         aged("recent-1", "2099-01-01T00:00:00Z"),
         aged("recent-2", "2099-01-01T00:00:01Z"),
@@ -867,15 +873,7 @@ async fn two_replicas_run_retention_one_at_a_time_and_a_killed_pass_holder_loses
     let recent: Vec<Value> = (1..=200)
         .map(|i| aged(&format!("recent-{i}"), "2099-01-01T00:00:00Z"))
         .collect();
-    for chunk in recent.chunks(20) {
-        let r = client
-            .post(format!("{base}/v1/captures"))
-            .body(ndjson(chunk))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
+    post_all(&client, &base, &recent, 20).await;
     let deadline = Instant::now() + Duration::from_secs(150);
     while erased() < OLD {
         assert!(
@@ -981,15 +979,8 @@ async fn retention_over_large_captures(db: &Path) -> (u64, u64, u64) {
     let recent: Vec<Value> = (0..100)
         .map(|i| large(&format!("recent-{i}"), "2099-01-01T00:00:00Z", 6000))
         .collect();
-    for chunk in old.chunks(100).chain(recent.chunks(100)) {
-        let r = client
-            .post(format!("{base}/v1/captures"))
-            .body(ndjson(chunk))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
+    post_all(&client, &base, &old, 100).await;
+    post_all(&client, &base, &recent, 100).await;
     proc.sigterm();
     assert!(proc.wait(30).success());
     let erased_bytes: u64 = old.iter().map(|r| r.to_string().len() as u64).sum();
