@@ -95,9 +95,14 @@ impl<'a> Iterator for Pairs<'a> {
         let name_end = self.data.checked_add(name_len)?;
         let value_start = name_end.checked_add(1)?;
         let value_end = value_start.checked_add(value_len)?;
+        // A pair counts only with its value's terminating NUL in the buffer: a map cut short
+        // ends before the pair it cuts.
+        if value_end >= self.raw.len() {
+            return None;
+        }
         let name = self.raw.get(self.data..name_end)?;
         let value = self.raw.get(value_start..value_end)?;
-        self.data = value_end.checked_add(1)?;
+        self.data = value_end + 1;
         self.index += 1;
         Some((name, value))
     }
@@ -125,6 +130,18 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(block.get("set-cookie"), Some(&b"a=1"[..]));
         assert_eq!(block.get("x-missing"), None);
+    }
+
+    #[test]
+    fn a_map_cut_before_its_last_nul_ends_before_that_pair() {
+        // ("", "") is 4 + 8 + 2 bytes: cut at 13 the value's NUL is missing (found by the
+        // proptest below).
+        let mut raw = HeaderBlock::from_pairs(&[("", ""), ("", "")]).raw;
+        assert_eq!(HeaderBlock::from_raw(raw.clone()).iter().count(), 2);
+        raw.truncate(raw.len() - 1);
+        assert_eq!(HeaderBlock::from_raw(raw.clone()).iter().count(), 1);
+        let one = HeaderBlock::from_pairs(&[("", "")]).raw;
+        assert_eq!(HeaderBlock::from_raw(one[..13].to_vec()).iter().count(), 0);
     }
 
     #[test]
