@@ -538,7 +538,13 @@ impl Drop for Batcher {
 pub fn acknowledged(status: Option<&[u8]>) -> bool {
     status
         .and_then(status_code)
-        .is_some_and(|s| (200..300).contains(&s))
+        .is_some_and(|s| stored_status(u32::from(s)))
+}
+
+/// Whether a delivery's status (a callout's `:status`, a stream's `Ack.status`) says its
+/// records are stored: 2xx.
+pub fn stored_status(status: u32) -> bool {
+    (200..300).contains(&status)
 }
 
 #[cfg(test)]

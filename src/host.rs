@@ -25,7 +25,7 @@ mod metrics;
 use lifecycle::{with_vm, Me};
 use metrics::{Metrics, Reported};
 
-use crate::batcher::{acknowledged, Appended, Batcher, Budget};
+use crate::batcher::{acknowledged, stored_status, Appended, Batcher, Budget};
 use crate::body::BodyTap;
 use crate::config::{Config, HoldPolicy, OnHoldTimeout, Transport};
 use crate::group::Group;
@@ -371,7 +371,7 @@ impl RootContext for Root {
             w.drop_stale_lanes();
         }
         let expired = with_vm(|vm| vm.holds.expire(now)).unwrap_or_default();
-        self.act_on_holds(&expired);
+        act_on_holds(self.context_id, &expired);
         self.take_handed_on(now);
         worker.borrow_mut().deliver(now);
         if self.drain_until_ms.is_some() && self.drain_step(now) {
@@ -440,11 +440,6 @@ impl Root {
             w.wake_queue = calls::register_queue(&format!("truthtable.wake/{nonce:x}"));
         }
     }
-
-    /// Resumes or resets held streams as `steps` say; runs in a root callback.
-    fn act_on_holds(&self, steps: &[Step]) {
-        act_on_holds(self.context_id, steps);
-    }
 }
 
 impl Context for Root {
@@ -497,7 +492,7 @@ impl Context for Root {
             let status = calls::grpc_message(message_size)
                 .as_deref()
                 .and_then(lane::ack_status);
-            let stored = status.is_some_and(|s| (200..300).contains(&s));
+            let stored = status.is_some_and(stored_status);
             if !stored {
                 warn!(
                     "truthtable: audit cluster {} did not store a batch (status {status:?}); it will be retried",
