@@ -121,10 +121,12 @@ impl Lanes {
             .map(|(t, _)| *t)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.open.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()
     }

@@ -359,6 +359,13 @@ impl Root {
     /// This root is going: its last numbers reach the metrics, and it leaves the registry.
     pub(super) fn leave(&mut self) {
         self.report();
+        // Its streams to the audit cluster end with it: the batches they carried were handed on
+        // or given up, so an acknowledgement still to come would answer nothing.
+        if let Some(worker) = &self.worker {
+            for stream in worker.borrow_mut().lanes.take_all() {
+                calls::grpc_cancel(stream);
+            }
+        }
         let context_id = self.context_id;
         with_vm(|vm| vm.roots.retain(|l| l.context_id != context_id));
         if let Some(me) = &self.me {
