@@ -790,13 +790,28 @@ async fn stored_case(collector: &Collector, case: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_held_stream_whose_configuration_is_replaced_still_completes_or_times_out() {
+    replaced_while_held(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_grpc_streams_a_held_stream_whose_configuration_is_replaced_still_completes_or_times_out(
+) {
+    replaced_while_held(true).await;
+}
+
+async fn replaced_while_held(grpc: bool) {
     use common::lds::{LdsEnvoy, Listener, VmLayout};
     let upstream = Upstream::start().await;
     let mut collector = Collector::down(None);
     let port = free_port();
+    let transport = if grpc {
+        format!(", {GRPC}")
+    } else {
+        String::new()
+    };
     let config = |timeout: u32, flush: u32| {
         filter_config(&format!(
-            r#""complete_after_stored": true, "hold_timeout_ms": {timeout}, "flush_interval_ms": {flush}"#
+            r#""complete_after_stored": true, "hold_timeout_ms": {timeout}, "flush_interval_ms": {flush}{transport}"#
         ))
     };
     let (a, b, c) = (config(10_000, 3000), config(800, 2000), config(800, 1000));
@@ -833,6 +848,15 @@ async fn a_held_stream_whose_configuration_is_replaced_still_completes_or_times_
     assert!(body.starts_with(b"{"), "the whole answer");
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(stored_case(&collector, "held-under-a").await);
+    if grpc {
+        assert!(
+            collector
+                .metric("truthtable_collector_ingest_stream_batches_total")
+                .await
+                >= Some(1.0),
+            "the record came on a gRPC stream"
+        );
+    }
 
     // Held under B with the collector down again; B is replaced by C: B's hold_timeout_ms
     // releases the end.

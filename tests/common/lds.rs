@@ -108,6 +108,13 @@ impl LdsEnvoy {
             c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
                 ["socket_address"]["port_value"] = json!(port);
         }
+        // And `truthtable_lanes`: HTTP/2 to the same collector, for `audit_transport: "grpc"`.
+        let lanes: serde_json::Value =
+            serde_norway::from_str(&super::clusters::http2_cluster("truthtable_lanes", audit))
+                .expect("the HTTP/2 cluster's YAML");
+        if let (Some(cs), Some(lanes)) = (clusters.as_array_mut(), lanes.as_array()) {
+            cs.extend(lanes.iter().cloned());
+        }
         let bootstrap = json!({
             "node": {"id": "truthtable-test", "cluster": "truthtable-test"},
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
