@@ -11,7 +11,8 @@
 //!   CPU Envoy's threads ran (`/proc/<pid>/task/*/schedstat`) over a listener's round is that
 //!   listener's, its callouts included; unheld ÷ held is the proxy's own capacity ratio, which
 //!   the closed-loop throughput cannot show when the load process (client, upstream and receiver
-//!   on one thread) is the bottleneck.
+//!   on one thread) is the bottleneck. The load process's own CPU per exchange is shown beside
+//!   it in the throughput table.
 //! - **Callouts**: exchanges per callout the receiver answered, per listener (each listener sends
 //!   to an audit path of its own). A third listener, unheld but sending each record in a callout
 //!   of its own (`batch_max_bytes` at its 1 KiB minimum), is the control that tells the hold's
@@ -22,11 +23,13 @@
 //!   costs when a batch is a message on an open stream instead of a callout.
 //! - **A/B of two builds**: `HOLD_BASELINE_WASM=path/to/other.wasm` adds a third listener, held,
 //!   running that build in a VM of its own, measured in the same rounds (a design change is kept
-//!   only if it beats the baseline build round by round).
+//!   only if it beats the baseline build round by round); `HOLD_BASELINE_TRANSPORT=grpc` sends
+//!   its records over gRPC streams instead of callouts.
 //!
 //! `bench/run` runs it (part `hold`) with Envoy alone on CPU 1; by hand, from the repository root:
 //! `cargo run --release --example hold_cost` (knobs: `HOLD_RATE` 1000, `HOLD_DURATION_S` 5,
-//! `HOLD_ROUNDS` 3, `HOLD_CONNS` 16, `ENVOY` the binary, `ENVOY_CPU` to pin it with `taskset`).
+//! `HOLD_ROUNDS` 3, `HOLD_CONNS` 16, `ENVOY` the binary, `ENVOY_CPU` to pin it with `taskset`,
+//! `HOLD_LISTENERS` the listeners to run by name, separated by `;`, the first the baseline).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use bytes::Bytes;
@@ -375,10 +378,21 @@ async fn main() {
             name: "held (baseline build)",
             audit: "baseline",
             port: free_port(),
-            config: config("baseline", true),
+            config: match std::env::var("HOLD_BASELINE_TRANSPORT").as_deref() {
+                Ok("grpc") => lanes_config("baseline", true),
+                _ => config("baseline", true),
+            },
             wasm: std::path::PathBuf::from(baseline),
             vm: "baseline",
         });
+    }
+    // `HOLD_LISTENERS='held;unheld'` keeps only the listeners named (separated by `;`), in order:
+    // a profile of one listener's path (`perf record -p` on Envoy) then sees only its traffic.
+    if let Ok(names) = std::env::var("HOLD_LISTENERS") {
+        let names: Vec<&str> = names.split(';').map(str::trim).collect();
+        sides.retain(|s| names.contains(&s.name));
+        sides.sort_by_key(|s| names.iter().position(|n| *n == s.name));
+        assert!(!sides.is_empty(), "HOLD_LISTENERS names no listener");
     }
     let yaml = envoy_yaml(admin, &sides, upstream, audit, lanes);
     let dir = std::env::temp_dir().join(format!("hold_cost-{}", std::process::id()));
@@ -532,16 +546,18 @@ async fn main() {
     println!(
         "\n## complete_after_stored: throughput, {conns} connections, ÷ unheld (paired rounds)\n"
     );
-    println!("| answer | listener | req/s (median) | ÷ unheld per round | median | µs of Envoy CPU per exchange (median) | Envoy's capacity ÷ unheld's, per round | median |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| answer | listener | req/s (median) | ÷ unheld per round | median | µs of Envoy CPU per exchange (median) | Envoy's capacity ÷ unheld's, per round | median | µs of the load process's CPU per exchange (median) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for size in [1024usize, 32 * 1024] {
         let mut rps = vec![Vec::new(); n];
         let mut cpu = vec![Vec::new(); n];
+        let mut load_cpu = vec![Vec::new(); n];
         for round in 0..rounds {
             for k in order(round) {
                 let port = sides[k].port;
                 let done = Arc::new(AtomicU64::new(0));
                 let cpu_before = cpu_ns(envoy.id());
+                let load_before = cpu_ns(std::process::id());
                 let end = Instant::now() + duration;
                 let mut tasks = tokio::task::JoinSet::new();
                 for _ in 0..conns {
@@ -563,6 +579,8 @@ async fn main() {
                 rps[k].push(count as f64 / elapsed);
                 let used = cpu_ns(envoy.id()).saturating_sub(cpu_before) as f64;
                 cpu[k].push(used / 1e3 / (count as f64).max(1.0));
+                let load = cpu_ns(std::process::id()).saturating_sub(load_before) as f64;
+                load_cpu[k].push(load / 1e3 / (count as f64).max(1.0));
             }
         }
         for k in 0..n {
@@ -574,11 +592,12 @@ async fn main() {
             let (rps_list, rps_median) = per_round(&|i| rps[k][i] / rps[0][i]);
             let (cpu_list, cpu_median) = per_round(&|i| cpu[0][i] / cpu[k][i]);
             println!(
-                "| {} KiB | {} | {:.0} | {rps_list} | {rps_median:.3} | {:.1} | {cpu_list} | {cpu_median:.3} |",
+                "| {} KiB | {} | {:.0} | {rps_list} | {rps_median:.3} | {:.1} | {cpu_list} | {cpu_median:.3} | {:.1} |",
                 size / 1024,
                 sides[k].name,
                 median(&rps[k]),
                 median(&cpu[k]),
+                median(&load_cpu[k]),
             );
         }
     }
