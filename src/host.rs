@@ -748,7 +748,9 @@ impl Capture {
         );
         let context_id = self.context_id;
         let step = with_vm(|vm| {
-            vm.holds.hold(context_id, now, timeout, reset);
+            if !cfg!(feature = "hold-no-pause") {
+                vm.holds.hold(context_id, now, timeout, reset);
+            }
             match appended {
                 Appended::Whole | Appended::WithoutBodies => None,
                 // Never to be stored: the policy applies now.
@@ -776,6 +778,9 @@ impl Capture {
                 }
                 None => {}
             }
+        }
+        if cfg!(feature = "hold-no-pause") {
+            return Action::Continue;
         }
         Action::Pause
     }
