@@ -251,7 +251,8 @@ async fn windows(
 }
 
 /// PostgreSQL's own work beside the bench's, stretch by stretch: the seconds an autovacuum
-/// worker spent on each table (`pg_stat_activity`, sampled every 100 ms), the checkpoints and
+/// worker spent on each table and what the ingest statement waited on, and for what share of
+/// the samples it ran (`pg_stat_activity`, sampled every 100 ms), the checkpoints and
 /// the buffers they wrote (`pg_stat_bgwriter`), and — when the server loaded
 /// `pg_stat_statements` — the pass's statements that took the most time.
 struct Background {
@@ -270,10 +271,17 @@ impl Background {
             let mut last = Instant::now();
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                // Autovacuum workers at work, and what the bench's ingest statement waits on
+                // (`ingest waiting on …`; `CPU` when it waits on nothing).
                 let Ok(rows) = sampler
                     .query(
                         "SELECT query FROM pg_stat_activity
-                         WHERE backend_type = 'autovacuum worker' AND query <> ''",
+                         WHERE backend_type = 'autovacuum worker' AND query <> ''
+                         UNION ALL
+                         SELECT 'ingest waiting on ' || coalesce(wait_event_type || ':' || wait_event, 'CPU')
+                         FROM pg_stat_activity
+                         WHERE state = 'active' AND query LIKE '%INSERT INTO capture_amendments%'
+                           AND pid <> pg_backend_pid()",
                         &[],
                     )
                     .await
@@ -329,9 +337,30 @@ impl Background {
         self.bgwriter = now;
         let mut parts: Vec<String> = busy
             .iter()
-            .filter(|(_, s)| **s >= 0.1)
+            .filter(|(q, s)| **s >= 0.1 && !q.starts_with("ingest"))
             .map(|(q, s)| format!("{q} {s:.1} s"))
             .collect();
+        let mut waits: Vec<(&String, &f64)> = busy
+            .iter()
+            .filter(|(q, _)| q.starts_with("ingest"))
+            .collect();
+        waits.sort_by(|a, b| b.1.total_cmp(a.1));
+        let sampled: f64 = waits.iter().map(|(_, s)| **s).sum();
+        if sampled > 0.0 {
+            parts.push(format!(
+                "ingest {}",
+                waits
+                    .iter()
+                    .take(3)
+                    .map(|(q, s)| format!(
+                        "{} {:.0}%",
+                        q.trim_start_matches("ingest waiting on "),
+                        100.0 * **s / sampled
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         if checkpoints > 0 || buffers > 0 {
             parts.push(format!(
                 "{checkpoints} checkpoint(s) begun, {buffers} buffers written by checkpoints"
@@ -384,16 +413,17 @@ impl Background {
 /// Fills the store: `captures` records, every other one old (half a year into one of `years`
 /// years from [`FIRST_YEAR`], in turn), the rest started in 2099, with their digests.
 async fn build(store: &Store, captures: usize, years: usize, bytes: usize) {
-    build_with(store, captures, bytes, |i| {
+    build_with(store, "c", captures, bytes, |i| {
         (i % 2 == 0).then(|| FIRST_YEAR + ((i / 2) % years) as i32)
     })
     .await
 }
 
-/// Fills the store with `captures` records, the `i`th started half a year into `old_year(i)`,
-/// or in 2099 when that is `None`, with their digests.
+/// Fills the store with `captures` records (ids `{prefix}-{i}`), the `i`th started half a year
+/// into `old_year(i)`, or in 2099 when that is `None`, with their digests.
 async fn build_with(
     store: &Store,
+    prefix: &str,
     captures: usize,
     bytes: usize,
     old_year: impl Fn(usize) -> Option<i32>,
@@ -401,7 +431,7 @@ async fn build_with(
     let new_us = new_year(2099) * 1_000_000;
     for chunk in 0..captures.div_ceil(1000) {
         let ids: Vec<(String, Option<i32>)> = (chunk * 1000..((chunk + 1) * 1000).min(captures))
-            .map(|i| (format!("c-{i}"), old_year(i)))
+            .map(|i| (format!("{prefix}-{i}"), old_year(i)))
             .collect();
         let batch = ids
             .iter()
@@ -477,7 +507,7 @@ async fn disk(dir: &std::path::Path, captures: usize, bytes: usize, layout: &str
         "interleaved" => i.is_multiple_of(2).then_some(FIRST_YEAR),
         other => panic!("--layout: oldest-first or interleaved, not {other}"),
     };
-    build_with(&store, captures, bytes, old).await;
+    build_with(&store, "c", captures, bytes, old).await;
     store.purge().await.unwrap();
     let before = target.size().await;
     println!(
@@ -631,6 +661,7 @@ async fn main() {
     let mut idle: Option<u64> = None;
     let mut min_free_gb = 4u64;
     let mut settle = true;
+    let mut warm_up = 10_000usize;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -645,6 +676,7 @@ async fn main() {
             "--layout" => layout = Some(value),
             "--idle" => idle = Some(value.parse().unwrap()),
             "--min-free-gb" => min_free_gb = value.parse().unwrap(),
+            "--warm-up" => warm_up = value.parse().unwrap(),
             "--settle" => settle = matches!(value.as_str(), "yes" | "true" | "1"),
             other => panic!("unknown flag {other}"),
         }
@@ -677,6 +709,11 @@ async fn main() {
     };
     let store = Store::open(&Config::with_db(target.db())).await.unwrap();
     let load = Instant::now();
+    // Captures from the year before the first, stored first and erased by a pass before the
+    // rounds: a store under retention has run passes before and holds their tombstones, which
+    // every batch of ingest looks its ids up in (and PostgreSQL plans that look-up by how many
+    // there are).
+    build_with(&store, "w", warm_up, bytes, |_| Some(FIRST_YEAR - 1)).await;
     match layout.as_str() {
         // Every other capture old, the years in turn: each pass erases a tenth of the store,
         // scattered over it.
@@ -685,7 +722,7 @@ async fn main() {
         // captures stored together, and its vacuum moves pages from the file's end into them.
         "oldest-first" => {
             let half = captures / 2;
-            build_with(&store, captures, bytes, |i| {
+            build_with(&store, "c", captures, bytes, |i| {
                 (i < half).then(|| FIRST_YEAR + (i * rounds / half.max(1)) as i32)
             })
             .await
@@ -694,6 +731,23 @@ async fn main() {
     }
     store.purge().await.unwrap();
     let loaded_in = load.elapsed().as_secs_f64();
+    let warmed = if warm_up > 0 {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let retain = Duration::from_secs(u64::try_from(now - new_year(FIRST_YEAR)).unwrap());
+        let t = Instant::now();
+        let pass = retention_pass(&store, &Eraser::new(Some(retain)), retain)
+            .await
+            .unwrap()
+            .unwrap();
+        format!(
+            "; a pass before the rounds erased the {} captures from {} in {:.0} s",
+            pass.erased,
+            FIRST_YEAR - 1,
+            t.elapsed().as_secs_f64()
+        )
+    } else {
+        "; no pass before the rounds (`--warm-up 0`)".to_owned()
+    };
     // A store that grew over months has long been vacuumed and analyzed, and its pages written
     // out; one loaded a moment ago has not, and PostgreSQL's autovacuum and autoanalyze of the
     // loaded tables, and the checkpoint of what the load wrote, would run beside the first
@@ -715,7 +769,7 @@ async fn main() {
     let before = target.size().await;
     let (idle, min_free) = (idle.unwrap_or(4 * seconds), min_free_gb * 1_000_000_000);
     println!(
-        "{store_kind}: {captures} captures of ~{bytes} bytes ({} started in {FIRST_YEAR}–{}, the rest in 2099; layout {layout}) loaded in {loaded_in:.0} s{settled}, {:.1} MB",
+        "{store_kind}: {captures} captures of ~{bytes} bytes ({} started in {FIRST_YEAR}–{}, the rest in 2099; layout {layout}) loaded in {loaded_in:.0} s{warmed}{settled}, {:.1} MB",
         captures.div_ceil(2),
         FIRST_YEAR + rounds as i32 - 1,
         before as f64 / 1e6
