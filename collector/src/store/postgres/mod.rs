@@ -21,7 +21,7 @@
 
 pub mod connect;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -309,6 +309,10 @@ struct Inner {
     /// The schema is known to be at the latest version.
     ready: AtomicBool,
     monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Tombstones as their statistics last counted them (`-1`: not read yet), and how many
+    /// this collector added since ([`PgStore::keep_tombstone_stats`]).
+    tombstones_counted: AtomicI64,
+    tombstones_added: AtomicI64,
 }
 
 impl PgStore {
@@ -407,6 +411,8 @@ impl PgStore {
             health: HealthTracker::new("postgres", Health::Up),
             ready: AtomicBool::new(false),
             monitor: Mutex::new(None),
+            tombstones_counted: AtomicI64::new(-1),
+            tombstones_added: AtomicI64::new(0),
         });
         match inner.prepare().await {
             Ok(()) => inner.ready.store(true, Ordering::SeqCst),
@@ -1467,8 +1473,55 @@ impl PgStore {
     }
 }
 
-impl EraseStore for PgStore {
-    async fn erase(&self, req: EraseRequest) -> Result<EraseOutcome, StoreError> {
+impl PgStore {
+    /// Analyzes `tombstones` once this collector's erasures (`erased` more now) have at least
+    /// doubled it since its statistics were taken. Every batch of ingest looks its ids up there,
+    /// by a plan PostgreSQL caches and keeps until those statistics change; planned while the
+    /// table was empty, or never analyzed, it reads the whole table for each batch (or each
+    /// record), and a store's first retention pass, growing the table from nothing by thousands
+    /// a second, took ingest down to a fifth of its rate until autovacuum analyzed the table
+    /// (BENCHMARKS.md, "Retention"). Doubling bounds the analyzes to a few for a first pass
+    /// and to none for most later ones; `SKIP_LOCKED` leaves the table to an autovacuum
+    /// already analyzing it.
+    async fn keep_tombstone_stats(&self, erased: usize) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let added = inner
+            .tombstones_added
+            .fetch_add(erased as i64, Ordering::Relaxed)
+            + erased as i64;
+        let mut counted = inner.tombstones_counted.load(Ordering::Relaxed);
+        if counted < 0 {
+            let row = self
+                .with_client(async |client| {
+                    client
+                        .query_one(
+                            "SELECT greatest(reltuples, 0)::bigint FROM pg_class
+                             WHERE oid = 'tombstones'::regclass",
+                            &[],
+                        )
+                        .await
+                })
+                .await?;
+            counted = row.get(0);
+            inner.tombstones_counted.store(counted, Ordering::Relaxed);
+        }
+        if added < counted.max(1) {
+            return Ok(());
+        }
+        inner.tombstones_added.fetch_sub(added, Ordering::Relaxed);
+        inner
+            .tombstones_counted
+            .store(counted + added, Ordering::Relaxed);
+        self.with_client(async |client| {
+            client
+                .batch_execute("ANALYZE (SKIP_LOCKED) tombstones")
+                .await
+        })
+        .await
+    }
+
+    /// One erasure in one transaction: see [`EraseStore::erase`].
+    async fn erase_step(&self, req: EraseRequest) -> Result<EraseOutcome, StoreError> {
         self.with_client(async |client| {
             let tx = client.transaction().await?;
             let mut out = EraseOutcome::default();
@@ -1573,6 +1626,20 @@ impl EraseStore for PgStore {
             Ok(out)
         })
         .await
+    }
+}
+
+impl EraseStore for PgStore {
+    async fn erase(&self, req: EraseRequest) -> Result<EraseOutcome, StoreError> {
+        let dry_run = req.dry_run;
+        let out = self.erase_step(req).await?;
+        if !dry_run && !out.erased.is_empty() {
+            // The erasure is committed whatever this says.
+            if let Err(e) = self.keep_tombstone_stats(out.erased.len()).await {
+                tracing::warn!(error = %e, "could not analyze the tombstones after an erasure");
+            }
+        }
+        Ok(out)
     }
 
     async fn tombstone(&self, id: String) -> Result<Option<Tombstone>, StoreError> {
