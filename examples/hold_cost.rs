@@ -25,6 +25,8 @@
 //!   running that build in a VM of its own, measured in the same rounds (a design change is kept
 //!   only if it beats the baseline build round by round); `HOLD_BASELINE_TRANSPORT=grpc` sends
 //!   its records over gRPC streams instead of callouts.
+//! - **A/B of two configurations**: `HOLD_VARIANT_CONFIG='"max_inflight": 1'` adds the held
+//!   listener over gRPC streams again, in a VM of its own, with those keys added.
 //!
 //! `bench/run` runs it (part `hold`) with Envoy alone on CPU 1; by hand, from the repository root:
 //! `cargo run --release --example hold_cost` (knobs: `HOLD_RATE` 1000, `HOLD_DURATION_S` 5,
@@ -371,6 +373,19 @@ async fn main() {
         wasm: build.clone(),
         vm: "truthtable",
     });
+    // The held listener over gRPC streams again with more of the filter's keys (JSON members,
+    // e.g. `"max_inflight": 1`): a configuration A/B in the same rounds.
+    if let Ok(extra) = std::env::var("HOLD_VARIANT_CONFIG") {
+        let base = lanes_config("lanes-variant", true);
+        sides.push(Side {
+            name: "held, gRPC streams, variant",
+            audit: "lanes-variant",
+            port: free_port(),
+            config: format!("{}, {extra}}}", base.trim_end_matches('}')),
+            wasm: build.clone(),
+            vm: "variant",
+        });
+    }
     // A/B of two builds in the same run: `HOLD_BASELINE_WASM` adds a held listener running that
     // build (in a VM of its own).
     if let Ok(baseline) = std::env::var("HOLD_BASELINE_WASM") {
