@@ -472,6 +472,26 @@ fn timed(secs: u64) -> Arc<AtomicBool> {
 
 /// One stretch's line: ingest, the store's size at its end, and (PostgreSQL) what the server
 /// did beside it.
+/// A stretch of ingest alone for `seconds`, its row printed (with what PostgreSQL did beside it).
+async fn stretch_alone(
+    store: &Store,
+    next: &AtomicU64,
+    seconds: u64,
+    bytes: usize,
+    target: &Target,
+    background: &mut Option<Background>,
+) -> Ingest {
+    eprintln!("[{}] alone", utc());
+    let i = ingest(store, next, &[&*timed(seconds)], bytes).await;
+    let size = target.size().await;
+    let bg = match background.as_mut() {
+        Some(b) => Some(b.take().await),
+        None => None,
+    };
+    row("alone", &i, size, bg.as_deref());
+    i
+}
+
 fn row(what: &str, i: &Ingest, size: u64, background: Option<&str>) {
     println!(
         "| {what} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |{}",
@@ -797,14 +817,8 @@ async fn main() {
         b.take().await;
         b.statements().await;
     }
-    eprintln!("[{}] alone", utc());
-    let first = ingest(&store, &next, &[&*timed(seconds)], bytes).await;
+    let first = stretch_alone(&store, &next, seconds, bytes, &target, &mut background).await;
     let first_size = target.size().await;
-    let bg = match background.as_mut() {
-        Some(b) => Some(b.take().await),
-        None => None,
-    };
-    row("alone", &first, first_size, bg.as_deref());
     let mut alone = vec![first];
     let mut beside = Vec::new();
     let mut passes = Vec::new();
@@ -864,14 +878,7 @@ async fn main() {
         }
         beside.push(during);
         passes.push(pass);
-        eprintln!("[{}] alone", utc());
-        let after = ingest(&store, &next, &[&*timed(seconds)], bytes).await;
-        let size = target.size().await;
-        let bg = match background.as_mut() {
-            Some(b) => Some(b.take().await),
-            None => None,
-        };
-        row("alone", &after, size, bg.as_deref());
+        let after = stretch_alone(&store, &next, seconds, bytes, &target, &mut background).await;
         alone.push(after);
     }
     eprintln!("[{}] passes done", utc());
