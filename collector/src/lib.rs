@@ -120,6 +120,14 @@ pub async fn serve(
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let router = app(Arc::clone(&state))
         .route_service(lanes::PATH, lanes::service(Arc::clone(&state), stopping));
+    // Without TCP_NODELAY an acknowledgement written while the connection's last small write
+    // (an HTTP/2 window update, the acknowledgement before it) waits for the proxy's delayed ACK
+    // would wait with it: a held end would wait tens of milliseconds (BENCHMARKS.md).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+        }
+    });
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;
