@@ -25,6 +25,10 @@
 //!   running that build in a VM of its own, measured in the same rounds (a design change is kept
 //!   only if it beats the baseline build round by round); `HOLD_BASELINE_TRANSPORT=grpc` sends
 //!   its records over gRPC streams instead of callouts.
+//! - **A real collector**: `HOLD_COLLECTORS=target/release/truthtable-collector` adds an unheld
+//!   and a held listener over gRPC streams whose records that collector stores (one process
+//!   each, SQLite as shipped); two binaries separated by `;` add two listeners each (an A/B of
+//!   collector builds); `HOLD_COLLECTOR_TRANSPORT=http` sends those records in callouts.
 //! - **A/B of two configurations**: `HOLD_VARIANT_CONFIG='"max_inflight": 1'` adds the held
 //!   listener over gRPC streams again, in a VM of its own, with those keys added.
 //!
@@ -107,6 +111,8 @@ struct Side {
     config: String,
     wasm: std::path::PathBuf,
     vm: &'static str,
+    /// A real collector its records go to over gRPC streams (`HOLD_COLLECTORS`): its port.
+    collector: Option<u16>,
 }
 
 fn envoy_yaml(admin: u16, listeners: &[Side], upstream: u16, audit: u16, lanes: u16) -> String {
@@ -174,6 +180,25 @@ fn envoy_yaml(admin: u16, listeners: &[Side], upstream: u16, audit: u16, lanes: 
         ));
     }
     out.push_str(&clusters::http2_cluster("lanes", lanes));
+    for side in listeners {
+        match side.collector {
+            Some(port) if side.config.contains(r#""audit_transport": "http""#) => {
+                out.push_str(&format!(
+                    r#"  - name: collector{port}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: collector{port}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
+"#
+                ));
+            }
+            Some(port) => out.push_str(&clusters::http2_cluster(&format!("collector{port}"), port)),
+            None => {}
+        }
+    }
     out
 }
 
@@ -215,6 +240,27 @@ impl ingest::ingest_service_server::IngestService for AckAll {
         });
         Ok(tonic::Response::new(Box::pin(acks)))
     }
+}
+
+/// Batches a collector stored from gRPC streams, or the ingest requests it answered (its
+/// metrics).
+async fn stream_batches(http: &reqwest::Client, port: u16, grpc: bool) -> u64 {
+    let metric = if grpc {
+        "truthtable_collector_ingest_stream_batches_total "
+    } else {
+        "truthtable_collector_ingest_requests_total "
+    };
+    let text = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(metric)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
 }
 
 /// One exchange through `port`: the time from the upstream's last byte to the client's, or
@@ -325,6 +371,7 @@ async fn main() {
             config: config("unheld", false),
             wasm: build.clone(),
             vm: "truthtable",
+            collector: None,
         },
         Side {
             name: "held",
@@ -333,6 +380,7 @@ async fn main() {
             config: config("held", true),
             wasm: build.clone(),
             vm: "truthtable",
+            collector: None,
         },
     ];
     // The control: unheld, but each record (over 1 KiB) fills a batch of its own, and enough
@@ -348,6 +396,7 @@ async fn main() {
         .to_owned(),
         wasm: build.clone(),
         vm: "truthtable",
+        collector: None,
     });
     // The same two listeners with their records sent as messages on gRPC streams instead of
     // callouts; the receiver counts each listener's batches by the header the filter sends as
@@ -364,6 +413,7 @@ async fn main() {
         config: lanes_config("lanes-unheld", false),
         wasm: build.clone(),
         vm: "truthtable",
+        collector: None,
     });
     sides.push(Side {
         name: "held, gRPC streams",
@@ -372,6 +422,7 @@ async fn main() {
         config: lanes_config("lanes-held", true),
         wasm: build.clone(),
         vm: "truthtable",
+        collector: None,
     });
     // The held listener over gRPC streams again with more of the filter's keys (JSON members,
     // e.g. `"max_inflight": 1`): a configuration A/B in the same rounds.
@@ -384,6 +435,7 @@ async fn main() {
             config: format!("{}, {extra}}}", base.trim_end_matches('}')),
             wasm: build.clone(),
             vm: "variant",
+            collector: None,
         });
     }
     // A/B of two builds in the same run: `HOLD_BASELINE_WASM` adds a held listener running that
@@ -399,7 +451,53 @@ async fn main() {
             },
             wasm: std::path::PathBuf::from(baseline),
             vm: "baseline",
+            collector: None,
         });
+    }
+    // `HOLD_COLLECTORS=path/to/truthtable-collector` (several separated by `;`): the held listener
+    // over gRPC streams again for each, its records stored by that collector binary (SQLite, in
+    // a temporary directory): what the hold costs with a real store's commit in it, or an A/B of
+    // two collector builds.
+    let run_dir = std::env::temp_dir().join(format!("hold_cost-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let mut collectors = Vec::new();
+    // `HOLD_COLLECTOR_TRANSPORT=http`: their records go in callouts instead.
+    let transport = std::env::var("HOLD_COLLECTOR_TRANSPORT").unwrap_or_else(|_| "grpc".to_owned());
+    if let Ok(bins) = std::env::var("HOLD_COLLECTORS") {
+        for (i, bin) in bins.split(';').map(str::trim).enumerate() {
+            // Two collectors of each build, one per listener, so each counts its own batches.
+            for hold in [false, true] {
+                let port = free_port();
+                let child = std::process::Command::new(bin)
+                    .args(["--listen", &format!("127.0.0.1:{port}")])
+                    .arg("--db")
+                    .arg(run_dir.join(format!("collector{i}-{hold}.db")))
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("start the collector {bin}: {e}"));
+                collectors.push(child);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                    assert!(Instant::now() < deadline, "collector {bin} not listening");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let what = if hold { "held" } else { "unheld" };
+                let name: &'static str =
+                    Box::leak(format!("{what}, collector {}", i + 1).into_boxed_str());
+                sides.push(Side {
+                    name,
+                    audit: name,
+                    port: free_port(),
+                    config: format!(
+                        r#"{{"audit_cluster": "collector{port}", "audit_transport": "{transport}", "delivery_format": "framed", "complete_after_stored": {hold}}}"#
+                    ),
+                    wasm: build.clone(),
+                    vm: "truthtable",
+                    collector: Some(port),
+                });
+            }
+        }
     }
     // `HOLD_LISTENERS='held;unheld'` keeps only the listeners named (separated by `;`), in order:
     // a profile of one listener's path (`perf record -p` on Envoy) then sees only its traffic.
@@ -410,8 +508,7 @@ async fn main() {
         assert!(!sides.is_empty(), "HOLD_LISTENERS names no listener");
     }
     let yaml = envoy_yaml(admin, &sides, upstream, audit, lanes);
-    let dir = std::env::temp_dir().join(format!("hold_cost-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = run_dir;
     let config = dir.join("envoy.yaml");
     std::fs::write(&config, yaml).unwrap();
     let envoy_bin = std::env::var("ENVOY").unwrap_or_else(|_| ".venv/bin/envoy".to_owned());
@@ -619,7 +716,10 @@ async fn main() {
     println!("\n| listener | exchanges | callouts answered | exchanges per callout |");
     println!("|---|---|---|---|");
     for k in 0..n {
-        let c = callouts(sides[k].audit);
+        let c = match sides[k].collector {
+            Some(port) => stream_batches(&http, port, !sides[k].config.contains("\"http\"")).await,
+            None => callouts(sides[k].audit),
+        };
         println!(
             "| {} | {} | {} | {:.2} |",
             sides[k].name,
@@ -630,5 +730,9 @@ async fn main() {
     }
     let _ = envoy.kill();
     let _ = envoy.wait();
+    for mut c in collectors {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
