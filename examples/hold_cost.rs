@@ -111,8 +111,16 @@ struct Side {
     config: String,
     wasm: std::path::PathBuf,
     vm: &'static str,
-    /// A real collector its records go to over gRPC streams (`HOLD_COLLECTORS`): its port.
-    collector: Option<u16>,
+    /// A real collector its records go to (`HOLD_COLLECTORS`).
+    collector: Option<Collector>,
+}
+
+/// A collector process a listener's records go to: its port, and whether over gRPC streams
+/// (or in callouts).
+#[derive(Clone, Copy)]
+struct Collector {
+    port: u16,
+    grpc: bool,
 }
 
 fn envoy_yaml(admin: u16, listeners: &[Side], upstream: u16, audit: u16, lanes: u16) -> String {
@@ -166,7 +174,19 @@ fn envoy_yaml(admin: u16, listeners: &[Side], upstream: u16, audit: u16, lanes: 
         ));
     }
     out.push_str("  clusters:\n");
-    for (name, port) in [("upstream", upstream), ("audit", audit)] {
+    // HTTP/1.1 clusters: the upstream, the receiver of callouts, collectors reached by callouts.
+    let collectors = listeners.iter().filter_map(|side| side.collector);
+    let mut plain = vec![
+        ("upstream".to_owned(), upstream),
+        ("audit".to_owned(), audit),
+    ];
+    plain.extend(
+        collectors
+            .clone()
+            .filter(|c| !c.grpc)
+            .map(|c| (format!("collector{}", c.port), c.port)),
+    );
+    for (name, port) in plain {
         out.push_str(&format!(
             r#"  - name: {name}
     type: STATIC
@@ -180,24 +200,11 @@ fn envoy_yaml(admin: u16, listeners: &[Side], upstream: u16, audit: u16, lanes: 
         ));
     }
     out.push_str(&clusters::http2_cluster("lanes", lanes));
-    for side in listeners {
-        match side.collector {
-            Some(port) if side.config.contains(r#""audit_transport": "http""#) => {
-                out.push_str(&format!(
-                    r#"  - name: collector{port}
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: collector{port}
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
-"#
-                ));
-            }
-            Some(port) => out.push_str(&clusters::http2_cluster(&format!("collector{port}"), port)),
-            None => {}
-        }
+    for c in collectors.filter(|c| c.grpc) {
+        out.push_str(&clusters::http2_cluster(
+            &format!("collector{}", c.port),
+            c.port,
+        ));
     }
     out
 }
@@ -244,14 +251,14 @@ impl ingest::ingest_service_server::IngestService for AckAll {
 
 /// Batches a collector stored from gRPC streams, or the ingest requests it answered (its
 /// metrics).
-async fn stream_batches(http: &reqwest::Client, port: u16, grpc: bool) -> u64 {
-    let metric = if grpc {
+async fn collector_batches(http: &reqwest::Client, c: Collector) -> u64 {
+    let metric = if c.grpc {
         "truthtable_collector_ingest_stream_batches_total "
     } else {
         "truthtable_collector_ingest_requests_total "
     };
     let text = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .get(format!("http://127.0.0.1:{}/metrics", c.port))
         .send()
         .await
         .unwrap()
@@ -494,7 +501,10 @@ async fn main() {
                     ),
                     wasm: build.clone(),
                     vm: "truthtable",
-                    collector: Some(port),
+                    collector: Some(Collector {
+                        port,
+                        grpc: transport != "http",
+                    }),
                 });
             }
         }
@@ -717,7 +727,7 @@ async fn main() {
     println!("|---|---|---|---|");
     for k in 0..n {
         let c = match sides[k].collector {
-            Some(port) => stream_batches(&http, port, !sides[k].config.contains("\"http\"")).await,
+            Some(c) => collector_batches(&http, c).await,
             None => callouts(sides[k].audit),
         };
         println!(

@@ -1480,9 +1480,9 @@ impl PgStore {
     /// table was empty, or never analyzed, it reads the whole table for each batch (or each
     /// record), and a store's first retention pass, growing the table from nothing by thousands
     /// a second, held ingest beside it to 0.72 and 0.69 of its rate in two runs, until
-    /// autovacuum analyzed the table (BENCHMARKS.md, "Retention"). Doubling bounds the analyzes to a few for a first pass
-    /// and to none for most later ones; `SKIP_LOCKED` leaves the table to an autovacuum
-    /// already analyzing it.
+    /// autovacuum analyzed the table (BENCHMARKS.md, "Retention"). Doubling bounds the
+    /// analyzes to a few for a first pass and to none for most later ones; `SKIP_LOCKED` leaves
+    /// the table to an autovacuum already analyzing it.
     async fn keep_tombstone_stats(&self, erased: usize) -> Result<(), StoreError> {
         let inner = &self.inner;
         let added = inner
