@@ -121,6 +121,8 @@ struct Side {
 struct Collector {
     port: u16,
     grpc: bool,
+    /// Its process, whose CPU per exchange the throughput table shows.
+    pid: u32,
 }
 
 fn envoy_yaml(admin: u16, listeners: &[Side], upstream: u16, audit: u16, lanes: u16) -> String {
@@ -483,6 +485,7 @@ async fn main() {
                     .stderr(std::process::Stdio::null())
                     .spawn()
                     .unwrap_or_else(|e| panic!("start the collector {bin}: {e}"));
+                let pid = child.id();
                 collectors.push(child);
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -504,6 +507,7 @@ async fn main() {
                     collector: Some(Collector {
                         port,
                         grpc: transport != "http",
+                        pid,
                     }),
                 });
             }
@@ -668,18 +672,21 @@ async fn main() {
     println!(
         "\n## complete_after_stored: throughput, {conns} connections, ÷ unheld (paired rounds)\n"
     );
-    println!("| answer | listener | req/s (median) | ÷ unheld per round | median | µs of Envoy CPU per exchange (median) | Envoy's capacity ÷ unheld's, per round | median | µs of the load process's CPU per exchange (median) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| answer | listener | req/s (median) | ÷ unheld per round | median | µs of Envoy CPU per exchange (median) | Envoy's capacity ÷ unheld's, per round | median | µs of the load process's CPU per exchange (median) | µs of its collector's CPU per exchange (median) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for size in [1024usize, 32 * 1024] {
         let mut rps = vec![Vec::new(); n];
         let mut cpu = vec![Vec::new(); n];
         let mut load_cpu = vec![Vec::new(); n];
+        let mut collector_cpu = vec![Vec::new(); n];
         for round in 0..rounds {
             for k in order(round) {
                 let port = sides[k].port;
                 let done = Arc::new(AtomicU64::new(0));
                 let cpu_before = cpu_ns(envoy.id());
                 let load_before = cpu_ns(std::process::id());
+                let collector_pid = sides[k].collector.map(|c| c.pid);
+                let collector_before = collector_pid.map_or(0, cpu_ns);
                 let end = Instant::now() + duration;
                 let mut tasks = tokio::task::JoinSet::new();
                 for _ in 0..conns {
@@ -703,6 +710,10 @@ async fn main() {
                 cpu[k].push(used / 1e3 / (count as f64).max(1.0));
                 let load = cpu_ns(std::process::id()).saturating_sub(load_before) as f64;
                 load_cpu[k].push(load / 1e3 / (count as f64).max(1.0));
+                if let Some(pid) = collector_pid {
+                    let used = cpu_ns(pid).saturating_sub(collector_before) as f64;
+                    collector_cpu[k].push(used / 1e3 / (count as f64).max(1.0));
+                }
             }
         }
         for k in 0..n {
@@ -714,12 +725,17 @@ async fn main() {
             let (rps_list, rps_median) = per_round(&|i| rps[k][i] / rps[0][i]);
             let (cpu_list, cpu_median) = per_round(&|i| cpu[0][i] / cpu[k][i]);
             println!(
-                "| {} KiB | {} | {:.0} | {rps_list} | {rps_median:.3} | {:.1} | {cpu_list} | {cpu_median:.3} | {:.1} |",
+                "| {} KiB | {} | {:.0} | {rps_list} | {rps_median:.3} | {:.1} | {cpu_list} | {cpu_median:.3} | {:.1} | {} |",
                 size / 1024,
                 sides[k].name,
                 median(&rps[k]),
                 median(&cpu[k]),
                 median(&load_cpu[k]),
+                if collector_cpu[k].is_empty() {
+                    "—".to_owned()
+                } else {
+                    format!("{:.1}", median(&collector_cpu[k]))
+                },
             );
         }
     }
