@@ -535,7 +535,6 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         IndexGauges {
             pending: state.indexer.pending(),
             written: state.indexer.written(),
-            writes: state.indexer.writes(),
         },
     );
     text.push_str(&state.indexer.timing.render());

@@ -30,12 +30,6 @@ pub const QUEUE_MAX_BYTES: usize = 64 << 20;
 pub const STEP_RECORDS: usize = 2000;
 /// Bytes of records (raw lines) taken into one step at most, after the first.
 const STEP_BYTES: usize = 16 << 20;
-/// How long the first record of a step may wait for others before it is written: a step of a few
-/// records costs the word index nearly what one of a thousand does, and held answers arrive a few
-/// to a batch (BENCHMARKS.md, "The end-of-response hold").
-pub const GATHER: Duration = Duration::from_millis(50);
-/// Records that start a step at once, however young.
-const GATHER_RECORDS: usize = 500;
 /// How often a shared store (PostgreSQL) is scanned for records without a current digest.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(3600);
 
@@ -44,8 +38,6 @@ pub const RESCAN_EVERY: Duration = Duration::from_secs(3600);
 struct Queue {
     records: VecDeque<(i64, CaptureRecord, usize)>,
     bytes: usize,
-    /// When the oldest queued record came.
-    since: Option<Instant>,
 }
 
 /// What ingest hands on, and what the list asks about.
@@ -60,8 +52,6 @@ pub struct Indexer {
     rescan: AtomicBool,
     /// Digests written by this process, for `/metrics`.
     written: AtomicU64,
-    /// The transactions that wrote them, for `/metrics`.
-    writes: AtomicU64,
     /// TTFT and token gaps of the records this process stored, for `/metrics`.
     pub timing: crate::metrics::StreamTiming,
 }
@@ -82,7 +72,6 @@ impl Indexer {
             scanning: AtomicBool::new(true),
             rescan: AtomicBool::new(true),
             written: AtomicU64::new(0),
-            writes: AtomicU64::new(0),
             timing: crate::metrics::StreamTiming::default(),
         }
     }
@@ -105,7 +94,6 @@ impl Indexer {
                 }
                 q.bytes += bytes;
                 q.records.push_back((seq, record, bytes));
-                q.since.get_or_insert_with(Instant::now);
                 added += 1;
             }
             self.pending.fetch_add(added, Ordering::SeqCst);
@@ -137,11 +125,6 @@ impl Indexer {
         self.written.load(Ordering::Relaxed)
     }
 
-    /// The transactions that wrote them.
-    pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
-    }
-
     /// Takes the next step: up to [`STEP_RECORDS`] records, and no more than [`STEP_BYTES`] after
     /// the first.
     fn take(&self) -> Vec<(i64, CaptureRecord)> {
@@ -162,23 +145,7 @@ impl Indexer {
             q.bytes = q.bytes.saturating_sub(b);
             step.push((seq, record));
         }
-        // What a full step left behind has waited as long as the step's first record.
-        if q.records.is_empty() {
-            q.since = None;
-        }
         step
-    }
-
-    /// How much longer the queued records should wait for others to share their step: `None`
-    /// when nothing is queued, zero when there are enough of them or the first has waited
-    /// [`GATHER`].
-    fn gathering(&self) -> Option<Duration> {
-        let q = self.queue.lock().ok()?;
-        let since = q.since?;
-        if q.records.len() >= GATHER_RECORDS || q.bytes >= STEP_BYTES {
-            return Some(Duration::ZERO);
-        }
-        Some(GATHER.saturating_sub(since.elapsed()))
     }
 
     /// Waits until nothing is pending, or `within` has passed; returns what is still pending.
@@ -210,21 +177,12 @@ pub async fn run(store: &impl CaptureStore, indexer: &Indexer, rescan_every: Opt
             indexer.rescan.store(false, Ordering::SeqCst);
             digest::backfill(store, &indexer.scanning).await;
         }
-        // Records too few and too young wait for others, unless digests are ready to write.
-        let wait = indexer.gathering();
-        let step = match wait {
-            Some(young) if !young.is_zero() => Vec::new(),
-            _ => indexer.take(),
-        };
+        let step = indexer.take();
         if step.is_empty() && ready.is_none() {
             let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
-            let until = match wait {
-                Some(young) => tokio::time::Instant::now() + young,
-                None => next_rescan.unwrap_or(far),
-            };
             tokio::select! {
                 () = indexer.wake.notified() => {}
-                () = tokio::time::sleep_until(until) => {}
+                () = tokio::time::sleep_until(next_rescan.unwrap_or(far)) => {}
             }
             continue;
         }
@@ -283,7 +241,6 @@ async fn write(store: &impl CaptureStore, indexer: &Indexer, digests: Vec<(i64, 
         match store.put_digests(digests.clone()).await {
             Ok(_) => {
                 indexer.written.fetch_add(n, Ordering::Relaxed);
-                indexer.writes.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             Err(e) if e.is_unavailable() => tokio::time::sleep(Duration::from_secs(1)).await,

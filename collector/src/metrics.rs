@@ -70,8 +70,6 @@ pub struct IndexGauges {
     pub pending: u64,
     /// Digests this process wrote from its queue.
     pub written: u64,
-    /// The transactions that wrote them.
-    pub writes: u64,
 }
 
 /// What the store reports at scrape time.
@@ -258,12 +256,6 @@ impl Metrics {
             "Digests this process wrote behind ingest (not counting those of a scan of the store).",
             &[("", index.written)],
         );
-        metric(
-            "truthtable_collector_digest_writes_total",
-            "counter",
-            "Transactions that wrote those digests: records that arrive a few at a time wait up to 50 ms to share one.",
-            &[("", index.writes)],
-        );
         // Sizes come from the store; while it cannot tell, the samples are left out.
         let sample = |f: fn(&StoreStats) -> u64| store.stats.as_ref().map(|s| ("", f(s)));
         metric(
@@ -415,7 +407,6 @@ mod tests {
             IndexGauges {
                 pending: 7,
                 written: 9,
-                writes: 2,
             },
         );
         for line in [
@@ -436,7 +427,6 @@ mod tests {
             "truthtable_collector_otlp_exporting 1",
             "truthtable_collector_index_pending 7",
             "truthtable_collector_digests_written_total 9",
-            "truthtable_collector_digest_writes_total 2",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }

@@ -572,52 +572,6 @@ async fn a_malformed_frame_is_refused_naming_it_and_nothing_of_the_request_is_st
     );
 }
 
-/// Held answers (`complete_after_stored`) reach the collector a few records to a batch; their
-/// digests wait up to `indexer::GATHER` for others, so the word index takes a transaction per
-/// many records, not per batch (BENCHMARKS.md, "The end-of-response hold").
-#[tokio::test]
-async fn digests_of_records_that_arrive_a_few_at_a_time_share_their_transactions() {
-    let server = InProcess::start(None, None, None).await;
-    let client = reqwest::Client::new();
-    let started = std::time::Instant::now();
-    for i in 0..30 {
-        let resp = post(
-            &client,
-            &server.base,
-            ndjson(&ids(&format!("few{i}"), 1)),
-            None,
-        )
-        .await;
-        assert_eq!(resp.status(), 200);
-    }
-    let posting = started.elapsed();
-    server.indexed().await;
-    let written = metric(
-        &client,
-        &server.base,
-        "truthtable_collector_digests_written_total",
-    )
-    .await;
-    let writes = metric(
-        &client,
-        &server.base,
-        "truthtable_collector_digest_writes_total",
-    )
-    .await;
-    assert_eq!(written, 30, "every record has its digest");
-    // 30 batches posted one after another; each waiting at most GATHER, they share
-    // transactions unless the posting itself took many gathering windows.
-    let gather = truthtable_collector::indexer::GATHER.as_millis().max(1) as u64;
-    let windows = posting.as_millis() as u64 / gather + 1;
-    assert!(
-        writes <= windows + 1 && writes < 15,
-        "{writes} transactions for 30 records posted in {posting:?}"
-    );
-    let page = get_json(&client, server.url("/v1/captures?q=few7")).await;
-    assert_eq!(page["captures"][0]["id"], "few7-0", "{page}");
-    server.stop().await;
-}
-
 #[tokio::test]
 async fn digests_are_written_behind_ingest_and_never_hold_it_up() {
     let server = InProcess::start(None, None, None).await;
