@@ -877,6 +877,92 @@ async fn replaced_while_held(grpc: bool) {
     }
 }
 
+/// A replaced configuration's gRPC streams close once its root goes: a control plane that pushes
+/// a change every few minutes must not leave a collector holding the streams of every
+/// configuration since Envoy started. (The root cancels them when it leaves, and Envoy resets a
+/// destroyed root context's streams itself: with either alone they close about a second after
+/// the replacement, so this checks the outcome, not which of the two did it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_grpc_streams_replaced_configurations_leave_no_streams_open() {
+    use common::lds::{LdsEnvoy, Listener, VmLayout};
+    let upstream = Upstream::start().await;
+    let collector = Collector::running().await;
+    let port = free_port();
+    // One stream per worker: two workers hold at most two at a time.
+    let configs: Vec<String> = [40, 50, 60, 70]
+        .iter()
+        .map(|flush| {
+            filter_config(&format!(
+                r#""flush_interval_ms": {flush}, "max_inflight": 1, {GRPC}"#
+            ))
+        })
+        .collect();
+    let listener = |config| Listener {
+        name: "llm",
+        port,
+        plugin: "truthtable",
+        config,
+        vm: VmLayout::Shared("truthtable"),
+    };
+    let mut envoy = LdsEnvoy::start(
+        upstream.port,
+        collector.port,
+        2,
+        1,
+        &[listener(&configs[0])],
+    );
+    let open = "truthtable_collector_ingest_streams_open";
+    let mut sent = 0.0;
+    for (i, config) in configs.iter().enumerate() {
+        if i > 0 {
+            envoy.update(&[listener(config)]);
+            envoy.wait_drained(Duration::from_secs(20));
+        }
+        // Enough exchanges at once that both workers take some and open their streams.
+        let url = envoy.url(port, "/v1/chat/completions");
+        let asks: Vec<_> = (0..16)
+            .map(|_| tokio::spawn(fetch(client().post(url.clone()).body("{}"))))
+            .collect();
+        for ask in asks {
+            assert!(ask.await.unwrap().starts_with(b"{"));
+        }
+        sent += 16.0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while collector
+            .metric("truthtable_collector_records_stored_total")
+            .await
+            < Some(sent)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "configuration {i}'s records stored"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(
+        collector
+            .metric("truthtable_collector_ingest_stream_batches_total")
+            .await
+            >= Some(4.0),
+        "the records came on gRPC streams"
+    );
+    // Three configurations were replaced, each with a stream on one or both workers: only the
+    // last one's may stay open.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = collector.metric(open).await.unwrap_or(f64::NAN);
+        if now <= 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{now} streams still open after three replaced configurations"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 // ---- trailers -----------------------------------------------------------------------------------
 
 /// An HTTP/1.1 upstream that answers every request with a chunked JSON body, then, 300 ms later,

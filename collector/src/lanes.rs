@@ -73,7 +73,9 @@ impl IngestService for Lanes {
         let (acks, out) = mpsc::channel(1);
         let state = Arc::clone(&self.state);
         let mut stop = self.stop.clone();
+        let open = Open::new(Arc::clone(&state));
         tokio::spawn(async move {
+            let _open = open;
             loop {
                 if *stop.borrow() {
                     break;
@@ -117,5 +119,21 @@ impl IngestService for Lanes {
             }
         });
         Ok(Response::new(ReceiverStream::new(out)))
+    }
+}
+
+/// A stream counted in `truthtable_collector_ingest_streams_open` while this lives.
+struct Open(Arc<AppState>);
+
+impl Open {
+    fn new(state: Arc<AppState>) -> Open {
+        state.metrics.stream_opened();
+        Open(state)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.metrics.stream_closed();
     }
 }

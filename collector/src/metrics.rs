@@ -54,6 +54,7 @@ pub enum SpanCount {
 pub struct Metrics {
     ingest_requests: AtomicU64,
     stream_batches: AtomicU64,
+    streams_open: AtomicU64,
     records_stored: AtomicU64,
     duplicates: AtomicU64,
     rejected: [AtomicU64; 4],
@@ -93,6 +94,16 @@ impl Metrics {
     }
 
     /// A batch arrived on an ingest stream (`crate::lanes`); it is also an ingest request.
+    /// An ingest stream opened.
+    pub fn stream_opened(&self) {
+        self.streams_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An ingest stream ended.
+    pub fn stream_closed(&self) {
+        self.streams_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
     pub fn stream_batch(&self) {
         self.stream_batches.fetch_add(1, Ordering::Relaxed);
     }
@@ -162,6 +173,12 @@ impl Metrics {
             "counter",
             "Batches received on gRPC ingest streams (audit_transport \"grpc\").",
             &[("", get(&self.stream_batches))],
+        );
+        metric(
+            "truthtable_collector_ingest_streams_open",
+            "gauge",
+            "gRPC ingest streams open now: up to max_inflight per Envoy worker whose filter sends over them.",
+            &[("", get(&self.streams_open))],
         );
         metric(
             "truthtable_collector_records_stored_total",
@@ -389,6 +406,9 @@ mod tests {
         let m = Metrics::new();
         m.ingest_request();
         m.stream_batch();
+        m.stream_opened();
+        m.stream_opened();
+        m.stream_closed();
         m.batch_committed(3, 2);
         m.rejected(Rejection::TooLarge);
         m.store_unavailable();
@@ -412,6 +432,7 @@ mod tests {
         for line in [
             "truthtable_collector_ingest_requests_total 1",
             "truthtable_collector_ingest_stream_batches_total 1",
+            "truthtable_collector_ingest_streams_open 1",
             "truthtable_collector_records_stored_total 3",
             "truthtable_collector_duplicates_total 2",
             "truthtable_collector_rejected_requests_total{reason=\"too_large\"} 1",
