@@ -800,7 +800,7 @@ async fn over_grpc_streams_a_held_stream_whose_configuration_is_replaced_still_c
 }
 
 async fn replaced_while_held(grpc: bool) {
-    use common::lds::{LdsEnvoy, Listener, VmLayout};
+    use common::lds::{LdsEnvoy, Listener};
     let upstream = Upstream::start().await;
     let mut collector = Collector::down(None);
     let port = free_port();
@@ -815,13 +815,7 @@ async fn replaced_while_held(grpc: bool) {
         ))
     };
     let (a, b, c) = (config(10_000, 3000), config(800, 2000), config(800, 1000));
-    let listener = |config| Listener {
-        name: "llm",
-        port,
-        plugin: "truthtable",
-        config,
-        vm: VmLayout::Shared("truthtable"),
-    };
+    let listener = |config| Listener::shipped("llm", port, config);
     let mut envoy = LdsEnvoy::start(upstream.port, collector.port, 2, 5, &[listener(&a)]);
     let url = envoy.url(port, "/v1/chat/completions");
     let ask = |case: &'static str| {
@@ -884,7 +878,7 @@ async fn replaced_while_held(grpc: bool) {
 /// the replacement, so this checks the outcome, not which of the two did it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn over_grpc_streams_replaced_configurations_leave_no_streams_open() {
-    use common::lds::{LdsEnvoy, Listener, VmLayout};
+    use common::lds::{LdsEnvoy, Listener};
     let upstream = Upstream::start().await;
     let collector = Collector::running().await;
     let port = free_port();
@@ -897,13 +891,7 @@ async fn over_grpc_streams_replaced_configurations_leave_no_streams_open() {
             ))
         })
         .collect();
-    let listener = |config| Listener {
-        name: "llm",
-        port,
-        plugin: "truthtable",
-        config,
-        vm: VmLayout::Shared("truthtable"),
-    };
+    let listener = |config| Listener::shipped("llm", port, config);
     let mut envoy = LdsEnvoy::start(
         upstream.port,
         collector.port,

@@ -335,13 +335,7 @@ async fn queues_stay_within_queue_max_bytes_however_many_configuration_changes_c
     let configs: Vec<String> = (0..5)
         .map(|i| filter_config(&format!(r#"{limits}, "audit_timeout_ms": {}"#, 2000 + i)))
         .collect();
-    let listener = |config| Listener {
-        name: "llm_ingress",
-        port,
-        plugin: "truthtable",
-        config,
-        vm: VmLayout::Shared("truthtable"),
-    };
+    let listener = |config| Listener::shipped("llm_ingress", port, config);
     let mut envoy = LdsEnvoy::start(
         upstream.port,
         collector.port,
@@ -485,13 +479,7 @@ async fn removing_the_last_plugin_of_a_vm_counts_what_it_held_as_dropped_at_once
     let collector = Collector::down(None);
     let (a, b) = (free_port(), free_port());
     let config = filter_config(r#""drain_timeout_ms": 60000"#);
-    let with_filter = Listener {
-        name: "llm_ingress",
-        port: a,
-        plugin: "truthtable",
-        config: &config,
-        vm: VmLayout::Shared("truthtable"),
-    };
+    let with_filter = Listener::shipped("llm_ingress", a, &config);
     let mut envoy = LdsEnvoy::start(upstream.port, collector.port, 2, 1, &[with_filter]);
     send(a, cases("held", 5)).await;
     until(&envoy, "5 records queued", Duration::from_secs(10), |m| {

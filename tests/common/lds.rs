@@ -35,6 +35,20 @@ pub struct Listener<'a> {
     pub vm: VmLayout<'a>,
 }
 
+impl<'a> Listener<'a> {
+    /// A listener with the filter as `envoy/envoy.yaml` has it: plugin `truthtable` in the VM
+    /// `truthtable`, which configurations that differ only in `config` share.
+    pub fn shipped(name: &'a str, port: u16, config: &'a str) -> Listener<'a> {
+        Listener {
+            name,
+            port,
+            plugin: "truthtable",
+            config,
+            vm: VmLayout::Shared("truthtable"),
+        }
+    }
+}
+
 pub struct LdsEnvoy {
     child: Child,
     pub admin: u16,
