@@ -292,8 +292,10 @@ async fn exchange(http: &reqwest::Client, port: u16, size: usize) -> Option<u64>
     (body.len() == size).then(|| got.saturating_sub(sent))
 }
 
-/// CPU time Envoy's threads have run, in nanoseconds (the first field of each thread's
-/// `schedstat`; Envoy's threads live as long as it does).
+/// CPU time a process's live threads have run, in nanoseconds (the first field of each thread's
+/// `schedstat`): Envoy's, the load process's, a collector's. A thread that ends during a round
+/// drops out of the sum; Envoy's live as long as it does, and a collector's blocking threads end
+/// only after 10 s idle, which under a round's load they are not.
 fn cpu_ns(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
@@ -463,10 +465,10 @@ async fn main() {
             collector: None,
         });
     }
-    // `HOLD_COLLECTORS=path/to/truthtable-collector` (several separated by `;`): the held listener
-    // over gRPC streams again for each, its records stored by that collector binary (SQLite, in
-    // a temporary directory): what the hold costs with a real store's commit in it, or an A/B of
-    // two collector builds.
+    // `HOLD_COLLECTORS=path/to/truthtable-collector` (several separated by `;`): an unheld and a
+    // held listener for each, their records stored by that collector binary (SQLite, in a
+    // temporary directory): what the hold costs with a real store in it, or an A/B of two
+    // collector builds.
     let run_dir = std::env::temp_dir().join(format!("hold_cost-{}", std::process::id()));
     std::fs::create_dir_all(&run_dir).unwrap();
     let mut collectors = Vec::new();
@@ -522,8 +524,7 @@ async fn main() {
         assert!(!sides.is_empty(), "HOLD_LISTENERS names no listener");
     }
     let yaml = envoy_yaml(admin, &sides, upstream, audit, lanes);
-    let dir = run_dir;
-    let config = dir.join("envoy.yaml");
+    let config = run_dir.join("envoy.yaml");
     std::fs::write(&config, yaml).unwrap();
     let envoy_bin = std::env::var("ENVOY").unwrap_or_else(|_| ".venv/bin/envoy".to_owned());
     let mut command = match std::env::var("ENVOY_CPU") {
@@ -760,5 +761,5 @@ async fn main() {
         let _ = c.kill();
         let _ = c.wait();
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&run_dir);
 }

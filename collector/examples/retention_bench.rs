@@ -470,9 +470,8 @@ fn timed(secs: u64) -> Arc<AtomicBool> {
     stop
 }
 
-/// One stretch's line: ingest, the store's size at its end, and (PostgreSQL) what the server
-/// did beside it.
-/// A stretch of ingest alone for `seconds`, its row printed (with what PostgreSQL did beside it).
+/// A stretch of ingest alone for `seconds`, its row printed (with what PostgreSQL did beside it):
+/// what it ingested, and the store's size at its end.
 async fn stretch_alone(
     store: &Store,
     next: &AtomicU64,
@@ -480,7 +479,7 @@ async fn stretch_alone(
     bytes: usize,
     target: &Target,
     background: &mut Option<Background>,
-) -> Ingest {
+) -> (Ingest, u64) {
     eprintln!("[{}] alone", utc());
     let i = ingest(store, next, &[&*timed(seconds)], bytes).await;
     let size = target.size().await;
@@ -489,9 +488,11 @@ async fn stretch_alone(
         None => None,
     };
     row("alone", &i, size, bg.as_deref());
-    i
+    (i, size)
 }
 
+/// One stretch's line: ingest, the store's size at its end, and (PostgreSQL) what the server
+/// did beside it.
 fn row(what: &str, i: &Ingest, size: u64, background: Option<&str>) {
     println!(
         "| {what} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |{}",
@@ -817,8 +818,8 @@ async fn main() {
         b.take().await;
         b.statements().await;
     }
-    let first = stretch_alone(&store, &next, seconds, bytes, &target, &mut background).await;
-    let first_size = target.size().await;
+    let (first, first_size) =
+        stretch_alone(&store, &next, seconds, bytes, &target, &mut background).await;
     let mut alone = vec![first];
     let mut beside = Vec::new();
     let mut passes = Vec::new();
@@ -878,7 +879,8 @@ async fn main() {
         }
         beside.push(during);
         passes.push(pass);
-        let after = stretch_alone(&store, &next, seconds, bytes, &target, &mut background).await;
+        let (after, _) =
+            stretch_alone(&store, &next, seconds, bytes, &target, &mut background).await;
         alone.push(after);
     }
     eprintln!("[{}] passes done", utc());

@@ -93,8 +93,7 @@ impl Metrics {
         self.ingest_requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A batch arrived on an ingest stream (`crate::lanes`); it is also an ingest request.
-    /// An ingest stream opened.
+    /// An ingest stream opened (`crate::lanes`).
     pub fn stream_opened(&self) {
         self.streams_open.fetch_add(1, Ordering::Relaxed);
     }
@@ -104,6 +103,7 @@ impl Metrics {
         self.streams_open.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// A batch arrived on an ingest stream (`crate::lanes`); it is also an ingest request.
     pub fn stream_batch(&self) {
         self.stream_batches.fetch_add(1, Ordering::Relaxed);
     }
